@@ -1,0 +1,95 @@
+//! Password hashing: argon2id, off the reactor threads, bounded in parallel.
+//!
+//! Hashing is deliberately slow and memory-hungry, so it runs in
+//! `spawn_blocking` behind a semaphore. A login for an account that does not
+//! exist still verifies against a fixed dummy hash, so response time does not
+//! reveal which ids exist.
+
+use std::sync::Arc;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+use tokio::sync::Semaphore;
+
+use crate::model::Password;
+
+/// Why hashing could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("password hashing task failed")]
+    Join,
+}
+
+/// Hashes and verifies passwords with argon2id (default parameters).
+#[derive(Debug, Clone)]
+pub struct PasswordHasherPool {
+    permits: Arc<Semaphore>,
+    /// A valid hash of a password nobody knows, verified when the account
+    /// does not exist.
+    dummy: Arc<str>,
+}
+
+impl PasswordHasherPool {
+    /// A pool computing at most `parallel` hashes at once.
+    pub fn new(parallel: usize) -> Result<Self, AuthError> {
+        let dummy = hash_now(b"dummy password for absent accounts")?;
+        Ok(PasswordHasherPool {
+            permits: Arc::new(Semaphore::new(parallel.max(1))),
+            dummy: dummy.into(),
+        })
+    }
+
+    /// The PHC string (`$argon2id$v=19$...`) of `password` with a fresh salt.
+    pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
+        let _permit = self.permits.acquire().await.map_err(|_| AuthError::Join)?;
+        tokio::task::spawn_blocking(move || hash_now(password.as_bytes()))
+            .await
+            .map_err(|_| AuthError::Join)?
+    }
+
+    /// Whether `password` matches `phc`; with `None`, checks against the dummy
+    /// hash (always false) in the same time.
+    pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, AuthError> {
+        let _permit = self.permits.acquire().await.map_err(|_| AuthError::Join)?;
+        let exists = phc.is_some();
+        let phc = phc.unwrap_or_else(|| self.dummy.to_string());
+        let ok = tokio::task::spawn_blocking(move || {
+            // A stored hash we cannot parse matches nothing.
+            PasswordHash::new(&phc)
+                .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|_| AuthError::Join)?;
+        Ok(ok && exists)
+    }
+}
+
+fn hash_now(password: &[u8]) -> Result<String, AuthError> {
+    Argon2::default()
+        .hash_password(password)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_verify_and_are_salted() {
+        let pool = PasswordHasherPool::new(2).expect("pool");
+        let pw = Password::parse("s3cret").expect("pw");
+        let a = pool.hash(pw.clone()).await.expect("hash");
+        let b = pool.hash(pw).await.expect("hash");
+        assert!(a.starts_with("$argon2id$"), "{a}");
+        assert_ne!(a, b, "each hash has its own salt");
+        assert!(pool.verify("s3cret".into(), Some(a.clone())).await.expect("verify"));
+        assert!(!pool.verify("wrong".into(), Some(a)).await.expect("verify"));
+        assert!(!pool.verify("s3cret".into(), None).await.expect("verify"));
+        assert!(!pool.verify("x".into(), Some("garbage".into())).await.expect("verify"));
+    }
+}

@@ -1,0 +1,267 @@
+//! `chatclient`: the terminal client, with the original's menu and commands.
+//!
+//! Reads lines from standard input, so it can be scripted through a pipe as
+//! well as used at a terminal. Incoming messages print as they arrive.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use chat::client::command::{self, Command, HELP};
+use chat::client::{Client, ClientError, LoginInfo, Push};
+use chat::protocol::HistoryTarget;
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+
+#[derive(Debug, Parser)]
+#[command(name = "chatclient", version, about = "Terminal chat client (classic commands)")]
+struct Cli {
+    /// Server IP address.
+    ip: Option<String>,
+    /// Server port.
+    port: Option<u16>,
+    /// Server address as HOST:PORT; overrides IP and PORT.
+    #[arg(long)]
+    server: Option<String>,
+}
+
+type Input = Lines<BufReader<Stdin>>;
+
+fn say(s: impl AsRef<str>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", s.as_ref());
+    let _ = out.flush();
+}
+
+fn prompt(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{s}");
+    let _ = out.flush();
+}
+
+async fn read_line(input: &mut Input) -> Option<String> {
+    input.next_line().await.ok().flatten()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let addr = match (&cli.server, &cli.ip, cli.port) {
+        (Some(s), _, _) => s.clone(),
+        (None, Some(ip), Some(port)) => format!("{ip}:{port}"),
+        _ => {
+            eprintln!("command invalid! example: ./chatclient 127.0.0.1 6000");
+            return ExitCode::from(2);
+        }
+    };
+    let mut client = match Client::connect(&addr).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("connect server error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut input = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        say("========================");
+        say("1. login");
+        say("2. register");
+        say("3. quit");
+        say("========================");
+        prompt("choice:");
+        let Some(choice) = read_line(&mut input).await else {
+            return ExitCode::SUCCESS;
+        };
+        match choice.trim() {
+            "1" => {
+                prompt("userid:");
+                let Some(id) = read_line(&mut input).await else { break };
+                prompt("userpassword:");
+                let Some(password) = read_line(&mut input).await else { break };
+                let Ok(id) = id.trim().parse() else {
+                    say("userid must be a number!");
+                    continue;
+                };
+                match client.login(id, &password).await {
+                    Ok(info) => {
+                        show_login(&info);
+                        match chat_loop(&mut client, &mut input).await {
+                            Ok(true) => continue,
+                            Ok(false) => break,
+                            Err(e) => {
+                                eprintln!("connection lost: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    }
+                    Err(ClientError::Server { errmsg, .. }) => say(errmsg),
+                    Err(e) => {
+                        eprintln!("connection lost: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            "2" => {
+                prompt("username:");
+                let Some(name) = read_line(&mut input).await else { break };
+                prompt("userpassword:");
+                let Some(password) = read_line(&mut input).await else { break };
+                match client.register(&name, &password).await {
+                    Ok(id) => say(format!("{name} register success, userid is {id}, do not forget it!")),
+                    Err(ClientError::Server { errmsg, .. }) => {
+                        say(format!("{name} register error: {errmsg}"))
+                    }
+                    Err(e) => {
+                        eprintln!("connection lost: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            "3" => break,
+            _ => say("invalid input!"),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn show_login(info: &LoginInfo) {
+    say("======================================================");
+    say(format!("current login user => id:{} name:{}", info.id, info.name));
+    say("----------------------friend list---------------------");
+    for f in &info.friends {
+        say(format!("{} {} {}", f.id, f.name, state(f.online)));
+    }
+    say("----------------------group list----------------------");
+    for g in &info.groups {
+        say(format!("{} {} {}", g.id, g.name, g.desc));
+        for m in &g.members {
+            say(format!(
+                "\t{} {} {} {}",
+                m.id,
+                m.name,
+                state(m.online),
+                m.role.as_deref().unwrap_or("normal")
+            ));
+        }
+    }
+    say("======================================================");
+    for m in &info.offline {
+        say(m.display());
+    }
+}
+
+fn state(online: bool) -> &'static str {
+    if online { "online" } else { "offline" }
+}
+
+fn show_help() {
+    say("show command list >>> ");
+    for (name, text) in HELP {
+        say(format!("{name} : {text}"));
+    }
+    say("");
+}
+
+fn show_push(push: Push) {
+    match push {
+        Push::Message(m) => say(m.display()),
+        Push::Other(v) => {
+            let msg = v.get("errmsg").and_then(|m| m.as_str()).unwrap_or("");
+            say(format!("server: {msg}"));
+        }
+    }
+}
+
+/// Runs commands until logout (`Ok(true)`) or end of input (`Ok(false)`).
+async fn chat_loop(client: &mut Client, input: &mut Input) -> Result<bool, ClientError> {
+    show_help();
+    loop {
+        let line = tokio::select! {
+            line = read_line(input) => line,
+            push = client.next_push() => match push {
+                Some(p) => { show_push(p); continue; }
+                None => return Err(ClientError::Closed),
+            },
+        };
+        let Some(line) = line else {
+            // Input ended: show what has already arrived, then leave.
+            while let Some(p) = client.try_push() {
+                show_push(p);
+            }
+            return Ok(false);
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let cmd = match command::parse(&line) {
+            Ok(c) => c,
+            Err(e) => {
+                say(e);
+                continue;
+            }
+        };
+        match run(client, cmd).await {
+            Ok(Some(true)) => return Ok(true),
+            Ok(_) => {}
+            Err(ClientError::Server { errno, errmsg }) => say(format!("error {errno}: {errmsg}")),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs one command; `Some(true)` means the user logged out.
+async fn run(client: &mut Client, cmd: Command) -> Result<Option<bool>, ClientError> {
+    match cmd {
+        Command::Help => show_help(),
+        Command::Chat { to, msg } => {
+            client.chat(to, &msg).await?;
+        }
+        Command::GroupChat { group, msg } => {
+            client.group_chat(group, &msg).await?;
+        }
+        Command::AddFriend(id) => {
+            client.add_friend(id).await?;
+            say(format!("user {id} is now your friend"));
+        }
+        Command::DelFriend(id) => {
+            client.del_friend(id).await?;
+            say(format!("user {id} is no longer your friend"));
+        }
+        Command::CreateGroup { name, desc } => {
+            let id = client.create_group(&name, &desc).await?;
+            say(format!("group {name} created, groupid is {id}"));
+        }
+        Command::AddGroup(id) => {
+            client.join_group(id).await?;
+            say(format!("joined group {id}"));
+        }
+        Command::DelGroup(id) => {
+            client.leave_group(id).await?;
+            say(format!("left group {id}"));
+        }
+        Command::ShowFriendList => {
+            say("----------------------friend list---------------------");
+            for f in client.friends().await? {
+                say(format!("{} {} {}", f.id, f.name, state(f.online)));
+            }
+        }
+        Command::History { with, before, limit } => {
+            let msgs = client.history(with, before, limit).await?;
+            let label = match with {
+                HistoryTarget::User(u) => format!("friend {u}"),
+                HistoryTarget::Group(g) => format!("group {g}"),
+            };
+            say(format!("----------------history with {label}----------------"));
+            for m in msgs.iter().rev() {
+                say(format!("#{} {}", m.seq, m.display()));
+            }
+            if let Some(oldest) = msgs.last() {
+                say(format!("(older: history:...:{})", oldest.seq));
+            }
+        }
+        Command::Logout => {
+            client.logout().await?;
+            return Ok(Some(true));
+        }
+    }
+    Ok(None)
+}

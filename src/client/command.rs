@@ -1,0 +1,166 @@
+//! The terminal client's command language, as in the original client
+//! (`chat:friendid:message` and so on), plus `history:`.
+
+use crate::model::{GroupId, Seq, UserId};
+use crate::protocol::HistoryTarget;
+
+/// The commands and their help text, in the original's order.
+pub const HELP: &[(&str, &str)] = &[
+    ("help", "显示所有支持的命令，格式 help (show all commands)"),
+    ("chat", "一对一聊天，格式 chat:friendid:message"),
+    ("addfriend", "添加好友，格式 addfriend:friendid"),
+    ("delfriend", "删除好友，格式 delfriend:friendid"),
+    ("creategroup", "创建群组，格式 creategroup:groupname:groupdesc"),
+    ("addgroup", "加入群组，格式 addgroup:groupid"),
+    ("delgroup", "退出群组，格式 delgroup:groupid"),
+    ("groupchat", "群聊，格式 groupchat:groupid:message"),
+    ("showfriendlist", "显示好友列表，格式 showfriendlist"),
+    (
+        "history",
+        "聊天记录，格式 history:friend:friendid[:beforeseq[:limit]] 或 history:group:groupid[:beforeseq[:limit]]",
+    ),
+    ("loginout", "注销，格式 loginout"),
+];
+
+/// One parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Chat { to: UserId, msg: String },
+    AddFriend(UserId),
+    DelFriend(UserId),
+    CreateGroup { name: String, desc: String },
+    AddGroup(GroupId),
+    DelGroup(GroupId),
+    GroupChat { group: GroupId, msg: String },
+    ShowFriendList,
+    History { with: HistoryTarget, before: Option<Seq>, limit: Option<u32> },
+    Logout,
+}
+
+fn id(s: Option<&str>, what: &str) -> Result<i64, String> {
+    let s = s.ok_or_else(|| format!("missing {what}"))?;
+    s.trim().parse().map_err(|_| format!("{what} must be a number, not {s:?}"))
+}
+
+/// Parses a line; the error is a message for the user.
+pub fn parse(line: &str) -> Result<Command, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (name, rest) = match line.split_once(':') {
+        Some((n, r)) => (n.trim(), Some(r)),
+        None => (line.trim(), None),
+    };
+    Ok(match name {
+        "help" => Command::Help,
+        "showfriendlist" => Command::ShowFriendList,
+        "loginout" => Command::Logout,
+        "chat" => {
+            // The message is everything after the second colon, colons included.
+            let (to, msg) = rest
+                .and_then(|r| r.split_once(':'))
+                .ok_or("usage: chat:friendid:message")?;
+            Command::Chat {
+                to: id(Some(to), "friendid")?,
+                msg: msg.to_owned(),
+            }
+        }
+        "groupchat" => {
+            let (g, msg) = rest
+                .and_then(|r| r.split_once(':'))
+                .ok_or("usage: groupchat:groupid:message")?;
+            Command::GroupChat {
+                group: id(Some(g), "groupid")?,
+                msg: msg.to_owned(),
+            }
+        }
+        "addfriend" => Command::AddFriend(id(rest, "friendid")?),
+        "delfriend" => Command::DelFriend(id(rest, "friendid")?),
+        "addgroup" => Command::AddGroup(id(rest, "groupid")?),
+        "delgroup" => Command::DelGroup(id(rest, "groupid")?),
+        "creategroup" => {
+            let r = rest.ok_or("usage: creategroup:groupname:groupdesc")?;
+            let (name, desc) = r.split_once(':').unwrap_or((r, ""));
+            Command::CreateGroup {
+                name: name.to_owned(),
+                desc: desc.to_owned(),
+            }
+        }
+        "history" => {
+            let usage = "usage: history:friend:ID[:beforeseq[:limit]] or history:group:ID[:beforeseq[:limit]]";
+            let mut parts = rest.ok_or(usage)?.split(':');
+            let kind = parts.next().ok_or(usage)?;
+            let target = id(parts.next(), "id")?;
+            let with = match kind {
+                "friend" | "user" => HistoryTarget::User(target),
+                "group" => HistoryTarget::Group(target),
+                _ => return Err(usage.to_owned()),
+            };
+            let before = parts.next().filter(|s| !s.is_empty()).map(|s| id(Some(s), "beforeseq")).transpose()?;
+            let limit = parts
+                .next()
+                .map(|s| s.trim().parse::<u32>().map_err(|_| "limit must be a positive number".to_owned()))
+                .transpose()?;
+            Command::History { with, before, limit }
+        }
+        "" => return Err("empty command; type help".to_owned()),
+        other => return Err(format!("invalid input command {other:?}; type help")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_commands_parse() {
+        assert_eq!(
+            parse("chat:2:hello: world"),
+            Ok(Command::Chat {
+                to: 2,
+                msg: "hello: world".into()
+            })
+        );
+        assert_eq!(
+            parse("groupchat:7:hi all\r\n"),
+            Ok(Command::GroupChat {
+                group: 7,
+                msg: "hi all".into()
+            })
+        );
+        assert_eq!(parse("addfriend:3"), Ok(Command::AddFriend(3)));
+        assert_eq!(parse("delgroup:4"), Ok(Command::DelGroup(4)));
+        assert_eq!(
+            parse("creategroup:rust:we like it"),
+            Ok(Command::CreateGroup {
+                name: "rust".into(),
+                desc: "we like it".into()
+            })
+        );
+        assert_eq!(parse("loginout"), Ok(Command::Logout));
+        assert_eq!(
+            parse("history:group:5:100:10"),
+            Ok(Command::History {
+                with: HistoryTarget::Group(5),
+                before: Some(100),
+                limit: Some(10)
+            })
+        );
+        assert_eq!(
+            parse("history:friend:2"),
+            Ok(Command::History {
+                with: HistoryTarget::User(2),
+                before: None,
+                limit: None
+            })
+        );
+    }
+
+    #[test]
+    fn bad_commands_explain_themselves() {
+        assert!(parse("chat:x:hi").is_err_and(|e| e.contains("number")));
+        assert!(parse("chat:2").is_err_and(|e| e.contains("usage")));
+        assert!(parse("fly:1").is_err_and(|e| e.contains("invalid")));
+        assert!(parse("history:planet:1").is_err());
+        assert!(parse("").is_err());
+    }
+}

@@ -1,0 +1,440 @@
+//! The async client library: one connection, typed requests, and a stream
+//! of pushes.
+//!
+//! Replies and pushes are told apart by what they are, never by which task
+//! reads first (the original client's bug): every request carries a fresh
+//! `reqid`, and a frame echoing a pending `reqid` completes that request;
+//! anything else (chat messages, server notices) goes to the push stream.
+//! `chatclient`, the tests and the load tool all use this.
+
+pub mod command;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value, json};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::model::{GroupId, Seq, UserId};
+use crate::protocol::codec::FrameCodec;
+use crate::protocol::msgid;
+
+/// Largest frame the client accepts: a login reply can carry a page of
+/// offline messages, far more than a request.
+const MAX_INCOMING_FRAME: usize = 16 * 1024 * 1024;
+
+/// What can go wrong for a client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("server refused ({errno}): {errmsg}")]
+    Server { errno: i64, errmsg: String },
+    #[error("connection closed")]
+    Closed,
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's errno, for a refusal.
+    pub fn errno(&self) -> Option<i64> {
+        match self {
+            ClientError::Server { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// A reply: its JSON object.
+#[derive(Debug, Clone)]
+pub struct Reply(pub Map<String, Value>);
+
+impl Reply {
+    pub fn msgid(&self) -> i64 {
+        self.0.get("msgid").and_then(Value::as_i64).unwrap_or(-1)
+    }
+    pub fn errno(&self) -> i64 {
+        self.0.get("errno").and_then(Value::as_i64).unwrap_or(0)
+    }
+    pub fn errmsg(&self) -> &str {
+        self.0.get("errmsg").and_then(Value::as_str).unwrap_or("")
+    }
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key)
+    }
+    pub fn i64(&self, key: &str) -> Result<i64, ClientError> {
+        self.get(key)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ClientError::Protocol(format!("reply lacks integer `{key}`")))
+    }
+    /// Turns a refusal into an error.
+    pub fn ok(self) -> Result<Reply, ClientError> {
+        if self.errno() == 0 {
+            Ok(self)
+        } else {
+            Err(ClientError::Server {
+                errno: self.errno(),
+                errmsg: self.errmsg().to_owned(),
+            })
+        }
+    }
+}
+
+/// A chat message as received (push, offline message or history entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub from: UserId,
+    pub name: String,
+    /// `Some(group)` for a group message.
+    pub group: Option<GroupId>,
+    /// The receiver of a one-to-one message.
+    pub to: Option<UserId>,
+    pub msg: String,
+    pub time: String,
+    pub seq: Seq,
+    pub ts: i64,
+}
+
+impl Message {
+    /// Reads a ONE_CHAT_MSG or GROUP_CHAT_MSG object.
+    pub fn from_json(v: &Value) -> Option<Message> {
+        let kind = v.get("msgid")?.as_i64()?;
+        if kind != msgid::ONE_CHAT && kind != msgid::GROUP_CHAT {
+            return None;
+        }
+        Some(Message {
+            from: v.get("id")?.as_i64()?,
+            name: v.get("name")?.as_str()?.to_owned(),
+            group: v.get("groupid").and_then(Value::as_i64),
+            to: v.get("toid").and_then(Value::as_i64),
+            msg: v.get("msg")?.as_str()?.to_owned(),
+            time: v.get("time").and_then(Value::as_str).unwrap_or("").to_owned(),
+            seq: v.get("seq").and_then(Value::as_i64).unwrap_or(0),
+            ts: v.get("ts").and_then(Value::as_i64).unwrap_or(0),
+        })
+    }
+
+    /// The original client's rendering.
+    pub fn display(&self) -> String {
+        match self.group {
+            Some(g) => format!("群消息[{g}]:{} [{}]{} said: {}", self.time, self.from, self.name, self.msg),
+            None => format!("{} [{}]{} said: {}", self.time, self.from, self.name, self.msg),
+        }
+    }
+}
+
+/// Something the server sent that was not a reply to a pending request.
+#[derive(Debug, Clone)]
+pub enum Push {
+    Message(Message),
+    /// A notice (msgid 100) or anything else.
+    Other(Value),
+}
+
+/// A friend or group member with presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub id: UserId,
+    pub name: String,
+    pub online: bool,
+    /// Group role, for members.
+    pub role: Option<String>,
+}
+
+/// A group with its members, as listed at login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: GroupId,
+    pub name: String,
+    pub desc: String,
+    pub members: Vec<Contact>,
+}
+
+/// What a successful login returns.
+#[derive(Debug, Clone)]
+pub struct LoginInfo {
+    pub id: UserId,
+    pub name: String,
+    pub friends: Vec<Contact>,
+    pub groups: Vec<Group>,
+    pub offline: Vec<Message>,
+}
+
+/// The reply to a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub seq: Seq,
+    pub ts: i64,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+/// A connection to a chat server.
+#[derive(Debug)]
+pub struct Client {
+    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    pending: Pending,
+    pushes: mpsc::Receiver<Push>,
+    next_reqid: AtomicU64,
+}
+
+fn contact(v: &Value) -> Option<Contact> {
+    Some(Contact {
+        id: v.get("id")?.as_i64()?,
+        name: v.get("name")?.as_str()?.to_owned(),
+        online: v.get("state")?.as_str()? == "online",
+        role: v.get("role").and_then(Value::as_str).map(str::to_owned),
+    })
+}
+
+/// Items of a classic list: each element a JSON text holding an object.
+fn double_encoded(v: Option<&Value>) -> Vec<Value> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| match s {
+                    Value::String(s) => serde_json::from_str(s).ok(),
+                    other => Some(other.clone()),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Client {
+    /// Connects to `addr`.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let (push_tx, pushes) = mpsc::channel(4096);
+        let mut reader = FramedRead::new(read, FrameCodec::new(MAX_INCOMING_FRAME));
+        let table = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = reader.next().await {
+                let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(&frame) else {
+                    continue;
+                };
+                let waiter = obj
+                    .get("reqid")
+                    .and_then(Value::as_u64)
+                    .and_then(|r| table.lock().unwrap_or_else(|p| p.into_inner()).remove(&r));
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(Reply(obj));
+                    }
+                    None => {
+                        let v = Value::Object(obj);
+                        let push = Message::from_json(&v).map_or(Push::Other(v), Push::Message);
+                        // Waiting here pushes back on the server when the
+                        // application does not keep up.
+                        if push_tx.send(push).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // Dropping the senders wakes every pending request with Closed.
+            table.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        });
+        Ok(Client {
+            writer: FramedWrite::new(write, FrameCodec::new(MAX_INCOMING_FRAME)),
+            pending,
+            pushes,
+            next_reqid: AtomicU64::new(1),
+        })
+    }
+
+    /// Sends a request object (a `reqid` is added) and waits for its reply.
+    pub async fn request(&mut self, mut req: Value) -> Result<Reply, ClientError> {
+        let reqid = self.next_reqid.fetch_add(1, Ordering::Relaxed);
+        if let Value::Object(o) = &mut req {
+            o.insert("reqid".into(), reqid.into());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reqid, tx);
+        let bytes = Bytes::from(serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?);
+        if let Err(e) = self.writer.send(bytes).await {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&reqid);
+            return Err(match e {
+                crate::protocol::codec::FrameError::Io(e) => ClientError::Io(e),
+                other => ClientError::Protocol(other.to_string()),
+            });
+        }
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends raw bytes as they are (for testing the server with bad input).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let w = self.writer.get_mut();
+        w.write_all(bytes).await?;
+        w.flush().await?;
+        Ok(())
+    }
+
+    /// The next push, or `None` once the connection is closed.
+    pub async fn next_push(&mut self) -> Option<Push> {
+        self.pushes.recv().await
+    }
+
+    /// The next chat message, skipping other pushes.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        loop {
+            if let Push::Message(m) = self.next_push().await? {
+                return Some(m);
+            }
+        }
+    }
+
+    /// A push already received, without waiting.
+    pub fn try_push(&mut self) -> Option<Push> {
+        self.pushes.try_recv().ok()
+    }
+
+    pub async fn register(&mut self, name: &str, password: &str) -> Result<UserId, ClientError> {
+        self.request(json!({"msgid": msgid::REG, "name": name, "password": password}))
+            .await?
+            .ok()?
+            .i64("id")
+    }
+
+    pub async fn login(&mut self, id: UserId, password: &str) -> Result<LoginInfo, ClientError> {
+        let r = self
+            .request(json!({"msgid": msgid::LOGIN, "id": id, "password": password}))
+            .await?
+            .ok()?;
+        let friends = double_encoded(r.get("friends")).iter().filter_map(contact).collect();
+        let groups = double_encoded(r.get("groups"))
+            .iter()
+            .filter_map(|g| {
+                Some(Group {
+                    id: g.get("id")?.as_i64()?,
+                    name: g.get("groupname")?.as_str()?.to_owned(),
+                    desc: g.get("groupdesc").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    members: double_encoded(g.get("users")).iter().filter_map(contact).collect(),
+                })
+            })
+            .collect();
+        let offline = double_encoded(r.get("offlinemsg"))
+            .iter()
+            .filter_map(Message::from_json)
+            .collect();
+        Ok(LoginInfo {
+            id: r.i64("id")?,
+            name: r.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+            friends,
+            groups,
+            offline,
+        })
+    }
+
+    pub async fn logout(&mut self) -> Result<(), ClientError> {
+        self.request(json!({"msgid": msgid::LOGOUT})).await?.ok().map(drop)
+    }
+
+    pub async fn chat(&mut self, to: UserId, msg: &str) -> Result<Sent, ClientError> {
+        let r = self
+            .request(json!({"msgid": msgid::ONE_CHAT, "toid": to, "msg": msg}))
+            .await?
+            .ok()?;
+        Ok(Sent {
+            seq: r.i64("seq")?,
+            ts: r.i64("ts")?,
+        })
+    }
+
+    pub async fn group_chat(&mut self, group: GroupId, msg: &str) -> Result<Sent, ClientError> {
+        let r = self
+            .request(json!({"msgid": msgid::GROUP_CHAT, "groupid": group, "msg": msg}))
+            .await?
+            .ok()?;
+        Ok(Sent {
+            seq: r.i64("seq")?,
+            ts: r.i64("ts")?,
+        })
+    }
+
+    pub async fn add_friend(&mut self, friend: UserId) -> Result<(), ClientError> {
+        self.request(json!({"msgid": msgid::ADD_FRIEND, "friendid": friend}))
+            .await?
+            .ok()
+            .map(drop)
+    }
+
+    pub async fn del_friend(&mut self, friend: UserId) -> Result<(), ClientError> {
+        self.request(json!({"msgid": msgid::DEL_FRIEND, "friendid": friend}))
+            .await?
+            .ok()
+            .map(drop)
+    }
+
+    pub async fn friends(&mut self) -> Result<Vec<Contact>, ClientError> {
+        let r = self
+            .request(json!({"msgid": msgid::SHOW_FRIEND_LIST}))
+            .await?
+            .ok()?;
+        Ok(r.get("friends")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(contact).collect())
+            .unwrap_or_default())
+    }
+
+    pub async fn create_group(&mut self, name: &str, desc: &str) -> Result<GroupId, ClientError> {
+        self.request(json!({"msgid": msgid::CREATE_GROUP, "groupname": name, "groupdesc": desc}))
+            .await?
+            .ok()?
+            .i64("groupid")
+    }
+
+    pub async fn join_group(&mut self, group: GroupId) -> Result<(), ClientError> {
+        self.request(json!({"msgid": msgid::ADD_GROUP, "groupid": group}))
+            .await?
+            .ok()
+            .map(drop)
+    }
+
+    pub async fn leave_group(&mut self, group: GroupId) -> Result<(), ClientError> {
+        self.request(json!({"msgid": msgid::DEL_GROUP, "groupid": group}))
+            .await?
+            .ok()
+            .map(drop)
+    }
+
+    /// Up to `limit` messages of the conversation with a user or a group
+    /// before sequence number `before` (newest when `None`), newest first.
+    pub async fn history(
+        &mut self,
+        with: crate::protocol::HistoryTarget,
+        before: Option<Seq>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Message>, ClientError> {
+        let mut req = json!({"msgid": msgid::HISTORY});
+        match with {
+            crate::protocol::HistoryTarget::User(u) => req["toid"] = u.into(),
+            crate::protocol::HistoryTarget::Group(g) => req["groupid"] = g.into(),
+        }
+        if let Some(b) = before {
+            req["before"] = b.into();
+        }
+        if let Some(l) = limit {
+            req["limit"] = l.into();
+        }
+        let r = self.request(req).await?.ok()?;
+        Ok(r.get("messages")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Message::from_json).collect())
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,100 @@
+//! One task per connection: read frames, feed the session, write back.
+//!
+//! The task waits on four things at once: a frame from the client, a push
+//! for the logged-in user, the hub's request to drop a too-slow session, and
+//! server shutdown. Writes are bounded in time, so a client that stops
+//! reading cannot hold a task forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::codec::{FrameCodec, FrameError};
+use crate::protocol::{ErrCode, Fail, Reply, msgid};
+use crate::service::Service;
+
+type Conn = Framed<TcpStream, FrameCodec>;
+
+/// Serves one client until it leaves, misbehaves, or the server shuts down.
+pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: CancellationToken) {
+    let peer = stream.peer_addr().ok();
+    // Chat frames are small and latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let config = service.config();
+    let write_timeout = config.write_timeout;
+    let mut conn = Framed::new(stream, FrameCodec::new(config.max_frame));
+    let mut session = service.open_session();
+    let kick = session.kick_token();
+    tracing::debug!(?peer, "connection opened");
+    loop {
+        let (out, last) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
+            _ = kick.cancelled() => (vec![notice(ErrCode::TooSlow, "you are reading too slowly; reconnect to get your messages")], true),
+            frame = conn.next() => match frame {
+                None => break,
+                Some(Ok(frame)) => (service.handle_frame(&mut session, &frame).await, false),
+                Some(Err(FrameError::TooLong(max))) => {
+                    let msg = format!("frame longer than {max} bytes; closing the connection");
+                    (vec![notice(ErrCode::FrameTooLong, &msg)], true)
+                }
+                Some(Err(FrameError::Io(e))) => {
+                    tracing::debug!(?peer, error = %e, "read failed");
+                    break;
+                }
+            },
+            Some(push) = session.next_push() => (service.handle_push(&mut session, push).await, false),
+        };
+        if let Err(e) = send_all(&mut conn, out, write_timeout).await {
+            tracing::debug!(?peer, error = %e, "write failed");
+            break;
+        }
+        if last {
+            break;
+        }
+        service.flush_cursors(&mut session);
+    }
+    service.end_session(&mut session).await;
+    tracing::debug!(?peer, "connection closed");
+}
+
+fn notice(code: ErrCode, msg: &str) -> Bytes {
+    Reply::fail(msgid::ERROR, &Fail::new(code, msg)).to_bytes()
+}
+
+async fn send_all(conn: &mut Conn, frames: Vec<Bytes>, timeout: Duration) -> Result<(), FrameError> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let work = async {
+        for f in frames {
+            conn.feed(f).await?;
+        }
+        conn.flush().await
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        ))),
+    }
+}
+
+/// Tells a client the server is full, then closes. Bounded in time so a
+/// flood of refused connections cannot pile up.
+pub async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut frame = notice(ErrCode::ServerFull, "server is at its connection limit, try again later").to_vec();
+    frame.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(&frame).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,53 @@
+//! Presence and live delivery behind one interface.
+//!
+//! The [`Hub`] knows who is online and hands stored messages to the sessions
+//! of their receivers. On one node that is a map in memory ([`local`]); in a
+//! cluster it is Redis (presence keys with a lease, one channel per node).
+//! The hub is never the source of truth for messages: everything it carries
+//! is already stored, so a push it drops is still delivered later (at the
+//! receiver's next gap check or login).
+
+pub mod local;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Push, UserId};
+
+/// How the hub reaches one logged-in session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// Unique per connection, so that a stale logout cannot remove a newer
+    /// session of the same user.
+    pub session_id: u64,
+    /// The session's bounded push queue.
+    pub pushes: mpsc::Sender<Push>,
+    /// Cancelled to disconnect the session (too slow to keep up).
+    pub kick: CancellationToken,
+}
+
+/// Why the hub refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("this account is online already")]
+    AlreadyOnline,
+    #[error("presence service unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Presence and delivery for the whole deployment.
+#[async_trait]
+pub trait Hub: Send + Sync + 'static {
+    /// Marks `user` online with `handle` as its session; `AlreadyOnline` when
+    /// the user has a session anywhere.
+    async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError>;
+    /// Marks `user` offline, if `session_id` is still its session.
+    async fn disconnect(&self, user: UserId, session_id: u64);
+    /// Whether each of `users` is online, in one call however many there are.
+    async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, HubError>;
+    /// Hands a stored message to every online receiver among `recipients`.
+    async fn deliver(&self, push: Push, recipients: &[UserId]) -> Result<(), HubError>;
+    /// Marks every user of this node offline (graceful shutdown).
+    async fn shutdown(&self);
+}

@@ -1,0 +1,30 @@
+//! A chat server that speaks the classic muduo "cluster chat server" protocol
+//! byte for byte, and the pieces around it.
+//!
+//! The layout follows the architecture, outside in:
+//!
+//! * [`protocol`]: frames on the wire ([`protocol::codec`]) and the JSON
+//!   messages inside them (msgids, requests, replies, error codes).
+//! * [`server`] and [`connection`]: the accept loop (connection cap, back-off,
+//!   graceful shutdown) and the per-connection task that joins a socket to a
+//!   session.
+//! * [`service`]: the business logic, one handler per message type, driven by
+//!   plain values so that it is testable without sockets.
+//! * [`store`]: durable state behind one interface (SQLite embedded now;
+//!   MySQL is the next backend).
+//! * [`hub`]: presence and live delivery behind one interface (in-process
+//!   now; Redis between cluster nodes next).
+//! * [`client`]: the async client library shared by `chatclient`, the tests
+//!   and the load tool.
+//! * [`model`]: the domain values all of the above exchange.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod model;
+pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod store;

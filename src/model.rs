@@ -1,0 +1,344 @@
+//! Domain values shared by the service, the store and the hub.
+//!
+//! Names and texts are validated once, when they enter through [`UserName::parse`]
+//! and friends, so that no other layer has to wonder whether a value is too
+//! long or empty.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A user's numeric id, as the classic protocol carries it.
+pub type UserId = i64;
+/// A group's numeric id.
+pub type GroupId = i64;
+/// Position of a message inside its conversation; starts at 1, no gaps.
+pub type Seq = i64;
+
+/// A conversation is the unit of ordering: a pair of users or a group.
+///
+/// Sequence numbers, delivery cursors and history are all per conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Conversation {
+    /// One-to-one conversation; `low < high` always holds (see [`Conversation::direct`]).
+    Direct { low: UserId, high: UserId },
+    /// A group's conversation.
+    Group(GroupId),
+}
+
+impl Conversation {
+    /// The conversation between two distinct users, whichever writes first.
+    pub fn direct(a: UserId, b: UserId) -> Self {
+        Conversation::Direct {
+            low: a.min(b),
+            high: a.max(b),
+        }
+    }
+
+    /// Storage key: `d:LOW:HIGH` or `g:GROUP`. Stable, human-readable, and the
+    /// same text in every backend.
+    pub fn key(&self) -> String {
+        match self {
+            Conversation::Direct { low, high } => format!("d:{low}:{high}"),
+            Conversation::Group(g) => format!("g:{g}"),
+        }
+    }
+
+    /// Inverse of [`Conversation::key`].
+    pub fn from_key(key: &str) -> Option<Self> {
+        let mut parts = key.split(':');
+        let conv = match (parts.next()?, parts.next(), parts.next()) {
+            ("d", Some(a), Some(b)) => {
+                let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+                if a >= b {
+                    return None;
+                }
+                Conversation::direct(a, b)
+            }
+            ("g", Some(g), None) => Conversation::Group(g.parse().ok()?),
+            _ => return None,
+        };
+        parts.next().is_none().then_some(conv)
+    }
+
+    /// For a direct conversation, the participant that is not `me`.
+    pub fn peer_of(&self, me: UserId) -> Option<UserId> {
+        match *self {
+            Conversation::Direct { low, high } if low == me => Some(high),
+            Conversation::Direct { low, high } if high == me => Some(low),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Conversation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+/// A chat message before the store has given it a place.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub conv: Conversation,
+    pub sender: UserId,
+    /// Copied from the sender's session so readers never join on users.
+    pub sender_name: String,
+    pub body: String,
+}
+
+/// A chat message as stored: its conversation, its sequence number and the
+/// server time at which it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub conv: Conversation,
+    pub seq: Seq,
+    pub sender: UserId,
+    pub sender_name: String,
+    pub body: String,
+    /// Milliseconds since the Unix epoch, server clock.
+    pub ts_ms: i64,
+}
+
+/// A stored message together with its wire form, rendered once and shared by
+/// every receiver (a group message is serialised once, not once per member).
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: ChatMessage,
+    /// The JSON object of the push, without terminator.
+    pub frame: Bytes,
+}
+
+/// What the hub hands to a session's queue.
+pub type Push = Arc<Delivery>;
+
+/// A user as others see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSummary {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// What login needs to check a password.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub id: UserId,
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// A member's role inside a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRole {
+    Creator,
+    Normal,
+}
+
+impl GroupRole {
+    /// The wire and storage spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GroupRole::Creator => "creator",
+            GroupRole::Normal => "normal",
+        }
+    }
+
+    /// Inverse of [`GroupRole::as_str`]; anything unknown reads as normal.
+    pub fn parse(s: &str) -> Self {
+        if s == "creator" {
+            GroupRole::Creator
+        } else {
+            GroupRole::Normal
+        }
+    }
+}
+
+/// One member of a group, as listed to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub id: UserId,
+    pub name: String,
+    pub role: GroupRole,
+}
+
+/// A group with its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub id: GroupId,
+    pub name: String,
+    pub desc: String,
+    pub members: Vec<GroupMember>,
+}
+
+/// Why a user-supplied text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("{what} is too long ({len} > {max} characters)")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{0} must not contain control characters")]
+    Control(&'static str),
+}
+
+fn check_text(
+    what: &'static str,
+    s: &str,
+    max_chars: usize,
+    allow_empty: bool,
+    allow_newlines: bool,
+) -> Result<(), Invalid> {
+    if s.is_empty() && !allow_empty {
+        return Err(Invalid::Empty(what));
+    }
+    let len = s.chars().count();
+    if len > max_chars {
+        return Err(Invalid::TooLong {
+            what,
+            len,
+            max: max_chars,
+        });
+    }
+    let bad = |c: char| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t'));
+    if s.chars().any(bad) {
+        return Err(Invalid::Control(what));
+    }
+    Ok(())
+}
+
+/// Longest user or group name, in characters (the original's VARCHAR(50)).
+pub const MAX_NAME_CHARS: usize = 50;
+/// Longest group description, in characters (the original's VARCHAR(200)).
+pub const MAX_DESC_CHARS: usize = 200;
+/// Longest password, in bytes; argon2 would take more, but nobody needs it.
+pub const MAX_PASSWORD_BYTES: usize = 128;
+
+/// A validated user name: 1 to 50 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserName(String);
+
+impl UserName {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        check_text("name", s, MAX_NAME_CHARS, false, false)?;
+        Ok(UserName(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated group name: 1 to 50 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupName(String);
+
+impl GroupName {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        check_text("groupname", s, MAX_NAME_CHARS, false, false)?;
+        Ok(GroupName(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated group description: up to 200 characters, may be empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDesc(String);
+
+impl GroupDesc {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        check_text("groupdesc", s, MAX_DESC_CHARS, true, true)?;
+        Ok(GroupDesc(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated password: 1 to 128 bytes. Control characters are allowed:
+/// it is never displayed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+impl Password {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.is_empty() {
+            return Err(Invalid::Empty("password"));
+        }
+        if s.len() > MAX_PASSWORD_BYTES {
+            return Err(Invalid::TooLong {
+                what: "password",
+                len: s.len(),
+                max: MAX_PASSWORD_BYTES,
+            });
+        }
+        Ok(Password(s.to_owned()))
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// Validates a chat message body against the configured limit (in bytes, the
+/// unit that costs memory and bandwidth). Newlines and tabs are allowed.
+pub fn check_body(body: &str, max_bytes: usize) -> Result<(), Invalid> {
+    if body.is_empty() {
+        return Err(Invalid::Empty("msg"));
+    }
+    if body.len() > max_bytes {
+        return Err(Invalid::TooLong {
+            what: "msg (bytes)",
+            len: body.len(),
+            max: max_bytes,
+        });
+    }
+    check_text("msg", body, usize::MAX, false, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_keys_round_trip_and_are_order_independent() {
+        let c = Conversation::direct(7, 3);
+        assert_eq!(c, Conversation::direct(3, 7));
+        assert_eq!(c.key(), "d:3:7");
+        assert_eq!(Conversation::from_key("d:3:7"), Some(c));
+        assert_eq!(Conversation::from_key("g:12"), Some(Conversation::Group(12)));
+        assert_eq!(c.peer_of(3), Some(7));
+        assert_eq!(c.peer_of(7), Some(3));
+        assert_eq!(c.peer_of(4), None);
+        for bad in ["", "d:7:3", "d:3", "g:x", "g:1:2", "x:1", "d:3:3"] {
+            assert_eq!(Conversation::from_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_validated_once() {
+        assert!(UserName::parse("alice").is_ok());
+        assert!(UserName::parse(&"é".repeat(50)).is_ok());
+        assert!(matches!(
+            UserName::parse(&"x".repeat(51)),
+            Err(Invalid::TooLong { .. })
+        ));
+        assert_eq!(UserName::parse(""), Err(Invalid::Empty("name")));
+        assert_eq!(UserName::parse("a\nb"), Err(Invalid::Control("name")));
+        assert!(GroupDesc::parse("").is_ok());
+        assert!(check_body("two\nlines", 10).is_ok());
+        assert!(check_body("x", 0).is_err());
+        assert!(check_body("bell\u{7}", 100).is_err());
+        assert!(Password::parse(&"p".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! Framing: where one message ends and the next begins.
+//!
+//! The original client ends each JSON text with a NUL byte; people typing into
+//! `nc` end it with a newline. We accept either, bound the frame size, and
+//! never rely on read boundaries: coalesced and fragmented input decode the
+//! same. Everything we send ends with `\n`, which the original client's JSON
+//! parser skips as whitespace and which lets any client split our stream.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
+
+/// Default largest frame we accept from a client, in bytes.
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+
+/// Splits input on NUL or newline (bounded) and terminates output with newline.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    inner: AnyDelimiterCodec,
+    max_frame: usize,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer sent more than the limit without a terminator. The stream
+    /// cannot be resynchronised cheaply, so the connection is closed after
+    /// an error reply.
+    #[error("frame longer than {0} bytes")]
+    TooLong(usize),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl FrameCodec {
+    /// A codec refusing frames longer than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        FrameCodec {
+            inner: AnyDelimiterCodec::new_with_max_length(
+                b"\n\0".to_vec(),
+                b"\n".to_vec(),
+                max_frame,
+            ),
+            max_frame,
+        }
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            match self.inner.decode(src) {
+                // `{..}\0\n` or `\r\n`-less blank lines yield empty chunks; they
+                // carry nothing, so they are not frames.
+                Ok(Some(chunk)) if chunk.iter().all(u8::is_ascii_whitespace) => continue,
+                Ok(other) => return Ok(other),
+                Err(e) => return Err(self.map_err(e)),
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            match self.inner.decode_eof(src) {
+                Ok(Some(chunk)) if chunk.iter().all(u8::is_ascii_whitespace) => continue,
+                Ok(other) => return Ok(other),
+                Err(e) => return Err(self.map_err(e)),
+            }
+        }
+    }
+}
+
+impl FrameCodec {
+    fn map_err(&self, e: AnyDelimiterCodecError) -> FrameError {
+        match e {
+            AnyDelimiterCodecError::MaxChunkLengthExceeded => FrameError::TooLong(self.max_frame),
+            AnyDelimiterCodecError::Io(e) => FrameError::Io(e),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        dst.reserve(item.len() + 1);
+        dst.put_slice(&item);
+        dst.put_u8(b'\n');
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut FrameCodec, buf: &mut BytesMut) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Some(f) = codec.decode(buf).expect("decode") {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn coalesced_frames_with_either_terminator_split_apart() {
+        let mut c = FrameCodec::default();
+        let mut buf = BytesMut::from(&b"{\"a\":1}\0{\"b\":2}\n\n\0{\"c\":3}\r\n"[..]);
+        let frames = decode_all(&mut c, &mut buf);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(&frames[0][..], b"{\"a\":1}");
+        assert_eq!(&frames[1][..], b"{\"b\":2}");
+        // a CR before the newline stays in the frame; JSON treats it as whitespace
+        assert_eq!(&frames[2][..], b"{\"c\":3}\r");
+    }
+
+    #[test]
+    fn fragmented_frame_waits_for_its_terminator() {
+        let mut c = FrameCodec::default();
+        let mut buf = BytesMut::from(&b"{\"msg"[..]);
+        assert!(decode_all(&mut c, &mut buf).is_empty());
+        buf.extend_from_slice(b"id\":1}");
+        assert!(decode_all(&mut c, &mut buf).is_empty());
+        buf.extend_from_slice(b"\0");
+        assert_eq!(decode_all(&mut c, &mut buf), vec![Bytes::from_static(b"{\"msgid\":1}")]);
+    }
+
+    #[test]
+    fn over_long_frame_is_an_error_not_a_buffer_that_grows() {
+        let mut c = FrameCodec::new(16);
+        let mut buf = BytesMut::from(&[b'x'; 17][..]);
+        assert!(matches!(c.decode(&mut buf), Err(FrameError::TooLong(16))));
+        // a frame of exactly the limit is fine
+        let mut c = FrameCodec::new(16);
+        let mut buf = BytesMut::from(&b"0123456789abcdef\n"[..]);
+        assert_eq!(decode_all(&mut c, &mut buf).len(), 1);
+    }
+
+    #[test]
+    fn unterminated_tail_is_a_frame_at_eof_and_output_is_newline_terminated() {
+        let mut c = FrameCodec::default();
+        let mut buf = BytesMut::from(&b"{\"x\":1}"[..]);
+        assert_eq!(c.decode(&mut buf).expect("decode"), None);
+        assert_eq!(
+            c.decode_eof(&mut buf).expect("eof"),
+            Some(Bytes::from_static(b"{\"x\":1}"))
+        );
+        let mut out = BytesMut::new();
+        c.encode(Bytes::from_static(b"{}"), &mut out).expect("encode");
+        assert_eq!(&out[..], b"{}\n");
+    }
+}

@@ -1,0 +1,558 @@
+//! The classic JSON protocol and our extensions to it.
+//!
+//! Every frame is one JSON object with an integer `msgid`. A frame is parsed
+//! once, here, into a typed [`Request`]; the service never looks at JSON.
+//! Replies are built with [`Reply`] and pushes with [`render_push`].
+//! `docs/protocol.md` is the reference for users of the protocol; keep the two
+//! in step.
+
+pub mod codec;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::model::{ChatMessage, Conversation, GroupId, Seq, UserId};
+
+/// Message ids. 1 to 10 are the original's; 11 to 14 are requests it did not
+/// have (11 to 13 as the Cluster_ChatServer seed names them); `100 + n` is
+/// our reply to request `n` where the original sent none, and 100 itself
+/// reports a frame that could not be tied to a request.
+pub mod msgid {
+    pub const LOGIN: i64 = 1;
+    pub const LOGIN_ACK: i64 = 2;
+    pub const LOGOUT: i64 = 3;
+    pub const REG: i64 = 4;
+    pub const REG_ACK: i64 = 5;
+    pub const ONE_CHAT: i64 = 6;
+    pub const ADD_FRIEND: i64 = 7;
+    pub const CREATE_GROUP: i64 = 8;
+    pub const ADD_GROUP: i64 = 9;
+    pub const GROUP_CHAT: i64 = 10;
+    pub const DEL_GROUP: i64 = 11;
+    pub const DEL_FRIEND: i64 = 12;
+    pub const SHOW_FRIEND_LIST: i64 = 13;
+    pub const HISTORY: i64 = 14;
+    /// Reply to a frame that is not a request we can name (bad JSON, no or
+    /// unknown msgid), and notices the server sends before closing.
+    pub const ERROR: i64 = 100;
+    /// Offset of the reply msgid for requests the original left unanswered.
+    pub const ACK_OFFSET: i64 = 100;
+
+    /// The msgid of the reply to request `req`.
+    pub fn ack_for(req: i64) -> i64 {
+        match req {
+            LOGIN => LOGIN_ACK,
+            REG => REG_ACK,
+            other => ACK_OFFSET + other,
+        }
+    }
+}
+
+/// The `errno` of a reply. 1 and 2 keep the meanings the original client
+/// knows; the others are ours and documented in `docs/protocol.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrCode {
+    Ok = 0,
+    /// Login: wrong id or password. Register: name already taken.
+    Failed = 1,
+    /// Login: the account is online already.
+    AlreadyOnline = 2,
+    InvalidJson = 10,
+    UnknownMsgid = 11,
+    /// A field is missing or has the wrong type.
+    BadRequest = 12,
+    /// A field has the right type but a value we refuse (too long, empty).
+    InvalidValue = 13,
+    FrameTooLong = 14,
+    NotLoggedIn = 20,
+    /// The request's `id` names someone other than the logged-in user.
+    IdentityMismatch = 21,
+    AlreadyLoggedIn = 22,
+    NotFound = 30,
+    /// Not allowed, e.g. posting to a group one is not a member of.
+    Forbidden = 31,
+    AlreadyExists = 32,
+    /// A request aimed at oneself where that makes no sense.
+    InvalidTarget = 33,
+    /// Storage or cluster service unavailable; retry later.
+    Unavailable = 50,
+    /// The server is at its connection limit.
+    ServerFull = 51,
+    /// This connection read too slowly and is being closed.
+    TooSlow = 52,
+    ShuttingDown = 53,
+}
+
+/// A failed request: the code and a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail {
+    pub code: ErrCode,
+    pub msg: String,
+}
+
+impl Fail {
+    pub fn new(code: ErrCode, msg: impl Into<String>) -> Self {
+        Fail {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// A reply under construction: `msgid`, `errno`, `errmsg` on errors,
+/// `reqid` when the request had one, and any payload fields.
+#[derive(Debug, Clone)]
+pub struct Reply(Map<String, Value>);
+
+impl Reply {
+    /// A successful reply with `msgid`.
+    pub fn ok(msgid: i64) -> Self {
+        let mut m = Map::new();
+        m.insert("msgid".into(), msgid.into());
+        m.insert("errno".into(), 0.into());
+        Reply(m)
+    }
+
+    /// A failed reply with `msgid`.
+    pub fn fail(msgid: i64, fail: &Fail) -> Self {
+        let mut r = Reply::ok(msgid);
+        r.0.insert("errno".into(), (fail.code as i64).into());
+        r.0.insert("errmsg".into(), fail.msg.clone().into());
+        r
+    }
+
+    /// Adds a payload field.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    /// Echoes the request's `reqid`, if it had one.
+    pub fn reqid(mut self, reqid: Option<&Value>) -> Self {
+        if let Some(r) = reqid {
+            self.0.insert("reqid".into(), r.clone());
+        }
+        self
+    }
+
+    /// The JSON text, without terminator.
+    pub fn to_bytes(&self) -> Bytes {
+        // Serialising a Map of Values cannot fail (string keys, no floats NaN).
+        Bytes::from(serde_json::to_vec(&self.0).unwrap_or_default())
+    }
+
+    /// The fields, for tests and the client.
+    pub fn into_map(self) -> Map<String, Value> {
+        self.0
+    }
+}
+
+/// Which conversation a history request reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryTarget {
+    User(UserId),
+    Group(GroupId),
+}
+
+/// A request, typed. Fields the server derives from the session (`id` after
+/// login, `name`, `time`) are not here: the server never trusts them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Login {
+        id: UserId,
+        password: String,
+    },
+    Logout,
+    Register {
+        name: String,
+        password: String,
+    },
+    OneChat {
+        toid: UserId,
+        msg: String,
+    },
+    AddFriend {
+        friendid: UserId,
+    },
+    DelFriend {
+        friendid: UserId,
+    },
+    ShowFriendList,
+    CreateGroup {
+        groupname: String,
+        groupdesc: String,
+    },
+    AddGroup {
+        groupid: GroupId,
+    },
+    DelGroup {
+        groupid: GroupId,
+    },
+    GroupChat {
+        groupid: GroupId,
+        msg: String,
+    },
+    History {
+        target: HistoryTarget,
+        before: Option<Seq>,
+        limit: Option<u32>,
+    },
+}
+
+/// A frame parsed as far as it goes. Even a request whose fields are wrong
+/// keeps its `msgid` and `reqid`, so that the error reply can name them.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The request's msgid, or [`msgid::ERROR`] when there is none to name.
+    pub msgid: i64,
+    pub reqid: Option<Value>,
+    /// The `id` the client put in the request, if any (checked against the
+    /// session, never used as identity).
+    pub claimed_id: Option<UserId>,
+    pub request: Result<Request, Fail>,
+}
+
+impl Parsed {
+    fn bare(fail: Fail, reqid: Option<Value>) -> Self {
+        Parsed {
+            msgid: msgid::ERROR,
+            reqid,
+            claimed_id: None,
+            request: Err(fail),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    id: UserId,
+    password: String,
+}
+#[derive(Deserialize)]
+struct RegBody {
+    name: String,
+    password: String,
+}
+#[derive(Deserialize)]
+struct OneChatBody {
+    toid: UserId,
+    msg: String,
+}
+#[derive(Deserialize)]
+struct FriendBody {
+    friendid: UserId,
+}
+#[derive(Deserialize)]
+struct CreateGroupBody {
+    groupname: String,
+    #[serde(default)]
+    groupdesc: String,
+}
+#[derive(Deserialize)]
+struct GroupBody {
+    groupid: GroupId,
+}
+#[derive(Deserialize)]
+struct GroupChatBody {
+    groupid: GroupId,
+    msg: String,
+}
+#[derive(Deserialize)]
+struct HistoryBody {
+    toid: Option<UserId>,
+    groupid: Option<GroupId>,
+    before: Option<Seq>,
+    limit: Option<u32>,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, Fail> {
+    serde_json::from_value(Value::Object(obj)).map_err(|e| Fail::new(ErrCode::BadRequest, e.to_string()))
+}
+
+/// Parses one frame. Never panics; every failure is a [`Fail`] to reply with.
+pub fn parse(frame: &[u8]) -> Parsed {
+    let value: Value = match serde_json::from_slice(frame) {
+        Ok(v) => v,
+        Err(e) => {
+            return Parsed::bare(Fail::new(ErrCode::InvalidJson, format!("invalid JSON: {e}")), None);
+        }
+    };
+    let Value::Object(mut obj) = value else {
+        return Parsed::bare(Fail::new(ErrCode::BadRequest, "a request must be a JSON object"), None);
+    };
+    let reqid = match obj.remove("reqid") {
+        None => None,
+        Some(r @ (Value::Number(_) | Value::String(_))) => Some(r),
+        Some(_) => {
+            return Parsed::bare(
+                Fail::new(ErrCode::BadRequest, "reqid must be a number or a string"),
+                None,
+            );
+        }
+    };
+    let id = match obj.get("msgid") {
+        None => {
+            return Parsed::bare(Fail::new(ErrCode::BadRequest, "missing field `msgid`"), reqid);
+        }
+        Some(v) => match v.as_i64() {
+            Some(id) => id,
+            None => {
+                return Parsed::bare(
+                    Fail::new(ErrCode::BadRequest, "msgid must be an integer"),
+                    reqid,
+                );
+            }
+        },
+    };
+    let known = matches!(
+        id,
+        msgid::LOGIN
+            | msgid::LOGOUT
+            | msgid::REG
+            | msgid::ONE_CHAT
+            | msgid::ADD_FRIEND
+            | msgid::CREATE_GROUP
+            | msgid::ADD_GROUP
+            | msgid::GROUP_CHAT
+            | msgid::DEL_GROUP
+            | msgid::DEL_FRIEND
+            | msgid::SHOW_FRIEND_LIST
+            | msgid::HISTORY
+    );
+    if !known {
+        return Parsed::bare(
+            Fail::new(ErrCode::UnknownMsgid, format!("unknown request msgid {id}")),
+            reqid,
+        );
+    }
+    let mut parsed = Parsed {
+        msgid: id,
+        reqid,
+        claimed_id: None,
+        request: Err(Fail::new(ErrCode::BadRequest, "")),
+    };
+    // For LOGIN, `id` is the account to log into, not a claim about the session.
+    if id != msgid::LOGIN {
+        match obj.get("id") {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_i64() {
+                Some(claimed) => parsed.claimed_id = Some(claimed),
+                None => {
+                    parsed.request = Err(Fail::new(ErrCode::BadRequest, "id must be an integer"));
+                    return parsed;
+                }
+            },
+        }
+    }
+    parsed.request = request_of(id, obj);
+    parsed
+}
+
+fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
+    Ok(match id {
+        msgid::LOGIN => {
+            let b: LoginBody = typed(obj)?;
+            Request::Login {
+                id: b.id,
+                password: b.password,
+            }
+        }
+        msgid::LOGOUT => Request::Logout,
+        msgid::REG => {
+            let b: RegBody = typed(obj)?;
+            Request::Register {
+                name: b.name,
+                password: b.password,
+            }
+        }
+        msgid::ONE_CHAT => {
+            let b: OneChatBody = typed(obj)?;
+            Request::OneChat {
+                toid: b.toid,
+                msg: b.msg,
+            }
+        }
+        msgid::ADD_FRIEND => Request::AddFriend {
+            friendid: typed::<FriendBody>(obj)?.friendid,
+        },
+        msgid::DEL_FRIEND => Request::DelFriend {
+            friendid: typed::<FriendBody>(obj)?.friendid,
+        },
+        msgid::SHOW_FRIEND_LIST => Request::ShowFriendList,
+        msgid::CREATE_GROUP => {
+            let b: CreateGroupBody = typed(obj)?;
+            Request::CreateGroup {
+                groupname: b.groupname,
+                groupdesc: b.groupdesc,
+            }
+        }
+        msgid::ADD_GROUP => Request::AddGroup {
+            groupid: typed::<GroupBody>(obj)?.groupid,
+        },
+        msgid::DEL_GROUP => Request::DelGroup {
+            groupid: typed::<GroupBody>(obj)?.groupid,
+        },
+        msgid::GROUP_CHAT => {
+            let b: GroupChatBody = typed(obj)?;
+            Request::GroupChat {
+                groupid: b.groupid,
+                msg: b.msg,
+            }
+        }
+        msgid::HISTORY => {
+            let b: HistoryBody = typed(obj)?;
+            let target = match (b.toid, b.groupid) {
+                (Some(u), None) => HistoryTarget::User(u),
+                (None, Some(g)) => HistoryTarget::Group(g),
+                _ => {
+                    return Err(Fail::new(
+                        ErrCode::BadRequest,
+                        "history needs exactly one of `toid` or `groupid`",
+                    ));
+                }
+            };
+            Request::History {
+                target,
+                before: b.before,
+                limit: b.limit,
+            }
+        }
+        other => {
+            return Err(Fail::new(
+                ErrCode::UnknownMsgid,
+                format!("unknown request msgid {other}"),
+            ));
+        }
+    })
+}
+
+/// The wire form of a chat message: a classic ONE_CHAT_MSG or GROUP_CHAT_MSG
+/// with `seq` and `ts` added.
+#[derive(Serialize)]
+pub struct ChatOut<'a> {
+    pub msgid: i64,
+    pub id: UserId,
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+    pub msg: &'a str,
+    pub time: String,
+    pub seq: Seq,
+    pub ts: i64,
+}
+
+impl<'a> ChatOut<'a> {
+    pub fn of(m: &'a ChatMessage) -> Self {
+        let (msgid, toid, groupid) = match m.conv {
+            Conversation::Direct { .. } => (msgid::ONE_CHAT, m.conv.peer_of(m.sender), None),
+            Conversation::Group(g) => (msgid::GROUP_CHAT, None, Some(g)),
+        };
+        ChatOut {
+            msgid,
+            id: m.sender,
+            name: &m.sender_name,
+            toid,
+            groupid,
+            msg: &m.body,
+            time: classic_time(m.ts_ms),
+            seq: m.seq,
+            ts: m.ts_ms,
+        }
+    }
+}
+
+/// Renders a stored message as the push a receiver gets.
+pub fn render_push(m: &ChatMessage) -> Bytes {
+    Bytes::from(serde_json::to_vec(&ChatOut::of(m)).unwrap_or_default())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in the server's local time zone, as the original
+/// client prints it.
+pub fn classic_time(ts_ms: i64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ts_ms).single() {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(p: &Parsed) -> ErrCode {
+        p.request.as_ref().err().map(|f| f.code).unwrap_or(ErrCode::Ok)
+    }
+
+    #[test]
+    fn classic_chat_request_parses_and_ignores_client_name_and_time() {
+        let p = parse(
+            br#"{"msgid":6,"id":1,"name":"mallory","toid":2,"msg":"hi","time":"1999-01-01 00:00:00"}"#,
+        );
+        assert_eq!(p.msgid, msgid::ONE_CHAT);
+        assert_eq!(p.claimed_id, Some(1));
+        assert_eq!(
+            p.request,
+            Ok(Request::OneChat {
+                toid: 2,
+                msg: "hi".into()
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_keep_reqid() {
+        let p = parse(b"{not json");
+        assert_eq!((p.msgid, code(&p)), (msgid::ERROR, ErrCode::InvalidJson));
+        let p = parse(b"[1,2]");
+        assert_eq!((p.msgid, code(&p)), (msgid::ERROR, ErrCode::BadRequest));
+        let p = parse(br#"{"msgid":99,"reqid":"r1"}"#);
+        assert_eq!((p.msgid, code(&p)), (msgid::ERROR, ErrCode::UnknownMsgid));
+        assert_eq!(p.reqid, Some(Value::from("r1")));
+        let p = parse(br#"{"msgid":6,"reqid":7,"toid":"2","msg":"x"}"#);
+        assert_eq!((p.msgid, code(&p)), (msgid::ONE_CHAT, ErrCode::BadRequest));
+        assert_eq!(p.reqid, Some(Value::from(7)));
+        let err = p.request.err().map(|f| f.msg).unwrap_or_default();
+        assert!(err.contains("invalid type"), "{err}");
+        let p = parse(br#"{"msgid":10,"groupid":1}"#);
+        let err = p.request.err().map(|f| f.msg).unwrap_or_default();
+        assert!(err.contains("missing field `msg`"), "{err}");
+        let p = parse(br#"{"msgid":7,"id":"me","friendid":2}"#);
+        assert_eq!(code(&p), ErrCode::BadRequest);
+        let p = parse(br#"{"msgid":2}"#);
+        assert_eq!(code(&p), ErrCode::UnknownMsgid, "server-only msgids are not requests");
+        let p = parse(br#"{"msgid":14,"toid":1,"groupid":2}"#);
+        assert_eq!(code(&p), ErrCode::BadRequest);
+        let p = parse(br#"{"msgid":1.5}"#);
+        assert_eq!(code(&p), ErrCode::BadRequest);
+    }
+
+    #[test]
+    fn pushes_have_the_classic_fields_plus_seq_and_ts() {
+        let m = ChatMessage {
+            conv: Conversation::direct(5, 3),
+            seq: 9,
+            sender: 5,
+            sender_name: "bob".into(),
+            body: "hello".into(),
+            ts_ms: 1_700_000_000_000,
+        };
+        let v: Value = serde_json::from_slice(&render_push(&m)).expect("json");
+        assert_eq!(v["msgid"], 6);
+        assert_eq!(v["id"], 5);
+        assert_eq!(v["toid"], 3);
+        assert_eq!(v["name"], "bob");
+        assert_eq!(v["seq"], 9);
+        assert_eq!(v["time"].as_str().map(str::len), Some(19));
+        let g = ChatMessage {
+            conv: Conversation::Group(4),
+            ..m
+        };
+        let v: Value = serde_json::from_slice(&render_push(&g)).expect("json");
+        assert_eq!((v["msgid"].as_i64(), v["groupid"].as_i64()), (Some(10), Some(4)));
+        assert!(v.get("toid").is_none());
+    }
+}

@@ -1,0 +1,127 @@
+//! A node: the accept loop, and the lifecycle from open to graceful shutdown.
+//!
+//! [`Node::serve`] takes an already-bound listener, so tests bind port 0 and
+//! run the real server. The accept loop caps connections (refusing extra ones
+//! with a `ServerFull` notice instead of running out of file descriptors),
+//! backs off on accept errors without ever giving up, and on shutdown stops
+//! accepting, lets every session end (users marked offline, cursors stored),
+//! then flushes and closes the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::connection;
+use crate::hub::Hub;
+use crate::hub::local::LocalHub;
+use crate::service::Service;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{SharedStore, StoreError};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("unsupported database URL {0:?} (expected sqlite://PATH)")]
+    UnsupportedDb(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+}
+
+/// Everything one server process runs.
+#[derive(Debug)]
+pub struct Node {
+    service: Arc<Service>,
+    store: SharedStore,
+    hub: Arc<dyn Hub>,
+}
+
+impl std::fmt::Debug for dyn Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hub")
+    }
+}
+
+impl std::fmt::Debug for dyn crate::store::Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Node {
+    /// Opens the store named by `db_url` and wires up a single-node service.
+    pub async fn open(db_url: &str, config: Config) -> Result<Self, StartError> {
+        let store: SharedStore = if db_url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::open(db_url).await?)
+        } else {
+            return Err(StartError::UnsupportedDb(db_url.to_owned()));
+        };
+        let hub: Arc<dyn Hub> = Arc::new(LocalHub::new());
+        let service = Arc::new(Service::new(store.clone(), hub.clone(), Arc::new(config))?);
+        Ok(Node { service, store, hub })
+    }
+
+    /// Serves `listener` until `shutdown` is cancelled, then shuts down
+    /// gracefully.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        accept_loop(&listener, &self.service, &shutdown).await;
+        drop(listener);
+        self.service.drain().await;
+        self.hub.shutdown().await;
+        self.store.close().await;
+        tracing::info!("server stopped");
+    }
+}
+
+async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &CancellationToken) {
+    let config = service.config();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let grace = config.shutdown_grace;
+    let sessions = TaskTracker::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                backoff = Duration::from_millis(5);
+                match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let service = service.clone();
+                        let shutdown = shutdown.clone();
+                        sessions.spawn(async move {
+                            connection::serve(stream, service, shutdown).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!("connection limit reached, refusing a client");
+                        sessions.spawn(connection::refuse(stream));
+                    }
+                }
+            }
+            Err(e) => {
+                // EMFILE and friends: wait for descriptors to free up, and
+                // keep serving the clients we have.
+                tracing::warn!(error = %e, ?backoff, "accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    sessions.close();
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!(remaining = sessions.len(), "sessions did not finish within the grace period");
+    }
+}

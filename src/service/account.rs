@@ -1,0 +1,172 @@
+//! REG_MSG, LOGIN_MSG and LOGINOUT_MSG.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::delivery::Cursors;
+use super::{LoggedIn, Service, Session, invalid};
+use crate::hub::SessionHandle;
+use crate::model::{ChatMessage, MAX_PASSWORD_BYTES, Password, UserId, UserName};
+use crate::protocol::{ErrCode, Fail, Reply, render_push};
+use crate::store::StoreError;
+
+fn state(online: bool) -> &'static str {
+    if online { "online" } else { "offline" }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Service {
+    pub(super) async fn register(&self, ack: i64, name: &str, password: &str) -> Result<Reply, Fail> {
+        let name = UserName::parse(name).map_err(invalid)?;
+        let password = Password::parse(password).map_err(invalid)?;
+        let hash = self.hasher.hash(password).await?;
+        let id = match self.store.create_user(name.as_str(), &hash).await {
+            Ok(id) => id,
+            Err(StoreError::Conflict(_)) => {
+                return Err(Fail::new(ErrCode::Failed, "name is already taken"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(user = id, name = name.as_str(), "registered");
+        Ok(Reply::ok(ack).with("id", id).with("name", name.as_str()))
+    }
+
+    pub(super) async fn login(&self, s: &mut Session, ack: i64, id: UserId, password: String) -> Result<Reply, Fail> {
+        if s.user.is_some() {
+            return Err(Fail::new(
+                ErrCode::AlreadyLoggedIn,
+                "already logged in on this connection; log out first",
+            ));
+        }
+        let bad = || Fail::new(ErrCode::Failed, "id or password is invalid!");
+        if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+            return Err(bad());
+        }
+        let creds = self.store.credentials(id).await?;
+        let name = creds.as_ref().map(|c| c.name.clone());
+        if !self.hasher.verify(password, creds.map(|c| c.password_hash)).await? {
+            return Err(bad());
+        }
+        let name = name.ok_or_else(bad)?;
+
+        // Claim presence first, then read what is undelivered: a message
+        // stored in between is both in the page and queued as a push, and the
+        // cursors drop the second copy. The other order could miss it.
+        let (tx, rx) = mpsc::channel(self.config.push_queue);
+        self.hub
+            .connect(
+                id,
+                SessionHandle {
+                    session_id: s.id,
+                    pushes: tx,
+                    kick: s.kick.clone(),
+                },
+            )
+            .await?;
+        let mut me = LoggedIn {
+            id,
+            name,
+            pushes: rx,
+            cursors: Cursors::default(),
+        };
+        match self.login_payload(&mut me).await {
+            Ok((reply, more)) => {
+                tracing::info!(user = id, session = s.id, "user online");
+                s.user = Some(me);
+                s.outbox = more;
+                Ok(reply.with("id", id))
+            }
+            Err(e) => {
+                self.hub.disconnect(id, s.id).await;
+                Err(e)
+            }
+        }
+        .map(|r| r.with("msgid", ack))
+    }
+
+    /// Builds the classic LOGIN_MSG_ACK (friends, groups and offline
+    /// messages, each list element a JSON string as the original client
+    /// expects) and any further pages of offline messages.
+    async fn login_payload(&self, me: &mut LoggedIn) -> Result<(Reply, Vec<bytes::Bytes>), Fail> {
+        me.cursors = Cursors::load(self.store.cursors(me.id).await?);
+        let page_size = self.config.offline_page.max(1);
+        let mut first = self.store.undelivered(me.id, page_size).await?;
+        let mut more = Vec::new();
+        let mut full = first.len() == page_size;
+        mark_delivered(me, &first);
+        while full {
+            // Later pages start from the stored cursors, so store them first.
+            self.store.advance_cursors(me.id, me.cursors.take_dirty()).await?;
+            let page = self.store.undelivered(me.id, page_size).await?;
+            full = page.len() == page_size;
+            mark_delivered(me, &page);
+            more.extend(chronological(page).iter().map(render_push));
+        }
+        first = chronological(first);
+
+        let friends = self.store.friends(me.id).await?;
+        let groups = self.store.user_groups(me.id).await?;
+        // One presence lookup for everyone listed, however many.
+        let mut ids: Vec<UserId> = friends.iter().map(|f| f.id).collect();
+        ids.extend(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)));
+        let ids: Vec<UserId> = ids.into_iter().collect::<HashSet<_>>().into_iter().collect();
+        let online: HashMap<UserId, bool> = ids.iter().copied().zip(self.hub.online(&ids).await?).collect();
+        let is_online = |id: &UserId| online.get(id).copied().unwrap_or(false);
+
+        let mut reply = Reply::ok(0).with("name", me.name.as_str());
+        if !first.is_empty() {
+            let offline: Vec<Value> = first.iter().map(|m| text(&render_push(m)).into()).collect();
+            reply = reply.with("offlinemsg", offline);
+        }
+        if !friends.is_empty() {
+            let list: Vec<Value> = friends
+                .iter()
+                .map(|f| json!({"id": f.id, "name": f.name, "state": state(is_online(&f.id))}).to_string().into())
+                .collect();
+            reply = reply.with("friends", list);
+        }
+        if !groups.is_empty() {
+            let list: Vec<Value> = groups
+                .iter()
+                .map(|g| {
+                    let users: Vec<String> = g
+                        .members
+                        .iter()
+                        .map(|m| {
+                            json!({"id": m.id, "name": m.name, "state": state(is_online(&m.id)), "role": m.role.as_str()})
+                                .to_string()
+                        })
+                        .collect();
+                    json!({"id": g.id, "groupname": g.name, "groupdesc": g.desc, "users": users})
+                        .to_string()
+                        .into()
+                })
+                .collect();
+            reply = reply.with("groups", list);
+        }
+        Ok((reply, more))
+    }
+
+    pub(super) async fn logout(&self, s: &mut Session, ack: i64) -> Result<Reply, Fail> {
+        self.end_session(s).await;
+        Ok(Reply::ok(ack))
+    }
+}
+
+fn mark_delivered(me: &mut LoggedIn, page: &[ChatMessage]) {
+    for m in page {
+        me.cursors.delivered(m.conv, m.seq);
+    }
+}
+
+/// A page comes ordered by conversation (so that cursors stay correct); users
+/// read it in time order.
+fn chronological(mut page: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    page.sort_by_key(|m| (m.ts_ms, m.conv, m.seq));
+    page
+}

@@ -1,0 +1,144 @@
+//! ONE_CHAT_MSG, GROUP_CHAT_MSG and HISTORY_MSG, and the delivery of pushes.
+//!
+//! A message is stored (and numbered) first, then handed to the hub for its
+//! receivers; the reply to the sender carries the number. Offline receivers
+//! need nothing special: the message simply lies past their cursor.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::delivery::Incoming;
+use super::{Service, Session, invalid};
+use crate::model::{Conversation, Delivery, GroupId, NewMessage, Push, Seq, UserId, check_body};
+use crate::protocol::{ChatOut, ErrCode, Fail, HistoryTarget, Reply, classic_time, render_push};
+
+impl Service {
+    pub(super) async fn one_chat(&self, s: &mut Session, ack: i64, to: UserId, body: String) -> Result<Reply, Fail> {
+        let me = s.me()?.id;
+        if to == me {
+            return Err(Fail::new(ErrCode::InvalidTarget, "you cannot chat with yourself"));
+        }
+        self.send(s, ack, Conversation::direct(me, to), body, &[to]).await
+    }
+
+    pub(super) async fn group_chat(&self, s: &mut Session, ack: i64, group: GroupId, body: String) -> Result<Reply, Fail> {
+        let me = s.me()?.id;
+        let members = self
+            .groups
+            .members(self.store.as_ref(), group)
+            .await?
+            .ok_or_else(|| Fail::new(ErrCode::NotFound, format!("group {group} not found")))?;
+        if !members.contains(&me) {
+            return Err(Fail::new(ErrCode::Forbidden, format!("you are not a member of group {group}")));
+        }
+        let others: Vec<UserId> = members.iter().copied().filter(|m| *m != me).collect();
+        self.send(s, ack, Conversation::Group(group), body, &others).await
+    }
+
+    async fn send(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        conv: Conversation,
+        body: String,
+        recipients: &[UserId],
+    ) -> Result<Reply, Fail> {
+        check_body(&body, self.config.max_message_bytes).map_err(invalid)?;
+        let me = s.me_mut()?;
+        let stored = self
+            .store
+            .append(NewMessage {
+                conv,
+                sender: me.id,
+                sender_name: me.name.clone(),
+                body,
+            })
+            .await?;
+        me.cursors.record_own(conv, stored.seq);
+        let reply = Reply::ok(ack)
+            .with("seq", stored.seq)
+            .with("ts", stored.ts_ms)
+            .with("time", classic_time(stored.ts_ms));
+        let push: Push = Arc::new(Delivery {
+            frame: render_push(&stored),
+            message: stored,
+        });
+        if let Err(e) = self.hub.deliver(push, recipients).await {
+            // Stored already: receivers get it at their next gap check or login.
+            tracing::warn!(error = %e, "live delivery failed");
+        }
+        Ok(reply)
+    }
+
+    pub(super) async fn history(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        target: HistoryTarget,
+        before: Option<Seq>,
+        limit: Option<u32>,
+    ) -> Result<Reply, Fail> {
+        let me = s.me()?.id;
+        let conv = match target {
+            HistoryTarget::User(peer) if peer == me => {
+                return Err(Fail::new(ErrCode::InvalidTarget, "there is no conversation with yourself"));
+            }
+            HistoryTarget::User(peer) => Conversation::direct(me, peer),
+            HistoryTarget::Group(g) => {
+                let members = self
+                    .groups
+                    .members(self.store.as_ref(), g)
+                    .await?
+                    .ok_or_else(|| Fail::new(ErrCode::NotFound, format!("group {g} not found")))?;
+                if !members.contains(&me) {
+                    return Err(Fail::new(ErrCode::Forbidden, format!("you are not a member of group {g}")));
+                }
+                Conversation::Group(g)
+            }
+        };
+        let limit = match limit {
+            None => self.config.history_default,
+            Some(0) => return Err(Fail::new(ErrCode::InvalidValue, "limit must be at least 1")),
+            Some(n) => n.min(self.config.history_max),
+        };
+        let messages = self.store.history(conv, before, limit).await?;
+        let list: Vec<Value> = messages
+            .iter()
+            .map(|m| serde_json::to_value(ChatOut::of(m)).unwrap_or(Value::Null))
+            .collect();
+        Ok(Reply::ok(ack).with("messages", list))
+    }
+
+    /// Turns a push for this session into the frames to write: nothing for a
+    /// duplicate, the message itself when it is next in its conversation, and
+    /// first whatever it skipped (from the store) when it is ahead.
+    pub async fn handle_push(&self, s: &mut Session, push: Push) -> Vec<Bytes> {
+        let Some(me) = s.user.as_mut() else {
+            return Vec::new();
+        };
+        let m = &push.message;
+        match me.cursors.classify(m.conv, m.seq) {
+            Incoming::Duplicate => Vec::new(),
+            Incoming::InOrder => {
+                me.cursors.delivered(m.conv, m.seq);
+                vec![push.frame.clone()]
+            }
+            Incoming::Gap { after } => match self.store.between(m.conv, after, m.seq, me.id).await {
+                Ok(missing) => {
+                    let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
+                    out.push(push.frame.clone());
+                    me.cursors.delivered(m.conv, m.seq);
+                    out
+                }
+                Err(e) => {
+                    // Hold it back rather than skip what is missing: it stays
+                    // past the cursor, so the next gap fill or login brings it.
+                    tracing::warn!(user = me.id, error = %e, "could not fill a delivery gap");
+                    Vec::new()
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Exactly-once, in-order delivery per conversation, whatever order pushes
+//! arrive in.
+//!
+//! A session remembers, per conversation, the last sequence number it has
+//! delivered. A push at or below it is a duplicate (the login's offline page
+//! already carried it) and is dropped; the next number is delivered; a push
+//! further ahead means something in between has not arrived (concurrent
+//! senders, another node, a dropped publish), so the gap is first filled from
+//! the store. The session's own messages also take sequence numbers; it
+//! records them so that they do not look like gaps.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::model::{Conversation, Seq};
+
+/// What to do with an incoming message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// Already delivered (or not ours to deliver): drop it.
+    Duplicate,
+    /// The next one: deliver it.
+    InOrder,
+    /// Messages after `after` and before this one are missing: fetch them
+    /// from the store, deliver them, then this one.
+    Gap { after: Seq },
+}
+
+#[derive(Debug, Default, Clone)]
+struct ConvCursor {
+    delivered: Seq,
+    /// Our own messages above `delivered` (we never deliver them to
+    /// ourselves, but they occupy sequence numbers).
+    own: BTreeSet<Seq>,
+}
+
+impl ConvCursor {
+    fn absorb_own(&mut self) {
+        while self.own.remove(&(self.delivered + 1)) {
+            self.delivered += 1;
+        }
+    }
+}
+
+/// One session's delivery positions.
+#[derive(Debug, Default)]
+pub struct Cursors {
+    convs: HashMap<Conversation, ConvCursor>,
+    /// Positions delivered but not yet written to the store.
+    dirty: HashMap<Conversation, Seq>,
+}
+
+impl Cursors {
+    /// Starts from the positions stored for the user.
+    pub fn load(positions: impl IntoIterator<Item = (Conversation, Seq)>) -> Self {
+        Cursors {
+            convs: positions
+                .into_iter()
+                .map(|(c, s)| {
+                    (
+                        c,
+                        ConvCursor {
+                            delivered: s,
+                            own: BTreeSet::new(),
+                        },
+                    )
+                })
+                .collect(),
+            dirty: HashMap::new(),
+        }
+    }
+
+    /// The session joined (or created) a group whose conversation is at `seq`.
+    pub fn start(&mut self, conv: Conversation, seq: Seq) {
+        self.convs.insert(
+            conv,
+            ConvCursor {
+                delivered: seq,
+                own: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// The session left a group: its messages are no longer ours.
+    pub fn forget(&mut self, conv: Conversation) {
+        self.convs.remove(&conv);
+        self.dirty.remove(&conv);
+    }
+
+    /// Whether the session takes part in `conv` as far as it knows.
+    pub fn knows(&self, conv: Conversation) -> bool {
+        self.convs.contains_key(&conv)
+    }
+
+    /// The session itself sent `seq` in `conv`.
+    pub fn record_own(&mut self, conv: Conversation, seq: Seq) {
+        let c = self.convs.entry(conv).or_default();
+        if seq > c.delivered {
+            c.own.insert(seq);
+            c.absorb_own();
+        }
+    }
+
+    /// Classifies a message of `conv` numbered `seq`, sent by someone else.
+    pub fn classify(&mut self, conv: Conversation, seq: Seq) -> Incoming {
+        let c = match (self.convs.get_mut(&conv), conv) {
+            (Some(c), _) => c,
+            // A direct conversation that started after login begins at 0.
+            (None, Conversation::Direct { .. }) => self.convs.entry(conv).or_default(),
+            // A group we are not (or no longer) in, as far as this session
+            // knows: a stale push.
+            (None, Conversation::Group(_)) => return Incoming::Duplicate,
+        };
+        c.absorb_own();
+        if seq <= c.delivered {
+            return Incoming::Duplicate;
+        }
+        if seq == c.delivered + 1 {
+            return Incoming::InOrder;
+        }
+        if (c.delivered + 1..seq).all(|s| c.own.contains(&s)) {
+            // Only our own messages lie between: no gap.
+            return Incoming::InOrder;
+        }
+        Incoming::Gap { after: c.delivered }
+    }
+
+    /// Marks `seq` of `conv` (and everything before it) delivered.
+    pub fn delivered(&mut self, conv: Conversation, seq: Seq) {
+        let c = self.convs.entry(conv).or_default();
+        if seq > c.delivered {
+            c.delivered = seq;
+            c.own = c.own.split_off(&(seq + 1));
+            c.absorb_own();
+            self.dirty.insert(conv, seq);
+        }
+    }
+
+    /// Whether some delivered positions are not stored yet.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Takes the positions to store.
+    pub fn take_dirty(&mut self) -> Vec<(Conversation, Seq)> {
+        self.dirty.drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: Conversation = Conversation::Group(1);
+
+    #[test]
+    fn in_order_duplicates_and_gaps() {
+        let mut c = Cursors::load([(G, 3)]);
+        assert_eq!(c.classify(G, 3), Incoming::Duplicate);
+        assert_eq!(c.classify(G, 4), Incoming::InOrder);
+        c.delivered(G, 4);
+        assert_eq!(c.classify(G, 6), Incoming::Gap { after: 4 });
+        c.delivered(G, 6); // after filling 5 and delivering 6
+        assert_eq!(c.classify(G, 5), Incoming::Duplicate, "the late original of a filled gap");
+        assert_eq!(c.take_dirty(), vec![(G, 6)]);
+        assert!(!c.has_dirty());
+    }
+
+    #[test]
+    fn own_messages_are_not_gaps() {
+        let mut c = Cursors::load([(G, 0)]);
+        c.record_own(G, 1);
+        assert_eq!(c.classify(G, 2), Incoming::InOrder);
+        c.delivered(G, 2);
+        // someone else's 3 is still in flight when our 4 is stored
+        c.record_own(G, 4);
+        assert_eq!(c.classify(G, 5), Incoming::Gap { after: 2 });
+        assert_eq!(c.classify(G, 3), Incoming::InOrder);
+        c.delivered(G, 3);
+        assert_eq!(c.classify(G, 5), Incoming::InOrder, "4 is ours");
+        c.delivered(G, 5);
+        assert_eq!(c.classify(G, 4), Incoming::Duplicate);
+        // own messages alone do not make anything dirty
+        assert_eq!(c.take_dirty().len(), 1);
+    }
+
+    #[test]
+    fn new_direct_conversations_start_at_zero_unknown_groups_are_stale() {
+        let mut c = Cursors::default();
+        let d = Conversation::direct(1, 2);
+        assert_eq!(c.classify(d, 1), Incoming::InOrder);
+        assert_eq!(c.classify(Conversation::direct(1, 3), 2), Incoming::Gap { after: 0 });
+        assert_eq!(c.classify(G, 1), Incoming::Duplicate);
+        c.start(G, 10);
+        assert!(c.knows(G));
+        assert_eq!(c.classify(G, 10), Incoming::Duplicate, "joined after 10");
+        assert_eq!(c.classify(G, 11), Incoming::InOrder);
+        c.forget(G);
+        assert_eq!(c.classify(G, 12), Incoming::Duplicate);
+    }
+}

@@ -1,0 +1,277 @@
+//! The business logic: one handler per message type, no sockets.
+//!
+//! A connection owns a [`Session`] and feeds it frames
+//! ([`Service::handle_frame`]) and pushes ([`Service::handle_push`]); both
+//! return the frames to write back. Identity lives in the session: once a
+//! user has logged in, every request acts as that user, and a request whose
+//! `id` names anyone else is refused.
+
+mod account;
+mod chat;
+pub mod delivery;
+mod friends;
+mod groups;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthError, PasswordHasherPool};
+use crate::config::Config;
+use crate::hub::{Hub, HubError};
+use crate::model::{Push, UserId};
+use crate::protocol::{self, ErrCode, Fail, Reply, Request, msgid};
+use crate::store::{SharedStore, StoreError};
+use delivery::Cursors;
+use groups::GroupCache;
+
+/// Shared state of all sessions of one node.
+pub struct Service {
+    store: SharedStore,
+    hub: Arc<dyn Hub>,
+    hasher: PasswordHasherPool,
+    config: Arc<Config>,
+    groups: GroupCache,
+    next_session: AtomicU64,
+    /// Background cursor writes; shutdown waits for them before closing
+    /// the store.
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+/// A logged-in user's side of a session.
+struct LoggedIn {
+    id: UserId,
+    name: String,
+    pushes: mpsc::Receiver<Push>,
+    cursors: Cursors,
+}
+
+/// One connection's state.
+pub struct Session {
+    id: u64,
+    user: Option<LoggedIn>,
+    /// Cancelled by the hub when this session cannot keep up.
+    kick: CancellationToken,
+    /// Frames to send after the reply (later pages of offline messages).
+    outbox: Vec<Bytes>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("user", &self.user.as_ref().map(|u| u.id))
+            .finish()
+    }
+}
+
+impl Session {
+    /// The logged-in user, if any.
+    pub fn user_id(&self) -> Option<UserId> {
+        self.user.as_ref().map(|u| u.id)
+    }
+
+    /// Waits for the next push to this session; never resolves before login.
+    pub async fn next_push(&mut self) -> Option<Push> {
+        match self.user.as_mut() {
+            Some(u) => u.pushes.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Cancelled when the hub asks for this session to be dropped.
+    pub fn kick_token(&self) -> CancellationToken {
+        self.kick.clone()
+    }
+
+    fn me(&self) -> Result<&LoggedIn, Fail> {
+        self.user
+            .as_ref()
+            .ok_or_else(|| Fail::new(ErrCode::NotLoggedIn, "please log in first"))
+    }
+
+    fn me_mut(&mut self) -> Result<&mut LoggedIn, Fail> {
+        self.user
+            .as_mut()
+            .ok_or_else(|| Fail::new(ErrCode::NotLoggedIn, "please log in first"))
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Fail::new(ErrCode::NotFound, format!("{what} not found")),
+            StoreError::Conflict(what) => Fail::new(ErrCode::AlreadyExists, what),
+            StoreError::Unavailable(detail) => {
+                tracing::error!(%detail, "storage error");
+                Fail::new(ErrCode::Unavailable, "storage unavailable, try again later")
+            }
+        }
+    }
+}
+
+impl From<HubError> for Fail {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::AlreadyOnline => {
+                Fail::new(ErrCode::AlreadyOnline, "this account is using, input another!")
+            }
+            HubError::Unavailable(detail) => {
+                tracing::error!(%detail, "presence error");
+                Fail::new(ErrCode::Unavailable, "presence service unavailable, try again later")
+            }
+        }
+    }
+}
+
+impl From<AuthError> for Fail {
+    fn from(e: AuthError) -> Self {
+        tracing::error!(error = %e, "password hashing failed");
+        Fail::new(ErrCode::Unavailable, "server busy, try again later")
+    }
+}
+
+impl Service {
+    /// A service over `store` and `hub` with `config`'s limits.
+    pub fn new(store: SharedStore, hub: Arc<dyn Hub>, config: Arc<Config>) -> Result<Self, AuthError> {
+        Ok(Service {
+            hasher: PasswordHasherPool::new(config.max_concurrent_hashes)?,
+            store,
+            hub,
+            config,
+            groups: GroupCache::default(),
+            next_session: AtomicU64::new(1),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// The limits this service enforces.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A fresh, logged-out session for a new connection.
+    pub fn open_session(&self) -> Session {
+        Session {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            user: None,
+            kick: CancellationToken::new(),
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Handles one frame from the client; returns the frames to send back
+    /// (the reply first). Every frame gets exactly one reply.
+    pub async fn handle_frame(&self, s: &mut Session, frame: &[u8]) -> Vec<Bytes> {
+        let parsed = protocol::parse(frame);
+        let ack = if parsed.msgid == msgid::ERROR {
+            msgid::ERROR
+        } else {
+            msgid::ack_for(parsed.msgid)
+        };
+        let result = match parsed.request {
+            Err(fail) => Err(fail),
+            Ok(req) => self.dispatch(s, ack, req, parsed.claimed_id).await,
+        };
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(fail) => {
+                tracing::debug!(session = s.id, msgid = parsed.msgid, errno = fail.code as i64, errmsg = %fail.msg, "request refused");
+                Reply::fail(ack, &fail)
+            }
+        };
+        let mut out = Vec::with_capacity(1 + s.outbox.len());
+        out.push(reply.reqid(parsed.reqid.as_ref()).to_bytes());
+        out.append(&mut s.outbox);
+        out
+    }
+
+    async fn dispatch(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        req: Request,
+        claimed_id: Option<UserId>,
+    ) -> Result<Reply, Fail> {
+        if !matches!(req, Request::Login { .. } | Request::Register { .. }) {
+            let me = s.me()?;
+            if let Some(claimed) = claimed_id.filter(|c| *c != me.id) {
+                return Err(Fail::new(
+                    ErrCode::IdentityMismatch,
+                    format!("id {claimed} is not the logged-in user {}", me.id),
+                ));
+            }
+        }
+        match req {
+            Request::Register { name, password } => self.register(ack, &name, &password).await,
+            Request::Login { id, password } => self.login(s, ack, id, password).await,
+            Request::Logout => self.logout(s, ack).await,
+            Request::AddFriend { friendid } => self.add_friend(s, ack, friendid).await,
+            Request::DelFriend { friendid } => self.del_friend(s, ack, friendid).await,
+            Request::ShowFriendList => self.show_friends(s, ack).await,
+            Request::CreateGroup {
+                groupname,
+                groupdesc,
+            } => self.create_group(s, ack, &groupname, &groupdesc).await,
+            Request::AddGroup { groupid } => self.join_group(s, ack, groupid).await,
+            Request::DelGroup { groupid } => self.leave_group(s, ack, groupid).await,
+            Request::OneChat { toid, msg } => self.one_chat(s, ack, toid, msg).await,
+            Request::GroupChat { groupid, msg } => self.group_chat(s, ack, groupid, msg).await,
+            Request::History {
+                target,
+                before,
+                limit,
+            } => self.history(s, ack, target, before, limit).await,
+        }
+    }
+
+    /// Writes delivered positions to the store in the background, once the
+    /// session has no more pushes queued (so a burst costs one write).
+    pub fn flush_cursors(&self, s: &mut Session) {
+        let Some(me) = s.user.as_mut() else { return };
+        if !me.cursors.has_dirty() || !me.pushes.is_empty() {
+            return;
+        }
+        let positions = me.cursors.take_dirty();
+        let store = self.store.clone();
+        let user = me.id;
+        self.tasks.spawn(async move {
+            if let Err(e) = store.advance_cursors(user, positions).await {
+                // Not lost: the messages are redelivered at the next login.
+                tracing::warn!(user, error = %e, "could not store delivery cursors");
+            }
+        });
+    }
+
+    /// Ends a session: stores its delivered positions and marks it offline.
+    pub async fn end_session(&self, s: &mut Session) {
+        if let Some(mut me) = s.user.take() {
+            self.hub.disconnect(me.id, s.id).await;
+            let positions = me.cursors.take_dirty();
+            if let Err(e) = self.store.advance_cursors(me.id, positions).await {
+                tracing::warn!(user = me.id, error = %e, "could not store delivery cursors");
+            }
+            tracing::info!(user = me.id, session = s.id, "user offline");
+        }
+    }
+
+    /// Waits for background writes; call before closing the store.
+    pub async fn drain(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn invalid(e: crate::model::Invalid) -> Fail {
+    Fail::new(ErrCode::InvalidValue, e.to_string())
+}

@@ -1,0 +1,121 @@
+//! Durable state behind one interface.
+//!
+//! [`Store`] is everything the service needs from a database; each backend
+//! implements it with its own SQL and its own embedded migrations, and one
+//! behaviour suite (the end-to-end tests) runs against each. SQLite is the
+//! embedded default ([`sqlite`]); MySQL/MariaDB is the cluster backend
+//! (next issue).
+//!
+//! Two rules shape the interface:
+//! * Messages are stored before anyone sees them, each with a sequence
+//!   number per conversation, and appended in batches (group commit): many
+//!   concurrent [`Store::append`] calls share one transaction.
+//! * Nothing is copied into per-user "offline" tables. Each participant has a
+//!   delivery cursor per conversation; undelivered messages are the ones past
+//!   it, and delivering moves it forward ([`Store::advance_cursors`]).
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::model::{
+    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, NewMessage, Seq, UserId,
+    UserSummary,
+};
+
+/// What went wrong in storage, in terms the service can answer with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A referenced user or group does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule refused the write (name taken, already friends...).
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// The database could not be reached or failed; the request may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Result of storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the service persists.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user; `Conflict` when the name is taken.
+    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId>;
+    /// The user's name and password hash, if the user exists.
+    async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>>;
+    /// The user's public view, if the user exists.
+    async fn user(&self, id: UserId) -> StoreResult<Option<UserSummary>>;
+
+    /// Makes `a` and `b` friends of each other; `NotFound` when `b` does not
+    /// exist, `Conflict` when they already are.
+    async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()>;
+    /// Ends the friendship both ways; false when there was none.
+    async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool>;
+    /// The user's friends, by id.
+    async fn friends(&self, user: UserId) -> StoreResult<Vec<UserSummary>>;
+
+    /// Creates a group with `creator` as its creator member; `Conflict` when
+    /// the name is taken.
+    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId>;
+    /// Adds `user` to the group as a normal member and returns the group's
+    /// current last sequence number (the member's starting position);
+    /// `NotFound` for an unknown group, `Conflict` for a member.
+    async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq>;
+    /// Removes `user` from the group; false when not a member.
+    async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool>;
+    /// The groups `user` belongs to, each with all its members.
+    async fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupInfo>>;
+    /// The member ids of a group; `None` when the group does not exist.
+    async fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>>;
+
+    /// Stores a message durably and gives it the next sequence number of its
+    /// conversation. `NotFound` when a direct message names an unknown user
+    /// or a group message an unknown group.
+    async fn append(&self, msg: NewMessage) -> StoreResult<ChatMessage>;
+    /// Moves `user`'s delivery cursors forward (never back). Returns when the
+    /// move is durable.
+    async fn advance_cursors(&self, user: UserId, positions: Vec<(Conversation, Seq)>) -> StoreResult<()>;
+    /// Every conversation `user` takes part in, with the delivered position.
+    async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>>;
+    /// Up to `limit` messages past `user`'s cursors, sent by others, ordered
+    /// by conversation and sequence (so each conversation's part is a prefix).
+    async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>>;
+    /// Messages of `conv` with `after < seq < before` not sent by
+    /// `exclude_sender`, in order: fills a gap in live delivery.
+    async fn between(
+        &self,
+        conv: Conversation,
+        after: Seq,
+        before: Seq,
+        exclude_sender: UserId,
+    ) -> StoreResult<Vec<ChatMessage>>;
+    /// Up to `limit` messages of `conv` before `before` (or the newest),
+    /// newest first.
+    async fn history(&self, conv: Conversation, before: Option<Seq>, limit: u32) -> StoreResult<Vec<ChatMessage>>;
+
+    /// Finishes pending writes and closes connections.
+    async fn close(&self);
+}
+
+/// A shared store handle.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
