@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
 use tokio::sync::Semaphore;
 
 use crate::model::Password;
@@ -59,7 +59,11 @@ impl PasswordHasherPool {
         let ok = tokio::task::spawn_blocking(move || {
             // A stored hash we cannot parse matches nothing.
             PasswordHash::new(&phc)
-                .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -87,9 +91,18 @@ mod tests {
         let b = pool.hash(pw).await.expect("hash");
         assert!(a.starts_with("$argon2id$"), "{a}");
         assert_ne!(a, b, "each hash has its own salt");
-        assert!(pool.verify("s3cret".into(), Some(a.clone())).await.expect("verify"));
+        assert!(
+            pool.verify("s3cret".into(), Some(a.clone()))
+                .await
+                .expect("verify")
+        );
         assert!(!pool.verify("wrong".into(), Some(a)).await.expect("verify"));
         assert!(!pool.verify("s3cret".into(), None).await.expect("verify"));
-        assert!(!pool.verify("x".into(), Some("garbage".into())).await.expect("verify"));
+        assert!(
+            !pool
+                .verify("x".into(), Some("garbage".into()))
+                .await
+                .expect("verify")
+        );
     }
 }

@@ -67,7 +67,11 @@ fn notice(code: ErrCode, msg: &str) -> Bytes {
     Reply::fail(msgid::ERROR, &Fail::new(code, msg)).to_bytes()
 }
 
-async fn send_all(conn: &mut Conn, frames: Vec<Bytes>, timeout: Duration) -> Result<(), FrameError> {
+async fn send_all(
+    conn: &mut Conn,
+    frames: Vec<Bytes>,
+    timeout: Duration,
+) -> Result<(), FrameError> {
     if frames.is_empty() {
         return Ok(());
     }
@@ -90,7 +94,11 @@ async fn send_all(conn: &mut Conn, frames: Vec<Bytes>, timeout: Duration) -> Res
 /// flood of refused connections cannot pile up.
 pub async fn refuse(mut stream: TcpStream) {
     use tokio::io::AsyncWriteExt;
-    let mut frame = notice(ErrCode::ServerFull, "server is at its connection limit, try again later").to_vec();
+    let mut frame = notice(
+        ErrCode::ServerFull,
+        "server is at its connection limit, try again later",
+    )
+    .to_vec();
     frame.push(b'\n');
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(&frame).await;

@@ -316,7 +316,10 @@ mod tests {
         assert_eq!(c, Conversation::direct(3, 7));
         assert_eq!(c.key(), "d:3:7");
         assert_eq!(Conversation::from_key("d:3:7"), Some(c));
-        assert_eq!(Conversation::from_key("g:12"), Some(Conversation::Group(12)));
+        assert_eq!(
+            Conversation::from_key("g:12"),
+            Some(Conversation::Group(12))
+        );
         assert_eq!(c.peer_of(3), Some(7));
         assert_eq!(c.peer_of(7), Some(3));
         assert_eq!(c.peer_of(4), None);

@@ -64,7 +64,11 @@ impl Node {
         };
         let hub: Arc<dyn Hub> = Arc::new(LocalHub::new());
         let service = Arc::new(Service::new(store.clone(), hub.clone(), Arc::new(config))?);
-        Ok(Node { service, store, hub })
+        Ok(Node {
+            service,
+            store,
+            hub,
+        })
     }
 
     /// Serves `listener` until `shutdown` is cancelled, then shuts down
@@ -122,6 +126,9 @@ async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &
     }
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-        tracing::warn!(remaining = sessions.len(), "sessions did not finish within the grace period");
+        tracing::warn!(
+            remaining = sessions.len(),
+            "sessions did not finish within the grace period"
+        );
     }
 }

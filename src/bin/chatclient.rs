@@ -13,7 +13,11 @@ use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 #[derive(Debug, Parser)]
-#[command(name = "chatclient", version, about = "Terminal chat client (classic commands)")]
+#[command(
+    name = "chatclient",
+    version,
+    about = "Terminal chat client (classic commands)"
+)]
 struct Cli {
     /// Server IP address.
     ip: Option<String>,
@@ -74,9 +78,13 @@ async fn main() -> ExitCode {
         match choice.trim() {
             "1" => {
                 prompt("userid:");
-                let Some(id) = read_line(&mut input).await else { break };
+                let Some(id) = read_line(&mut input).await else {
+                    break;
+                };
                 prompt("userpassword:");
-                let Some(password) = read_line(&mut input).await else { break };
+                let Some(password) = read_line(&mut input).await else {
+                    break;
+                };
                 let Ok(id) = id.trim().parse() else {
                     say("userid must be a number!");
                     continue;
@@ -102,11 +110,17 @@ async fn main() -> ExitCode {
             }
             "2" => {
                 prompt("username:");
-                let Some(name) = read_line(&mut input).await else { break };
+                let Some(name) = read_line(&mut input).await else {
+                    break;
+                };
                 prompt("userpassword:");
-                let Some(password) = read_line(&mut input).await else { break };
+                let Some(password) = read_line(&mut input).await else {
+                    break;
+                };
                 match client.register(&name, &password).await {
-                    Ok(id) => say(format!("{name} register success, userid is {id}, do not forget it!")),
+                    Ok(id) => say(format!(
+                        "{name} register success, userid is {id}, do not forget it!"
+                    )),
                     Err(ClientError::Server { errmsg, .. }) => {
                         say(format!("{name} register error: {errmsg}"))
                     }
@@ -125,7 +139,10 @@ async fn main() -> ExitCode {
 
 fn show_login(info: &LoginInfo) {
     say("======================================================");
-    say(format!("current login user => id:{} name:{}", info.id, info.name));
+    say(format!(
+        "current login user => id:{} name:{}",
+        info.id, info.name
+    ));
     say("----------------------friend list---------------------");
     for f in &info.friends {
         say(format!("{} {} {}", f.id, f.name, state(f.online)));
@@ -244,13 +261,19 @@ async fn run(client: &mut Client, cmd: Command) -> Result<Option<bool>, ClientEr
                 say(format!("{} {} {}", f.id, f.name, state(f.online)));
             }
         }
-        Command::History { with, before, limit } => {
+        Command::History {
+            with,
+            before,
+            limit,
+        } => {
             let msgs = client.history(with, before, limit).await?;
             let label = match with {
                 HistoryTarget::User(u) => format!("friend {u}"),
                 HistoryTarget::Group(g) => format!("group {g}"),
             };
-            say(format!("----------------history with {label}----------------"));
+            say(format!(
+                "----------------history with {label}----------------"
+            ));
             for m in msgs.iter().rev() {
                 say(format!("#{} {}", m.seq, m.display()));
             }

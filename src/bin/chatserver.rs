@@ -12,7 +12,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "chatserver", version, about = "Chat server speaking the classic chat protocol")]
+#[command(
+    name = "chatserver",
+    version,
+    about = "Chat server speaking the classic chat protocol"
+)]
 struct Cli {
     /// IP address to listen on (the original's first argument).
     ip: Option<String>,
@@ -43,7 +47,9 @@ impl Cli {
         match (&self.listen, &self.ip, self.port) {
             (Some(l), _, _) => Ok(l.clone()),
             (None, Some(ip), Some(port)) => Ok(format!("{ip}:{port}")),
-            (None, Some(_), None) => Err("give both IP and PORT, e.g. chatserver 127.0.0.1 6000".into()),
+            (None, Some(_), None) => {
+                Err("give both IP and PORT, e.g. chatserver 127.0.0.1 6000".into())
+            }
             (None, None, _) => Ok("127.0.0.1:6000".into()),
         }
     }
@@ -52,6 +58,8 @@ impl Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -10,7 +10,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("chat", "一对一聊天，格式 chat:friendid:message"),
     ("addfriend", "添加好友，格式 addfriend:friendid"),
     ("delfriend", "删除好友，格式 delfriend:friendid"),
-    ("creategroup", "创建群组，格式 creategroup:groupname:groupdesc"),
+    (
+        "creategroup",
+        "创建群组，格式 creategroup:groupname:groupdesc",
+    ),
     ("addgroup", "加入群组，格式 addgroup:groupid"),
     ("delgroup", "退出群组，格式 delgroup:groupid"),
     ("groupchat", "群聊，格式 groupchat:groupid:message"),
@@ -26,21 +29,36 @@ pub const HELP: &[(&str, &str)] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help,
-    Chat { to: UserId, msg: String },
+    Chat {
+        to: UserId,
+        msg: String,
+    },
     AddFriend(UserId),
     DelFriend(UserId),
-    CreateGroup { name: String, desc: String },
+    CreateGroup {
+        name: String,
+        desc: String,
+    },
     AddGroup(GroupId),
     DelGroup(GroupId),
-    GroupChat { group: GroupId, msg: String },
+    GroupChat {
+        group: GroupId,
+        msg: String,
+    },
     ShowFriendList,
-    History { with: HistoryTarget, before: Option<Seq>, limit: Option<u32> },
+    History {
+        with: HistoryTarget,
+        before: Option<Seq>,
+        limit: Option<u32>,
+    },
     Logout,
 }
 
 fn id(s: Option<&str>, what: &str) -> Result<i64, String> {
     let s = s.ok_or_else(|| format!("missing {what}"))?;
-    s.trim().parse().map_err(|_| format!("{what} must be a number, not {s:?}"))
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{what} must be a number, not {s:?}"))
 }
 
 /// Parses a line; the error is a message for the user.
@@ -95,12 +113,24 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 "group" => HistoryTarget::Group(target),
                 _ => return Err(usage.to_owned()),
             };
-            let before = parts.next().filter(|s| !s.is_empty()).map(|s| id(Some(s), "beforeseq")).transpose()?;
+            let before = parts
+                .next()
+                .filter(|s| !s.is_empty())
+                .map(|s| id(Some(s), "beforeseq"))
+                .transpose()?;
             let limit = parts
                 .next()
-                .map(|s| s.trim().parse::<u32>().map_err(|_| "limit must be a positive number".to_owned()))
+                .map(|s| {
+                    s.trim()
+                        .parse::<u32>()
+                        .map_err(|_| "limit must be a positive number".to_owned())
+                })
                 .transpose()?;
-            Command::History { with, before, limit }
+            Command::History {
+                with,
+                before,
+                limit,
+            }
         }
         "" => return Err("empty command; type help".to_owned()),
         other => return Err(format!("invalid input command {other:?}; type help")),

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
-use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -115,7 +115,11 @@ impl Message {
             group: v.get("groupid").and_then(Value::as_i64),
             to: v.get("toid").and_then(Value::as_i64),
             msg: v.get("msg")?.as_str()?.to_owned(),
-            time: v.get("time").and_then(Value::as_str).unwrap_or("").to_owned(),
+            time: v
+                .get("time")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
             seq: v.get("seq").and_then(Value::as_i64).unwrap_or(0),
             ts: v.get("ts").and_then(Value::as_i64).unwrap_or(0),
         })
@@ -124,8 +128,14 @@ impl Message {
     /// The original client's rendering.
     pub fn display(&self) -> String {
         match self.group {
-            Some(g) => format!("群消息[{g}]:{} [{}]{} said: {}", self.time, self.from, self.name, self.msg),
-            None => format!("{} [{}]{} said: {}", self.time, self.from, self.name, self.msg),
+            Some(g) => format!(
+                "群消息[{g}]:{} [{}]{} said: {}",
+                self.time, self.from, self.name, self.msg
+            ),
+            None => format!(
+                "{} [{}]{} said: {}",
+                self.time, self.from, self.name, self.msg
+            ),
         }
     }
 }
@@ -264,9 +274,14 @@ impl Client {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(reqid, tx);
-        let bytes = Bytes::from(serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?);
+        let bytes = Bytes::from(
+            serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?,
+        );
         if let Err(e) = self.writer.send(bytes).await {
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&reqid);
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&reqid);
             return Err(match e {
                 crate::protocol::codec::FrameError::Io(e) => ClientError::Io(e),
                 other => ClientError::Protocol(other.to_string()),
@@ -315,15 +330,25 @@ impl Client {
             .request(json!({"msgid": msgid::LOGIN, "id": id, "password": password}))
             .await?
             .ok()?;
-        let friends = double_encoded(r.get("friends")).iter().filter_map(contact).collect();
+        let friends = double_encoded(r.get("friends"))
+            .iter()
+            .filter_map(contact)
+            .collect();
         let groups = double_encoded(r.get("groups"))
             .iter()
             .filter_map(|g| {
                 Some(Group {
                     id: g.get("id")?.as_i64()?,
                     name: g.get("groupname")?.as_str()?.to_owned(),
-                    desc: g.get("groupdesc").and_then(Value::as_str).unwrap_or("").to_owned(),
-                    members: double_encoded(g.get("users")).iter().filter_map(contact).collect(),
+                    desc: g
+                        .get("groupdesc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    members: double_encoded(g.get("users"))
+                        .iter()
+                        .filter_map(contact)
+                        .collect(),
                 })
             })
             .collect();
@@ -333,7 +358,11 @@ impl Client {
             .collect();
         Ok(LoginInfo {
             id: r.i64("id")?,
-            name: r.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
+            name: r
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
             friends,
             groups,
             offline,
@@ -341,7 +370,10 @@ impl Client {
     }
 
     pub async fn logout(&mut self) -> Result<(), ClientError> {
-        self.request(json!({"msgid": msgid::LOGOUT})).await?.ok().map(drop)
+        self.request(json!({"msgid": msgid::LOGOUT}))
+            .await?
+            .ok()
+            .map(drop)
     }
 
     pub async fn chat(&mut self, to: UserId, msg: &str) -> Result<Sent, ClientError> {

@@ -47,7 +47,10 @@ impl Hub for LocalHub {
 
     async fn disconnect(&self, user: UserId, session_id: u64) {
         let mut sessions = self.write();
-        if sessions.get(&user).is_some_and(|h| h.session_id == session_id) {
+        if sessions
+            .get(&user)
+            .is_some_and(|h| h.session_id == session_id)
+        {
             sessions.remove(&user);
         }
     }
@@ -60,7 +63,9 @@ impl Hub for LocalHub {
     async fn deliver(&self, push: Push, recipients: &[UserId]) -> Result<(), HubError> {
         let sessions = self.read();
         for user in recipients {
-            let Some(handle) = sessions.get(user) else { continue };
+            let Some(handle) = sessions.get(user) else {
+                continue;
+            };
             match handle.pushes.try_send(push.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {

@@ -130,7 +130,10 @@ mod tests {
         buf.extend_from_slice(b"id\":1}");
         assert!(decode_all(&mut c, &mut buf).is_empty());
         buf.extend_from_slice(b"\0");
-        assert_eq!(decode_all(&mut c, &mut buf), vec![Bytes::from_static(b"{\"msgid\":1}")]);
+        assert_eq!(
+            decode_all(&mut c, &mut buf),
+            vec![Bytes::from_static(b"{\"msgid\":1}")]
+        );
     }
 
     #[test]
@@ -154,7 +157,8 @@ mod tests {
             Some(Bytes::from_static(b"{\"x\":1}"))
         );
         let mut out = BytesMut::new();
-        c.encode(Bytes::from_static(b"{}"), &mut out).expect("encode");
+        c.encode(Bytes::from_static(b"{}"), &mut out)
+            .expect("encode");
         assert_eq!(&out[..], b"{}\n");
     }
 }

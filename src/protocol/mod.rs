@@ -267,7 +267,8 @@ struct HistoryBody {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, Fail> {
-    serde_json::from_value(Value::Object(obj)).map_err(|e| Fail::new(ErrCode::BadRequest, e.to_string()))
+    serde_json::from_value(Value::Object(obj))
+        .map_err(|e| Fail::new(ErrCode::BadRequest, e.to_string()))
 }
 
 /// Parses one frame. Never panics; every failure is a [`Fail`] to reply with.
@@ -275,11 +276,17 @@ pub fn parse(frame: &[u8]) -> Parsed {
     let value: Value = match serde_json::from_slice(frame) {
         Ok(v) => v,
         Err(e) => {
-            return Parsed::bare(Fail::new(ErrCode::InvalidJson, format!("invalid JSON: {e}")), None);
+            return Parsed::bare(
+                Fail::new(ErrCode::InvalidJson, format!("invalid JSON: {e}")),
+                None,
+            );
         }
     };
     let Value::Object(mut obj) = value else {
-        return Parsed::bare(Fail::new(ErrCode::BadRequest, "a request must be a JSON object"), None);
+        return Parsed::bare(
+            Fail::new(ErrCode::BadRequest, "a request must be a JSON object"),
+            None,
+        );
     };
     let reqid = match obj.remove("reqid") {
         None => None,
@@ -293,7 +300,10 @@ pub fn parse(frame: &[u8]) -> Parsed {
     };
     let id = match obj.get("msgid") {
         None => {
-            return Parsed::bare(Fail::new(ErrCode::BadRequest, "missing field `msgid`"), reqid);
+            return Parsed::bare(
+                Fail::new(ErrCode::BadRequest, "missing field `msgid`"),
+                reqid,
+            );
         }
         Some(v) => match v.as_i64() {
             Some(id) => id,
@@ -484,7 +494,11 @@ mod tests {
     use super::*;
 
     fn code(p: &Parsed) -> ErrCode {
-        p.request.as_ref().err().map(|f| f.code).unwrap_or(ErrCode::Ok)
+        p.request
+            .as_ref()
+            .err()
+            .map(|f| f.code)
+            .unwrap_or(ErrCode::Ok)
     }
 
     #[test]
@@ -523,7 +537,11 @@ mod tests {
         let p = parse(br#"{"msgid":7,"id":"me","friendid":2}"#);
         assert_eq!(code(&p), ErrCode::BadRequest);
         let p = parse(br#"{"msgid":2}"#);
-        assert_eq!(code(&p), ErrCode::UnknownMsgid, "server-only msgids are not requests");
+        assert_eq!(
+            code(&p),
+            ErrCode::UnknownMsgid,
+            "server-only msgids are not requests"
+        );
         let p = parse(br#"{"msgid":14,"toid":1,"groupid":2}"#);
         assert_eq!(code(&p), ErrCode::BadRequest);
         let p = parse(br#"{"msgid":1.5}"#);
@@ -552,7 +570,10 @@ mod tests {
             ..m
         };
         let v: Value = serde_json::from_slice(&render_push(&g)).expect("json");
-        assert_eq!((v["msgid"].as_i64(), v["groupid"].as_i64()), (Some(10), Some(4)));
+        assert_eq!(
+            (v["msgid"].as_i64(), v["groupid"].as_i64()),
+            (Some(10), Some(4))
+        );
         assert!(v.get("toid").is_none());
     }
 }

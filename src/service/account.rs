@@ -21,7 +21,12 @@ fn text(b: &[u8]) -> String {
 }
 
 impl Service {
-    pub(super) async fn register(&self, ack: i64, name: &str, password: &str) -> Result<Reply, Fail> {
+    pub(super) async fn register(
+        &self,
+        ack: i64,
+        name: &str,
+        password: &str,
+    ) -> Result<Reply, Fail> {
         let name = UserName::parse(name).map_err(invalid)?;
         let password = Password::parse(password).map_err(invalid)?;
         let hash = self.hasher.hash(password).await?;
@@ -36,7 +41,13 @@ impl Service {
         Ok(Reply::ok(ack).with("id", id).with("name", name.as_str()))
     }
 
-    pub(super) async fn login(&self, s: &mut Session, ack: i64, id: UserId, password: String) -> Result<Reply, Fail> {
+    pub(super) async fn login(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        id: UserId,
+        password: String,
+    ) -> Result<Reply, Fail> {
         if s.user.is_some() {
             return Err(Fail::new(
                 ErrCode::AlreadyLoggedIn,
@@ -49,7 +60,11 @@ impl Service {
         }
         let creds = self.store.credentials(id).await?;
         let name = creds.as_ref().map(|c| c.name.clone());
-        if !self.hasher.verify(password, creds.map(|c| c.password_hash)).await? {
+        if !self
+            .hasher
+            .verify(password, creds.map(|c| c.password_hash))
+            .await?
+        {
             return Err(bad());
         }
         let name = name.ok_or_else(bad)?;
@@ -101,7 +116,9 @@ impl Service {
         mark_delivered(me, &first);
         while full {
             // Later pages start from the stored cursors, so store them first.
-            self.store.advance_cursors(me.id, me.cursors.take_dirty()).await?;
+            self.store
+                .advance_cursors(me.id, me.cursors.take_dirty())
+                .await?;
             let page = self.store.undelivered(me.id, page_size).await?;
             full = page.len() == page_size;
             mark_delivered(me, &page);
@@ -114,8 +131,16 @@ impl Service {
         // One presence lookup for everyone listed, however many.
         let mut ids: Vec<UserId> = friends.iter().map(|f| f.id).collect();
         ids.extend(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)));
-        let ids: Vec<UserId> = ids.into_iter().collect::<HashSet<_>>().into_iter().collect();
-        let online: HashMap<UserId, bool> = ids.iter().copied().zip(self.hub.online(&ids).await?).collect();
+        let ids: Vec<UserId> = ids
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let online: HashMap<UserId, bool> = ids
+            .iter()
+            .copied()
+            .zip(self.hub.online(&ids).await?)
+            .collect();
         let is_online = |id: &UserId| online.get(id).copied().unwrap_or(false);
 
         let mut reply = Reply::ok(0).with("name", me.name.as_str());
@@ -126,7 +151,11 @@ impl Service {
         if !friends.is_empty() {
             let list: Vec<Value> = friends
                 .iter()
-                .map(|f| json!({"id": f.id, "name": f.name, "state": state(is_online(&f.id))}).to_string().into())
+                .map(|f| {
+                    json!({"id": f.id, "name": f.name, "state": state(is_online(&f.id))})
+                        .to_string()
+                        .into()
+                })
                 .collect();
             reply = reply.with("friends", list);
         }

@@ -15,15 +15,31 @@ use crate::model::{Conversation, Delivery, GroupId, NewMessage, Push, Seq, UserI
 use crate::protocol::{ChatOut, ErrCode, Fail, HistoryTarget, Reply, classic_time, render_push};
 
 impl Service {
-    pub(super) async fn one_chat(&self, s: &mut Session, ack: i64, to: UserId, body: String) -> Result<Reply, Fail> {
+    pub(super) async fn one_chat(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        to: UserId,
+        body: String,
+    ) -> Result<Reply, Fail> {
         let me = s.me()?.id;
         if to == me {
-            return Err(Fail::new(ErrCode::InvalidTarget, "you cannot chat with yourself"));
+            return Err(Fail::new(
+                ErrCode::InvalidTarget,
+                "you cannot chat with yourself",
+            ));
         }
-        self.send(s, ack, Conversation::direct(me, to), body, &[to]).await
+        self.send(s, ack, Conversation::direct(me, to), body, &[to])
+            .await
     }
 
-    pub(super) async fn group_chat(&self, s: &mut Session, ack: i64, group: GroupId, body: String) -> Result<Reply, Fail> {
+    pub(super) async fn group_chat(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        group: GroupId,
+        body: String,
+    ) -> Result<Reply, Fail> {
         let me = s.me()?.id;
         let members = self
             .groups
@@ -31,10 +47,14 @@ impl Service {
             .await?
             .ok_or_else(|| Fail::new(ErrCode::NotFound, format!("group {group} not found")))?;
         if !members.contains(&me) {
-            return Err(Fail::new(ErrCode::Forbidden, format!("you are not a member of group {group}")));
+            return Err(Fail::new(
+                ErrCode::Forbidden,
+                format!("you are not a member of group {group}"),
+            ));
         }
         let others: Vec<UserId> = members.iter().copied().filter(|m| *m != me).collect();
-        self.send(s, ack, Conversation::Group(group), body, &others).await
+        self.send(s, ack, Conversation::Group(group), body, &others)
+            .await
     }
 
     async fn send(
@@ -83,7 +103,10 @@ impl Service {
         let me = s.me()?.id;
         let conv = match target {
             HistoryTarget::User(peer) if peer == me => {
-                return Err(Fail::new(ErrCode::InvalidTarget, "there is no conversation with yourself"));
+                return Err(Fail::new(
+                    ErrCode::InvalidTarget,
+                    "there is no conversation with yourself",
+                ));
             }
             HistoryTarget::User(peer) => Conversation::direct(me, peer),
             HistoryTarget::Group(g) => {
@@ -93,7 +116,10 @@ impl Service {
                     .await?
                     .ok_or_else(|| Fail::new(ErrCode::NotFound, format!("group {g} not found")))?;
                 if !members.contains(&me) {
-                    return Err(Fail::new(ErrCode::Forbidden, format!("you are not a member of group {g}")));
+                    return Err(Fail::new(
+                        ErrCode::Forbidden,
+                        format!("you are not a member of group {g}"),
+                    ));
                 }
                 Conversation::Group(g)
             }
@@ -125,20 +151,22 @@ impl Service {
                 me.cursors.delivered(m.conv, m.seq);
                 vec![push.frame.clone()]
             }
-            Incoming::Gap { after } => match self.store.between(m.conv, after, m.seq, me.id).await {
-                Ok(missing) => {
-                    let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
-                    out.push(push.frame.clone());
-                    me.cursors.delivered(m.conv, m.seq);
-                    out
+            Incoming::Gap { after } => {
+                match self.store.between(m.conv, after, m.seq, me.id).await {
+                    Ok(missing) => {
+                        let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
+                        out.push(push.frame.clone());
+                        me.cursors.delivered(m.conv, m.seq);
+                        out
+                    }
+                    Err(e) => {
+                        // Hold it back rather than skip what is missing: it stays
+                        // past the cursor, so the next gap fill or login brings it.
+                        tracing::warn!(user = me.id, error = %e, "could not fill a delivery gap");
+                        Vec::new()
+                    }
                 }
-                Err(e) => {
-                    // Hold it back rather than skip what is missing: it stays
-                    // past the cursor, so the next gap fill or login brings it.
-                    tracing::warn!(user = me.id, error = %e, "could not fill a delivery gap");
-                    Vec::new()
-                }
-            },
+            }
         }
     }
 }

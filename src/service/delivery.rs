@@ -160,7 +160,11 @@ mod tests {
         c.delivered(G, 4);
         assert_eq!(c.classify(G, 6), Incoming::Gap { after: 4 });
         c.delivered(G, 6); // after filling 5 and delivering 6
-        assert_eq!(c.classify(G, 5), Incoming::Duplicate, "the late original of a filled gap");
+        assert_eq!(
+            c.classify(G, 5),
+            Incoming::Duplicate,
+            "the late original of a filled gap"
+        );
         assert_eq!(c.take_dirty(), vec![(G, 6)]);
         assert!(!c.has_dirty());
     }
@@ -188,7 +192,10 @@ mod tests {
         let mut c = Cursors::default();
         let d = Conversation::direct(1, 2);
         assert_eq!(c.classify(d, 1), Incoming::InOrder);
-        assert_eq!(c.classify(Conversation::direct(1, 3), 2), Incoming::Gap { after: 0 });
+        assert_eq!(
+            c.classify(Conversation::direct(1, 3), 2),
+            Incoming::Gap { after: 0 }
+        );
         assert_eq!(c.classify(G, 1), Incoming::Duplicate);
         c.start(G, 10);
         assert!(c.knows(G));

@@ -8,19 +8,35 @@ use crate::model::UserId;
 use crate::protocol::{ErrCode, Fail, Reply};
 
 impl Service {
-    pub(super) async fn add_friend(&self, s: &mut Session, ack: i64, friend: UserId) -> Result<Reply, Fail> {
+    pub(super) async fn add_friend(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        friend: UserId,
+    ) -> Result<Reply, Fail> {
         let me = s.me()?.id;
         if friend == me {
-            return Err(Fail::new(ErrCode::InvalidTarget, "you cannot add yourself as a friend"));
+            return Err(Fail::new(
+                ErrCode::InvalidTarget,
+                "you cannot add yourself as a friend",
+            ));
         }
         self.store.add_friendship(me, friend).await?;
         Ok(Reply::ok(ack).with("friendid", friend))
     }
 
-    pub(super) async fn del_friend(&self, s: &mut Session, ack: i64, friend: UserId) -> Result<Reply, Fail> {
+    pub(super) async fn del_friend(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        friend: UserId,
+    ) -> Result<Reply, Fail> {
         let me = s.me()?.id;
         if !self.store.remove_friendship(me, friend).await? {
-            return Err(Fail::new(ErrCode::NotFound, format!("user {friend} is not your friend")));
+            return Err(Fail::new(
+                ErrCode::NotFound,
+                format!("user {friend} is not your friend"),
+            ));
         }
         Ok(Reply::ok(ack).with("friendid", friend))
     }

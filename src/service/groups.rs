@@ -22,7 +22,11 @@ pub(super) struct GroupCache {
 
 impl GroupCache {
     /// The members of `group`, or `None` if it does not exist.
-    pub(super) async fn members(&self, store: &dyn Store, group: GroupId) -> StoreResult<Option<Arc<[UserId]>>> {
+    pub(super) async fn members(
+        &self,
+        store: &dyn Store,
+        group: GroupId,
+    ) -> StoreResult<Option<Arc<[UserId]>>> {
         if let Some(m) = self.read().get(&group) {
             return Ok(Some(m.clone()));
         }
@@ -51,11 +55,20 @@ impl GroupCache {
 }
 
 impl Service {
-    pub(super) async fn create_group(&self, s: &mut Session, ack: i64, name: &str, desc: &str) -> Result<Reply, Fail> {
+    pub(super) async fn create_group(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        name: &str,
+        desc: &str,
+    ) -> Result<Reply, Fail> {
         let name = GroupName::parse(name).map_err(invalid)?;
         let desc = GroupDesc::parse(desc).map_err(invalid)?;
         let me = s.me_mut()?;
-        let id = self.store.create_group(me.id, name.as_str(), desc.as_str()).await?;
+        let id = self
+            .store
+            .create_group(me.id, name.as_str(), desc.as_str())
+            .await?;
         me.cursors.start(Conversation::Group(id), 0);
         self.groups.invalidate(id);
         Ok(Reply::ok(ack)
@@ -64,7 +77,12 @@ impl Service {
             .with("groupdesc", desc.as_str()))
     }
 
-    pub(super) async fn join_group(&self, s: &mut Session, ack: i64, group: GroupId) -> Result<Reply, Fail> {
+    pub(super) async fn join_group(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        group: GroupId,
+    ) -> Result<Reply, Fail> {
         let me = s.me_mut()?;
         let start = self.store.join_group(me.id, group).await?;
         me.cursors.start(Conversation::Group(group), start);
@@ -72,10 +90,18 @@ impl Service {
         Ok(Reply::ok(ack).with("groupid", group))
     }
 
-    pub(super) async fn leave_group(&self, s: &mut Session, ack: i64, group: GroupId) -> Result<Reply, Fail> {
+    pub(super) async fn leave_group(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        group: GroupId,
+    ) -> Result<Reply, Fail> {
         let me = s.me_mut()?;
         if !self.store.leave_group(me.id, group).await? {
-            return Err(Fail::new(ErrCode::NotFound, format!("you are not a member of group {group}")));
+            return Err(Fail::new(
+                ErrCode::NotFound,
+                format!("you are not a member of group {group}"),
+            ));
         }
         me.cursors.forget(Conversation::Group(group));
         self.groups.invalidate(group);

@@ -123,12 +123,16 @@ impl From<StoreError> for Fail {
 impl From<HubError> for Fail {
     fn from(e: HubError) -> Self {
         match e {
-            HubError::AlreadyOnline => {
-                Fail::new(ErrCode::AlreadyOnline, "this account is using, input another!")
-            }
+            HubError::AlreadyOnline => Fail::new(
+                ErrCode::AlreadyOnline,
+                "this account is using, input another!",
+            ),
             HubError::Unavailable(detail) => {
                 tracing::error!(%detail, "presence error");
-                Fail::new(ErrCode::Unavailable, "presence service unavailable, try again later")
+                Fail::new(
+                    ErrCode::Unavailable,
+                    "presence service unavailable, try again later",
+                )
             }
         }
     }
@@ -143,7 +147,11 @@ impl From<AuthError> for Fail {
 
 impl Service {
     /// A service over `store` and `hub` with `config`'s limits.
-    pub fn new(store: SharedStore, hub: Arc<dyn Hub>, config: Arc<Config>) -> Result<Self, AuthError> {
+    pub fn new(
+        store: SharedStore,
+        hub: Arc<dyn Hub>,
+        config: Arc<Config>,
+    ) -> Result<Self, AuthError> {
         Ok(Service {
             hasher: PasswordHasherPool::new(config.max_concurrent_hashes)?,
             store,

@@ -86,7 +86,11 @@ pub trait Store: Send + Sync + 'static {
     async fn append(&self, msg: NewMessage) -> StoreResult<ChatMessage>;
     /// Moves `user`'s delivery cursors forward (never back). Returns when the
     /// move is durable.
-    async fn advance_cursors(&self, user: UserId, positions: Vec<(Conversation, Seq)>) -> StoreResult<()>;
+    async fn advance_cursors(
+        &self,
+        user: UserId,
+        positions: Vec<(Conversation, Seq)>,
+    ) -> StoreResult<()>;
     /// Every conversation `user` takes part in, with the delivered position.
     async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>>;
     /// Up to `limit` messages past `user`'s cursors, sent by others, ordered
@@ -103,7 +107,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ChatMessage>>;
     /// Up to `limit` messages of `conv` before `before` (or the newest),
     /// newest first.
-    async fn history(&self, conv: Conversation, before: Option<Seq>, limit: u32) -> StoreResult<Vec<ChatMessage>>;
+    async fn history(
+        &self,
+        conv: Conversation,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> StoreResult<Vec<ChatMessage>>;
 
     /// Finishes pending writes and closes connections.
     async fn close(&self);

@@ -23,8 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use super::{Store, StoreError, StoreResult, now_ms};
 use crate::model::{
-    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, GroupMember, GroupRole,
-    NewMessage, Seq, UserId, UserSummary,
+    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, GroupMember, GroupRole, NewMessage,
+    Seq, UserId, UserSummary,
 };
 
 /// Most operations folded into one writer transaction.
@@ -140,12 +140,13 @@ fn closed<T>(_: T) -> StoreError {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
-        let res = sqlx::query("INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)")
-            .bind(name)
-            .bind(password_hash)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await;
+        let res =
+            sqlx::query("INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(password_hash)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await;
         match res {
             Ok(done) => Ok(done.last_insert_rowid()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("name is already taken")),
@@ -185,12 +186,13 @@ impl Store for SqliteStore {
         }
         let mut added = 0;
         for (x, y) in [(a, b), (b, a)] {
-            added += sqlx::query("INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?)")
-                .bind(x)
-                .bind(y)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            added +=
+                sqlx::query("INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?)")
+                    .bind(x)
+                    .bind(y)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
         }
         if added == 0 {
             return Err(StoreError::Conflict("already friends"));
@@ -220,17 +222,21 @@ impl Store for SqliteStore {
         .bind(user)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id, name)| UserSummary { id, name }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, name)| UserSummary { id, name })
+            .collect())
     }
 
     async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let res = sqlx::query("INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)")
-            .bind(name)
-            .bind(desc)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await;
+        let res =
+            sqlx::query("INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(desc)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await;
         let id = match res {
             Ok(done) => done.last_insert_rowid(),
             Err(e) if is_unique_violation(&e) => {
@@ -248,11 +254,13 @@ impl Store for SqliteStore {
             .bind(&conv)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT OR REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0)")
-            .bind(creator)
-            .bind(&conv)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0)",
+        )
+        .bind(creator)
+        .bind(&conv)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -260,18 +268,21 @@ impl Store for SqliteStore {
     async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
         let conv = Conversation::Group(group).key();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM conversations WHERE conv = ?")
-            .bind(&conv)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let last: Option<(i64,)> =
+            sqlx::query_as("SELECT last_seq FROM conversations WHERE conv = ?")
+                .bind(&conv)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some((last,)) = last else {
             return Err(StoreError::NotFound("group"));
         };
-        let res = sqlx::query("INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'normal')")
-            .bind(group)
-            .bind(user)
-            .execute(&mut *tx)
-            .await;
+        let res = sqlx::query(
+            "INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'normal')",
+        )
+        .bind(group)
+        .bind(user)
+        .execute(&mut *tx)
+        .await;
         match res {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
@@ -281,12 +292,14 @@ impl Store for SqliteStore {
         }
         // A new member starts at the present: earlier messages are history,
         // not offline messages.
-        sqlx::query("INSERT OR REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?)")
-            .bind(user)
-            .bind(&conv)
-            .bind(last)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?)",
+        )
+        .bind(user)
+        .bind(&conv)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(last)
     }
@@ -345,10 +358,11 @@ impl Store for SqliteStore {
     }
 
     async fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>> {
-        let rows: Vec<(i64,)> = sqlx::query_as("SELECT user_id FROM group_members WHERE group_id = ?")
-            .bind(group)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT user_id FROM group_members WHERE group_id = ?")
+                .bind(group)
+                .fetch_all(&self.pool)
+                .await?;
         if rows.is_empty() {
             let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM chat_groups WHERE id = ?")
                 .bind(group)
@@ -367,7 +381,11 @@ impl Store for SqliteStore {
         wait.await.map_err(closed)?
     }
 
-    async fn advance_cursors(&self, user: UserId, positions: Vec<(Conversation, Seq)>) -> StoreResult<()> {
+    async fn advance_cursors(
+        &self,
+        user: UserId,
+        positions: Vec<(Conversation, Seq)>,
+    ) -> StoreResult<()> {
         if positions.is_empty() {
             return Ok(());
         }
@@ -423,7 +441,12 @@ impl Store for SqliteStore {
         Ok(rows.into_iter().filter_map(message_of).collect())
     }
 
-    async fn history(&self, conv: Conversation, before: Option<Seq>, limit: u32) -> StoreResult<Vec<ChatMessage>> {
+    async fn history(
+        &self,
+        conv: Conversation,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> StoreResult<Vec<ChatMessage>> {
         let rows: Vec<MsgRow> = sqlx::query_as(
             "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
              WHERE m.conv = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?",
@@ -564,7 +587,9 @@ impl Writer {
                         ts_ms: now,
                     })));
                 }
-                WriteOp::Cursors { user, positions, .. } => {
+                WriteOp::Cursors {
+                    user, positions, ..
+                } => {
                     for (conv, seq) in positions {
                         sqlx::query(
                             "UPDATE cursors SET delivered_seq = MAX(delivered_seq, ?) \
@@ -621,11 +646,13 @@ async fn start_conversation(
         return Ok(Err(StoreError::NotFound("user")));
     }
     for user in [low, high] {
-        sqlx::query("INSERT OR IGNORE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0)")
-            .bind(user)
-            .bind(conv.key())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0)",
+        )
+        .bind(user)
+        .bind(conv.key())
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(Ok(0))
 }

@@ -1,0 +1,146 @@
+//! Registration, login, presence, friends: what a user sees of accounts.
+
+mod common;
+
+use common::{TestServer, pw, within};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_are_mutual_and_show_presence() {
+    let s = TestServer::start().await;
+    let (mut a, alice) = s.user("alice").await;
+    let (mut b, bob) = s.user("bob").await;
+    let carol = s.register("carol").await;
+
+    a.add_friend(bob).await.expect("add bob");
+    assert_eq!(
+        a.add_friend(bob).await.unwrap_err().errno(),
+        Some(32),
+        "already friends"
+    );
+    assert_eq!(
+        a.add_friend(alice).await.unwrap_err().errno(),
+        Some(33),
+        "self"
+    );
+    assert_eq!(
+        a.add_friend(99_999).await.unwrap_err().errno(),
+        Some(30),
+        "no such user"
+    );
+    a.add_friend(carol).await.expect("add carol");
+
+    let list = a.friends().await.expect("friends");
+    let seen: Vec<_> = list
+        .iter()
+        .map(|f| (f.id, f.name.as_str(), f.online))
+        .collect();
+    assert_eq!(seen, vec![(bob, "bob", true), (carol, "carol", false)]);
+    // mutual: bob sees alice without having added her
+    let list = b.friends().await.expect("friends");
+    assert_eq!(
+        list.iter().map(|f| (f.id, f.online)).collect::<Vec<_>>(),
+        vec![(alice, true)]
+    );
+
+    // logout makes bob offline for alice; login shows alice online to bob
+    b.logout().await.expect("logout");
+    let list = a.friends().await.expect("friends");
+    assert!(!list.iter().find(|f| f.id == bob).expect("bob").online);
+    let info = b
+        .login(bob, &pw("bob"))
+        .await
+        .expect("login again on the same connection");
+    assert_eq!(info.name, "bob");
+    assert_eq!(
+        info.friends
+            .iter()
+            .map(|f| (f.id, f.online))
+            .collect::<Vec<_>>(),
+        vec![(alice, true)]
+    );
+
+    // deleting removes both directions
+    b.del_friend(alice).await.expect("delete");
+    assert!(
+        a.friends()
+            .await
+            .expect("friends")
+            .iter()
+            .all(|f| f.id != bob)
+    );
+    assert!(b.friends().await.expect("friends").is_empty());
+    assert_eq!(b.del_friend(alice).await.unwrap_err().errno(), Some(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_refusals_and_presence_after_disconnect() {
+    let s = TestServer::start().await;
+    let (mut a, alice) = s.user("alice").await;
+
+    let mut other = s.client().await;
+    assert_eq!(
+        other.login(alice, "wrong").await.unwrap_err().errno(),
+        Some(1)
+    );
+    assert_eq!(
+        other.login(424_242, "whatever").await.unwrap_err().errno(),
+        Some(1)
+    );
+    let err = other.login(alice, &pw("alice")).await.unwrap_err();
+    assert_eq!(err.errno(), Some(2), "online elsewhere: {err}");
+    assert_eq!(
+        a.login(alice, &pw("alice")).await.unwrap_err().errno(),
+        Some(22)
+    );
+
+    // an abrupt disconnect (no logout) marks the user offline
+    drop(a);
+    within(async {
+        loop {
+            match other.login(alice, &pw("alice")).await {
+                Ok(info) => break info,
+                Err(e) if e.errno() == Some(2) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registration_of_one_name_has_one_winner() {
+    let s = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = s.client().await;
+        tasks.push(tokio::spawn(async move { c.register("same", "pw").await }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match within(t).await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.errno(), Some(1), "{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_not_stored_in_clear() {
+    let s = TestServer::start().await;
+    s.register("alice").await;
+    let (dir, _) = s.stop().await;
+    // the database and its write-ahead log, whichever holds the row now
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).expect("dir") {
+        bytes.extend(std::fs::read(entry.expect("entry").path()).expect("read"));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        !text.contains(&pw("alice")),
+        "clear password in the database"
+    );
+    assert!(text.contains("$argon2id$"), "argon2id hash expected");
+}

@@ -1,0 +1,129 @@
+//! `chatclient` driven through a pipe, as a script would.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{TestServer, pw, within};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatclient_logs_in_and_chats_through_a_pipe() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let (mut bob_client, bob) = s.user("bob").await;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatclient"))
+        .arg(s.addr.ip().to_string())
+        .arg(s.addr.port().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn chatclient");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let script = format!(
+        "1\n{alice}\n{}\naddfriend:{bob}\nchat:{bob}:hello from the pipe\n",
+        pw("alice")
+    );
+    stdin.write_all(script.as_bytes()).await.expect("write");
+
+    // bob gets alice's message
+    let m = within(bob_client.next_message()).await.expect("message");
+    assert_eq!((m.from, m.msg.as_str()), (alice, "hello from the pipe"));
+    // and alice's terminal shows bob's answer as it arrives
+    bob_client.chat(alice, "hello, pipe").await.expect("reply");
+    let mut seen = Vec::new();
+    within(async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let done = line.contains("[") && line.contains("]bob said: hello, pipe");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("current login user => id:{alice} name:alice"))),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("user {bob} is now your friend"))),
+        "{seen:#?}"
+    );
+
+    stdin
+        .write_all(b"showfriendlist\nloginout\n3\n")
+        .await
+        .expect("write");
+    drop(stdin);
+    let status = within(child.wait()).await.expect("wait");
+    assert!(status.success());
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.expect("read") {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter()
+            .any(|l| l.contains(&format!("{bob} bob online"))),
+        "{rest:#?}"
+    );
+}
+
+/// The real `chatserver` binary on its embedded default: started with the
+/// original's `IP PORT` arguments, stopped with SIGTERM, it exits cleanly
+/// and keeps its data for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatserver_binary_stops_cleanly_on_sigterm_and_keeps_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = || async {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatserver"))
+            .args(["127.0.0.1", "0"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chatserver");
+        let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr = within(async {
+            loop {
+                let line = log.next_line().await.expect("log").expect("server exited early");
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    break rest.split_whitespace().next().expect("addr").to_owned();
+                }
+            }
+        })
+        .await;
+        (child, addr, log)
+    };
+
+    let (mut server, addr, _log) = start().await;
+    let mut a = chat::client::Client::connect(&addr).await.expect("connect");
+    let alice = a.register("alice", "pw").await.expect("register");
+    a.login(alice, "pw").await.expect("login");
+    let bob = a.register("bob", "pw").await.expect("register");
+    a.chat(bob, "see you after the restart").await.expect("send");
+
+    let pid = server.id().expect("pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = within(server.wait()).await.expect("wait");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(dir.path().join("chatserver.db").exists(), "default database file");
+
+    let (_server, addr, _log) = start().await;
+    let mut b = chat::client::Client::connect(&addr).await.expect("connect");
+    let info = b.login(bob, "pw").await.expect("login");
+    assert_eq!(info.offline.len(), 1);
+    let mut a = chat::client::Client::connect(&addr).await.expect("connect");
+    a.login(alice, "pw").await.expect("alice is offline after the shutdown, not stuck online");
+}
