@@ -25,6 +25,7 @@ pub mod connection;
 pub mod hub;
 pub mod model;
 pub mod protocol;
+pub mod ring;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,0 +1,1 @@
+//! Consistent hashing (placeholder; being written).
