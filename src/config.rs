@@ -11,6 +11,9 @@ use crate::protocol::codec::DEFAULT_MAX_FRAME;
 /// Limits and tunables for one server node.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// This node's name, reported by SERVER_INFO (and, in a cluster, its
+    /// identity on the bus).
+    pub node_id: String,
     /// Largest frame accepted from a client; a longer one closes the
     /// connection after an error reply.
     pub max_frame: usize,
@@ -39,11 +42,40 @@ pub struct Config {
     pub max_concurrent_hashes: usize,
     /// How long shutdown waits for sessions to finish before giving up on them.
     pub shutdown_grace: Duration,
+    /// Database connection pool (MySQL; SQLite uses a small fixed pool).
+    pub pool: PoolConfig,
+}
+
+/// The database connection pool: what the original hand-wrote as its
+/// connection pool, as settings of sqlx's pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Connections opened at start and kept open.
+    pub min_connections: u32,
+    /// Connections open at most.
+    pub max_connections: u32,
+    /// Idle time after which a connection above the minimum is closed.
+    pub idle_timeout: Duration,
+    /// How long a request waits for a free connection before failing with
+    /// errno 50 (never hangs).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min_connections: 2,
+            max_connections: 16,
+            idle_timeout: Duration::from_secs(60),
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
+            node_id: "standalone".to_owned(),
             max_frame: DEFAULT_MAX_FRAME,
             max_message_bytes: 8 * 1024,
             max_connections: 16_000,
@@ -56,6 +88,7 @@ impl Default for Config {
                 .map(|n| n.get() * 2)
                 .unwrap_or(4),
             shutdown_grace: Duration::from_secs(10),
+            pool: PoolConfig::default(),
         }
     }
 }

@@ -52,6 +52,8 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
         };
         if let Err(e) = send_all(&mut conn, out, write_timeout).await {
             tracing::debug!(?peer, error = %e, "write failed");
+            // What could not be written stays past the cursors.
+            session.forget_unsaved_deliveries();
             break;
         }
         if last {

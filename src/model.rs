@@ -111,7 +111,14 @@ pub struct Delivery {
 }
 
 /// What the hub hands to a session's queue.
-pub type Push = Arc<Delivery>;
+#[derive(Debug, Clone)]
+pub enum Push {
+    /// A stored message for this session's user.
+    Message(Arc<Delivery>),
+    /// Live delivery may have missed something (the node's subscription to
+    /// the cluster bus was down): catch up from the store.
+    Resync,
+}
 
 /// A user as others see them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,11 +183,12 @@ pub struct GroupInfo {
 pub enum Invalid {
     #[error("{0} must not be empty")]
     Empty(&'static str),
-    #[error("{what} is too long ({len} > {max} characters)")]
+    #[error("{what} is too long ({len} > {max} {unit})")]
     TooLong {
         what: &'static str,
         len: usize,
         max: usize,
+        unit: &'static str,
     },
     #[error("{0} must not contain control characters")]
     Control(&'static str),
@@ -202,6 +210,7 @@ fn check_text(
             what,
             len,
             max: max_chars,
+            unit: "characters",
         });
     }
     let bad = |c: char| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t'));
@@ -281,6 +290,7 @@ impl Password {
                 what: "password",
                 len: s.len(),
                 max: MAX_PASSWORD_BYTES,
+                unit: "bytes",
             });
         }
         Ok(Password(s.to_owned()))
@@ -298,9 +308,10 @@ pub fn check_body(body: &str, max_bytes: usize) -> Result<(), Invalid> {
     }
     if body.len() > max_bytes {
         return Err(Invalid::TooLong {
-            what: "msg (bytes)",
+            what: "msg",
             len: body.len(),
             max: max_bytes,
+            unit: "bytes",
         });
     }
     check_text("msg", body, usize::MAX, false, true)

@@ -19,19 +19,25 @@ use crate::config::Config;
 use crate::connection;
 use crate::hub::Hub;
 use crate::hub::local::LocalHub;
+use crate::hub::redis::{ClusterConfig, RedisHub};
 use crate::service::Service;
+use crate::store::mysql::MySqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SharedStore, StoreError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("unsupported database URL {0:?} (expected sqlite://PATH)")]
+    #[error(
+        "unsupported database URL {0:?} (expected sqlite://PATH or mysql://USER:PASS@HOST:PORT/DB)"
+    )]
     UnsupportedDb(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 }
 
 /// Everything one server process runs.
@@ -55,14 +61,31 @@ impl std::fmt::Debug for dyn crate::store::Store {
 }
 
 impl Node {
-    /// Opens the store named by `db_url` and wires up a single-node service.
-    pub async fn open(db_url: &str, config: Config) -> Result<Self, StartError> {
+    /// Opens the store named by `db_url` and wires up a node: on its own
+    /// (in-process hub) or, with `cluster`, one of many sharing Redis.
+    pub async fn open(
+        db_url: &str,
+        config: Config,
+        cluster: Option<ClusterConfig>,
+    ) -> Result<Self, StartError> {
         let store: SharedStore = if db_url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(db_url).await?)
+        } else if db_url.starts_with("mysql:") || db_url.starts_with("mariadb:") {
+            let url = db_url.replacen("mariadb:", "mysql:", 1);
+            Arc::new(MySqlStore::open(&url, &config.pool).await?)
         } else {
             return Err(StartError::UnsupportedDb(db_url.to_owned()));
         };
-        let hub: Arc<dyn Hub> = Arc::new(LocalHub::new());
+        let hub: Arc<dyn Hub> = match cluster {
+            None => Arc::new(LocalHub::new()),
+            Some(cluster) => match RedisHub::connect(cluster).await {
+                Ok(hub) => hub,
+                Err(e) => {
+                    store.close().await;
+                    return Err(e.into());
+                }
+            },
+        };
         let service = Arc::new(Service::new(store.clone(), hub.clone(), Arc::new(config))?);
         Ok(Node {
             service,

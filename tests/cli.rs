@@ -93,7 +93,11 @@ async fn chatserver_binary_stops_cleanly_on_sigterm_and_keeps_data() {
         let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let addr = within(async {
             loop {
-                let line = log.next_line().await.expect("log").expect("server exited early");
+                let line = log
+                    .next_line()
+                    .await
+                    .expect("log")
+                    .expect("server exited early");
                 if let Some(rest) = line.split("listen=").nth(1) {
                     break rest.split_whitespace().next().expect("addr").to_owned();
                 }
@@ -108,7 +112,9 @@ async fn chatserver_binary_stops_cleanly_on_sigterm_and_keeps_data() {
     let alice = a.register("alice", "pw").await.expect("register");
     a.login(alice, "pw").await.expect("login");
     let bob = a.register("bob", "pw").await.expect("register");
-    a.chat(bob, "see you after the restart").await.expect("send");
+    a.chat(bob, "see you after the restart")
+        .await
+        .expect("send");
 
     let pid = server.id().expect("pid");
     let killed = std::process::Command::new("kill")
@@ -118,12 +124,17 @@ async fn chatserver_binary_stops_cleanly_on_sigterm_and_keeps_data() {
     assert!(killed.success());
     let status = within(server.wait()).await.expect("wait");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
-    assert!(dir.path().join("chatserver.db").exists(), "default database file");
+    assert!(
+        dir.path().join("chatserver.db").exists(),
+        "default database file"
+    );
 
     let (_server, addr, _log) = start().await;
     let mut b = chat::client::Client::connect(&addr).await.expect("connect");
     let info = b.login(bob, "pw").await.expect("login");
     assert_eq!(info.offline.len(), 1);
     let mut a = chat::client::Client::connect(&addr).await.expect("connect");
-    a.login(alice, "pw").await.expect("alice is offline after the shutdown, not stuck online");
+    a.login(alice, "pw")
+        .await
+        .expect("alice is offline after the shutdown, not stuck online");
 }

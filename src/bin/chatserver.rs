@@ -5,7 +5,10 @@
 
 use std::process::ExitCode;
 
-use chat::config::Config;
+use std::time::Duration;
+
+use chat::config::{Config, PoolConfig};
+use chat::hub::redis::ClusterConfig;
 use chat::server::Node;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -25,9 +28,37 @@ struct Cli {
     /// Address to listen on, as IP:PORT; overrides IP and PORT.
     #[arg(long)]
     listen: Option<String>,
-    /// Database URL: sqlite://PATH (created if missing).
+    /// Database URL: sqlite://PATH (created if missing) or
+    /// mysql://USER:PASS@HOST:PORT/DB (MySQL or MariaDB; needed for a cluster).
     #[arg(long, env = "CHAT_DB", default_value = "sqlite://chatserver.db")]
     db: String,
+    /// Redis URL, redis://[USER:PASS@]HOST:PORT[/DB]: joins a cluster of nodes
+    /// sharing this Redis (and the --db database).
+    #[arg(long, env = "CHAT_REDIS")]
+    redis: Option<String>,
+    /// This node's name, unique in the cluster (default: the listen address).
+    #[arg(long, env = "CHAT_NODE_ID")]
+    node_id: Option<String>,
+    /// Prefix of every Redis key and channel (clusters sharing a Redis need
+    /// different ones).
+    #[arg(long, default_value = "chat")]
+    redis_prefix: String,
+    /// Seconds a crashed node's users may still look online before presence
+    /// heals (the node's lease on Redis).
+    #[arg(long, default_value_t = 10.0)]
+    presence_ttl: f64,
+    /// Database connections kept open.
+    #[arg(long, default_value_t = PoolConfig::default().min_connections)]
+    db_pool_min: u32,
+    /// Database connections open at most.
+    #[arg(long, default_value_t = PoolConfig::default().max_connections)]
+    db_pool_max: u32,
+    /// Seconds after which an idle connection above the minimum is closed.
+    #[arg(long, default_value_t = PoolConfig::default().idle_timeout.as_secs_f64())]
+    db_idle_timeout: f64,
+    /// Seconds a request waits for a free connection before failing (errno 50).
+    #[arg(long, default_value_t = PoolConfig::default().acquire_timeout.as_secs_f64())]
+    db_acquire_timeout: f64,
     /// Largest frame accepted from a client, in bytes.
     #[arg(long, default_value_t = Config::default().max_frame)]
     max_frame: usize,
@@ -73,14 +104,45 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let seconds = |what: &str, s: f64| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| format!("--{what} must be a non-negative number of seconds"))
+    };
+    let durations = (|| {
+        Ok::<_, String>((
+            seconds("presence-ttl", cli.presence_ttl)?,
+            seconds("db-idle-timeout", cli.db_idle_timeout)?,
+            seconds("db-acquire-timeout", cli.db_acquire_timeout)?,
+        ))
+    })();
+    let (presence_ttl, idle_timeout, acquire_timeout) = match durations {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("chatserver: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let node_id = cli.node_id.clone().unwrap_or_else(|| addr.clone());
+    let cluster = cli.redis.as_ref().map(|url| ClusterConfig {
+        key_prefix: cli.redis_prefix.clone(),
+        presence_ttl,
+        ..ClusterConfig::new(url, &node_id)
+    });
     let config = Config {
+        node_id,
+        pool: PoolConfig {
+            min_connections: cli.db_pool_min,
+            max_connections: cli.db_pool_max,
+            idle_timeout,
+            acquire_timeout,
+        },
         max_frame: cli.max_frame,
         max_message_bytes: cli.max_message_bytes,
         max_connections: cli.max_connections,
         push_queue: cli.push_queue,
         ..Config::default()
     };
-    let node = match Node::open(&cli.db, config).await {
+    let node = match Node::open(&cli.db, config, cluster).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("chatserver: cannot open {}: {e}", cli.db);

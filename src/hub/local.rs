@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::{Hub, HubError, SessionHandle};
-use crate::model::{Push, UserId};
+use std::sync::Arc;
+
+use crate::model::{Delivery, Push, UserId};
 
 /// Presence and delivery for one node.
 #[derive(Debug, Default)]
@@ -21,6 +23,40 @@ pub struct LocalHub {
 impl LocalHub {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Queues `message` for those of `recipients` with a session on this
+    /// node; returns the others.
+    pub fn deliver_here(&self, message: &Arc<Delivery>, recipients: &[UserId]) -> Vec<UserId> {
+        let sessions = self.read();
+        let mut elsewhere = Vec::new();
+        for user in recipients {
+            match sessions.get(user) {
+                Some(handle) => push_to(*user, handle, Push::Message(message.clone())),
+                None => elsewhere.push(*user),
+            }
+        }
+        elsewhere
+    }
+
+    /// Tells every session on this node to catch up from the store.
+    pub fn resync_all(&self) {
+        for (user, handle) in self.read().iter() {
+            push_to(*user, handle, Push::Resync);
+        }
+    }
+
+    /// Whether `user` has a session on this node.
+    pub fn is_here(&self, user: UserId) -> bool {
+        self.read().contains_key(&user)
+    }
+
+    /// The users with a session on this node and their session ids.
+    pub fn sessions(&self) -> Vec<(UserId, u64)> {
+        self.read()
+            .iter()
+            .map(|(u, h)| (*u, h.session_id))
+            .collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, SessionHandle>> {
@@ -60,27 +96,27 @@ impl Hub for LocalHub {
         Ok(users.iter().map(|u| sessions.contains_key(u)).collect())
     }
 
-    async fn deliver(&self, push: Push, recipients: &[UserId]) -> Result<(), HubError> {
-        let sessions = self.read();
-        for user in recipients {
-            let Some(handle) = sessions.get(user) else {
-                continue;
-            };
-            match handle.pushes.try_send(push.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    // Never block one sender on one slow reader. The message
-                    // is stored; the reader gets it at its next login.
-                    tracing::warn!(user, "push queue full, disconnecting slow session");
-                    handle.kick.cancel();
-                }
-                Err(TrySendError::Closed(_)) => {}
-            }
-        }
+    async fn deliver(&self, message: Arc<Delivery>, recipients: &[UserId]) -> Result<(), HubError> {
+        self.deliver_here(&message, recipients);
         Ok(())
     }
 
+    async fn group_changed(&self, _group: crate::model::GroupId) {}
+
     async fn shutdown(&self) {
         self.write().clear();
+    }
+}
+
+fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
+    match handle.pushes.try_send(push) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            // Never block one sender on one slow reader. The message is
+            // stored; the reader gets it at its next login.
+            tracing::warn!(user, "push queue full, disconnecting slow session");
+            handle.kick.cancel();
+        }
+        Err(TrySendError::Closed(_)) => {}
     }
 }

@@ -8,12 +8,17 @@
 //! receiver's next gap check or login).
 
 pub mod local;
+pub mod redis;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Push, UserId};
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::model::{Delivery, GroupId, Push, UserId};
 
 /// How the hub reaches one logged-in session.
 #[derive(Debug, Clone)]
@@ -47,7 +52,14 @@ pub trait Hub: Send + Sync + 'static {
     /// Whether each of `users` is online, in one call however many there are.
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, HubError>;
     /// Hands a stored message to every online receiver among `recipients`.
-    async fn deliver(&self, push: Push, recipients: &[UserId]) -> Result<(), HubError>;
+    async fn deliver(&self, message: Arc<Delivery>, recipients: &[UserId]) -> Result<(), HubError>;
+    /// Tells every node that a group's membership changed (so that cached
+    /// member lists are dropped).
+    async fn group_changed(&self, group: GroupId);
+    /// Membership changes announced by other nodes, if there are others.
+    fn group_changes(&self) -> Option<broadcast::Receiver<GroupId>> {
+        None
+    }
     /// Marks every user of this node offline (graceful shutdown).
     async fn shutdown(&self);
 }

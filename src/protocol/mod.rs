@@ -33,6 +33,8 @@ pub mod msgid {
     pub const DEL_FRIEND: i64 = 12;
     pub const SHOW_FRIEND_LIST: i64 = 13;
     pub const HISTORY: i64 = 14;
+    /// Which node and version this is; allowed before login.
+    pub const SERVER_INFO: i64 = 15;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;
@@ -198,6 +200,7 @@ pub enum Request {
         before: Option<Seq>,
         limit: Option<u32>,
     },
+    ServerInfo,
 }
 
 /// A frame parsed as far as it goes. Even a request whose fields are wrong
@@ -246,8 +249,7 @@ struct FriendBody {
 #[derive(Deserialize)]
 struct CreateGroupBody {
     groupname: String,
-    #[serde(default)]
-    groupdesc: String,
+    groupdesc: Option<String>,
 }
 #[derive(Deserialize)]
 struct GroupBody {
@@ -329,6 +331,7 @@ pub fn parse(frame: &[u8]) -> Parsed {
             | msgid::DEL_FRIEND
             | msgid::SHOW_FRIEND_LIST
             | msgid::HISTORY
+            | msgid::SERVER_INFO
     );
     if !known {
         return Parsed::bare(
@@ -342,8 +345,9 @@ pub fn parse(frame: &[u8]) -> Parsed {
         claimed_id: None,
         request: Err(Fail::new(ErrCode::BadRequest, "")),
     };
-    // For LOGIN, `id` is the account to log into, not a claim about the session.
-    if id != msgid::LOGIN {
+    // For LOGIN, `id` is the account to log into, not a claim about the
+    // session; REG and SERVER_INFO have no use for it.
+    if !matches!(id, msgid::LOGIN | msgid::REG | msgid::SERVER_INFO) {
         match obj.get("id") {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_i64() {
@@ -390,11 +394,12 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
             friendid: typed::<FriendBody>(obj)?.friendid,
         },
         msgid::SHOW_FRIEND_LIST => Request::ShowFriendList,
+        msgid::SERVER_INFO => Request::ServerInfo,
         msgid::CREATE_GROUP => {
             let b: CreateGroupBody = typed(obj)?;
             Request::CreateGroup {
                 groupname: b.groupname,
-                groupdesc: b.groupdesc,
+                groupdesc: b.groupdesc.unwrap_or_default(),
             }
         }
         msgid::ADD_GROUP => Request::AddGroup {

@@ -194,8 +194,54 @@ fn mark_delivered(me: &mut LoggedIn, page: &[ChatMessage]) {
 }
 
 /// A page comes ordered by conversation (so that cursors stay correct); users
-/// read it in time order.
-fn chronological(mut page: Vec<ChatMessage>) -> Vec<ChatMessage> {
-    page.sort_by_key(|m| (m.ts_ms, m.conv, m.seq));
-    page
+/// read it in time order. Sorting on each conversation's running maximum of
+/// the timestamp interleaves conversations by time but can never put a
+/// conversation's messages out of sequence, even if the clock stepped back.
+fn chronological(page: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    let mut running: HashMap<crate::model::Conversation, i64> = HashMap::new();
+    let mut keyed: Vec<(i64, ChatMessage)> = page
+        .into_iter()
+        .map(|m| {
+            let t = running.entry(m.conv).or_insert(i64::MIN);
+            *t = (*t).max(m.ts_ms);
+            (*t, m)
+        })
+        .collect();
+    keyed.sort_by_key(|(t, m)| (*t, m.conv, m.seq));
+    keyed.into_iter().map(|(_, m)| m).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Conversation;
+
+    fn msg(conv: Conversation, seq: i64, ts_ms: i64) -> ChatMessage {
+        ChatMessage {
+            conv,
+            seq,
+            sender: 9,
+            sender_name: "x".into(),
+            body: String::new(),
+            ts_ms,
+        }
+    }
+
+    #[test]
+    fn offline_pages_interleave_by_time_but_keep_each_conversation_in_order() {
+        let (a, b) = (Conversation::Group(1), Conversation::Group(2));
+        // conversation a's clock stepped back between seq 1 and 2
+        let page = vec![
+            msg(a, 1, 50),
+            msg(a, 2, 10),
+            msg(a, 3, 60),
+            msg(b, 1, 20),
+            msg(b, 2, 55),
+        ];
+        let order: Vec<_> = chronological(page)
+            .iter()
+            .map(|m| (m.conv, m.seq))
+            .collect();
+        assert_eq!(order, vec![(b, 1), (a, 1), (a, 2), (b, 2), (a, 3)]);
+    }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::delivery::Incoming;
-use super::{Service, Session, invalid};
+use super::{LoggedIn, Service, Session, invalid};
 use crate::model::{Conversation, Delivery, GroupId, NewMessage, Push, Seq, UserId, check_body};
 use crate::protocol::{ChatOut, ErrCode, Fail, HistoryTarget, Reply, classic_time, render_push};
 
@@ -81,11 +81,11 @@ impl Service {
             .with("seq", stored.seq)
             .with("ts", stored.ts_ms)
             .with("time", classic_time(stored.ts_ms));
-        let push: Push = Arc::new(Delivery {
+        let delivery = Arc::new(Delivery {
             frame: render_push(&stored),
             message: stored,
         });
-        if let Err(e) = self.hub.deliver(push, recipients).await {
+        if let Err(e) = self.hub.deliver(delivery, recipients).await {
             // Stored already: receivers get it at their next gap check or login.
             tracing::warn!(error = %e, "live delivery failed");
         }
@@ -144,18 +144,22 @@ impl Service {
         let Some(me) = s.user.as_mut() else {
             return Vec::new();
         };
-        let m = &push.message;
+        let d = match push {
+            Push::Message(d) => d,
+            Push::Resync => return self.resync(me).await,
+        };
+        let m = &d.message;
         match me.cursors.classify(m.conv, m.seq) {
             Incoming::Duplicate => Vec::new(),
             Incoming::InOrder => {
                 me.cursors.delivered(m.conv, m.seq);
-                vec![push.frame.clone()]
+                vec![d.frame.clone()]
             }
             Incoming::Gap { after } => {
                 match self.store.between(m.conv, after, m.seq, me.id).await {
                     Ok(missing) => {
                         let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
-                        out.push(push.frame.clone());
+                        out.push(d.frame.clone());
                         me.cursors.delivered(m.conv, m.seq);
                         out
                     }
@@ -166,6 +170,36 @@ impl Service {
                         Vec::new()
                     }
                 }
+            }
+        }
+    }
+
+    /// Catches up from the store after live delivery may have missed
+    /// messages: stores the session's positions, then delivers whatever lies
+    /// past them (one page; anything beyond follows at the next gap or login).
+    async fn resync(&self, me: &mut LoggedIn) -> Vec<Bytes> {
+        let caught_up = async {
+            self.store
+                .advance_cursors(me.id, me.cursors.take_dirty())
+                .await?;
+            self.store
+                .undelivered(me.id, self.config.offline_page.max(1))
+                .await
+        };
+        match caught_up.await {
+            Ok(page) => {
+                let mut out = Vec::new();
+                for m in &page {
+                    if me.cursors.classify(m.conv, m.seq) != Incoming::Duplicate {
+                        me.cursors.delivered(m.conv, m.seq);
+                        out.push(render_push(m));
+                    }
+                }
+                out
+            }
+            Err(e) => {
+                tracing::warn!(user = me.id, error = %e, "could not resync");
+                Vec::new()
             }
         }
     }

@@ -42,6 +42,13 @@ impl GroupCache {
         Ok(Some(list))
     }
 
+    pub(super) fn clear(&self) {
+        self.members
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     pub(super) fn invalidate(&self, group: GroupId) {
         self.members
             .write()
@@ -71,6 +78,7 @@ impl Service {
             .await?;
         me.cursors.start(Conversation::Group(id), 0);
         self.groups.invalidate(id);
+        self.hub.group_changed(id).await;
         Ok(Reply::ok(ack)
             .with("groupid", id)
             .with("groupname", name.as_str())
@@ -87,6 +95,7 @@ impl Service {
         let start = self.store.join_group(me.id, group).await?;
         me.cursors.start(Conversation::Group(group), start);
         self.groups.invalidate(group);
+        self.hub.group_changed(group).await;
         Ok(Reply::ok(ack).with("groupid", group))
     }
 
@@ -105,6 +114,7 @@ impl Service {
         }
         me.cursors.forget(Conversation::Group(group));
         self.groups.invalidate(group);
+        self.hub.group_changed(group).await;
         Ok(Reply::ok(ack).with("groupid", group))
     }
 }

@@ -35,7 +35,7 @@ pub struct Service {
     hub: Arc<dyn Hub>,
     hasher: PasswordHasherPool,
     config: Arc<Config>,
-    groups: GroupCache,
+    groups: Arc<GroupCache>,
     next_session: AtomicU64,
     /// Background cursor writes; shutdown waits for them before closing
     /// the store.
@@ -92,6 +92,14 @@ impl Session {
     /// Cancelled when the hub asks for this session to be dropped.
     pub fn kick_token(&self) -> CancellationToken {
         self.kick.clone()
+    }
+
+    /// Drops delivered positions not yet stored: after a failed write the
+    /// client may not have them, so they are delivered again next time.
+    pub fn forget_unsaved_deliveries(&mut self) {
+        if let Some(me) = self.user.as_mut() {
+            me.cursors.take_dirty();
+        }
     }
 
     fn me(&self) -> Result<&LoggedIn, Fail> {
@@ -152,12 +160,27 @@ impl Service {
         hub: Arc<dyn Hub>,
         config: Arc<Config>,
     ) -> Result<Self, AuthError> {
+        let groups = Arc::new(GroupCache::default());
+        if let Some(mut changes) = hub.group_changes() {
+            // Another node changed a group: drop our copy of its members.
+            let groups = groups.clone();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match changes.recv().await {
+                        Ok(g) => groups.invalidate(g),
+                        Err(RecvError::Lagged(_)) => groups.clear(),
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
         Ok(Service {
             hasher: PasswordHasherPool::new(config.max_concurrent_hashes)?,
             store,
             hub,
             config,
-            groups: GroupCache::default(),
+            groups,
             next_session: AtomicU64::new(1),
             tasks: TaskTracker::new(),
         })
@@ -211,7 +234,10 @@ impl Service {
         req: Request,
         claimed_id: Option<UserId>,
     ) -> Result<Reply, Fail> {
-        if !matches!(req, Request::Login { .. } | Request::Register { .. }) {
+        if !matches!(
+            req,
+            Request::Login { .. } | Request::Register { .. } | Request::ServerInfo
+        ) {
             let me = s.me()?;
             if let Some(claimed) = claimed_id.filter(|c| *c != me.id) {
                 return Err(Fail::new(
@@ -235,6 +261,9 @@ impl Service {
             Request::DelGroup { groupid } => self.leave_group(s, ack, groupid).await,
             Request::OneChat { toid, msg } => self.one_chat(s, ack, toid, msg).await,
             Request::GroupChat { groupid, msg } => self.group_chat(s, ack, groupid, msg).await,
+            Request::ServerInfo => Ok(Reply::ok(ack)
+                .with("node", self.config.node_id.as_str())
+                .with("version", env!("CARGO_PKG_VERSION"))),
             Request::History {
                 target,
                 before,

@@ -14,6 +14,8 @@
 //!   delivery cursor per conversation; undelivered messages are the ones past
 //!   it, and delivering moves it forward ([`Store::advance_cursors`]).
 
+pub mod mysql;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -21,10 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::sql::{self, MsgRow, is_unique_violation};
 use super::{Store, StoreError, StoreResult, now_ms};
 use crate::model::{
-    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, GroupMember, GroupRole, NewMessage,
-    Seq, UserId, UserSummary,
+    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, NewMessage, Seq, UserId,
+    UserSummary,
 };
 
 /// Most operations folded into one writer transaction.
@@ -54,31 +55,6 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     closing: CancellationToken,
     tasks: TaskTracker,
-}
-
-type MsgRow = (String, i64, i64, String, String, i64);
-
-/// Each cursor row joins the messages past it; ordering by (conv, seq) makes
-/// every conversation's share of a page a prefix, so moving the cursors to a
-/// page's last positions never skips a message.
-const UNDELIVERED_SQL: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
-     FROM cursors c JOIN messages m ON m.conv = c.conv AND m.seq > c.delivered_seq \
-     WHERE c.user_id = ? AND m.sender_id <> ? ORDER BY m.conv, m.seq LIMIT ?";
-
-fn message_of(row: MsgRow) -> Option<ChatMessage> {
-    let (conv, seq, sender, sender_name, body, ts_ms) = row;
-    Some(ChatMessage {
-        conv: Conversation::from_key(&conv)?,
-        seq,
-        sender,
-        sender_name,
-        body,
-        ts_ms,
-    })
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
 impl SqliteStore {
@@ -140,13 +116,12 @@ fn closed<T>(_: T) -> StoreError {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
-        let res =
-            sqlx::query("INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)")
-                .bind(name)
-                .bind(password_hash)
-                .bind(now_ms())
-                .execute(&self.pool)
-                .await;
+        let res = sqlx::query(sql::CREATE_USER)
+            .bind(name)
+            .bind(password_hash)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await;
         match res {
             Ok(done) => Ok(done.last_insert_rowid()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("name is already taken")),
@@ -155,11 +130,10 @@ impl Store for SqliteStore {
     }
 
     async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT name, password_hash FROM users WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(String, String)> = sqlx::query_as(sql::CREDENTIALS)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|(name, password_hash)| Credentials {
             id,
             name,
@@ -168,7 +142,7 @@ impl Store for SqliteStore {
     }
 
     async fn user(&self, id: UserId) -> StoreResult<Option<UserSummary>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT name FROM users WHERE id = ?")
+        let row: Option<(String,)> = sqlx::query_as(sql::USER_NAME)
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -177,7 +151,7 @@ impl Store for SqliteStore {
 
     async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE id = ?")
+        let exists: Option<(i64,)> = sqlx::query_as(sql::USER_ID)
             .bind(b)
             .fetch_optional(&mut *tx)
             .await?;
@@ -202,26 +176,21 @@ impl Store for SqliteStore {
     }
 
     async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "DELETE FROM friends WHERE (user_id = ? AND friend_id = ?) OR (user_id = ? AND friend_id = ?)",
-        )
-        .bind(a)
-        .bind(b)
-        .bind(b)
-        .bind(a)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(sql::REMOVE_FRIENDSHIP)
+            .bind(a)
+            .bind(b)
+            .bind(b)
+            .bind(a)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn friends(&self, user: UserId) -> StoreResult<Vec<UserSummary>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id \
-             WHERE f.user_id = ? ORDER BY u.id",
-        )
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(sql::FRIENDS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(id, name)| UserSummary { id, name })
@@ -230,13 +199,12 @@ impl Store for SqliteStore {
 
     async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let res =
-            sqlx::query("INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)")
-                .bind(name)
-                .bind(desc)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await;
+        let res = sqlx::query(sql::CREATE_GROUP)
+            .bind(name)
+            .bind(desc)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await;
         let id = match res {
             Ok(done) => done.last_insert_rowid(),
             Err(e) if is_unique_violation(&e) => {
@@ -245,12 +213,12 @@ impl Store for SqliteStore {
             Err(e) => return Err(e.into()),
         };
         let conv = Conversation::Group(id).key();
-        sqlx::query("INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'creator')")
+        sqlx::query(sql::ADD_CREATOR)
             .bind(id)
             .bind(creator)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO conversations (conv, last_seq) VALUES (?, 0)")
+        sqlx::query(sql::NEW_CONVERSATION)
             .bind(&conv)
             .execute(&mut *tx)
             .await?;
@@ -268,21 +236,18 @@ impl Store for SqliteStore {
     async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
         let conv = Conversation::Group(group).key();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<(i64,)> =
-            sqlx::query_as("SELECT last_seq FROM conversations WHERE conv = ?")
-                .bind(&conv)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let last: Option<(i64,)> = sqlx::query_as(sql::LAST_SEQ)
+            .bind(&conv)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some((last,)) = last else {
             return Err(StoreError::NotFound("group"));
         };
-        let res = sqlx::query(
-            "INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'normal')",
-        )
-        .bind(group)
-        .bind(user)
-        .execute(&mut *tx)
-        .await;
+        let res = sqlx::query(sql::ADD_MEMBER)
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await;
         match res {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
@@ -306,13 +271,13 @@ impl Store for SqliteStore {
 
     async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let left = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+        let left = sqlx::query(sql::REMOVE_MEMBER)
             .bind(group)
             .bind(user)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM cursors WHERE user_id = ? AND conv = ?")
+        sqlx::query(sql::REMOVE_CURSOR)
             .bind(user)
             .bind(Conversation::Group(group).key())
             .execute(&mut *tx)
@@ -322,49 +287,24 @@ impl Store for SqliteStore {
     }
 
     async fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
-        let groups: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT g.id, g.name, g.description FROM group_members gm \
-             JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ? ORDER BY g.id",
-        )
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
-        let members: Vec<(i64, i64, String, String)> = sqlx::query_as(
-            "SELECT gm.group_id, u.id, u.name, gm.role FROM group_members gm \
-             JOIN users u ON u.id = gm.user_id \
-             WHERE gm.group_id IN (SELECT group_id FROM group_members WHERE user_id = ?) \
-             ORDER BY gm.group_id, u.id",
-        )
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut by_group: HashMap<GroupId, Vec<GroupMember>> = HashMap::new();
-        for (gid, id, name, role) in members {
-            by_group.entry(gid).or_default().push(GroupMember {
-                id,
-                name,
-                role: GroupRole::parse(&role),
-            });
-        }
-        Ok(groups
-            .into_iter()
-            .map(|(id, name, desc)| GroupInfo {
-                id,
-                name,
-                desc,
-                members: by_group.remove(&id).unwrap_or_default(),
-            })
-            .collect())
+        let groups: Vec<(i64, String, String)> = sqlx::query_as(sql::USER_GROUPS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        let members: Vec<(i64, i64, String, String)> = sqlx::query_as(sql::USER_GROUPS_MEMBERS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(sql::assemble_groups(groups, members))
     }
 
     async fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>> {
-        let rows: Vec<(i64,)> =
-            sqlx::query_as("SELECT user_id FROM group_members WHERE group_id = ?")
-                .bind(group)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(i64,)> = sqlx::query_as(sql::GROUP_MEMBERS)
+            .bind(group)
+            .fetch_all(&self.pool)
+            .await?;
         if rows.is_empty() {
-            let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM chat_groups WHERE id = ?")
+            let exists: Option<(i64,)> = sqlx::query_as(sql::GROUP_ID)
                 .bind(group)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -400,25 +340,21 @@ impl Store for SqliteStore {
     }
 
     async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT conv, delivered_seq FROM cursors WHERE user_id = ?")
-                .bind(user)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(c, s)| Some((Conversation::from_key(&c)?, s)))
-            .collect())
+        let rows: Vec<(String, i64)> = sqlx::query_as(sql::CURSORS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(sql::cursors(rows))
     }
 
     async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>> {
-        let rows: Vec<MsgRow> = sqlx::query_as(UNDELIVERED_SQL)
+        let rows: Vec<MsgRow> = sqlx::query_as(sql::UNDELIVERED)
             .bind(user)
             .bind(user)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.into_iter().filter_map(message_of).collect())
+        Ok(sql::messages(rows))
     }
 
     async fn between(
@@ -428,17 +364,14 @@ impl Store for SqliteStore {
         before: Seq,
         exclude_sender: UserId,
     ) -> StoreResult<Vec<ChatMessage>> {
-        let rows: Vec<MsgRow> = sqlx::query_as(
-            "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
-             WHERE m.conv = ? AND m.seq > ? AND m.seq < ? AND m.sender_id <> ? ORDER BY m.seq",
-        )
-        .bind(conv.key())
-        .bind(after)
-        .bind(before)
-        .bind(exclude_sender)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().filter_map(message_of).collect())
+        let rows: Vec<MsgRow> = sqlx::query_as(sql::BETWEEN)
+            .bind(conv.key())
+            .bind(after)
+            .bind(before)
+            .bind(exclude_sender)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(sql::messages(rows))
     }
 
     async fn history(
@@ -447,16 +380,13 @@ impl Store for SqliteStore {
         before: Option<Seq>,
         limit: u32,
     ) -> StoreResult<Vec<ChatMessage>> {
-        let rows: Vec<MsgRow> = sqlx::query_as(
-            "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
-             WHERE m.conv = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?",
-        )
-        .bind(conv.key())
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().filter_map(message_of).collect())
+        let rows: Vec<MsgRow> = sqlx::query_as(sql::HISTORY)
+            .bind(conv.key())
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(sql::messages(rows))
     }
 
     async fn close(&self) {
@@ -565,18 +495,15 @@ impl Writer {
                         },
                     };
                     let seq = last + 1;
-                    sqlx::query(
-                        "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) \
-                         VALUES (?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(msg.conv.key())
-                    .bind(seq)
-                    .bind(msg.sender)
-                    .bind(&msg.sender_name)
-                    .bind(&msg.body)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(sql::INSERT_MESSAGE)
+                        .bind(msg.conv.key())
+                        .bind(seq)
+                        .bind(msg.sender)
+                        .bind(&msg.sender_name)
+                        .bind(&msg.body)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
                     touched.insert(msg.conv, seq);
                     outcomes.push(Some(Ok(ChatMessage {
                         conv: msg.conv,
@@ -627,7 +554,7 @@ async fn start_conversation(
     tx: &mut SqliteConnection,
     conv: Conversation,
 ) -> StoreResult<StoreResult<Seq>> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM conversations WHERE conv = ?")
+    let row: Option<(i64,)> = sqlx::query_as(sql::LAST_SEQ)
         .bind(conv.key())
         .fetch_optional(&mut *tx)
         .await?;
@@ -637,7 +564,7 @@ async fn start_conversation(
     let Conversation::Direct { low, high } = conv else {
         return Ok(Err(StoreError::NotFound("group")));
     };
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE id IN (?, ?)")
+    let (count,): (i64,) = sqlx::query_as(sql::COUNT_USERS_2)
         .bind(low)
         .bind(high)
         .fetch_one(&mut *tx)

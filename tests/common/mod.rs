@@ -1,6 +1,12 @@
-//! Starts the real server on an ephemeral port with a fresh SQLite file, and
+//! Starts the real server on an ephemeral port with a fresh database, and
 //! helpers to talk to it as clients do.
+//!
+//! The database is a fresh SQLite file, or, with `CHAT_TEST_BACKEND=mysql`,
+//! a freshly created MySQL database (on `CHAT_TEST_MYSQL_URL`, or a private
+//! MariaDB): the same behaviour suite runs against both backends.
 #![allow(dead_code)]
+
+pub mod services;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +28,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: Arc<TempDir>,
     pub config: Config,
+    pub db_url: String,
+    mysql: Arc<Option<services::MariaDb>>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -33,12 +41,24 @@ impl TestServer {
 
     pub async fn start_with(config: Config) -> TestServer {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        Self::start_in(dir, config).await
+        let mut mysql = None;
+        let db_url = if is_mysql() {
+            services::create_database(&services::mysql_server(&mut mysql)).await
+        } else {
+            format!("sqlite://{}", dir.path().join("chat.db").display())
+        };
+        Self::start_in(dir, config, db_url, Arc::new(mysql)).await
     }
 
-    async fn start_in(dir: Arc<TempDir>, config: Config) -> TestServer {
-        let url = format!("sqlite://{}", dir.path().join("chat.db").display());
-        let node = Node::open(&url, config.clone()).await.expect("open node");
+    async fn start_in(
+        dir: Arc<TempDir>,
+        config: Config,
+        db_url: String,
+        mysql: Arc<Option<services::MariaDb>>,
+    ) -> TestServer {
+        let node = Node::open(&db_url, config.clone(), None)
+            .await
+            .expect("open node");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
@@ -47,22 +67,29 @@ impl TestServer {
             addr,
             dir,
             config,
+            db_url,
+            mysql,
             shutdown,
             task,
         }
     }
 
     /// Shuts the server down gracefully and waits until it has.
-    pub async fn stop(self) -> (Arc<TempDir>, Config) {
+    pub async fn stop(self) -> Stopped {
         self.shutdown.cancel();
         within(self.task).await.expect("server task");
-        (self.dir, self.config)
+        Stopped {
+            dir: self.dir,
+            config: self.config,
+            db_url: self.db_url,
+            mysql: self.mysql,
+        }
     }
 
     /// Stops the server and starts a new one on the same database.
     pub async fn restart(self) -> TestServer {
-        let (dir, config) = self.stop().await;
-        Self::start_in(dir, config).await
+        let s = self.stop().await;
+        Self::start_in(s.dir, s.config, s.db_url, s.mysql).await
     }
 
     pub async fn client(&self) -> Client {
@@ -82,6 +109,41 @@ impl TestServer {
         let mut c = self.client().await;
         c.register(name, &pw(name)).await.expect("register")
     }
+}
+
+/// A stopped server's database, for restarting or inspection.
+pub struct Stopped {
+    pub dir: Arc<TempDir>,
+    pub config: Config,
+    pub db_url: String,
+    mysql: Arc<Option<services::MariaDb>>,
+}
+
+impl Stopped {
+    /// Every stored password hash, read straight from the database.
+    pub async fn password_hashes(&self) -> Vec<String> {
+        let sql = "SELECT password_hash FROM users";
+        if self.db_url.starts_with("mysql:") {
+            let pool = sqlx::MySqlPool::connect(&self.db_url).await.expect("mysql");
+            sqlx::query_scalar(sql)
+                .fetch_all(&pool)
+                .await
+                .expect("query")
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.db_url)
+                .await
+                .expect("sqlite");
+            sqlx::query_scalar(sql)
+                .fetch_all(&pool)
+                .await
+                .expect("query")
+        }
+    }
+}
+
+/// Whether this run tests the MySQL backend.
+pub fn is_mysql() -> bool {
+    std::env::var("CHAT_TEST_BACKEND").is_ok_and(|b| b == "mysql")
 }
 
 pub fn pw(name: &str) -> String {

@@ -1,0 +1,512 @@
+//! The cluster hub: presence and delivery between nodes through Redis.
+//!
+//! * Presence: `P:user:ID` holds `NODE|SESSION` for every logged-in user, and
+//!   each node keeps `P:node:NODE` alive with a lease it renews. A user counts
+//!   as online only while the node named in their key is alive, so the users
+//!   of a node killed with SIGKILL become offline by themselves once its lease
+//!   runs out (`presence_ttl`); a graceful shutdown deletes both at once.
+//!   Claiming, releasing and listing are Lua scripts: one round trip each,
+//!   whatever the number of users.
+//! * Delivery: each node subscribes to its own channel `P:to:NODE`. A message
+//!   for users on other nodes costs one script call that looks up where its
+//!   receivers are and publishes it once per node holding some of them (none
+//!   per member). Pub/sub is at most once; that is fine because every message
+//!   is stored first: a receiver that misses a publish gets the message at its
+//!   next gap check or login, and after the node's subscription comes back
+//!   every session is told to catch up from the store.
+//! * Group membership changes are announced on `P:groups` so that every node
+//!   drops its cached member list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::local::LocalHub;
+use super::{Hub, HubError, SessionHandle};
+use crate::model::{ChatMessage, Conversation, Delivery, GroupId, UserId};
+use crate::protocol::msgid;
+
+/// Where and how a node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`; AUTH comes from the URL.
+    pub redis_url: String,
+    /// This node's name, unique in the cluster.
+    pub node_id: String,
+    /// Prefix of every key and channel, so that clusters (or test runs) can
+    /// share one Redis.
+    pub key_prefix: String,
+    /// How long a node's lease lasts without renewal: the bound on how long
+    /// the users of a crashed node still look online.
+    pub presence_ttl: Duration,
+    /// How long a Redis call may take before the request fails with errno 50.
+    pub timeout: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(redis_url: &str, node_id: &str) -> Self {
+        ClusterConfig {
+            redis_url: redis_url.to_owned(),
+            node_id: node_id.to_owned(),
+            key_prefix: "chat".to_owned(),
+            presence_ttl: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Claims `KEYS[1]` for `ARGV[1]` (`NODE|SESSION`) unless a live node other
+/// than ours (`ARGV[3]`) holds it. `ARGV[2]` is the node-key prefix.
+const CLAIM: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local node = string.match(cur, '^(.-)|')
+  if node and node ~= ARGV[3] and redis.call('EXISTS', ARGV[2] .. node) == 1 then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Deletes `KEYS[i]` if it still holds `ARGV[i]`.
+const RELEASE: &str = r"
+local n = 0
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[i] then
+    n = n + redis.call('DEL', k)
+  end
+end
+return n
+";
+
+/// For each presence key, 1 when its node is alive. `ARGV[1]`: node-key prefix.
+const ONLINE: &str = r"
+local out = {}
+for i, k in ipairs(KEYS) do
+  out[i] = 0
+  local cur = redis.call('GET', k)
+  if cur then
+    local node = string.match(cur, '^(.-)|')
+    if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then out[i] = 1 end
+  end
+end
+return out
+";
+
+/// Publishes `ARGV[1]` to the channel (`ARGV[2]` .. node) of every node
+/// other than ours (`ARGV[3]`) holding one of the receivers, prefixed with
+/// those receivers' ids. `KEYS[i]` is the presence key of receiver `ARGV[3+i]`.
+const ROUTE: &str = r"
+local by_node = {}
+for i, k in ipairs(KEYS) do
+  local cur = redis.call('GET', k)
+  if cur then
+    local node = string.match(cur, '^(.-)|')
+    if node and node ~= ARGV[3] then
+      by_node[node] = (by_node[node] or '') .. ARGV[3 + i] .. ','
+    end
+  end
+end
+local n = 0
+for node, ids in pairs(by_node) do
+  redis.call('PUBLISH', ARGV[2] .. node, ids .. '\n' .. ARGV[1])
+  n = n + 1
+end
+return n
+";
+
+/// Presence and delivery across nodes.
+pub struct RedisHub {
+    config: ClusterConfig,
+    conn: ConnectionManager,
+    local: Arc<LocalHub>,
+    scripts: Scripts,
+    group_changes: broadcast::Sender<GroupId>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+struct Scripts {
+    claim: Script,
+    release: Script,
+    online: Script,
+    route: Script,
+}
+
+impl std::fmt::Debug for RedisHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisHub")
+            .field("node", &self.config.node_id)
+            .finish()
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> HubError {
+    HubError::Unavailable(e.to_string())
+}
+
+impl RedisHub {
+    /// Connects, announces the node, and starts its subscriber and lease tasks.
+    pub async fn connect(config: ClusterConfig) -> Result<Arc<RedisHub>, HubError> {
+        let client = redis::Client::open(config.redis_url.as_str()).map_err(unavailable)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager)
+            .await
+            .map_err(unavailable)?;
+        let (group_changes, _) = broadcast::channel(1024);
+        let hub = Arc::new(RedisHub {
+            conn,
+            local: Arc::new(LocalHub::new()),
+            scripts: Scripts {
+                claim: Script::new(CLAIM),
+                release: Script::new(RELEASE),
+                online: Script::new(ONLINE),
+                route: Script::new(ROUTE),
+            },
+            group_changes,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            config,
+        });
+        hub.renew_lease().await?;
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        hub.tasks
+            .spawn(hub.clone().subscriber(client, subscribed_tx));
+        hub.tasks.spawn(hub.clone().lease_keeper());
+        // Do not serve before deliveries for this node can arrive.
+        match tokio::time::timeout(hub.config.timeout * 2, subscribed).await {
+            Ok(Ok(())) => Ok(hub),
+            _ => Err(HubError::Unavailable(
+                "could not subscribe to the node channel".into(),
+            )),
+        }
+    }
+
+    fn user_key(&self, user: UserId) -> String {
+        format!("{}:user:{user}", self.config.key_prefix)
+    }
+
+    fn node_prefix(&self) -> String {
+        format!("{}:node:", self.config.key_prefix)
+    }
+
+    fn channel_prefix(&self) -> String {
+        format!("{}:to:", self.config.key_prefix)
+    }
+
+    fn groups_channel(&self) -> String {
+        format!("{}:groups", self.config.key_prefix)
+    }
+
+    fn holder(&self, session_id: u64) -> String {
+        format!("{}|{session_id}", self.config.node_id)
+    }
+
+    async fn renew_lease(&self) -> Result<(), HubError> {
+        let mut conn = self.conn.clone();
+        let ttl = u64::try_from(self.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
+        let key = format!("{}{}", self.node_prefix(), self.config.node_id);
+        let _: () = conn.pset_ex(key, "alive", ttl).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Renews the node's lease three times per lease period.
+    async fn lease_keeper(self: Arc<Self>) {
+        let period = self.config.presence_ttl / 3;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.renew_lease().await {
+                tracing::warn!(error = %e, "could not renew the node's presence lease");
+            }
+        }
+    }
+
+    /// Receives deliveries and group changes; resubscribes when the
+    /// connection drops, then has every local session catch up.
+    async fn subscriber(
+        self: Arc<Self>,
+        client: redis::Client,
+        subscribed: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut subscribed = Some(subscribed);
+        let own = format!("{}{}", self.channel_prefix(), self.config.node_id);
+        let groups = self.groups_channel();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&own).await?;
+                pubsub.subscribe(&groups).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = tokio::time::timeout(self.config.timeout, attempt) => r,
+            };
+            let mut stream = match pubsub {
+                Ok(Ok(p)) => p.into_on_message(),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot subscribe to the cluster bus");
+                    self.pause(&mut backoff).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("subscribing to the cluster bus timed out");
+                    self.pause(&mut backoff).await;
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            match subscribed.take() {
+                Some(tx) => {
+                    let _ = tx.send(());
+                }
+                // Publishes may have been missed while we were away.
+                None => {
+                    tracing::info!(
+                        "resubscribed to the cluster bus; sessions catch up from the store"
+                    );
+                    self.local.resync_all();
+                }
+            }
+            loop {
+                let msg = tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    m = stream.next() => m,
+                };
+                let Some(msg) = msg else { break };
+                if msg.get_channel_name() == groups {
+                    if let Some(g) = std::str::from_utf8(msg.get_payload_bytes())
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                    {
+                        let _ = self.group_changes.send(g);
+                    }
+                } else {
+                    self.deliver_published(msg.get_payload_bytes());
+                }
+            }
+            tracing::warn!("lost the cluster bus subscription; reconnecting");
+        }
+    }
+
+    async fn pause(&self, backoff: &mut Duration) {
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    }
+
+    /// Hands a message published by another node (`ID,ID,...\nFRAME`) to
+    /// the local sessions it names.
+    fn deliver_published(&self, payload: &[u8]) {
+        let Some(split) = payload.iter().position(|b| *b == b'\n') else {
+            tracing::warn!("malformed delivery on the cluster bus");
+            return;
+        };
+        let (ids, frame) = (&payload[..split], &payload[split + 1..]);
+        let recipients: Vec<UserId> = String::from_utf8_lossy(ids)
+            .split(',')
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let Some(message) = message_of_frame(frame) else {
+            tracing::warn!("undecodable message on the cluster bus");
+            return;
+        };
+        let delivery = Arc::new(Delivery {
+            message,
+            frame: Bytes::copy_from_slice(frame),
+        });
+        self.local.deliver_here(&delivery, &recipients);
+    }
+}
+
+/// Rebuilds a stored message from its push frame (the frame carries every
+/// field, so the bus carries nothing else).
+fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
+    let v: Value = serde_json::from_slice(frame).ok()?;
+    let sender = v.get("id")?.as_i64()?;
+    let conv = match v.get("msgid")?.as_i64()? {
+        msgid::ONE_CHAT => Conversation::direct(sender, v.get("toid")?.as_i64()?),
+        msgid::GROUP_CHAT => Conversation::Group(v.get("groupid")?.as_i64()?),
+        _ => return None,
+    };
+    Some(ChatMessage {
+        conv,
+        seq: v.get("seq")?.as_i64()?,
+        sender,
+        sender_name: v.get("name")?.as_str()?.to_owned(),
+        body: v.get("msg")?.as_str()?.to_owned(),
+        ts_ms: v.get("ts")?.as_i64()?,
+    })
+}
+
+#[async_trait]
+impl Hub for RedisHub {
+    async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError> {
+        if self.local.is_here(user) {
+            return Err(HubError::AlreadyOnline);
+        }
+        let mut conn = self.conn.clone();
+        let claimed: i64 = self
+            .scripts
+            .claim
+            .key(self.user_key(user))
+            .arg(self.holder(handle.session_id))
+            .arg(self.node_prefix())
+            .arg(&self.config.node_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if claimed == 0 {
+            return Err(HubError::AlreadyOnline);
+        }
+        let session_id = handle.session_id;
+        if let Err(e) = self.local.connect(user, handle).await {
+            // Lost a race with another login on this node: give the key back.
+            self.release(&[(user, session_id)]).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn disconnect(&self, user: UserId, session_id: u64) {
+        self.local.disconnect(user, session_id).await;
+        self.release(&[(user, session_id)]).await;
+    }
+
+    async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, HubError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.online.prepare_invoke();
+        for u in users {
+            invocation.key(self.user_key(*u));
+        }
+        invocation.arg(self.node_prefix());
+        let mut conn = self.conn.clone();
+        let flags: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(flags.into_iter().map(|f| f == 1).collect())
+    }
+
+    async fn deliver(&self, message: Arc<Delivery>, recipients: &[UserId]) -> Result<(), HubError> {
+        let elsewhere = self.local.deliver_here(&message, recipients);
+        if elsewhere.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.scripts.route.prepare_invoke();
+        for u in &elsewhere {
+            invocation.key(self.user_key(*u));
+        }
+        invocation
+            .arg(message.frame.as_ref())
+            .arg(self.channel_prefix())
+            .arg(&self.config.node_id);
+        for u in &elsewhere {
+            invocation.arg(*u);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn group_changed(&self, group: GroupId) {
+        let mut conn = self.conn.clone();
+        let sent: Result<i64, _> = conn.publish(self.groups_channel(), group).await;
+        if let Err(e) = sent {
+            tracing::warn!(group, error = %e, "could not announce a group change");
+        }
+    }
+
+    fn group_changes(&self) -> Option<broadcast::Receiver<GroupId>> {
+        Some(self.group_changes.subscribe())
+    }
+
+    async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let sessions = self.local.sessions();
+        self.release(&sessions).await;
+        let mut conn = self.conn.clone();
+        let gone: Result<i64, _> = conn
+            .del(format!("{}{}", self.node_prefix(), self.config.node_id))
+            .await;
+        if let Err(e) = gone {
+            tracing::warn!(error = %e, "could not remove the node's lease; it expires by itself");
+        }
+        self.local.shutdown().await;
+    }
+}
+
+impl RedisHub {
+    async fn release(&self, sessions: &[(UserId, u64)]) {
+        if sessions.is_empty() {
+            return;
+        }
+        let mut invocation = self.scripts.release.prepare_invoke();
+        for (u, _) in sessions {
+            invocation.key(self.user_key(*u));
+        }
+        for (_, s) in sessions {
+            invocation.arg(self.holder(*s));
+        }
+        let mut conn = self.conn.clone();
+        let released: Result<i64, _> = invocation.invoke_async(&mut conn).await;
+        if let Err(e) = released {
+            // The node's lease still bounds how long they look online.
+            tracing::warn!(error = %e, "could not clear presence");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_frames_decode_back_to_the_stored_message() {
+        let m = ChatMessage {
+            conv: Conversation::direct(4, 9),
+            seq: 3,
+            sender: 9,
+            sender_name: "nine".into(),
+            body: "hi\nthere".into(),
+            ts_ms: 1_700_000_000_123,
+        };
+        assert_eq!(
+            message_of_frame(&crate::protocol::render_push(&m)),
+            Some(m.clone())
+        );
+        let g = ChatMessage {
+            conv: Conversation::Group(5),
+            ..m
+        };
+        assert_eq!(message_of_frame(&crate::protocol::render_push(&g)), Some(g));
+        assert_eq!(message_of_frame(b"{\"msgid\":2}"), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! SQL text and row mapping shared by the SQLite and MySQL backends.
+//!
+//! Both schemas have the same tables and columns, and most queries are
+//! plain SQL both dialects accept; those live here once. What differs
+//! (upserts, `INSERT OR IGNORE` against `INSERT IGNORE`, the writer) stays in
+//! each backend.
+
+use std::collections::HashMap;
+
+use crate::model::{ChatMessage, Conversation, GroupId, GroupInfo, GroupMember, GroupRole};
+
+/// A message row: conv, seq, sender_id, sender_name, body, sent_at.
+pub(super) type MsgRow = (String, i64, i64, String, String, i64);
+
+pub(super) const CREDENTIALS: &str = "SELECT name, password_hash FROM users WHERE id = ?";
+pub(super) const USER_NAME: &str = "SELECT name FROM users WHERE id = ?";
+pub(super) const USER_ID: &str = "SELECT id FROM users WHERE id = ?";
+pub(super) const COUNT_USERS_2: &str = "SELECT COUNT(*) FROM users WHERE id IN (?, ?)";
+pub(super) const CREATE_USER: &str =
+    "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)";
+pub(super) const REMOVE_FRIENDSHIP: &str =
+    "DELETE FROM friends WHERE (user_id = ? AND friend_id = ?) OR (user_id = ? AND friend_id = ?)";
+pub(super) const FRIENDS: &str = "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id \
+     WHERE f.user_id = ? ORDER BY u.id";
+pub(super) const CREATE_GROUP: &str =
+    "INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)";
+pub(super) const ADD_CREATOR: &str =
+    "INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'creator')";
+pub(super) const ADD_MEMBER: &str =
+    "INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'normal')";
+pub(super) const NEW_CONVERSATION: &str =
+    "INSERT INTO conversations (conv, last_seq) VALUES (?, 0)";
+pub(super) const LAST_SEQ: &str = "SELECT last_seq FROM conversations WHERE conv = ?";
+pub(super) const REMOVE_MEMBER: &str =
+    "DELETE FROM group_members WHERE group_id = ? AND user_id = ?";
+pub(super) const REMOVE_CURSOR: &str = "DELETE FROM cursors WHERE user_id = ? AND conv = ?";
+pub(super) const USER_GROUPS: &str = "SELECT g.id, g.name, g.description FROM group_members gm \
+     JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ? ORDER BY g.id";
+pub(super) const USER_GROUPS_MEMBERS: &str = "SELECT gm.group_id, u.id, u.name, gm.role FROM group_members gm \
+     JOIN users u ON u.id = gm.user_id \
+     WHERE gm.group_id IN (SELECT group_id FROM group_members WHERE user_id = ?) \
+     ORDER BY gm.group_id, u.id";
+pub(super) const GROUP_MEMBERS: &str = "SELECT user_id FROM group_members WHERE group_id = ?";
+pub(super) const GROUP_ID: &str = "SELECT id FROM chat_groups WHERE id = ?";
+pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) VALUES (?, ?, ?, ?, ?, ?)";
+pub(super) const CURSORS: &str = "SELECT conv, delivered_seq FROM cursors WHERE user_id = ?";
+/// Each cursor row joins the messages past it; ordering by (conv, seq) makes
+/// every conversation's share of a page a prefix, so moving the cursors to a
+/// page's last positions never skips a message.
+pub(super) const UNDELIVERED: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+     FROM cursors c JOIN messages m ON m.conv = c.conv AND m.seq > c.delivered_seq \
+     WHERE c.user_id = ? AND m.sender_id <> ? ORDER BY m.conv, m.seq LIMIT ?";
+pub(super) const BETWEEN: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
+     WHERE m.conv = ? AND m.seq > ? AND m.seq < ? AND m.sender_id <> ? ORDER BY m.seq";
+pub(super) const HISTORY: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
+     WHERE m.conv = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?";
+
+pub(super) fn message_of(row: MsgRow) -> Option<ChatMessage> {
+    let (conv, seq, sender, sender_name, body, ts_ms) = row;
+    Some(ChatMessage {
+        conv: Conversation::from_key(&conv)?,
+        seq,
+        sender,
+        sender_name,
+        body,
+        ts_ms,
+    })
+}
+
+pub(super) fn messages(rows: Vec<MsgRow>) -> Vec<ChatMessage> {
+    rows.into_iter().filter_map(message_of).collect()
+}
+
+pub(super) fn cursors(rows: Vec<(String, i64)>) -> Vec<(Conversation, i64)> {
+    rows.into_iter()
+        .filter_map(|(c, s)| Some((Conversation::from_key(&c)?, s)))
+        .collect()
+}
+
+/// Joins the two `user_groups` queries into groups with their members.
+pub(super) fn assemble_groups(
+    groups: Vec<(i64, String, String)>,
+    members: Vec<(i64, i64, String, String)>,
+) -> Vec<GroupInfo> {
+    let mut by_group: HashMap<GroupId, Vec<GroupMember>> = HashMap::new();
+    for (gid, id, name, role) in members {
+        by_group.entry(gid).or_default().push(GroupMember {
+            id,
+            name,
+            role: GroupRole::parse(&role),
+        });
+    }
+    groups
+        .into_iter()
+        .map(|(id, name, desc)| GroupInfo {
+            id,
+            name,
+            desc,
+            members: by_group.remove(&id).unwrap_or_default(),
+        })
+        .collect()
+}
+
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}

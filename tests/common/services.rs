@@ -1,0 +1,264 @@
+//! Private MariaDB and Redis instances for tests that need the real thing,
+//! or need to stop it (outage tests) without disturbing anyone else. Each
+//! lives in a temporary directory and is killed when dropped.
+//!
+//! Tests that only need *a* database or Redis use the shared instances the
+//! test script starts (`CHAT_TEST_MYSQL_URL`, `CHAT_TEST_REDIS_URL`) with a
+//! unique database name or key prefix, and fall back to a private instance
+//! when run outside the script.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn need(program: &str) {
+    let found = Command::new("sh")
+        .args([
+            "-c",
+            &format!("command -v {program} || test -x /usr/sbin/{program}"),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is not installed: run ./scripts/provision.sh (or ./scripts/test.sh)"
+    );
+}
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A private Redis.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+    password: Option<String>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with_password(None)
+    }
+
+    pub fn start_with_password(password: Option<&str>) -> Redis {
+        need("redis-server");
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            password: password.map(str::to_owned),
+        };
+        r.resume();
+        r
+    }
+
+    /// `redis://` URL with the password, if any.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Kills the server (like a crash or an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: it keeps nothing on disk).
+    pub fn resume(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn redis-server"));
+        wait_port(self.port, "redis-server");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private MariaDB with a passwordless root on 127.0.0.1.
+pub struct MariaDb {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl MariaDb {
+    pub fn start() -> MariaDb {
+        need("mariadbd");
+        need("mariadb-install-db");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb-install-db");
+        assert!(status.success(), "mariadb-install-db failed");
+        let mut db = MariaDb {
+            port: free_port(),
+            child: None,
+            dir,
+        };
+        db.resume();
+        db
+    }
+
+    /// The server URL without a database.
+    pub fn server_url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (like a crash or an outage); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn resume(&mut self) {
+        let d = self.dir.path();
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--socket={}", d.join("mariadb.sock").display()))
+            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!("--user={user}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=8M",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mariadbd");
+        self.child = Some(child);
+        wait_port(self.port, "mariadbd");
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A database server URL (no database) to create test databases on: the
+/// test script's shared MariaDB, or a private one kept in `keep`.
+pub fn mysql_server(keep: &mut Option<MariaDb>) -> String {
+    match std::env::var("CHAT_TEST_MYSQL_URL") {
+        Ok(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
+        _ => keep.get_or_insert_with(MariaDb::start).server_url(),
+    }
+}
+
+/// A Redis URL: the test script's shared Redis, or a private one kept in `keep`.
+pub fn redis_server(keep: &mut Option<Redis>) -> String {
+    match std::env::var("CHAT_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => keep.get_or_insert_with(Redis::start).url(),
+    }
+}
+
+/// Creates a uniquely named database on `server` and returns its URL.
+pub async fn create_database(server: &str) -> String {
+    use sqlx::Connection;
+    let name = unique("chat_t");
+    let start = Instant::now();
+    let mut conn = loop {
+        match sqlx::MySqlConnection::connect(server).await {
+            Ok(c) => break c,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot reach MariaDB at {server}: {e}"),
+        }
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    format!("{server}/{name}")
+}
+
+/// Drops a database made by [`create_database`].
+pub async fn drop_database(url: &str) {
+    use sqlx::Connection;
+    let Some((server, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if let Ok(mut conn) = sqlx::MySqlConnection::connect(server).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{name}`"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
