@@ -32,6 +32,8 @@ pub enum StartError {
         "unsupported database URL {0:?} (expected sqlite://PATH or mysql://USER:PASS@HOST:PORT/DB)"
     )]
     UnsupportedDb(String),
+    #[error("cluster mode (--redis) needs a database all nodes share: --db mysql://...")]
+    ClusterNeedsSharedDb,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -68,6 +70,9 @@ impl Node {
         config: Config,
         cluster: Option<ClusterConfig>,
     ) -> Result<Self, StartError> {
+        if cluster.is_some() && db_url.starts_with("sqlite:") {
+            return Err(StartError::ClusterNeedsSharedDb);
+        }
         let store: SharedStore = if db_url.starts_with("sqlite:") {
             Arc::new(SqliteStore::open(db_url).await?)
         } else if db_url.starts_with("mysql:") || db_url.starts_with("mariadb:") {

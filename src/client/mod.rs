@@ -221,7 +221,12 @@ fn double_encoded(v: Option<&Value>) -> Vec<Value> {
 impl Client {
     /// Connects to `addr`.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect(addr).await?;
+        Self::over(TcpStream::connect(addr).await?)
+    }
+
+    /// Speaks the protocol over an already connected stream (one bound to a
+    /// chosen source address, say).
+    pub fn over(stream: TcpStream) -> Result<Client, ClientError> {
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::default();

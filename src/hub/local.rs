@@ -46,6 +46,13 @@ impl LocalHub {
         }
     }
 
+    /// Disconnects `user`'s session on this node, if any.
+    pub fn kick(&self, user: UserId) {
+        if let Some(h) = self.read().get(&user) {
+            h.kick.cancel();
+        }
+    }
+
     /// Whether `user` has a session on this node.
     pub fn is_here(&self, user: UserId) -> bool {
         self.read().contains_key(&user)

@@ -78,6 +78,15 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
 
+/// Renews the node's lease `KEYS[1]` for `ARGV[1]` ms; returns whether it
+/// was still there (if not, Redis lost our presence keys or we were away too
+/// long, and they must be claimed again).
+const RENEW: &str = r"
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], 'alive', 'PX', ARGV[1])
+return existed
+";
+
 /// Deletes `KEYS[i]` if it still holds `ARGV[i]`.
 const RELEASE: &str = r"
 local n = 0
@@ -137,6 +146,7 @@ pub struct RedisHub {
 }
 
 struct Scripts {
+    renew: Script,
     claim: Script,
     release: Script,
     online: Script,
@@ -172,6 +182,7 @@ impl RedisHub {
             conn,
             local: Arc::new(LocalHub::new()),
             scripts: Scripts {
+                renew: Script::new(RENEW),
                 claim: Script::new(CLAIM),
                 release: Script::new(RELEASE),
                 online: Script::new(ONLINE),
@@ -216,24 +227,41 @@ impl RedisHub {
         format!("{}|{session_id}", self.config.node_id)
     }
 
-    async fn renew_lease(&self) -> Result<(), HubError> {
+    /// Renews the node's lease; `Ok(false)` when it had lapsed.
+    async fn renew_lease(&self) -> Result<bool, HubError> {
         let mut conn = self.conn.clone();
         let ttl = u64::try_from(self.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
-        let key = format!("{}{}", self.node_prefix(), self.config.node_id);
-        let _: () = conn.pset_ex(key, "alive", ttl).await.map_err(unavailable)?;
-        Ok(())
+        let existed: i64 = self
+            .scripts
+            .renew
+            .key(format!("{}{}", self.node_prefix(), self.config.node_id))
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(existed == 1)
     }
 
-    /// Renews the node's lease three times per lease period.
+    /// Renews the node's lease three times per lease period, and claims the
+    /// local users' presence again whenever the lease had lapsed.
     async fn lease_keeper(self: Arc<Self>) {
         let period = self.config.presence_ttl / 3;
+        let mut reassert = false;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
-            if let Err(e) = self.renew_lease().await {
-                tracing::warn!(error = %e, "could not renew the node's presence lease");
+            match self.renew_lease().await {
+                Ok(existed) => reassert |= !existed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew the node's presence lease");
+                    continue;
+                }
+            }
+            if reassert {
+                tracing::info!("presence lease had lapsed; claiming local users again");
+                reassert = !self.reassert_presence().await;
             }
         }
     }
@@ -278,7 +306,8 @@ impl RedisHub {
                 Some(tx) => {
                     let _ = tx.send(());
                 }
-                // Publishes may have been missed while we were away.
+                // Publishes may have been missed while we were away. (If
+                // Redis restarted empty, the lease keeper claims presence again.)
                 None => {
                     tracing::info!(
                         "resubscribed to the cluster bus; sessions catch up from the store"
@@ -464,6 +493,41 @@ impl Hub for RedisHub {
 }
 
 impl RedisHub {
+    /// Claims presence again for every local session (after Redis was
+    /// away, perhaps restarted empty). A user who meanwhile logged in on
+    /// another node keeps that login; the stale local session is dropped.
+    /// Returns whether every claim got an answer.
+    async fn reassert_presence(&self) -> bool {
+        let mut complete = true;
+        let mut conn = self.conn.clone();
+        for (user, session_id) in self.local.sessions() {
+            let claimed: Result<i64, _> = self
+                .scripts
+                .claim
+                .key(self.user_key(user))
+                .arg(self.holder(session_id))
+                .arg(self.node_prefix())
+                .arg(&self.config.node_id)
+                .invoke_async(&mut conn)
+                .await;
+            match claimed {
+                Ok(1) => {}
+                Ok(_) => {
+                    tracing::warn!(
+                        user,
+                        "logged in elsewhere while Redis was away; dropping this session"
+                    );
+                    self.local.kick(user);
+                }
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "could not reassert presence");
+                    complete = false;
+                }
+            }
+        }
+        complete
+    }
+
     async fn release(&self, sessions: &[(UserId, u64)]) {
         if sessions.is_empty() {
             return;

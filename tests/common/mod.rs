@@ -6,6 +6,7 @@
 //! MariaDB): the same behaviour suite runs against both backends.
 #![allow(dead_code)]
 
+pub mod nodes;
 pub mod services;
 
 use std::future::Future;

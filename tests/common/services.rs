@@ -11,7 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use chat::ring::{Balance, NginxConf, Node, STREAM_MODULE, nginx_conf};
 use tempfile::TempDir;
+use tokio::net::TcpStream;
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
@@ -260,5 +266,92 @@ pub async fn drop_database(url: &str) {
         )))
         .execute(&mut conn)
         .await;
+    }
+}
+
+const NGINX: &str = "/usr/sbin/nginx";
+const STEP: Duration = Duration::from_secs(5);
+
+/// An nginx started for one test; killed (and reaped) when dropped. It runs
+/// with `master_process off`, so killing this one process stops all of it
+/// and no orphaned worker can outlive a failed test.
+pub struct Nginx {
+    child: Child,
+    dir: TempDir,
+    pub addr: SocketAddr,
+}
+
+impl Nginx {
+    pub async fn start(balance: Balance, nodes: Vec<Node>) -> Nginx {
+        assert!(
+            Path::new(NGINX).exists() && Path::new(STREAM_MODULE).exists(),
+            "nginx with the stream module is missing ({NGINX}, {STREAM_MODULE}); \
+             run ./scripts/provision.sh as root"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prefix = dir.path().to_str().expect("utf-8 temp path").to_string();
+        // Take a free port, then release it for nginx to bind.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut conf = NginxConf::new(&addr.to_string(), balance, nodes);
+        conf.prefix = Some(prefix);
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, nginx_conf(&conf).expect("nginx.conf")).expect("write conf");
+        let stderr = File::create(dir.path().join("stderr.log")).expect("stderr.log");
+        let child = Command::new(NGINX)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-g")
+            .arg("daemon off; master_process off;")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn nginx");
+        let mut nginx = Nginx { child, dir, addr };
+        nginx.wait_ready().await;
+        nginx
+    }
+
+    /// Retries connecting for up to 5 s (nginx accepts once it listens).
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("nginx exited with {status}\n{}", self.logs());
+            }
+            if TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not accept on {} within 5 s\n{}",
+                self.addr,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name));
+        format!(
+            "--- nginx.conf\n{}--- stderr\n{}--- error log\n{}",
+            read("nginx.conf").unwrap_or_default(),
+            read("stderr.log").unwrap_or_default(),
+            read("chat-nginx.error.log").unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,138 @@
+//! Real `chatserver` processes for cluster tests: started with the flags a
+//! user would give, killed with SIGKILL or stopped with SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use chat::client::Client;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::within;
+
+/// Where a cluster's nodes meet: one database, one Redis, one key prefix.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub db_url: String,
+    pub redis_url: String,
+    pub prefix: String,
+    /// Seconds a dead node's users may look online.
+    pub presence_ttl: f64,
+    pub extra_args: Vec<String>,
+}
+
+/// One running node.
+pub struct NodeProcess {
+    pub id: String,
+    pub addr: String,
+    child: Child,
+}
+
+impl NodeProcess {
+    /// Starts a node and waits until it listens.
+    pub async fn start(shared: &Shared, id: &str) -> NodeProcess {
+        Self::try_start(shared, id).await.expect("node started")
+    }
+
+    /// Starts a node; `Err` with its log when it exits instead of listening.
+    pub async fn try_start(shared: &Shared, id: &str) -> Result<NodeProcess, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatserver"))
+            .args(["--listen", "127.0.0.1:0", "--node-id", id])
+            .args(["--db", &shared.db_url, "--redis", &shared.redis_url])
+            .args(["--redis-prefix", &shared.prefix])
+            .args(["--presence-ttl", &shared.presence_ttl.to_string()])
+            .args(&shared.extra_args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chatserver");
+        let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut seen = Vec::new();
+        let addr = within(async {
+            while let Ok(Some(line)) = log.next_line().await {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    return Some(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                seen.push(line);
+            }
+            None
+        })
+        .await;
+        let Some(addr) = addr else {
+            return Err(seen.join("\n"));
+        };
+        // Keep draining the log so the node never blocks on a full pipe;
+        // show it when CHAT_TEST_LOG is set.
+        let show = std::env::var("CHAT_TEST_LOG").is_ok();
+        let tag = id.to_owned();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = log.next_line().await {
+                if show {
+                    eprintln!("[{tag}] {line}");
+                }
+            }
+        });
+        Ok(NodeProcess {
+            id: id.to_owned(),
+            addr,
+            child,
+        })
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.addr).await.expect("connect")
+    }
+
+    /// SIGKILL: no cleanup at all, as in a crash.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub async fn terminate(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let status = within(self.child.wait()).await.expect("wait");
+        assert!(status.success(), "node {} exited with {status:?}", self.id);
+    }
+}
+
+/// Asks the server which node this connection landed on (SERVER_INFO).
+pub async fn node_of(c: &mut Client) -> String {
+    let r = c
+        .request(serde_json::json!({"msgid": 15}))
+        .await
+        .expect("server info");
+    r.get("node")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A time limit for retry loops.
+pub struct Deadline(std::time::Instant);
+
+impl Deadline {
+    pub fn after(seconds: f64) -> Deadline {
+        Deadline(std::time::Instant::now() + Duration::from_secs_f64(seconds))
+    }
+
+    /// Sleeps a little before the next attempt; fails the test with `what`
+    /// once the time is up.
+    pub async fn wait(&self, what: &str) {
+        assert!(
+            std::time::Instant::now() < self.0,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
