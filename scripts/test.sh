@@ -1,12 +1,40 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. On a fresh Debian machine it first installs and
-# starts what the tests need, so this one command is all CI and developers run.
+# Runs the whole test suite. On a fresh Debian machine it first installs what
+# the tests need (MariaDB, Redis, nginx; see provision.sh), then starts a
+# private MariaDB and Redis on free loopback ports for this run, runs every
+# test (SQLite backend, cluster tests), runs the behaviour suite again on the
+# MySQL backend, and removes the private servers at the end. Tests that stop
+# a server on purpose start private instances of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/services.sh
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "test.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
     exit 1
 fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    scripts/provision.sh
+fi
 
+work=$(mktemp -d -t chat-test.XXXXXX)
+cleanup() {
+    stop_service "$work/redis"
+    stop_service "$work/mariadb"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+mysql_port=$(pick_port)
+start_mariadb "$work/mariadb" "$mysql_port"
+redis_port=$(pick_port)
+start_redis "$work/redis" "$redis_port"
+export CHAT_TEST_MYSQL_URL="mysql://root@127.0.0.1:$mysql_port"
+export CHAT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+
+echo "== all tests (SQLite backend for the single-node suite)"
 cargo test --locked --all-targets "$@"
+
+echo "== the single-node behaviour suite again, on the MySQL backend"
+CHAT_TEST_BACKEND=mysql cargo test --locked \
+    --test accounts --test messaging --test protocol --test cli "$@"

@@ -143,7 +143,10 @@ async fn passwords_are_stored_as_argon2id_hashes_only() {
     if !common::is_mysql() {
         // nor anywhere in the SQLite files (database and write-ahead log)
         for entry in std::fs::read_dir(stopped.dir.path()).expect("dir") {
-            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            // (a write-ahead log may vanish as the last connection closes)
+            let Ok(bytes) = std::fs::read(entry.expect("entry").path()) else {
+                continue;
+            };
             assert!(!String::from_utf8_lossy(&bytes).contains(&pw("alice")));
         }
     }

@@ -126,18 +126,22 @@ impl Stopped {
         let sql = "SELECT password_hash FROM users";
         if self.db_url.starts_with("mysql:") {
             let pool = sqlx::MySqlPool::connect(&self.db_url).await.expect("mysql");
-            sqlx::query_scalar(sql)
+            let hashes = sqlx::query_scalar(sql)
                 .fetch_all(&pool)
                 .await
-                .expect("query")
+                .expect("query");
+            pool.close().await;
+            hashes
         } else {
             let pool = sqlx::SqlitePool::connect(&self.db_url)
                 .await
                 .expect("sqlite");
-            sqlx::query_scalar(sql)
+            let hashes = sqlx::query_scalar(sql)
                 .fetch_all(&pool)
                 .await
-                .expect("query")
+                .expect("query");
+            pool.close().await;
+            hashes
         }
     }
 }
