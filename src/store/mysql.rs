@@ -73,10 +73,7 @@ impl MySqlStore {
             .acquire_timeout(pool.acquire_timeout)
             .connect_with(options)
             .await?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        migrate(&pool).await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let closing = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -104,6 +101,20 @@ impl MySqlStore {
             .await
             .map_err(|_| StoreError::Unavailable("store is closed".into()))
     }
+}
+
+/// Runs the migrations under a named lock: nodes of a new cluster start
+/// together, and only one may create the tables.
+async fn migrate(pool: &MySqlPool) -> StoreResult<()> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT GET_LOCK('chat_migrations', 60)")
+        .execute(&mut *conn)
+        .await?;
+    let result = MIGRATOR.run(&mut *conn).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK('chat_migrations')")
+        .execute(&mut *conn)
+        .await;
+    result.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
 }
 
 fn closed<T>(_: T) -> StoreError {
