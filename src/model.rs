@@ -88,6 +88,20 @@ pub struct NewMessage {
     pub body: String,
 }
 
+impl NewMessage {
+    /// The message as stored with number `seq` at `ts_ms`.
+    pub fn stored(&self, seq: Seq, ts_ms: i64) -> ChatMessage {
+        ChatMessage {
+            conv: self.conv,
+            seq,
+            sender: self.sender,
+            sender_name: self.sender_name.clone(),
+            body: self.body.clone(),
+            ts_ms,
+        }
+    }
+}
+
 /// A chat message as stored: its conversation, its sequence number and the
 /// server time at which it was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,7 @@
 //!   delivery cursor per conversation; undelivered messages are the ones past
 //!   it, and delivering moves it forward ([`Store::advance_cursors`]).
 
+mod commit;
 pub mod mysql;
 mod sql;
 pub mod sqlite;

@@ -104,3 +104,166 @@ pub(super) fn assemble_groups(
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
+
+/// Implements [`Store`](super::Store) for a backend type with a `pool` field
+/// and a `commit: GroupCommit` field: the methods whose SQL both dialects
+/// share are written here once, the backend supplies the rest (writes whose
+/// SQL differs, and `close`).
+macro_rules! impl_store {
+    ($backend:ty { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $backend {
+            async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>> {
+                let row: Option<(String, String)> = sqlx::query_as(sql::CREDENTIALS)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|(name, password_hash)| Credentials { id, name, password_hash }))
+            }
+
+            async fn user(&self, id: UserId) -> StoreResult<Option<UserSummary>> {
+                let row: Option<(String,)> = sqlx::query_as(sql::USER_NAME)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|(name,)| UserSummary { id, name }))
+            }
+
+            async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+                let done = sqlx::query(sql::REMOVE_FRIENDSHIP)
+                    .bind(a)
+                    .bind(b)
+                    .bind(b)
+                    .bind(a)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn friends(&self, user: UserId) -> StoreResult<Vec<UserSummary>> {
+                let rows: Vec<(i64, String)> = sqlx::query_as(sql::FRIENDS)
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.into_iter().map(|(id, name)| UserSummary { id, name }).collect())
+            }
+
+            async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let left = sqlx::query(sql::REMOVE_MEMBER)
+                    .bind(group)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(sql::REMOVE_CURSOR)
+                    .bind(user)
+                    .bind(Conversation::Group(group).key())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(left > 0)
+            }
+
+            async fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
+                let groups: Vec<(i64, String, String)> = sqlx::query_as(sql::USER_GROUPS)
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let members: Vec<(i64, i64, String, String)> =
+                    sqlx::query_as(sql::USER_GROUPS_MEMBERS)
+                        .bind(user)
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(sql::assemble_groups(groups, members))
+            }
+
+            async fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>> {
+                let rows: Vec<(i64,)> = sqlx::query_as(sql::GROUP_MEMBERS)
+                    .bind(group)
+                    .fetch_all(&self.pool)
+                    .await?;
+                if rows.is_empty() {
+                    let exists: Option<(i64,)> = sqlx::query_as(sql::GROUP_ID)
+                        .bind(group)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    if exists.is_none() {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(rows.into_iter().map(|(id,)| id).collect()))
+            }
+
+            async fn append(&self, msg: NewMessage) -> StoreResult<ChatMessage> {
+                self.commit.append(msg).await
+            }
+
+            async fn advance_cursors(
+                &self,
+                user: UserId,
+                positions: Vec<(Conversation, Seq)>,
+            ) -> StoreResult<()> {
+                self.commit.advance_cursors(user, positions).await
+            }
+
+            async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(sql::CURSORS)
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(sql::cursors(rows))
+            }
+
+            async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>> {
+                let rows: Vec<MsgRow> = sqlx::query_as(sql::UNDELIVERED)
+                    .bind(user)
+                    .bind(user)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(sql::messages(rows))
+            }
+
+            async fn between(
+                &self,
+                conv: Conversation,
+                after: Seq,
+                before: Seq,
+                exclude_sender: UserId,
+            ) -> StoreResult<Vec<ChatMessage>> {
+                let rows: Vec<MsgRow> = sqlx::query_as(sql::BETWEEN)
+                    .bind(conv.key())
+                    .bind(after)
+                    .bind(before)
+                    .bind(exclude_sender)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(sql::messages(rows))
+            }
+
+            async fn history(
+                &self,
+                conv: Conversation,
+                before: Option<Seq>,
+                limit: u32,
+            ) -> StoreResult<Vec<ChatMessage>> {
+                let rows: Vec<MsgRow> = sqlx::query_as(sql::HISTORY)
+                    .bind(conv.key())
+                    .bind(before.unwrap_or(i64::MAX))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(sql::messages(rows))
+            }
+
+            async fn close(&self) {
+                self.commit.close().await;
+                self.pool.close().await;
+            }
+
+            $($own)*
+        }
+    };
+}
+pub(super) use impl_store;

@@ -1,66 +1,46 @@
 //! The embedded SQLite backend: one data file, nothing to install.
 //!
 //! Reads go through a small pool (WAL mode lets them run beside the writer).
-//! Messages and cursor moves go through one writer task that owns its own
-//! connection and commits whatever has queued up in one transaction (group
-//! commit): under load, hundreds of messages share one fsync. Because the
-//! writer is the only one appending, it can keep each conversation's last
-//! sequence number in memory. sqlx runs every SQLite connection on a worker
-//! thread of its own, so no SQLite call blocks the reactor.
+//! Messages and cursor moves go through [`GroupCommit`] with a writer that
+//! owns its own connection. Being the only writer of messages, it can keep
+//! each conversation's last sequence number in memory. sqlx runs every SQLite
+//! connection on a worker thread of its own, so no SQLite call blocks the
+//! reactor.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, SqliteConnection};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::sql::{self, MsgRow, is_unique_violation};
-use super::{Store, StoreError, StoreResult, now_ms};
+use super::commit::{BatchWriter, GroupCommit, WriteOp};
+use super::sql::{self, MsgRow, impl_store, is_unique_violation};
+use super::{StoreError, StoreResult, now_ms};
 use crate::model::{
     ChatMessage, Conversation, Credentials, GroupId, GroupInfo, NewMessage, Seq, UserId,
     UserSummary,
 };
 
-/// Most operations folded into one writer transaction.
-const MAX_BATCH: usize = 512;
 /// Conversations whose last sequence number the writer remembers; past this
 /// the cache is dropped and refilled from the table on demand.
 const MAX_CACHED_CONVS: usize = 1 << 20;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-enum WriteOp {
-    Append {
-        msg: NewMessage,
-        done: oneshot::Sender<StoreResult<ChatMessage>>,
-    },
-    Cursors {
-        user: UserId,
-        positions: Vec<(Conversation, Seq)>,
-        done: oneshot::Sender<StoreResult<()>>,
-    },
-}
-
-/// SQLite-backed [`Store`].
+/// SQLite-backed [`Store`](super::Store).
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    writer: mpsc::Sender<WriteOp>,
-    closing: CancellationToken,
-    tasks: TaskTracker,
+    commit: GroupCommit,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `url` (`sqlite://PATH` or
-    /// `sqlite::memory:` is not supported: the writer needs a second
-    /// connection to the same data) and runs the migrations.
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH`;
+    /// not `:memory:`, since the writer needs a second connection to the
+    /// same data) and runs the migrations.
     pub async fn open(url: &str) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -80,41 +60,15 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
         let conn = SqliteConnection::connect_with(&options).await?;
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        let closing = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(
-            Writer {
-                conn,
-                rx,
-                last_seq: HashMap::new(),
-                closing: closing.clone(),
-            }
-            .run(),
-        );
-        tasks.close();
-        Ok(SqliteStore {
-            pool,
-            writer: tx,
-            closing,
-            tasks,
-        })
-    }
-
-    async fn write(&self, op: WriteOp) -> StoreResult<()> {
-        self.writer
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Unavailable("store is closed".into()))
+        let commit = GroupCommit::start(Writer {
+            conn,
+            last_seq: HashMap::new(),
+        });
+        Ok(SqliteStore { pool, commit })
     }
 }
 
-fn closed<T>(_: T) -> StoreError {
-    StoreError::Unavailable("store writer stopped".into())
-}
-
-#[async_trait]
-impl Store for SqliteStore {
+impl_store!(SqliteStore {
     async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
         let res = sqlx::query(sql::CREATE_USER)
             .bind(name)
@@ -129,27 +83,9 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>> {
-        let row: Option<(String, String)> = sqlx::query_as(sql::CREDENTIALS)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(name, password_hash)| Credentials {
-            id,
-            name,
-            password_hash,
-        }))
-    }
-
-    async fn user(&self, id: UserId) -> StoreResult<Option<UserSummary>> {
-        let row: Option<(String,)> = sqlx::query_as(sql::USER_NAME)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(name,)| UserSummary { id, name }))
-    }
-
     async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
+        // IMMEDIATE: take the write lock up front, so the read below cannot
+        // turn into a busy snapshot when the writer commits in between.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let exists: Option<(i64,)> = sqlx::query_as(sql::USER_ID)
             .bind(b)
@@ -158,43 +94,19 @@ impl Store for SqliteStore {
         if exists.is_none() {
             return Err(StoreError::NotFound("user"));
         }
-        let mut added = 0;
-        for (x, y) in [(a, b), (b, a)] {
-            added +=
-                sqlx::query("INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?)")
-                    .bind(x)
-                    .bind(y)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-        }
+        let added = sqlx::query("INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)")
+            .bind(a)
+            .bind(b)
+            .bind(b)
+            .bind(a)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if added == 0 {
             return Err(StoreError::Conflict("already friends"));
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool> {
-        let done = sqlx::query(sql::REMOVE_FRIENDSHIP)
-            .bind(a)
-            .bind(b)
-            .bind(b)
-            .bind(a)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn friends(&self, user: UserId) -> StoreResult<Vec<UserSummary>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(sql::FRIENDS)
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name)| UserSummary { id, name })
-            .collect())
     }
 
     async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
@@ -213,22 +125,9 @@ impl Store for SqliteStore {
             Err(e) => return Err(e.into()),
         };
         let conv = Conversation::Group(id).key();
-        sqlx::query(sql::ADD_CREATOR)
-            .bind(id)
-            .bind(creator)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql::NEW_CONVERSATION)
-            .bind(&conv)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT OR REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0)",
-        )
-        .bind(creator)
-        .bind(&conv)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::ADD_CREATOR).bind(id).bind(creator).execute(&mut *tx).await?;
+        sqlx::query(sql::NEW_CONVERSATION).bind(&conv).execute(&mut *tx).await?;
+        set_cursor(&mut tx, creator, &conv, 0).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -243,12 +142,7 @@ impl Store for SqliteStore {
         let Some((last,)) = last else {
             return Err(StoreError::NotFound("group"));
         };
-        let res = sqlx::query(sql::ADD_MEMBER)
-            .bind(group)
-            .bind(user)
-            .execute(&mut *tx)
-            .await;
-        match res {
+        match sqlx::query(sql::ADD_MEMBER).bind(group).bind(user).execute(&mut *tx).await {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
                 return Err(StoreError::Conflict("already a member of this group"));
@@ -257,229 +151,49 @@ impl Store for SqliteStore {
         }
         // A new member starts at the present: earlier messages are history,
         // not offline messages.
-        sqlx::query(
-            "INSERT OR REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?)",
-        )
-        .bind(user)
-        .bind(&conv)
-        .bind(last)
-        .execute(&mut *tx)
-        .await?;
+        set_cursor(&mut tx, user, &conv, last).await?;
         tx.commit().await?;
         Ok(last)
     }
+});
 
-    async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let left = sqlx::query(sql::REMOVE_MEMBER)
-            .bind(group)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(sql::REMOVE_CURSOR)
-            .bind(user)
-            .bind(Conversation::Group(group).key())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(left > 0)
-    }
-
-    async fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
-        let groups: Vec<(i64, String, String)> = sqlx::query_as(sql::USER_GROUPS)
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await?;
-        let members: Vec<(i64, i64, String, String)> = sqlx::query_as(sql::USER_GROUPS_MEMBERS)
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(sql::assemble_groups(groups, members))
-    }
-
-    async fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>> {
-        let rows: Vec<(i64,)> = sqlx::query_as(sql::GROUP_MEMBERS)
-            .bind(group)
-            .fetch_all(&self.pool)
-            .await?;
-        if rows.is_empty() {
-            let exists: Option<(i64,)> = sqlx::query_as(sql::GROUP_ID)
-                .bind(group)
-                .fetch_optional(&self.pool)
-                .await?;
-            if exists.is_none() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(rows.into_iter().map(|(id,)| id).collect()))
-    }
-
-    async fn append(&self, msg: NewMessage) -> StoreResult<ChatMessage> {
-        let (done, wait) = oneshot::channel();
-        self.write(WriteOp::Append { msg, done }).await?;
-        wait.await.map_err(closed)?
-    }
-
-    async fn advance_cursors(
-        &self,
-        user: UserId,
-        positions: Vec<(Conversation, Seq)>,
-    ) -> StoreResult<()> {
-        if positions.is_empty() {
-            return Ok(());
-        }
-        let (done, wait) = oneshot::channel();
-        self.write(WriteOp::Cursors {
-            user,
-            positions,
-            done,
-        })
+async fn set_cursor(
+    tx: &mut SqliteConnection,
+    user: UserId,
+    conv: &str,
+    seq: Seq,
+) -> StoreResult<()> {
+    sqlx::query("INSERT OR REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?)")
+        .bind(user)
+        .bind(conv)
+        .bind(seq)
+        .execute(tx)
         .await?;
-        wait.await.map_err(closed)?
-    }
-
-    async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(sql::CURSORS)
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(sql::cursors(rows))
-    }
-
-    async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>> {
-        let rows: Vec<MsgRow> = sqlx::query_as(sql::UNDELIVERED)
-            .bind(user)
-            .bind(user)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(sql::messages(rows))
-    }
-
-    async fn between(
-        &self,
-        conv: Conversation,
-        after: Seq,
-        before: Seq,
-        exclude_sender: UserId,
-    ) -> StoreResult<Vec<ChatMessage>> {
-        let rows: Vec<MsgRow> = sqlx::query_as(sql::BETWEEN)
-            .bind(conv.key())
-            .bind(after)
-            .bind(before)
-            .bind(exclude_sender)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(sql::messages(rows))
-    }
-
-    async fn history(
-        &self,
-        conv: Conversation,
-        before: Option<Seq>,
-        limit: u32,
-    ) -> StoreResult<Vec<ChatMessage>> {
-        let rows: Vec<MsgRow> = sqlx::query_as(sql::HISTORY)
-            .bind(conv.key())
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(sql::messages(rows))
-    }
-
-    async fn close(&self) {
-        self.closing.cancel();
-        self.tasks.wait().await;
-        self.pool.close().await;
-    }
+    Ok(())
 }
 
 /// The single writer: owns a connection and the per-conversation counters.
 struct Writer {
     conn: SqliteConnection,
-    rx: mpsc::Receiver<WriteOp>,
     /// Last sequence number of each conversation, as committed.
     last_seq: HashMap<Conversation, Seq>,
-    closing: CancellationToken,
 }
 
-impl Writer {
-    async fn run(mut self) {
-        loop {
-            let first = tokio::select! {
-                op = self.rx.recv() => op,
-                _ = self.closing.cancelled() => {
-                    // Stop taking new work, but finish what is queued.
-                    self.rx.close();
-                    self.rx.recv().await
-                }
-            };
-            let Some(first) = first else { break };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch).await;
-        }
-        let _ = self.conn.close().await;
-    }
-
-    /// Commits a batch in one transaction and answers every op in it.
-    async fn commit(&mut self, batch: Vec<WriteOp>) {
-        if self.last_seq.len() > MAX_CACHED_CONVS {
-            self.last_seq.clear();
-        }
-        let mut outcomes: Vec<Option<StoreResult<ChatMessage>>> = Vec::with_capacity(batch.len());
-        let result = self.write_batch(&batch, &mut outcomes).await;
-        match result {
-            Ok(touched) => {
-                self.last_seq.extend(touched);
-                for (op, outcome) in batch.into_iter().zip(outcomes) {
-                    match (op, outcome) {
-                        (WriteOp::Append { done, .. }, Some(r)) => {
-                            let _ = done.send(r);
-                        }
-                        (WriteOp::Cursors { done, .. }, _) => {
-                            let _ = done.send(Ok(()));
-                        }
-                        (WriteOp::Append { done, .. }, None) => {
-                            let _ = done.send(Err(StoreError::Unavailable("not written".into())));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, ops = batch.len(), "message batch failed to commit");
-                for op in batch {
-                    match op {
-                        WriteOp::Append { done, .. } => {
-                            let _ = done.send(Err(e.clone()));
-                        }
-                        WriteOp::Cursors { done, .. } => {
-                            let _ = done.send(Err(e.clone()));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
+impl BatchWriter for Writer {
     async fn write_batch(
         &mut self,
         batch: &[WriteOp],
-        outcomes: &mut Vec<Option<StoreResult<ChatMessage>>>,
-    ) -> StoreResult<HashMap<Conversation, Seq>> {
+    ) -> StoreResult<Vec<Option<StoreResult<ChatMessage>>>> {
+        if self.last_seq.len() > MAX_CACHED_CONVS {
+            self.last_seq.clear();
+        }
         let now = now_ms();
+        let mut outcomes = Vec::with_capacity(batch.len());
         let mut touched: HashMap<Conversation, Seq> = HashMap::new();
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         for op in batch {
             match op {
-                WriteOp::Append { msg, .. } => {
+                WriteOp::Append(msg) => {
                     let known = touched
                         .get(&msg.conv)
                         .or_else(|| self.last_seq.get(&msg.conv))
@@ -505,18 +219,9 @@ impl Writer {
                         .execute(&mut *tx)
                         .await?;
                     touched.insert(msg.conv, seq);
-                    outcomes.push(Some(Ok(ChatMessage {
-                        conv: msg.conv,
-                        seq,
-                        sender: msg.sender,
-                        sender_name: msg.sender_name.clone(),
-                        body: msg.body.clone(),
-                        ts_ms: now,
-                    })));
+                    outcomes.push(Some(Ok(msg.stored(seq, now))));
                 }
-                WriteOp::Cursors {
-                    user, positions, ..
-                } => {
+                WriteOp::Cursors { user, positions } => {
                     for (conv, seq) in positions {
                         sqlx::query(
                             "UPDATE cursors SET delivered_seq = MAX(delivered_seq, ?) \
@@ -543,7 +248,9 @@ impl Writer {
             .await?;
         }
         tx.commit().await?;
-        Ok(touched)
+        // Only what committed may advance the counters.
+        self.last_seq.extend(touched);
+        Ok(outcomes)
     }
 }
 
@@ -572,14 +279,14 @@ async fn start_conversation(
     if count != 2 {
         return Ok(Err(StoreError::NotFound("user")));
     }
-    for user in [low, high] {
-        sqlx::query(
-            "INSERT OR IGNORE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0)",
-        )
-        .bind(user)
-        .bind(conv.key())
-        .execute(&mut *tx)
-        .await?;
-    }
+    sqlx::query(
+        "INSERT OR IGNORE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0), (?, ?, 0)",
+    )
+    .bind(low)
+    .bind(conv.key())
+    .bind(high)
+    .bind(conv.key())
+    .execute(&mut *tx)
+    .await?;
     Ok(Ok(0))
 }
