@@ -381,18 +381,24 @@ async fn cluster_mode_refuses_a_private_database() {
     assert!(log.contains("mysql://"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_nginx_clients_spread_over_nodes_and_chat_works() {
-    let e = env(10.0).await;
+/// Three nodes, and nginx `server` lines for them.
+async fn three_nodes(e: &Env) -> ([NodeProcess; 3], Vec<Node>) {
     let nodes = [
         NodeProcess::start(&e.shared, "n1").await,
         NodeProcess::start(&e.shared, "n2").await,
         NodeProcess::start(&e.shared, "n3").await,
     ];
-    let servers: Vec<Node> = nodes
+    let servers = nodes
         .iter()
         .map(|n| Node::new(&n.addr, 1).expect("node"))
         .collect();
+    (nodes, servers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_nginx_clients_spread_over_nodes_and_chat_works() {
+    let e = env(10.0).await;
+    let (_nodes, servers) = three_nodes(&e).await;
     let nginx = Nginx::start(Balance::RoundRobin, servers).await;
 
     // many clients through one address, landing on every node
@@ -437,15 +443,7 @@ async fn through_nginx_clients_spread_over_nodes_and_chat_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_consistent_hashing_each_client_lands_where_the_ring_says() {
     let e = env(10.0).await;
-    let nodes = [
-        NodeProcess::start(&e.shared, "n1").await,
-        NodeProcess::start(&e.shared, "n2").await,
-        NodeProcess::start(&e.shared, "n3").await,
-    ];
-    let servers: Vec<Node> = nodes
-        .iter()
-        .map(|n| Node::new(&n.addr, 1).expect("node"))
-        .collect();
+    let (nodes, servers) = three_nodes(&e).await;
     let ring = Ring::with_nodes(servers.clone()).expect("ring");
     let nginx = Nginx::start(Balance::Hash, servers).await;
     let id_of: HashMap<&str, &str> = nodes
