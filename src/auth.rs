@@ -21,7 +21,12 @@ pub enum AuthError {
     Hash(String),
     #[error("password hashing task failed")]
     Join,
+    #[error("too many logins at once")]
+    Busy,
 }
+
+/// How long a login or registration waits for a hashing slot.
+const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Hashes and verifies passwords with argon2id (default parameters).
 #[derive(Debug, Clone)]
@@ -42,9 +47,17 @@ impl PasswordHasherPool {
         })
     }
 
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AuthError> {
+        match tokio::time::timeout(HASH_WAIT, self.permits.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(AuthError::Join),
+            Err(_) => Err(AuthError::Busy),
+        }
+    }
+
     /// The PHC string (`$argon2id$v=19$...`) of `password` with a fresh salt.
     pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
-        let _permit = self.permits.acquire().await.map_err(|_| AuthError::Join)?;
+        let _permit = self.permit().await?;
         tokio::task::spawn_blocking(move || hash_now(password.as_bytes()))
             .await
             .map_err(|_| AuthError::Join)?
@@ -53,7 +66,7 @@ impl PasswordHasherPool {
     /// Whether `password` matches `phc`; with `None`, checks against the dummy
     /// hash (always false) in the same time.
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, AuthError> {
-        let _permit = self.permits.acquire().await.map_err(|_| AuthError::Join)?;
+        let _permit = self.permit().await?;
         let exists = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.to_string());
         let ok = tokio::task::spawn_blocking(move || {

@@ -40,6 +40,10 @@ pub struct Config {
     /// Password hashes computed at once (each takes ~19 MiB and a core for
     /// tens of milliseconds), so a login flood cannot exhaust memory.
     pub max_concurrent_hashes: usize,
+    /// How often at most a session stores its delivery positions. Under load
+    /// this folds many deliveries into one write; it is also the window of
+    /// messages that may be delivered again after a crash.
+    pub cursor_flush_interval: Duration,
     /// How long shutdown waits for sessions to finish before giving up on them.
     pub shutdown_grace: Duration,
     /// Database connection pool (MySQL; SQLite uses a small fixed pool).
@@ -87,6 +91,7 @@ impl Default for Config {
             max_concurrent_hashes: std::thread::available_parallelism()
                 .map(|n| n.get() * 2)
                 .unwrap_or(4),
+            cursor_flush_interval: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(10),
             pool: PoolConfig::default(),
         }

@@ -32,6 +32,7 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
     let kick = session.kick_token();
     tracing::debug!(?peer, "connection opened");
     loop {
+        let flush_at = service.cursor_flush_due(&session);
         let (out, last) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
@@ -48,9 +49,15 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
                     break;
                 }
             },
+            // Stored messages waiting (after a full offline page or a
+            // resync) go before live pushes, a page at a time, each page
+            // only once the previous one has been written.
+            _ = std::future::ready(()), if session.has_backlog() => (service.backlog_page(&mut session).await, false),
             Some(push) = session.next_push() => (service.handle_push(&mut session, push).await, false),
+            // Store delivery positions even when nothing else happens.
+            _ = sleep_until(flush_at), if flush_at.is_some() => (Vec::new(), false),
         };
-        if let Err(e) = send_all(&mut conn, out, write_timeout).await {
+        if let Err(e) = send_all(&mut conn, out, write_timeout, &shutdown).await {
             tracing::debug!(?peer, error = %e, "write failed");
             // What could not be written stays past the cursors.
             session.forget_unsaved_deliveries();
@@ -65,14 +72,23 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
     tracing::debug!(?peer, "connection closed");
 }
 
+async fn sleep_until(at: Option<std::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
 fn notice(code: ErrCode, msg: &str) -> Bytes {
     Reply::fail(msgid::ERROR, &Fail::new(code, msg)).to_bytes()
 }
 
+/// Writes `frames`, giving up after `timeout`, or one second into a
+/// shutdown (so that shutdown never waits on a client that does not read).
 async fn send_all(
     conn: &mut Conn,
     frames: Vec<Bytes>,
     timeout: Duration,
+    shutdown: &CancellationToken,
 ) -> Result<(), FrameError> {
     if frames.is_empty() {
         return Ok(());
@@ -83,12 +99,19 @@ async fn send_all(
         }
         conn.flush().await
     };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(FrameError::Io(std::io::Error::new(
+    let shutdown_grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let timed_out = || {
+        FrameError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "write timed out",
-        ))),
+        ))
+    };
+    tokio::select! {
+        r = tokio::time::timeout(timeout, work) => r.unwrap_or_else(|_| Err(timed_out())),
+        _ = shutdown_grace => Err(timed_out()),
     }
 }
 

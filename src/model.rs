@@ -206,6 +206,8 @@ pub enum Invalid {
     },
     #[error("{0} must not contain control characters")]
     Control(&'static str),
+    #[error("{0} must not start or end with whitespace")]
+    Padded(&'static str),
 }
 
 fn check_text(
@@ -241,13 +243,24 @@ pub const MAX_DESC_CHARS: usize = 200;
 /// Longest password, in bytes; argon2 would take more, but nobody needs it.
 pub const MAX_PASSWORD_BYTES: usize = 128;
 
-/// A validated user name: 1 to 50 characters, no control characters.
+/// Names are unique, and databases disagree on whether trailing spaces
+/// count (MySQL's PAD SPACE collations ignore them), so names have none.
+fn check_name(what: &'static str, s: &str) -> Result<(), Invalid> {
+    check_text(what, s, MAX_NAME_CHARS, false, false)?;
+    if s.trim() != s {
+        return Err(Invalid::Padded(what));
+    }
+    Ok(())
+}
+
+/// A validated user name: 1 to 50 characters, no control characters, no
+/// surrounding whitespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserName(String);
 
 impl UserName {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        check_text("name", s, MAX_NAME_CHARS, false, false)?;
+        check_name("name", s)?;
         Ok(UserName(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -255,13 +268,13 @@ impl UserName {
     }
 }
 
-/// A validated group name: 1 to 50 characters, no control characters.
+/// A validated group name: like a user name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupName(String);
 
 impl GroupName {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        check_text("groupname", s, MAX_NAME_CHARS, false, false)?;
+        check_name("groupname", s)?;
         Ok(GroupName(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -363,6 +376,9 @@ mod tests {
         ));
         assert_eq!(UserName::parse(""), Err(Invalid::Empty("name")));
         assert_eq!(UserName::parse("a\nb"), Err(Invalid::Control("name")));
+        assert_eq!(UserName::parse("bob "), Err(Invalid::Padded("name")));
+        assert!(UserName::parse("bob smith").is_ok());
+        assert_eq!(GroupName::parse(" g"), Err(Invalid::Padded("groupname")));
         assert!(GroupDesc::parse("").is_ok());
         assert!(check_body("two\nlines", 10).is_ok());
         assert!(check_body("x", 0).is_err());

@@ -249,6 +249,26 @@ async fn a_killed_node_loses_no_message_and_its_users_come_back_within_the_lease
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_the_same_name_does_not_revive_its_dead_sessions() {
+    // a long lease: only the restart may end bob's old presence
+    let e = env(60.0).await;
+    let n1 = NodeProcess::start(&e.shared, "n1").await;
+    let n2 = NodeProcess::start(&e.shared, "n2").await;
+    let (mut a, _) = user_on(&n1, "alice").await;
+    let (_b, bob) = user_on(&n2, "bob").await;
+    n2.kill().await;
+    let _n2 = NodeProcess::start(&e.shared, "n2").await;
+    // the new n2 holds the lease now; bob's key names the dead process
+    let friends_online = {
+        a.add_friend(bob).await.expect("friend");
+        a.friends().await.expect("friends")[0].online
+    };
+    assert!(!friends_online, "bob is not online anywhere");
+    let mut b = n1.client().await;
+    b.login(bob, &pw("bob")).await.expect("bob logs in at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_gives_errors_not_hangs_and_the_cluster_recovers() {
     let mut redis = Redis::start();
     let mut e = env(3.0).await;

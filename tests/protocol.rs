@@ -81,6 +81,11 @@ async fn every_kind_of_bad_input_gets_an_error_reply() {
         (b"{\"msgid\":10,\"groupid\":[],\"msg\":\"x\"}\n", 110, 12),
         (b"{\"msgid\":8,\"groupname\":\"\"}\n", 108, 13),
         (b"{\"msgid\":4,\"name\":\"x\",\"password\":\"\"}\n", 5, 13),
+        (
+            b"{\"msgid\":4,\"name\":\"bob \",\"password\":\"p\"}\n",
+            5,
+            13,
+        ),
         (b"{\"msgid\":1,\"id\":\"1\",\"password\":\"p\"}\n", 2, 12),
     ];
     for (frame, msgid, errno) in cases {

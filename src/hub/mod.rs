@@ -41,6 +41,15 @@ pub enum HubError {
     Unavailable(String),
 }
 
+/// A change to group membership made elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupChange {
+    /// This group's members changed.
+    Group(GroupId),
+    /// Changes may have been missed (the bus was down): forget them all.
+    All,
+}
+
 /// Presence and delivery for the whole deployment.
 #[async_trait]
 pub trait Hub: Send + Sync + 'static {
@@ -57,7 +66,7 @@ pub trait Hub: Send + Sync + 'static {
     /// member lists are dropped).
     async fn group_changed(&self, group: GroupId);
     /// Membership changes announced by other nodes, if there are others.
-    fn group_changes(&self) -> Option<broadcast::Receiver<GroupId>> {
+    fn group_changes(&self) -> Option<broadcast::Receiver<GroupChange>> {
         None
     }
     /// Marks every user of this node offline (graceful shutdown).

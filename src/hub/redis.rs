@@ -1,10 +1,12 @@
 //! The cluster hub: presence and delivery between nodes through Redis.
 //!
-//! * Presence: `P:user:ID` holds `NODE|SESSION` for every logged-in user, and
-//!   each node keeps `P:node:NODE` alive with a lease it renews. A user counts
-//!   as online only while the node named in their key is alive, so the users
-//!   of a node killed with SIGKILL become offline by themselves once its lease
-//!   runs out (`presence_ttl`); a graceful shutdown deletes both at once.
+//! * Presence: `P:user:ID` holds `NODE|INCARNATION|SESSION` for every
+//!   logged-in user, and each node process keeps `P:node:NODE` set to its
+//!   incarnation (random per process) with a lease it renews. A user counts
+//!   as online only while that very process holds the lease, so the users of
+//!   a node killed with SIGKILL become offline by themselves once its lease
+//!   runs out (`presence_ttl`), and a node restarted under the same name does
+//!   not bring them back; a graceful shutdown deletes both at once.
 //!   Claiming, releasing and listing are Lua scripts: one round trip each,
 //!   whatever the number of users.
 //! * Delivery: each node subscribes to its own channel `P:to:NODE`. A message
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::local::LocalHub;
-use super::{Hub, HubError, SessionHandle};
+use super::{GroupChange, Hub, HubError, SessionHandle};
 use crate::model::{ChatMessage, Conversation, Delivery, GroupId, UserId};
 use crate::protocol::msgid;
 
@@ -64,13 +66,15 @@ impl ClusterConfig {
     }
 }
 
-/// Claims `KEYS[1]` for `ARGV[1]` (`NODE|SESSION`) unless a live node other
-/// than ours (`ARGV[3]`) holds it. `ARGV[2]` is the node-key prefix.
+/// Claims `KEYS[1]` for `ARGV[1]` (`NODE|INCARNATION|SESSION`) unless a live
+/// process other than ours (incarnation `ARGV[3]`) holds it. `ARGV[2]` is the
+/// node-key prefix. (Our own process reserves users locally before claiming,
+/// so a key of ours here is a leftover.)
 const CLAIM: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local node = string.match(cur, '^(.-)|')
-  if node and node ~= ARGV[3] and redis.call('EXISTS', ARGV[2] .. node) == 1 then
+  local node, inc = string.match(cur, '^(.-)|(.-)|')
+  if node and inc ~= ARGV[3] and redis.call('GET', ARGV[2] .. node) == inc then
     return 0
   end
 end
@@ -78,13 +82,14 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
 
-/// Renews the node's lease `KEYS[1]` for `ARGV[1]` ms; returns whether it
-/// was still there (if not, Redis lost our presence keys or we were away too
-/// long, and they must be claimed again).
+/// Renews the node's lease `KEYS[1]` (our incarnation `ARGV[2]`) for
+/// `ARGV[1]` ms; returns whether it was still ours (if not, Redis lost our
+/// presence keys or we were away too long, and they must be claimed again).
 const RENEW: &str = r"
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], 'alive', 'PX', ARGV[1])
-return existed
+local cur = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+if cur == ARGV[2] then return 1 end
+return 0
 ";
 
 /// Deletes `KEYS[i]` if it still holds `ARGV[i]`.
@@ -98,15 +103,16 @@ end
 return n
 ";
 
-/// For each presence key, 1 when its node is alive. `ARGV[1]`: node-key prefix.
+/// For each presence key, 1 when the process holding it is alive.
+/// `ARGV[1]`: node-key prefix.
 const ONLINE: &str = r"
 local out = {}
 for i, k in ipairs(KEYS) do
   out[i] = 0
   local cur = redis.call('GET', k)
   if cur then
-    local node = string.match(cur, '^(.-)|')
-    if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then out[i] = 1 end
+    local node, inc = string.match(cur, '^(.-)|(.-)|')
+    if node and redis.call('GET', ARGV[1] .. node) == inc then out[i] = 1 end
   end
 end
 return out
@@ -137,10 +143,12 @@ return n
 /// Presence and delivery across nodes.
 pub struct RedisHub {
     config: ClusterConfig,
+    /// Random per process: tells this run of the node from earlier ones.
+    incarnation: String,
     conn: ConnectionManager,
     local: Arc<LocalHub>,
     scripts: Scripts,
-    group_changes: broadcast::Sender<GroupId>,
+    group_changes: broadcast::Sender<GroupChange>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -177,8 +185,15 @@ impl RedisHub {
         let conn = ConnectionManager::new_with_config(client.clone(), manager)
             .await
             .map_err(unavailable)?;
+        if config.node_id.is_empty() || config.node_id.contains(['|', ' ', '\n']) {
+            return Err(HubError::Unavailable(format!(
+                "node id {:?} must be non-empty, without '|' or spaces",
+                config.node_id
+            )));
+        }
         let (group_changes, _) = broadcast::channel(1024);
         let hub = Arc::new(RedisHub {
+            incarnation: incarnation(),
             conn,
             local: Arc::new(LocalHub::new()),
             scripts: Scripts {
@@ -224,7 +239,7 @@ impl RedisHub {
     }
 
     fn holder(&self, session_id: u64) -> String {
-        format!("{}|{session_id}", self.config.node_id)
+        format!("{}|{}|{session_id}", self.config.node_id, self.incarnation)
     }
 
     /// Renews the node's lease; `Ok(false)` when it had lapsed.
@@ -236,6 +251,7 @@ impl RedisHub {
             .renew
             .key(format!("{}{}", self.node_prefix(), self.config.node_id))
             .arg(ttl)
+            .arg(&self.incarnation)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -312,6 +328,7 @@ impl RedisHub {
                     tracing::info!(
                         "resubscribed to the cluster bus; sessions catch up from the store"
                     );
+                    let _ = self.group_changes.send(GroupChange::All);
                     self.local.resync_all();
                 }
             }
@@ -326,7 +343,7 @@ impl RedisHub {
                         .ok()
                         .and_then(|s| s.parse().ok())
                     {
-                        let _ = self.group_changes.send(g);
+                        let _ = self.group_changes.send(GroupChange::Group(g));
                     }
                 } else {
                     self.deliver_published(msg.get_payload_bytes());
@@ -368,6 +385,15 @@ impl RedisHub {
     }
 }
 
+/// A value that differs between runs of a node: time and process id.
+fn incarnation() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
 /// Rebuilds a stored message from its push frame (the frame carries every
 /// field, so the bus carries nothing else).
 fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
@@ -391,30 +417,31 @@ fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
 #[async_trait]
 impl Hub for RedisHub {
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError> {
-        if self.local.is_here(user) {
-            return Err(HubError::AlreadyOnline);
-        }
+        // Reserve locally first: two logins on this node cannot both get
+        // past here, so the claim below never races one of our own.
+        let session_id = handle.session_id;
+        self.local.connect(user, handle).await?;
         let mut conn = self.conn.clone();
-        let claimed: i64 = self
+        let claimed: Result<i64, _> = self
             .scripts
             .claim
             .key(self.user_key(user))
-            .arg(self.holder(handle.session_id))
+            .arg(self.holder(session_id))
             .arg(self.node_prefix())
-            .arg(&self.config.node_id)
+            .arg(&self.incarnation)
             .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if claimed == 0 {
-            return Err(HubError::AlreadyOnline);
+            .await;
+        match claimed {
+            Ok(1) => Ok(()),
+            Ok(_) => {
+                self.local.disconnect(user, session_id).await;
+                Err(HubError::AlreadyOnline)
+            }
+            Err(e) => {
+                self.local.disconnect(user, session_id).await;
+                Err(unavailable(e))
+            }
         }
-        let session_id = handle.session_id;
-        if let Err(e) = self.local.connect(user, handle).await {
-            // Lost a race with another login on this node: give the key back.
-            self.release(&[(user, session_id)]).await;
-            return Err(e);
-        }
-        Ok(())
     }
 
     async fn disconnect(&self, user: UserId, session_id: u64) {
@@ -471,7 +498,7 @@ impl Hub for RedisHub {
         }
     }
 
-    fn group_changes(&self) -> Option<broadcast::Receiver<GroupId>> {
+    fn group_changes(&self) -> Option<broadcast::Receiver<GroupChange>> {
         Some(self.group_changes.subscribe())
     }
 
@@ -507,7 +534,7 @@ impl RedisHub {
                 .key(self.user_key(user))
                 .arg(self.holder(session_id))
                 .arg(self.node_prefix())
-                .arg(&self.config.node_id)
+                .arg(&self.incarnation)
                 .invoke_async(&mut conn)
                 .await;
             match claimed {

@@ -265,7 +265,7 @@ struct HistoryBody {
     toid: Option<UserId>,
     groupid: Option<GroupId>,
     before: Option<Seq>,
-    limit: Option<u32>,
+    limit: Option<u64>,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, Fail> {
@@ -430,7 +430,8 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
             Request::History {
                 target,
                 before: b.before,
-                limit: b.limit,
+                // Anything above the server's maximum means the maximum.
+                limit: b.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
             }
         }
         other => {

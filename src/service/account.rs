@@ -88,12 +88,13 @@ impl Service {
             name,
             pushes: rx,
             cursors: Cursors::default(),
+            last_flush: std::time::Instant::now(),
+            backlog: false,
         };
         match self.login_payload(&mut me).await {
-            Ok((reply, more)) => {
+            Ok(reply) => {
                 tracing::info!(user = id, session = s.id, "user online");
                 s.user = Some(me);
-                s.outbox = more;
                 Ok(reply.with("id", id))
             }
             Err(e) => {
@@ -107,24 +108,16 @@ impl Service {
     /// Builds the classic LOGIN_MSG_ACK (friends, groups and offline
     /// messages, each list element a JSON string as the original client
     /// expects) and any further pages of offline messages.
-    async fn login_payload(&self, me: &mut LoggedIn) -> Result<(Reply, Vec<bytes::Bytes>), Fail> {
+    async fn login_payload(&self, me: &mut LoggedIn) -> Result<Reply, Fail> {
         me.cursors = Cursors::load(self.store.cursors(me.id).await?);
+        // One page rides in the reply. Its positions are stored only once
+        // the reply is written (by the next backlog page or the session's
+        // end); further pages follow one at a time through the connection.
         let page_size = self.config.offline_page.max(1);
-        let mut first = self.store.undelivered(me.id, page_size).await?;
-        let mut more = Vec::new();
-        let mut full = first.len() == page_size;
+        let first = self.store.undelivered(me.id, page_size).await?;
+        me.backlog = first.len() == page_size;
         mark_delivered(me, &first);
-        while full {
-            // Later pages start from the stored cursors, so store them first.
-            self.store
-                .advance_cursors(me.id, me.cursors.take_dirty())
-                .await?;
-            let page = self.store.undelivered(me.id, page_size).await?;
-            full = page.len() == page_size;
-            mark_delivered(me, &page);
-            more.extend(chronological(page).iter().map(render_push));
-        }
-        first = chronological(first);
+        let first = chronological(first);
 
         let friends = self.store.friends(me.id).await?;
         let groups = self.store.user_groups(me.id).await?;
@@ -178,7 +171,7 @@ impl Service {
                 .collect();
             reply = reply.with("groups", list);
         }
-        Ok((reply, more))
+        Ok(reply)
     }
 
     pub(super) async fn logout(&self, s: &mut Session, ack: i64) -> Result<Reply, Fail> {
@@ -187,7 +180,7 @@ impl Service {
     }
 }
 
-fn mark_delivered(me: &mut LoggedIn, page: &[ChatMessage]) {
+pub(super) fn mark_delivered(me: &mut LoggedIn, page: &[ChatMessage]) {
     for m in page {
         me.cursors.delivered(m.conv, m.seq);
     }
@@ -197,7 +190,7 @@ fn mark_delivered(me: &mut LoggedIn, page: &[ChatMessage]) {
 /// read it in time order. Sorting on each conversation's running maximum of
 /// the timestamp interleaves conversations by time but can never put a
 /// conversation's messages out of sequence, even if the clock stepped back.
-fn chronological(page: Vec<ChatMessage>) -> Vec<ChatMessage> {
+pub(super) fn chronological(page: Vec<ChatMessage>) -> Vec<ChatMessage> {
     let mut running: HashMap<crate::model::Conversation, i64> = HashMap::new();
     let mut keyed: Vec<(i64, ChatMessage)> = page
         .into_iter()

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::account::{chronological, mark_delivered};
 use super::delivery::Incoming;
-use super::{LoggedIn, Service, Session, invalid};
-use crate::model::{Conversation, Delivery, GroupId, NewMessage, Push, Seq, UserId, check_body};
+use super::{Service, Session, invalid};
+use crate::model::{
+    ChatMessage, Conversation, Delivery, GroupId, NewMessage, Push, Seq, UserId, check_body,
+};
 use crate::protocol::{ChatOut, ErrCode, Fail, HistoryTarget, Reply, classic_time, render_push};
 
 impl Service {
@@ -40,13 +43,16 @@ impl Service {
         group: GroupId,
         body: String,
     ) -> Result<Reply, Fail> {
-        let me = s.me()?.id;
+        let me = s.me()?;
+        let (me, member) = (me.id, me.cursors.knows(Conversation::Group(group)));
         let members = self
             .groups
             .members(self.store.as_ref(), group)
             .await?
             .ok_or_else(|| Fail::new(ErrCode::NotFound, format!("group {group} not found")))?;
-        if !members.contains(&me) {
+        // Membership is the session's own knowledge (from login, join and
+        // leave), never the shared member cache, which may lag behind.
+        if !member {
             return Err(Fail::new(
                 ErrCode::Forbidden,
                 format!("you are not a member of group {group}"),
@@ -110,12 +116,11 @@ impl Service {
             }
             HistoryTarget::User(peer) => Conversation::direct(me, peer),
             HistoryTarget::Group(g) => {
-                let members = self
-                    .groups
-                    .members(self.store.as_ref(), g)
-                    .await?
-                    .ok_or_else(|| Fail::new(ErrCode::NotFound, format!("group {g} not found")))?;
-                if !members.contains(&me) {
+                let member = s.me()?.cursors.knows(Conversation::Group(g));
+                if !member && self.groups.members(self.store.as_ref(), g).await?.is_none() {
+                    return Err(Fail::new(ErrCode::NotFound, format!("group {g} not found")));
+                }
+                if !member {
                     return Err(Fail::new(
                         ErrCode::Forbidden,
                         format!("you are not a member of group {g}"),
@@ -146,7 +151,10 @@ impl Service {
         };
         let d = match push {
             Push::Message(d) => d,
-            Push::Resync => return self.resync(me).await,
+            Push::Resync => {
+                me.backlog = true;
+                return Vec::new();
+            }
         };
         let m = &d.message;
         match me.cursors.classify(m.conv, m.seq) {
@@ -174,33 +182,36 @@ impl Service {
         }
     }
 
-    /// Catches up from the store after live delivery may have missed
-    /// messages: stores the session's positions, then delivers whatever lies
-    /// past them (one page; anything beyond follows at the next gap or login).
-    async fn resync(&self, me: &mut LoggedIn) -> Vec<Bytes> {
-        let caught_up = async {
+    /// The next page of messages waiting in the store: stores the positions
+    /// delivered so far (everything before has been written to the client),
+    /// then sends what lies past them, one page at a time.
+    pub async fn backlog_page(&self, s: &mut Session) -> Vec<Bytes> {
+        let Some(me) = s.user.as_mut() else {
+            return Vec::new();
+        };
+        me.backlog = false;
+        let page_size = self.config.offline_page.max(1);
+        let page = async {
             self.store
                 .advance_cursors(me.id, me.cursors.take_dirty())
                 .await?;
-            self.store
-                .undelivered(me.id, self.config.offline_page.max(1))
-                .await
+            self.store.undelivered(me.id, page_size).await
         };
-        match caught_up.await {
-            Ok(page) => {
-                let mut out = Vec::new();
-                for m in &page {
-                    if me.cursors.classify(m.conv, m.seq) != Incoming::Duplicate {
-                        me.cursors.delivered(m.conv, m.seq);
-                        out.push(render_push(m));
-                    }
-                }
-                out
-            }
+        let page = match page.await {
+            Ok(page) => page,
             Err(e) => {
-                tracing::warn!(user = me.id, error = %e, "could not resync");
-                Vec::new()
+                // Still stored: offered again at the next gap fill or login.
+                tracing::warn!(user = me.id, error = %e, "could not read undelivered messages");
+                return Vec::new();
             }
-        }
+        };
+        me.backlog = page.len() == page_size;
+        // Pushes may have delivered some of these meanwhile.
+        let fresh: Vec<ChatMessage> = page
+            .into_iter()
+            .filter(|m| me.cursors.classify(m.conv, m.seq) != Incoming::Duplicate)
+            .collect();
+        mark_delivered(me, &fresh);
+        chronological(fresh).iter().map(render_push).collect()
     }
 }

@@ -28,9 +28,24 @@ pub enum Incoming {
 #[derive(Debug, Default, Clone)]
 struct ConvCursor {
     delivered: Seq,
+    /// The position last handed to the store (a failed write goes back here).
+    saved: Seq,
+    /// The position when the session started (nothing to store below it).
+    loaded: Seq,
     /// Our own messages above `delivered` (we never deliver them to
     /// ourselves, but they occupy sequence numbers).
     own: BTreeSet<Seq>,
+}
+
+impl ConvCursor {
+    fn at(seq: Seq) -> Self {
+        ConvCursor {
+            delivered: seq,
+            saved: seq,
+            loaded: seq,
+            own: BTreeSet::new(),
+        }
+    }
 }
 
 impl ConvCursor {
@@ -55,15 +70,7 @@ impl Cursors {
         Cursors {
             convs: positions
                 .into_iter()
-                .map(|(c, s)| {
-                    (
-                        c,
-                        ConvCursor {
-                            delivered: s,
-                            own: BTreeSet::new(),
-                        },
-                    )
-                })
+                .map(|(c, s)| (c, ConvCursor::at(s)))
                 .collect(),
             dirty: HashMap::new(),
         }
@@ -71,13 +78,7 @@ impl Cursors {
 
     /// The session joined (or created) a group whose conversation is at `seq`.
     pub fn start(&mut self, conv: Conversation, seq: Seq) {
-        self.convs.insert(
-            conv,
-            ConvCursor {
-                delivered: seq,
-                own: BTreeSet::new(),
-            },
-        );
+        self.convs.insert(conv, ConvCursor::at(seq));
     }
 
     /// The session left a group: its messages are no longer ours.
@@ -93,7 +94,13 @@ impl Cursors {
 
     /// The session itself sent `seq` in `conv`.
     pub fn record_own(&mut self, conv: Conversation, seq: Seq) {
-        let c = self.convs.entry(conv).or_default();
+        let c = match (self.convs.get_mut(&conv), conv) {
+            (Some(c), _) => c,
+            (None, Conversation::Direct { .. }) => self.convs.entry(conv).or_default(),
+            // Groups are known from login, join or creation; never start
+            // one at 0 here (that would offer its whole history later).
+            (None, Conversation::Group(_)) => return,
+        };
         if seq > c.delivered {
             c.own.insert(seq);
             c.absorb_own();
@@ -142,7 +149,34 @@ impl Cursors {
 
     /// Takes the positions to store.
     pub fn take_dirty(&mut self) -> Vec<(Conversation, Seq)> {
-        self.dirty.drain().collect()
+        let dirty: Vec<_> = self.dirty.drain().collect();
+        for (conv, seq) in &dirty {
+            if let Some(c) = self.convs.get_mut(conv) {
+                c.saved = c.saved.max(*seq);
+            }
+        }
+        dirty
+    }
+
+    /// Goes back to the positions last handed to the store: what was
+    /// marked delivered since may not have reached the client.
+    pub fn forget_unsaved(&mut self) {
+        self.dirty.clear();
+        for c in self.convs.values_mut() {
+            c.delivered = c.saved;
+            c.own.clear();
+        }
+    }
+
+    /// Every position this session moved forward, to store when it ends
+    /// (again, if already handed over: the store keeps the maximum, so this
+    /// also waits out writes still in flight).
+    pub fn advanced(&self) -> Vec<(Conversation, Seq)> {
+        self.convs
+            .iter()
+            .filter(|(_, c)| c.delivered > c.loaded)
+            .map(|(conv, c)| (*conv, c.delivered))
+            .collect()
     }
 }
 
@@ -203,5 +237,27 @@ mod tests {
         assert_eq!(c.classify(G, 11), Incoming::InOrder);
         c.forget(G);
         assert_eq!(c.classify(G, 12), Incoming::Duplicate);
+    }
+
+    #[test]
+    fn a_failed_write_goes_back_to_the_saved_position() {
+        let mut c = Cursors::load([(G, 5)]);
+        c.delivered(G, 6);
+        assert_eq!(c.take_dirty(), vec![(G, 6)]);
+        c.delivered(G, 7);
+        c.forget_unsaved();
+        assert!(!c.has_dirty());
+        assert_eq!(c.classify(G, 7), Incoming::InOrder, "7 is offered again");
+        assert_eq!(c.advanced(), vec![(G, 6)]);
+        let fresh = Cursors::load([(G, 5)]);
+        assert!(fresh.advanced().is_empty());
+    }
+
+    #[test]
+    fn own_messages_never_start_an_unknown_group() {
+        let mut c = Cursors::default();
+        c.record_own(G, 3);
+        assert!(!c.knows(G));
+        assert_eq!(c.classify(G, 4), Incoming::Duplicate);
     }
 }

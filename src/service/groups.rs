@@ -2,7 +2,9 @@
 //! cache that keeps group chat from querying the database per message.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::{Service, Session, invalid};
 use crate::model::{Conversation, GroupDesc, GroupId, GroupName, UserId};
@@ -12,12 +14,23 @@ use crate::store::{Store, StoreResult};
 /// Groups whose members the cache remembers at most; past this it starts over.
 const MAX_CACHED_GROUPS: usize = 100_000;
 
+/// How long a cached member list is trusted. Changes made through any node
+/// drop it at once; this bounds the damage of an announcement that was lost.
+const MEMBERS_TTL: Duration = Duration::from_secs(30);
+
+/// Member lists by group, with when each was loaded.
+type Entries = HashMap<GroupId, (Instant, Arc<[UserId]>)>;
+
 /// Group members by group, loaded on first use and dropped on every change
-/// made through this node. (In a cluster, other nodes' changes will have to
-/// invalidate it through the bus.)
+/// (made here, or announced by another node). Used to address group
+/// messages only: who may post or read is decided by the session's own
+/// knowledge of its memberships, never by this cache.
 #[derive(Debug, Default)]
 pub(super) struct GroupCache {
-    members: RwLock<HashMap<GroupId, Arc<[UserId]>>>,
+    members: RwLock<Entries>,
+    /// Bumped by every invalidation; a list loaded while it moved may be
+    /// stale already and is not cached.
+    generation: AtomicU64,
 }
 
 impl GroupCache {
@@ -27,37 +40,44 @@ impl GroupCache {
         store: &dyn Store,
         group: GroupId,
     ) -> StoreResult<Option<Arc<[UserId]>>> {
-        if let Some(m) = self.read().get(&group) {
+        if let Some((at, m)) = self.read().get(&group)
+            && at.elapsed() < MEMBERS_TTL
+        {
             return Ok(Some(m.clone()));
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let Some(list) = store.group_members(group).await? else {
             return Ok(None);
         };
         let list: Arc<[UserId]> = list.into();
-        let mut map = self.members.write().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_CACHED_GROUPS {
-            map.clear();
+        let mut map = self.write();
+        if self.generation.load(Ordering::Acquire) == generation {
+            if map.len() >= MAX_CACHED_GROUPS {
+                map.clear();
+            }
+            map.insert(group, (Instant::now(), list.clone()));
         }
-        map.insert(group, list.clone());
         Ok(Some(list))
     }
 
     pub(super) fn clear(&self) {
-        self.members
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let mut map = self.write();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.clear();
     }
 
     pub(super) fn invalidate(&self, group: GroupId) {
-        self.members
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&group);
+        let mut map = self.write();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.remove(&group);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupId, Arc<[UserId]>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
         self.members.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Entries> {
+        self.members.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -14,6 +14,7 @@ mod groups;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -22,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, PasswordHasherPool};
 use crate::config::Config;
-use crate::hub::{Hub, HubError};
+use crate::hub::{GroupChange, Hub, HubError};
 use crate::model::{Push, UserId};
 use crate::protocol::{self, ErrCode, Fail, Reply, Request, msgid};
 use crate::store::{SharedStore, StoreError};
@@ -54,6 +55,10 @@ struct LoggedIn {
     name: String,
     pushes: mpsc::Receiver<Push>,
     cursors: Cursors,
+    /// When delivery positions were last handed to the store.
+    last_flush: Instant,
+    /// More undelivered messages wait in the store than the last page held.
+    backlog: bool,
 }
 
 /// One connection's state.
@@ -62,8 +67,6 @@ pub struct Session {
     user: Option<LoggedIn>,
     /// Cancelled by the hub when this session cannot keep up.
     kick: CancellationToken,
-    /// Frames to send after the reply (later pages of offline messages).
-    outbox: Vec<Bytes>,
 }
 
 impl std::fmt::Debug for Session {
@@ -98,8 +101,15 @@ impl Session {
     /// client may not have them, so they are delivered again next time.
     pub fn forget_unsaved_deliveries(&mut self) {
         if let Some(me) = self.user.as_mut() {
-            me.cursors.take_dirty();
+            me.cursors.forget_unsaved();
         }
+    }
+
+    /// Whether undelivered messages wait in the store for this session
+    /// (after a full offline page, or when live delivery may have missed
+    /// some); the connection then asks for [`Service::backlog_page`].
+    pub fn has_backlog(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| u.backlog)
     }
 
     fn me(&self) -> Result<&LoggedIn, Fail> {
@@ -168,7 +178,8 @@ impl Service {
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
                     match changes.recv().await {
-                        Ok(g) => groups.invalidate(g),
+                        Ok(GroupChange::Group(g)) => groups.invalidate(g),
+                        Ok(GroupChange::All) => groups.clear(),
                         Err(RecvError::Lagged(_)) => groups.clear(),
                         Err(RecvError::Closed) => break,
                     }
@@ -197,7 +208,6 @@ impl Service {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             user: None,
             kick: CancellationToken::new(),
-            outbox: Vec::new(),
         }
     }
 
@@ -221,10 +231,7 @@ impl Service {
                 Reply::fail(ack, &fail)
             }
         };
-        let mut out = Vec::with_capacity(1 + s.outbox.len());
-        out.push(reply.reqid(parsed.reqid.as_ref()).to_bytes());
-        out.append(&mut s.outbox);
-        out
+        vec![reply.reqid(parsed.reqid.as_ref()).to_bytes()]
     }
 
     async fn dispatch(
@@ -272,13 +279,27 @@ impl Service {
         }
     }
 
-    /// Writes delivered positions to the store in the background, once the
-    /// session has no more pushes queued (so a burst costs one write).
+    /// When this session's delivered positions are due to be stored, if it
+    /// has any not stored yet.
+    pub fn cursor_flush_due(&self, s: &Session) -> Option<Instant> {
+        let me = s.user.as_ref()?;
+        me.cursors
+            .has_dirty()
+            .then(|| me.last_flush + self.config.cursor_flush_interval)
+    }
+
+    /// Writes delivered positions to the store in the background when they
+    /// are due (at most once per `cursor_flush_interval`, so a busy session
+    /// costs a few writes a second, not one per message).
     pub fn flush_cursors(&self, s: &mut Session) {
-        let Some(me) = s.user.as_mut() else { return };
-        if !me.cursors.has_dirty() || !me.pushes.is_empty() {
+        if self
+            .cursor_flush_due(s)
+            .is_none_or(|due| due > Instant::now())
+        {
             return;
         }
+        let Some(me) = s.user.as_mut() else { return };
+        me.last_flush = Instant::now();
         let positions = me.cursors.take_dirty();
         let store = self.store.clone();
         let user = me.id;
@@ -290,14 +311,18 @@ impl Service {
         });
     }
 
-    /// Ends a session: stores its delivered positions and marks it offline.
+    /// Ends a session: stores its delivered positions, then marks it
+    /// offline (so that a login right after finds them stored).
     pub async fn end_session(&self, s: &mut Session) {
-        if let Some(mut me) = s.user.take() {
-            self.hub.disconnect(me.id, s.id).await;
-            let positions = me.cursors.take_dirty();
-            if let Err(e) = self.store.advance_cursors(me.id, positions).await {
+        if let Some(me) = s.user.take() {
+            if let Err(e) = self
+                .store
+                .advance_cursors(me.id, me.cursors.advanced())
+                .await
+            {
                 tracing::warn!(user = me.id, error = %e, "could not store delivery cursors");
             }
+            self.hub.disconnect(me.id, s.id).await;
             tracing::info!(user = me.id, session = s.id, "user offline");
         }
     }

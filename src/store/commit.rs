@@ -19,6 +19,11 @@ use crate::model::{ChatMessage, Conversation, NewMessage, Seq, UserId};
 
 /// Most operations folded into one transaction.
 pub(super) const MAX_BATCH: usize = 512;
+/// How long a caller waits for its write before giving up with an error
+/// (the database may be stalled; the caller must not hang with it).
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long closing waits for queued writes.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// One queued write.
 pub(super) enum WriteOp {
@@ -74,8 +79,13 @@ impl GroupCommit {
             .send((op, done))
             .await
             .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+        match tokio::time::timeout(WRITE_WAIT, wait).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Unavailable("store writer stopped".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            )),
+        }
     }
 
     /// Stores `msg` durably; returns it with its sequence number and time.
@@ -102,7 +112,12 @@ impl GroupCommit {
     /// Stops taking writes, commits what is queued, and waits for the writer.
     pub(super) async fn close(&self) {
         self.closing.cancel();
-        self.tasks.wait().await;
+        if tokio::time::timeout(CLOSE_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("queued writes did not finish; some cursor moves may be lost");
+        }
     }
 }
 

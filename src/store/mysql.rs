@@ -283,9 +283,7 @@ impl Writer {
             }
         }
         if !rows.is_empty() {
-            let mut insert: QueryBuilder<MySql> = QueryBuilder::new(
-                "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) ",
-            );
+            let mut insert: QueryBuilder<MySql> = QueryBuilder::new(sql::INSERT_MESSAGES);
             insert.push_values(&rows, |mut b, (i, seq)| {
                 if let WriteOp::Append(msg) = &batch[*i] {
                     b.push_bind(msg.conv.key())

@@ -42,7 +42,9 @@ pub(super) const USER_GROUPS_MEMBERS: &str = "SELECT gm.group_id, u.id, u.name, 
      ORDER BY gm.group_id, u.id";
 pub(super) const GROUP_MEMBERS: &str = "SELECT user_id FROM group_members WHERE group_id = ?";
 pub(super) const GROUP_ID: &str = "SELECT id FROM chat_groups WHERE id = ?";
-pub(super) const INSERT_MESSAGE: &str = "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) VALUES (?, ?, ?, ?, ?, ?)";
+/// Followed by one `(?, ?, ?, ?, ?, ?)` per message of a batch.
+pub(super) const INSERT_MESSAGES: &str =
+    "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) ";
 pub(super) const CURSORS: &str = "SELECT conv, delivered_seq FROM cursors WHERE user_id = ?";
 /// Each cursor row joins the messages past it; ordering by (conv, seq) makes
 /// every conversation's share of a page a prefix, so moving the cursors to a

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 
 use super::commit::{BatchWriter, GroupCommit, WriteOp};
 use super::sql::{self, MsgRow, impl_store, is_unique_violation};
@@ -190,6 +190,7 @@ impl BatchWriter for Writer {
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut touched: HashMap<Conversation, Seq> = HashMap::new();
+        let mut rows: Vec<(&NewMessage, Seq)> = Vec::new();
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         for op in batch {
             match op {
@@ -209,16 +210,8 @@ impl BatchWriter for Writer {
                         },
                     };
                     let seq = last + 1;
-                    sqlx::query(sql::INSERT_MESSAGE)
-                        .bind(msg.conv.key())
-                        .bind(seq)
-                        .bind(msg.sender)
-                        .bind(&msg.sender_name)
-                        .bind(&msg.body)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
                     touched.insert(msg.conv, seq);
+                    rows.push((msg, seq));
                     outcomes.push(Some(Ok(msg.stored(seq, now))));
                 }
                 WriteOp::Cursors { user, positions } => {
@@ -236,6 +229,19 @@ impl BatchWriter for Writer {
                     outcomes.push(None);
                 }
             }
+        }
+        // One statement for all of the batch's messages.
+        if !rows.is_empty() {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(sql::INSERT_MESSAGES);
+            insert.push_values(&rows, |mut b, (msg, seq)| {
+                b.push_bind(msg.conv.key())
+                    .push_bind(*seq)
+                    .push_bind(msg.sender)
+                    .push_bind(msg.sender_name.clone())
+                    .push_bind(msg.body.clone())
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         for (conv, seq) in &touched {
             sqlx::query(
