@@ -486,12 +486,15 @@ pub fn nginx_conf(conf: &NginxConf) -> Result<String, RingError> {
     let _ = writeln!(w);
     let _ = writeln!(w, "load_module {module};");
     let _ = writeln!(w);
-    let _ = writeln!(w, "worker_processes 1;");
+    let _ = writeln!(w, "worker_processes auto;");
+    // Every proxied chat client holds two descriptors (client and node) for
+    // as long as it stays connected.
+    let _ = writeln!(w, "worker_rlimit_nofile 20000;");
     let _ = writeln!(w, "pid {dir}/chat-nginx.pid;");
     let _ = writeln!(w, "error_log {dir}/chat-nginx.error.log notice;");
     let _ = writeln!(w);
     let _ = writeln!(w, "events {{");
-    let _ = writeln!(w, "    worker_connections 1024;");
+    let _ = writeln!(w, "    worker_connections 9000;");
     let _ = writeln!(w, "}}");
     let _ = writeln!(w);
     let _ = writeln!(w, "stream {{");
