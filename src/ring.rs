@@ -738,7 +738,9 @@ mod tests {
         let text = nginx_conf(&conf).unwrap();
         for line in [
             "load_module /usr/lib/nginx/modules/ngx_stream_module.so;",
-            "worker_processes 1;",
+            "worker_processes auto;",
+            "worker_rlimit_nofile 20000;",
+            "    worker_connections 9000;",
             "pid /tmp/x/chat-nginx.pid;",
             "error_log /tmp/x/chat-nginx.error.log notice;",
             "    upstream chat {",
