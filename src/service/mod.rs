@@ -11,6 +11,8 @@ mod chat;
 pub mod delivery;
 mod friends;
 mod groups;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -65,6 +65,11 @@ impl MySqlStore {
         });
         Ok(MySqlStore { pool, commit })
     }
+
+    /// The connection pool, for operational tooling and tests.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
 }
 
 /// Runs the migrations under a named lock: nodes of a new cluster start
