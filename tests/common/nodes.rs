@@ -1,7 +1,9 @@
 //! Real `chatserver` processes for cluster tests: started with the flags a
 //! user would give, killed with SIGKILL or stopped with SIGTERM.
 
+use std::collections::VecDeque;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat::client::Client;
@@ -21,11 +23,28 @@ pub struct Shared {
     pub extra_args: Vec<String>,
 }
 
+/// Log lines a node keeps for a failing test to show.
+const LOG_TAIL: usize = 200;
+
 /// One running node.
 pub struct NodeProcess {
     pub id: String,
     pub addr: String,
     child: Child,
+    log: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        // A failing test shows what its nodes said.
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            eprintln!("--- last log lines of node {} ---", self.id);
+            for line in log.iter() {
+                eprintln!("[{}] {line}", self.id);
+            }
+        }
+    }
 }
 
 impl NodeProcess {
@@ -68,20 +87,28 @@ impl NodeProcess {
             return Err(seen.join("\n"));
         };
         // Keep draining the log so the node never blocks on a full pipe;
-        // show it when CHAT_TEST_LOG is set.
+        // keep its tail, and show everything when CHAT_TEST_LOG is set.
         let show = std::env::var("CHAT_TEST_LOG").is_ok();
         let tag = id.to_owned();
+        let tail = Arc::new(Mutex::new(VecDeque::from(seen)));
+        let keep = tail.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = log.next_line().await {
                 if show {
                     eprintln!("[{tag}] {line}");
                 }
+                let mut t = keep.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() >= LOG_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(line);
             }
         });
         Ok(NodeProcess {
             id: id.to_owned(),
             addr,
             child,
+            log: tail,
         })
     }
 

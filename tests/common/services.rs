@@ -152,15 +152,24 @@ impl MariaDb {
         need("mariadbd");
         need("mariadb-install-db");
         let dir = tempfile::tempdir().expect("tempdir");
-        let status = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.path().join("data").display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("mariadb-install-db");
-        assert!(status.success(), "mariadb-install-db failed");
+        let log = dir.path().join("install.log");
+        // Retried once: a bootstrap now and then fails when many run at once.
+        let installed = (0..2).any(|_| {
+            let _ = std::fs::remove_dir_all(dir.path().join("data"));
+            Command::new("mariadb-install-db")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", dir.path().join("data").display()))
+                .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+                .stdout(File::create(&log).expect("log"))
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        assert!(
+            installed,
+            "mariadb-install-db failed:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         let mut db = MariaDb {
             port: free_port(),
             child: None,
