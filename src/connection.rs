@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::KickReason;
 use crate::protocol::codec::{FrameCodec, FrameError};
 use crate::protocol::{ErrCode, Fail, Reply, msgid};
 use crate::service::Service;
@@ -36,7 +37,10 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
         let (out, last) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
-            _ = kick.cancelled() => (vec![notice(ErrCode::TooSlow, "you are reading too slowly; reconnect to get your messages")], true),
+            reason = kick.kicked() => (vec![match reason {
+                KickReason::TooSlow => notice(ErrCode::TooSlow, "you are reading too slowly; reconnect to get your messages"),
+                KickReason::Replaced => notice(ErrCode::Replaced, "this account logged in elsewhere"),
+            }], true),
             frame = conn.next() => match frame {
                 None => break,
                 Some(Ok(frame)) => (service.handle_frame(&mut session, &frame).await, false),

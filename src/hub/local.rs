@@ -9,7 +9,7 @@ use std::sync::RwLock;
 use async_trait::async_trait;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::{Hub, HubError, SessionHandle};
+use super::{Hub, HubError, KickReason, SessionHandle};
 use std::sync::Arc;
 
 use crate::model::{Delivery, Push, UserId};
@@ -49,7 +49,7 @@ impl LocalHub {
     /// Disconnects `user`'s session on this node, if any.
     pub fn kick(&self, user: UserId) {
         if let Some(h) = self.read().get(&user) {
-            h.kick.cancel();
+            h.kick.kick(KickReason::Replaced);
         }
     }
 
@@ -122,7 +122,7 @@ fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
             // Never block one sender on one slow reader. The message is
             // stored; the reader gets it at its next login.
             tracing::warn!(user, "push queue full, disconnecting slow session");
-            handle.kick.cancel();
+            handle.kick.kick(KickReason::TooSlow);
         }
         Err(TrySendError::Closed(_)) => {}
     }

@@ -28,8 +28,39 @@ pub struct SessionHandle {
     pub session_id: u64,
     /// The session's bounded push queue.
     pub pushes: mpsc::Sender<Push>,
-    /// Cancelled to disconnect the session (too slow to keep up).
-    pub kick: CancellationToken,
+    /// Disconnects the session, saying why.
+    pub kick: Kick,
+}
+
+/// Why the hub drops a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Its push queue overflowed: the client reads too slowly.
+    TooSlow,
+    /// The user logged in on another node while this one could not tell
+    /// (Redis was away); the newer login wins.
+    Replaced,
+}
+
+/// A request, from the hub to a session, to disconnect.
+#[derive(Debug, Clone, Default)]
+pub struct Kick {
+    token: CancellationToken,
+    reason: Arc<std::sync::OnceLock<KickReason>>,
+}
+
+impl Kick {
+    /// Asks the session to go; the first reason given is the one reported.
+    pub fn kick(&self, reason: KickReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Resolves, with the reason, once the session has been asked to go.
+    pub async fn kicked(&self) -> KickReason {
+        self.token.cancelled().await;
+        self.reason.get().copied().unwrap_or(KickReason::TooSlow)
+    }
 }
 
 /// Why the hub refused or failed.

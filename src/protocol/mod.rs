@@ -84,6 +84,8 @@ pub enum ErrCode {
     /// This connection read too slowly and is being closed.
     TooSlow = 52,
     ShuttingDown = 53,
+    /// This session was closed because the account logged in elsewhere.
+    Replaced = 54,
 }
 
 /// A failed request: the code and a message for humans.

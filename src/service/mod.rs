@@ -20,12 +20,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, PasswordHasherPool};
 use crate::config::Config;
-use crate::hub::{GroupChange, Hub, HubError};
+use crate::hub::{GroupChange, Hub, HubError, Kick};
 use crate::model::{Push, UserId};
 use crate::protocol::{self, ErrCode, Fail, Reply, Request, msgid};
 use crate::store::{SharedStore, StoreError};
@@ -68,7 +67,7 @@ pub struct Session {
     id: u64,
     user: Option<LoggedIn>,
     /// Cancelled by the hub when this session cannot keep up.
-    kick: CancellationToken,
+    kick: Kick,
 }
 
 impl std::fmt::Debug for Session {
@@ -95,7 +94,7 @@ impl Session {
     }
 
     /// Cancelled when the hub asks for this session to be dropped.
-    pub fn kick_token(&self) -> CancellationToken {
+    pub fn kick_token(&self) -> Kick {
         self.kick.clone()
     }
 
@@ -209,7 +208,7 @@ impl Service {
         Session {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             user: None,
-            kick: CancellationToken::new(),
+            kick: Kick::default(),
         }
     }
 
