@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlQueryResult};
 use sqlx::{MySql, MySqlConnection, QueryBuilder};
 
 use super::commit::{BatchWriter, GroupCommit, WriteOp};
@@ -42,11 +42,20 @@ fn is_deadlock(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("40001"))
 }
 
-fn id_of(last_insert_id: u64) -> StoreResult<i64> {
-    i64::try_from(last_insert_id).map_err(|_| StoreError::Unavailable("id out of range".into()))
-}
-
 impl MySqlStore {
+    /// Inserts both friendship rows, skipping existing ones.
+    const ADD_FRIENDS: &str =
+        "INSERT IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
+
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, MySql>> {
+        self.pool.begin().await
+    }
+
+    fn inserted_id(done: &MySqlQueryResult) -> StoreResult<i64> {
+        i64::try_from(done.last_insert_id())
+            .map_err(|_| StoreError::Unavailable("id out of range".into()))
+    }
+
     /// Connects to `url` (`mysql://USER:PASS@HOST:PORT/DB`) with `pool`'s
     /// settings and runs the migrations.
     pub async fn open(url: &str, pool: &PoolConfig) -> StoreResult<Self> {
@@ -86,110 +95,7 @@ async fn migrate(pool: &MySqlPool) -> StoreResult<()> {
     result.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
 }
 
-impl_store!(MySqlStore {
-    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
-        let res = sqlx::query(sql::CREATE_USER)
-            .bind(name)
-            .bind(password_hash)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await;
-        match res {
-            Ok(done) => id_of(done.last_insert_id()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("name is already taken")),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let exists: Option<(i64,)> = sqlx::query_as(sql::USER_ID)
-            .bind(b)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound("user"));
-        }
-        let added = sqlx::query("INSERT IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)")
-            .bind(a)
-            .bind(b)
-            .bind(b)
-            .bind(a)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if added == 0 {
-            return Err(StoreError::Conflict("already friends"));
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
-        let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(sql::CREATE_GROUP)
-            .bind(name)
-            .bind(desc)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await;
-        let id = match res {
-            Ok(done) => id_of(done.last_insert_id())?,
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict("group name is already taken"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let conv = Conversation::Group(id).key();
-        sqlx::query(sql::ADD_CREATOR).bind(id).bind(creator).execute(&mut *tx).await?;
-        sqlx::query(sql::NEW_CONVERSATION).bind(&conv).execute(&mut *tx).await?;
-        set_cursor(&mut tx, creator, &conv, 0).await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
-        let conv = Conversation::Group(group).key();
-        let mut tx = self.pool.begin().await?;
-        let last: Option<(i64,)> = sqlx::query_as(sql::LAST_SEQ)
-            .bind(&conv)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((last,)) = last else {
-            return Err(StoreError::NotFound("group"));
-        };
-        match sqlx::query(sql::ADD_MEMBER).bind(group).bind(user).execute(&mut *tx).await {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict("already a member of this group"));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // A new member starts at the present: earlier messages are history.
-        set_cursor(&mut tx, user, &conv, last).await?;
-        tx.commit().await?;
-        Ok(last)
-    }
-});
-
-async fn set_cursor(
-    tx: &mut MySqlConnection,
-    user: UserId,
-    conv: &str,
-    seq: Seq,
-) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?) \
-         ON DUPLICATE KEY UPDATE delivered_seq = ?",
-    )
-    .bind(user)
-    .bind(conv)
-    .bind(seq)
-    .bind(seq)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
+impl_store!(MySqlStore {});
 
 /// The node's writer: commits batches of appends and cursor moves.
 struct Writer {

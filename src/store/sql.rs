@@ -33,6 +33,9 @@ pub(super) const NEW_CONVERSATION: &str =
 pub(super) const LAST_SEQ: &str = "SELECT last_seq FROM conversations WHERE conv = ?";
 pub(super) const REMOVE_MEMBER: &str =
     "DELETE FROM group_members WHERE group_id = ? AND user_id = ?";
+/// `REPLACE INTO` means the same in both dialects.
+pub(super) const SET_CURSOR: &str =
+    "REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?)";
 pub(super) const REMOVE_CURSOR: &str = "DELETE FROM cursors WHERE user_id = ? AND conv = ?";
 pub(super) const USER_GROUPS: &str = "SELECT g.id, g.name, g.description FROM group_members gm \
      JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ? ORDER BY g.id";
@@ -108,13 +111,100 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 /// Implements [`Store`](super::Store) for a backend type with a `pool` field
-/// and a `commit: GroupCommit` field: the methods whose SQL both dialects
-/// share are written here once, the backend supplies the rest (writes whose
-/// SQL differs, and `close`).
+/// and a `commit: GroupCommit` field. Every method is written here once; the
+/// backend supplies only what its dialect does differently, as inherent
+/// items: `begin_write()` (a transaction that will write), `inserted_id()`
+/// (the id of the row just inserted) and `ADD_FRIENDS` (an insert of both
+/// friendship rows that ignores existing ones).
 macro_rules! impl_store {
     ($backend:ty { $($own:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $backend {
+            async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
+                let res = sqlx::query(sql::CREATE_USER)
+                    .bind(name)
+                    .bind(password_hash)
+                    .bind(now_ms())
+                    .execute(&self.pool)
+                    .await;
+                match res {
+                    Ok(done) => Self::inserted_id(&done),
+                    Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("name is already taken")),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                let exists: Option<(i64,)> = sqlx::query_as(sql::USER_ID)
+                    .bind(b)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound("user"));
+                }
+                let added = sqlx::query(Self::ADD_FRIENDS)
+                    .bind(a)
+                    .bind(b)
+                    .bind(b)
+                    .bind(a)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if added == 0 {
+                    return Err(StoreError::Conflict("already friends"));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
+                let mut tx = self.begin_write().await?;
+                let res = sqlx::query(sql::CREATE_GROUP)
+                    .bind(name)
+                    .bind(desc)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await;
+                let id = match res {
+                    Ok(done) => Self::inserted_id(&done)?,
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(StoreError::Conflict("group name is already taken"));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let conv = Conversation::Group(id).key();
+                sqlx::query(sql::ADD_CREATOR).bind(id).bind(creator).execute(&mut *tx).await?;
+                sqlx::query(sql::NEW_CONVERSATION).bind(&conv).execute(&mut *tx).await?;
+                sqlx::query(sql::SET_CURSOR).bind(creator).bind(&conv).bind(0_i64).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(id)
+            }
+
+            async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
+                let conv = Conversation::Group(group).key();
+                let mut tx = self.begin_write().await?;
+                let last: Option<(i64,)> = sqlx::query_as(sql::LAST_SEQ)
+                    .bind(&conv)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((last,)) = last else {
+                    return Err(StoreError::NotFound("group"));
+                };
+                match sqlx::query(sql::ADD_MEMBER).bind(group).bind(user).execute(&mut *tx).await {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(StoreError::Conflict("already a member of this group"));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                // A new member starts at the present: earlier messages are
+                // history, not offline messages.
+                sqlx::query(sql::SET_CURSOR).bind(user).bind(&conv).bind(last).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(last)
+            }
+
             async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>> {
                 let row: Option<(String, String)> = sqlx::query_as(sql::CREDENTIALS)
                     .bind(id)

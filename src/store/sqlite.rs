@@ -12,7 +12,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 
@@ -38,6 +39,21 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Inserts both friendship rows, skipping existing ones.
+    const ADD_FRIENDS: &str =
+        "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
+
+    /// IMMEDIATE: take the write lock up front, so that a read inside the
+    /// transaction cannot turn into a busy snapshot when the message writer
+    /// commits in between.
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    fn inserted_id(done: &SqliteQueryResult) -> StoreResult<i64> {
+        Ok(done.last_insert_rowid())
+    }
+
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`;
     /// not `:memory:`, since the writer needs a second connection to the
     /// same data) and runs the migrations.
@@ -68,109 +84,7 @@ impl SqliteStore {
     }
 }
 
-impl_store!(SqliteStore {
-    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
-        let res = sqlx::query(sql::CREATE_USER)
-            .bind(name)
-            .bind(password_hash)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await;
-        match res {
-            Ok(done) => Ok(done.last_insert_rowid()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("name is already taken")),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
-        // IMMEDIATE: take the write lock up front, so the read below cannot
-        // turn into a busy snapshot when the writer commits in between.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let exists: Option<(i64,)> = sqlx::query_as(sql::USER_ID)
-            .bind(b)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound("user"));
-        }
-        let added = sqlx::query("INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)")
-            .bind(a)
-            .bind(b)
-            .bind(b)
-            .bind(a)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if added == 0 {
-            return Err(StoreError::Conflict("already friends"));
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let res = sqlx::query(sql::CREATE_GROUP)
-            .bind(name)
-            .bind(desc)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await;
-        let id = match res {
-            Ok(done) => done.last_insert_rowid(),
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict("group name is already taken"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let conv = Conversation::Group(id).key();
-        sqlx::query(sql::ADD_CREATOR).bind(id).bind(creator).execute(&mut *tx).await?;
-        sqlx::query(sql::NEW_CONVERSATION).bind(&conv).execute(&mut *tx).await?;
-        set_cursor(&mut tx, creator, &conv, 0).await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
-        let conv = Conversation::Group(group).key();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<(i64,)> = sqlx::query_as(sql::LAST_SEQ)
-            .bind(&conv)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((last,)) = last else {
-            return Err(StoreError::NotFound("group"));
-        };
-        match sqlx::query(sql::ADD_MEMBER).bind(group).bind(user).execute(&mut *tx).await {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict("already a member of this group"));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // A new member starts at the present: earlier messages are history,
-        // not offline messages.
-        set_cursor(&mut tx, user, &conv, last).await?;
-        tx.commit().await?;
-        Ok(last)
-    }
-});
-
-async fn set_cursor(
-    tx: &mut SqliteConnection,
-    user: UserId,
-    conv: &str,
-    seq: Seq,
-) -> StoreResult<()> {
-    sqlx::query("INSERT OR REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?)")
-        .bind(user)
-        .bind(conv)
-        .bind(seq)
-        .execute(tx)
-        .await?;
-    Ok(())
-}
+impl_store!(SqliteStore {});
 
 /// The single writer: owns a connection and the per-conversation counters.
 struct Writer {
