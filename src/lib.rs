@@ -19,6 +19,7 @@
 //! * [`model`]: the domain values all of the above exchange.
 
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;

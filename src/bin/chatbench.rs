@@ -1,0 +1,424 @@
+//! `chatbench`: the load tool. Every figure it prints is measured against a
+//! real server over TCP, and `compare` prints it beside the bare relay's from
+//! the same sitting.
+//!
+//! ```text
+//! chatbench relay --listen 127.0.0.1:7000         # the bare relay
+//! chatbench pairs --addr 127.0.0.1:6000 --pairs 10 --server-pid PID
+//! chatbench compare --pairs 10,100 --repeat 3     # relay vs chatserver, pinned
+//! ```
+
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use chat::bench::{self, PairsOptions, PairsReport};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "chatbench", version, about = "Load tool for the chat server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// A bare in-memory relay speaking the same frames (no storage, no acks).
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: String,
+    },
+    /// Closed-loop one-to-one pairs against a running server.
+    Pairs {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:6000")]
+        addr: String,
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        /// The server's PID, to report its CPU per delivered message.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// The server sends no acknowledgements (the relay).
+        #[arg(long)]
+        no_acks: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Starts the relay and chatserver on one core, drives both from another,
+    /// and prints medians side by side.
+    Compare {
+        /// The chatserver binary (default: beside this one).
+        #[arg(long)]
+        server: Option<String>,
+        /// Extra arguments for chatserver (after --listen and --db).
+        #[arg(long, allow_hyphen_values = true)]
+        server_arg: Vec<String>,
+        /// Pair counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        pairs: Vec<usize>,
+        /// Rounds per pair count (relay and server alternate).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Core for the servers.
+        #[arg(long, default_value_t = 0)]
+        server_cpu: usize,
+        /// Core for this load generator.
+        #[arg(long, default_value_t = 1)]
+        client_cpu: usize,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds run before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Filler bytes in each message body.
+    #[arg(long, default_value_t = 32)]
+    body: usize,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chatbench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Relay { listen } => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            eprintln!("relay listening on {listen}");
+            bench::relay::run(listener).await.map_err(|e| e.to_string())
+        }
+        Cmd::Pairs {
+            addr,
+            pairs,
+            server_pid,
+            no_acks,
+            run,
+        } => {
+            let users = register(&addr, pairs).await?;
+            let report = bench::pairs(&options(&addr, pairs, users, server_pid, !no_acks, &run))
+                .await
+                .map_err(|e| e.to_string())?;
+            print_table(&[("server", &report, None)]);
+            println!(
+                "{}",
+                serde_json::to_string(&report).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        Cmd::Compare {
+            server,
+            server_arg,
+            pairs,
+            repeat,
+            server_cpu,
+            client_cpu,
+            run,
+        } => {
+            compare(
+                server,
+                server_arg,
+                pairs,
+                repeat.max(1),
+                server_cpu,
+                client_cpu,
+                run,
+            )
+            .await
+        }
+    }
+}
+
+const PASSWORD: &str = "bench-password";
+
+async fn register(addr: &str, pairs: usize) -> Result<Vec<i64>, String> {
+    let prefix = format!("b{}-", std::process::id());
+    let started = Instant::now();
+    let users = bench::register_users(addr, &prefix, PASSWORD, 2 * pairs, 4)
+        .await
+        .map_err(|e| format!("registering users: {e}"))?;
+    eprintln!(
+        "registered {} users in {:.1}s",
+        users.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(users)
+}
+
+fn options(
+    addr: &str,
+    pairs: usize,
+    users: Vec<i64>,
+    server_pid: Option<u32>,
+    expect_acks: bool,
+    run: &RunArgs,
+) -> PairsOptions {
+    PairsOptions {
+        addr: addr.to_owned(),
+        pairs,
+        warmup: Duration::from_secs_f64(run.warmup),
+        duration: Duration::from_secs_f64(run.duration),
+        server_pid,
+        expect_acks,
+        users,
+        password: PASSWORD.to_owned(),
+        body_len: run.body,
+    }
+}
+
+/// A child process pinned to one core, killed when dropped.
+struct Pinned(Child);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_pinned(program: &str, args: &[String], cpu: usize) -> Result<Pinned, String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .env("RUST_LOG", "warn");
+    // SAFETY: only a system call runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || pin(cpu));
+    }
+    cmd.spawn()
+        .map(Pinned)
+        .map_err(|e| format!("cannot start {program}: {e}"))
+}
+
+fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: the set is zeroed, then one bit is set; the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A scratch directory for the servers' databases, removed at the end.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, String> {
+        let path = std::env::temp_dir().join(format!("chatbench-{}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+async fn wait_listening(addr: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("nothing listens on {addr}"))
+}
+
+async fn compare(
+    server: Option<String>,
+    server_args: Vec<String>,
+    pair_counts: Vec<usize>,
+    repeat: usize,
+    server_cpu: usize,
+    client_cpu: usize,
+    run: RunArgs,
+) -> Result<(), String> {
+    pin(client_cpu).map_err(|e| format!("cannot pin to core {client_cpu}: {e}"))?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let server = match server {
+        Some(s) => s,
+        None => me
+            .with_file_name("chatserver")
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let dir = TempDir::new()?;
+    let mut rows: Vec<(String, PairsReport)> = Vec::new();
+    for &pairs in &pair_counts {
+        let relay_addr = format!("127.0.0.1:{}", free_port()?);
+        let relay = spawn_pinned(
+            &me.to_string_lossy(),
+            &["relay".into(), "--listen".into(), relay_addr.clone()],
+            server_cpu,
+        )?;
+        let server_addr = format!("127.0.0.1:{}", free_port()?);
+        let db = dir.0.join(format!("bench-{pairs}.db"));
+        let mut args = vec![
+            "--listen".to_owned(),
+            server_addr.clone(),
+            "--db".to_owned(),
+            format!("sqlite://{}", db.display()),
+        ];
+        args.extend(server_args.iter().cloned());
+        let node = spawn_pinned(&server, &args, server_cpu)?;
+        wait_listening(&relay_addr).await?;
+        wait_listening(&server_addr).await?;
+        let relay_users = register(&relay_addr, pairs).await?;
+        let server_users = register(&server_addr, pairs).await?;
+        for round in 1..=repeat {
+            for (name, addr, child, users, acks) in [
+                ("relay", &relay_addr, &relay, &relay_users, false),
+                ("chatserver", &server_addr, &node, &server_users, true),
+            ] {
+                let opts = options(addr, pairs, users.clone(), Some(child.0.id()), acks, &run);
+                let report = bench::pairs(&opts)
+                    .await
+                    .map_err(|e| format!("{name}, {pairs} pairs: {e}"))?;
+                eprintln!(
+                    "round {round}/{repeat} {name:>10} {pairs:>4} pairs: {:>8.0} msg/s, {:>6.1} µs CPU/msg, p50 {} µs",
+                    report.msg_per_s,
+                    report.server_cpu_us_per_msg.unwrap_or(f64::NAN),
+                    report.p50_us
+                );
+                rows.push((name.to_owned(), report));
+            }
+        }
+        drop(node);
+        drop(relay);
+    }
+    // Medians per (target, pairs).
+    let mut medians: Vec<(String, PairsReport)> = Vec::new();
+    for &pairs in &pair_counts {
+        for name in ["relay", "chatserver"] {
+            let mut runs: Vec<&PairsReport> = rows
+                .iter()
+                .filter(|(n, r)| n == name && r.pairs == pairs)
+                .map(|(_, r)| r)
+                .collect();
+            runs.sort_by(|a, b| a.msg_per_s.total_cmp(&b.msg_per_s));
+            if let Some(mid) = runs.get(runs.len() / 2) {
+                let mut m = (*mid).clone();
+                m.server_cpu_us_per_msg = median(
+                    runs.iter()
+                        .filter_map(|r| r.server_cpu_us_per_msg)
+                        .collect(),
+                );
+                m.p50_us = median(runs.iter().map(|r| r.p50_us as f64).collect())
+                    .map_or(m.p50_us, |v| v as u64);
+                medians.push((name.to_owned(), m));
+            }
+        }
+    }
+    let table: Vec<(&str, &PairsReport, Option<&PairsReport>)> = medians
+        .iter()
+        .map(|(n, r)| {
+            let relay = medians
+                .iter()
+                .find(|(rn, rr)| rn == "relay" && rr.pairs == r.pairs)
+                .map(|(_, rr)| rr);
+            (n.as_str(), r, relay.filter(|_| n != "relay"))
+        })
+        .collect();
+    println!("medians of {repeat} rounds, servers on core {server_cpu}, load on core {client_cpu}");
+    print_table(&table);
+    let json: Vec<serde_json::Value> = medians
+        .iter()
+        .map(|(n, r)| {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["target"] = n.as_str().into();
+            v
+        })
+        .collect();
+    println!("{}", serde_json::Value::from(json));
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+fn print_table(rows: &[(&str, &PairsReport, Option<&PairsReport>)]) {
+    println!(
+        "{:<11} {:>5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "target",
+        "pairs",
+        "msg/s",
+        "x relay",
+        "CPU µs/msg",
+        "x relay",
+        "p50 µs",
+        "p99 µs",
+        "sent",
+        "acked"
+    );
+    for (name, r, relay) in rows {
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<11} {:>5} {:>9.0} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            name,
+            r.pairs,
+            r.msg_per_s,
+            ratio(Some(r.msg_per_s), relay.map(|x| x.msg_per_s)),
+            r.server_cpu_us_per_msg
+                .map_or("-".into(), |c| format!("{c:.1}")),
+            ratio(
+                r.server_cpu_us_per_msg,
+                relay.and_then(|x| x.server_cpu_us_per_msg)
+            ),
+            r.p50_us,
+            r.p99_us,
+            r.sent,
+            r.acked,
+        );
+    }
+}
