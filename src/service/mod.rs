@@ -301,9 +301,12 @@ impl Service {
         }
         let Some(me) = s.user.as_mut() else { return };
         me.last_flush = Instant::now();
-        let positions = me.cursors.take_dirty();
-        let store = self.store.clone();
         let user = me.id;
+        let Err(positions) = self.store.queue_cursors(user, me.cursors.take_dirty()) else {
+            return;
+        };
+        // The write queue is full: wait for room off the connection's path.
+        let store = self.store.clone();
         self.tasks.spawn(async move {
             if let Err(e) = store.advance_cursors(user, positions).await {
                 // Not lost: the messages are redelivered at the next login.

@@ -11,7 +11,6 @@
 use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{StoreError, StoreResult};
@@ -48,35 +47,83 @@ pub(super) trait BatchWriter: Send + 'static {
     ) -> impl Future<Output = StoreResult<Vec<Option<StoreResult<ChatMessage>>>>> + Send;
 }
 
-type Reply = oneshot::Sender<StoreResult<Option<ChatMessage>>>;
+/// The same for a backend whose driver blocks (SQLite through rusqlite): it
+/// runs on a thread of its own, so a whole batch costs one hand-off there
+/// and one back, not a round trip per statement.
+pub(super) trait BlockingBatchWriter: Send + 'static {
+    /// As [`BatchWriter::write_batch`], blocking the writer thread.
+    fn write_batch(
+        &mut self,
+        batch: &[WriteOp],
+    ) -> StoreResult<Vec<Option<StoreResult<ChatMessage>>>>;
+}
 
-/// The handle the store keeps: queues writes for its writer task.
+/// Who waits for an op: nobody for a background cursor save.
+type Reply = Option<oneshot::Sender<StoreResult<Option<ChatMessage>>>>;
+
+/// One entry of the queue.
+enum Job {
+    Op(WriteOp, Reply),
+    /// Commit what is queued, then stop.
+    Close,
+}
+
+/// The handle the store keeps: queues writes for its writer.
 #[derive(Debug)]
 pub(super) struct GroupCommit {
-    queue: mpsc::Sender<(WriteOp, Reply)>,
-    closing: CancellationToken,
+    queue: mpsc::Sender<Job>,
     tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
 }
 
 impl GroupCommit {
     /// Starts the writer task around `writer`.
-    pub(super) fn start(writer: impl BatchWriter) -> Self {
-        let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
-        let closing = CancellationToken::new();
+    pub(super) fn start(mut writer: impl BatchWriter) -> Self {
+        let (queue, mut rx) = mpsc::channel(4 * MAX_BATCH);
         let tasks = TaskTracker::new();
-        tasks.spawn(run(writer, rx, closing.clone()));
+        tasks.spawn(async move {
+            let mut batch = Batch::default();
+            while batch.fill(rx.recv().await, &mut rx) {
+                let result = writer.write_batch(&batch.ops).await;
+                batch.answer(result);
+            }
+        });
         tasks.close();
-        GroupCommit {
-            queue,
-            closing,
-            tasks,
-        }
+        GroupCommit { queue, tasks }
+    }
+
+    /// Starts a writer thread around `writer`.
+    pub(super) fn start_blocking(
+        mut writer: impl BlockingBatchWriter,
+        name: &str,
+    ) -> std::io::Result<Self> {
+        let (queue, mut rx) = mpsc::channel(4 * MAX_BATCH);
+        let tasks = TaskTracker::new();
+        // The tracker counts the thread until the token drops with it.
+        let token = tasks.token();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let _token = token;
+                let mut batch = Batch::default();
+                while batch.fill(rx.blocking_recv(), &mut rx) {
+                    let result = writer.write_batch(&batch.ops);
+                    batch.answer(result);
+                }
+            })?;
+        tasks.close();
+        Ok(GroupCommit { queue, tasks })
     }
 
     async fn submit(&self, op: WriteOp) -> StoreResult<Option<ChatMessage>> {
         let (done, wait) = oneshot::channel();
         self.queue
-            .send((op, done))
+            .send(Job::Op(op, Some(done)))
             .await
             .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
         match tokio::time::timeout(WRITE_WAIT, wait).await {
@@ -109,9 +156,27 @@ impl GroupCommit {
             .map(drop)
     }
 
+    /// Queues a cursor move without waiting for it: it rides in the next
+    /// batch. Gives the positions back when the queue is full or closed.
+    pub(super) fn queue_cursors(
+        &self,
+        user: UserId,
+        positions: Vec<(Conversation, Seq)>,
+    ) -> Result<(), Vec<(Conversation, Seq)>> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        self.queue
+            .try_send(Job::Op(WriteOp::Cursors { user, positions }, None))
+            .map_err(|e| match e.into_inner() {
+                Job::Op(WriteOp::Cursors { positions, .. }, _) => positions,
+                _ => Vec::new(),
+            })
+    }
+
     /// Stops taking writes, commits what is queued, and waits for the writer.
     pub(super) async fn close(&self) {
-        self.closing.cancel();
+        let _ = self.queue.send(Job::Close).await;
         if tokio::time::timeout(CLOSE_WAIT, self.tasks.wait())
             .await
             .is_err()
@@ -121,41 +186,50 @@ impl GroupCommit {
     }
 }
 
-async fn run(
-    mut writer: impl BatchWriter,
-    mut rx: mpsc::Receiver<(WriteOp, Reply)>,
-    closing: CancellationToken,
-) {
-    loop {
-        let first = tokio::select! {
-            op = rx.recv() => op,
-            _ = closing.cancelled() => {
-                // Stop taking new work, but finish what is queued.
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { break };
-        let mut ops = vec![first.0];
-        let mut replies = vec![first.1];
-        while ops.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok((op, reply)) => {
-                    ops.push(op);
-                    replies.push(reply);
+/// The ops of one transaction and who waits for them.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<WriteOp>,
+    replies: Vec<Reply>,
+}
+
+impl Batch {
+    /// Starts a batch with `first` and whatever else is queued (up to
+    /// [`MAX_BATCH`]). After a [`Job::Close`] the queue takes nothing new but
+    /// what it holds is still written. False once there is nothing left.
+    fn fill(&mut self, first: Option<Job>, rx: &mut mpsc::Receiver<Job>) -> bool {
+        self.ops.clear();
+        self.replies.clear();
+        let mut next = first;
+        loop {
+            match next {
+                Some(Job::Op(op, reply)) => {
+                    self.ops.push(op);
+                    self.replies.push(reply);
                 }
-                Err(_) => break,
+                Some(Job::Close) => rx.close(),
+                None => break,
             }
+            if self.ops.len() >= MAX_BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
         }
-        match writer.write_batch(&ops).await {
+        !self.ops.is_empty()
+    }
+
+    fn answer(&mut self, result: StoreResult<Vec<Option<StoreResult<ChatMessage>>>>) {
+        match result {
             Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome.transpose());
+                for (reply, outcome) in self.replies.drain(..).zip(outcomes) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome.transpose());
+                    }
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, ops = ops.len(), "write batch failed to commit");
-                for reply in replies {
+                tracing::error!(error = %e, ops = self.ops.len(), "write batch failed to commit");
+                for reply in self.replies.drain(..).flatten() {
                     let _ = reply.send(Err(e.clone()));
                 }
             }

@@ -94,6 +94,16 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         positions: Vec<(Conversation, Seq)>,
     ) -> StoreResult<()>;
+    /// Queues a cursor move to ride in the next write batch, without
+    /// waiting for it (a busy session saves its positions a few times a
+    /// second; none of those saves needs an answer). Gives the positions
+    /// back when they cannot be queued, for the caller to
+    /// [`advance_cursors`](Store::advance_cursors) instead.
+    fn queue_cursors(
+        &self,
+        user: UserId,
+        positions: Vec<(Conversation, Seq)>,
+    ) -> Result<(), Vec<(Conversation, Seq)>>;
     /// Every conversation `user` takes part in, with the delivered position.
     async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>>;
     /// Up to `limit` messages past `user`'s cursors, sent by others, ordered

@@ -299,6 +299,14 @@ macro_rules! impl_store {
                 self.commit.advance_cursors(user, positions).await
             }
 
+            fn queue_cursors(
+                &self,
+                user: UserId,
+                positions: Vec<(Conversation, Seq)>,
+            ) -> Result<(), Vec<(Conversation, Seq)>> {
+                self.commit.queue_cursors(user, positions)
+            }
+
             async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
                 let rows: Vec<(String, i64)> = sqlx::query_as(sql::CURSORS)
                     .bind(user)

@@ -2,22 +2,24 @@
 //!
 //! Reads go through a small pool (WAL mode lets them run beside the writer).
 //! Messages and cursor moves go through [`GroupCommit`] with a writer that
-//! owns its own connection. Being the only writer of messages, it can keep
-//! each conversation's last sequence number in memory. sqlx runs every SQLite
-//! connection on a worker thread of its own, so no SQLite call blocks the
-//! reactor.
+//! owns its own connection (rusqlite, on a thread of its own: a whole batch
+//! is one hand-off to that thread and one back, where sqlx would make every
+//! statement a round trip to its worker thread). Being the only writer of
+//! messages, it can keep each conversation's last sequence number in memory.
+//! sqlx runs every pooled connection on a worker thread of its own, so no
+//! SQLite call blocks the reactor.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Sqlite;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 
-use super::commit::{BatchWriter, GroupCommit, WriteOp};
+use super::commit::{BlockingBatchWriter, GroupCommit, WriteOp};
 use super::sql::{self, MsgRow, impl_store, is_unique_violation};
 use super::{StoreError, StoreResult, now_ms};
 use crate::model::{
@@ -75,37 +77,58 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
-        let conn = SqliteConnection::connect_with(&options).await?;
-        let commit = GroupCommit::start(Writer {
-            conn,
-            last_seq: HashMap::new(),
-        });
+        let path = options.get_filename().to_owned();
+        let writer = tokio::task::spawn_blocking(move || Writer::open(&path, "FULL"))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("writer did not start: {e}")))??;
+        let commit = GroupCommit::start_blocking(writer, "sqlite-writer")
+            .map_err(|e| StoreError::Unavailable(format!("writer thread: {e}")))?;
         Ok(SqliteStore { pool, commit })
     }
 }
 
 impl_store!(SqliteStore {});
 
-/// The single writer: owns a connection and the per-conversation counters.
+/// The single writer: owns a connection on its own thread, and the
+/// per-conversation counters.
 struct Writer {
-    conn: SqliteConnection,
+    conn: rusqlite::Connection,
     /// Last sequence number of each conversation, as committed.
     last_seq: HashMap<Conversation, Seq>,
 }
 
-impl BatchWriter for Writer {
-    async fn write_batch(
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl Writer {
+    fn open(path: &std::path::Path, synchronous: &str) -> StoreResult<Self> {
+        let conn = rusqlite::Connection::open(path).map_err(unavailable)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(unavailable)?;
+        // Statement journals and sorts stay in memory: no temporary file
+        // per batch.
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;"
+        ))
+        .map_err(unavailable)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(Writer {
+            conn,
+            last_seq: HashMap::new(),
+        })
+    }
+
+    fn write(
         &mut self,
         batch: &[WriteOp],
-    ) -> StoreResult<Vec<Option<StoreResult<ChatMessage>>>> {
-        if self.last_seq.len() > MAX_CACHED_CONVS {
-            self.last_seq.clear();
-        }
+        touched: &mut HashMap<Conversation, Seq>,
+    ) -> rusqlite::Result<Vec<Option<StoreResult<ChatMessage>>>> {
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut touched: HashMap<Conversation, Seq> = HashMap::new();
-        let mut rows: Vec<(&NewMessage, Seq)> = Vec::new();
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for op in batch {
             match op {
                 WriteOp::Append(msg) => {
@@ -115,7 +138,7 @@ impl BatchWriter for Writer {
                         .copied();
                     let last = match known {
                         Some(last) => last,
-                        None => match start_conversation(&mut tx, msg.conv).await? {
+                        None => match start_conversation(&tx, msg.conv)? {
                             Ok(last) => last,
                             Err(e) => {
                                 outcomes.push(Some(Err(e)));
@@ -124,50 +147,57 @@ impl BatchWriter for Writer {
                         },
                     };
                     let seq = last + 1;
+                    tx.prepare_cached(
+                        "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    )?
+                    .execute(rusqlite::params![
+                        msg.conv.key(),
+                        seq,
+                        msg.sender,
+                        msg.sender_name,
+                        msg.body,
+                        now
+                    ])?;
                     touched.insert(msg.conv, seq);
-                    rows.push((msg, seq));
                     outcomes.push(Some(Ok(msg.stored(seq, now))));
                 }
                 WriteOp::Cursors { user, positions } => {
+                    let mut update = tx.prepare_cached(
+                        "UPDATE cursors SET delivered_seq = MAX(delivered_seq, ?) \
+                         WHERE user_id = ? AND conv = ?",
+                    )?;
                     for (conv, seq) in positions {
-                        sqlx::query(
-                            "UPDATE cursors SET delivered_seq = MAX(delivered_seq, ?) \
-                             WHERE user_id = ? AND conv = ?",
-                        )
-                        .bind(seq)
-                        .bind(user)
-                        .bind(conv.key())
-                        .execute(&mut *tx)
-                        .await?;
+                        update.execute(rusqlite::params![seq, user, conv.key()])?;
                     }
                     outcomes.push(None);
                 }
             }
         }
-        // One statement for all of the batch's messages.
-        if !rows.is_empty() {
-            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(sql::INSERT_MESSAGES);
-            insert.push_values(&rows, |mut b, (msg, seq)| {
-                b.push_bind(msg.conv.key())
-                    .push_bind(*seq)
-                    .push_bind(msg.sender)
-                    .push_bind(msg.sender_name.clone())
-                    .push_bind(msg.body.clone())
-                    .push_bind(now);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        for (conv, seq) in &touched {
-            sqlx::query(
+        {
+            let mut upsert = tx.prepare_cached(
                 "INSERT INTO conversations (conv, last_seq) VALUES (?, ?) \
                  ON CONFLICT(conv) DO UPDATE SET last_seq = excluded.last_seq",
-            )
-            .bind(conv.key())
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+            )?;
+            for (conv, seq) in touched.iter() {
+                upsert.execute(rusqlite::params![conv.key(), seq])?;
+            }
         }
-        tx.commit().await?;
+        tx.commit()?;
+        Ok(outcomes)
+    }
+}
+
+impl BlockingBatchWriter for Writer {
+    fn write_batch(
+        &mut self,
+        batch: &[WriteOp],
+    ) -> StoreResult<Vec<Option<StoreResult<ChatMessage>>>> {
+        if self.last_seq.len() > MAX_CACHED_CONVS {
+            self.last_seq.clear();
+        }
+        let mut touched = HashMap::new();
+        let outcomes = self.write(batch, &mut touched).map_err(unavailable)?;
         // Only what committed may advance the counters.
         self.last_seq.extend(touched);
         Ok(outcomes)
@@ -177,36 +207,31 @@ impl BatchWriter for Writer {
 /// Looks up a conversation the writer has not seen yet. A direct
 /// conversation that does not exist is created (with both participants'
 /// cursors) if both users exist; a group's exists from its creation.
-async fn start_conversation(
-    tx: &mut SqliteConnection,
+fn start_conversation(
+    tx: &rusqlite::Transaction<'_>,
     conv: Conversation,
-) -> StoreResult<StoreResult<Seq>> {
-    let row: Option<(i64,)> = sqlx::query_as(sql::LAST_SEQ)
-        .bind(conv.key())
-        .fetch_optional(&mut *tx)
-        .await?;
-    if let Some((last,)) = row {
+) -> rusqlite::Result<StoreResult<Seq>> {
+    use rusqlite::OptionalExtension;
+    let key = conv.key();
+    let last: Option<i64> = tx
+        .prepare_cached(sql::LAST_SEQ)?
+        .query_row([&key], |r| r.get(0))
+        .optional()?;
+    if let Some(last) = last {
         return Ok(Ok(last));
     }
     let Conversation::Direct { low, high } = conv else {
         return Ok(Err(StoreError::NotFound("group")));
     };
-    let (count,): (i64,) = sqlx::query_as(sql::COUNT_USERS_2)
-        .bind(low)
-        .bind(high)
-        .fetch_one(&mut *tx)
-        .await?;
+    let count: i64 = tx
+        .prepare_cached(sql::COUNT_USERS_2)?
+        .query_row([low, high], |r| r.get(0))?;
     if count != 2 {
         return Ok(Err(StoreError::NotFound("user")));
     }
-    sqlx::query(
+    tx.prepare_cached(
         "INSERT OR IGNORE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0), (?, ?, 0)",
-    )
-    .bind(low)
-    .bind(conv.key())
-    .bind(high)
-    .bind(conv.key())
-    .execute(&mut *tx)
-    .await?;
+    )?
+    .execute(rusqlite::params![low, key, high, key])?;
     Ok(Ok(0))
 }
