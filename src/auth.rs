@@ -1,9 +1,14 @@
 //! Password hashing: argon2id, off the reactor threads, bounded in parallel.
 //!
-//! Hashing is deliberately slow and memory-hungry, so it runs in
-//! `spawn_blocking` behind a semaphore. A login for an account that does not
-//! exist still verifies against a fixed dummy hash, so response time does not
-//! reveal which ids exist.
+//! Hashing is deliberately slow and memory-hungry, so it runs on a few
+//! threads of its own, behind a semaphore. Those threads run at a lower
+//! scheduling priority than the reactor: during a login storm the core goes
+//! to chat traffic first and the logins queue (bounded by
+//! [`HASH_WAIT`]), instead of every user's delivery latency growing. Each
+//! hash takes ~19 MiB; `chatserver` sets the allocator to give such blocks
+//! back to the system when freed (see `chat::server::tune_allocator`).
+//! A login for an account that does not exist still verifies against a
+//! fixed dummy hash, so response time does not reveal which ids exist.
 
 use std::sync::Arc;
 
@@ -28,10 +33,16 @@ pub enum AuthError {
 /// How long a login or registration waits for a hashing slot.
 const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Niceness of the hashing threads (0 is the reactor's; 19 the lowest).
+const HASH_NICENESS: libc::c_int = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
 /// Hashes and verifies passwords with argon2id (default parameters).
 #[derive(Debug, Clone)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     /// A valid hash of a password nobody knows, verified when the account
     /// does not exist.
     dummy: Arc<str>,
@@ -41,10 +52,51 @@ impl PasswordHasherPool {
     /// A pool computing at most `parallel` hashes at once.
     pub fn new(parallel: usize) -> Result<Self, AuthError> {
         let dummy = hash_now(b"dummy password for absent accounts")?;
+        let parallel = parallel.max(1);
+        // At most `parallel` jobs are queued or running (the permits), so
+        // the queue never fills.
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(parallel);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..parallel {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("hash-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        // The lock is held only while waiting for a job.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .map_err(|e| AuthError::Hash(format!("cannot start a hashing thread: {e}")))?;
+        }
         Ok(PasswordHasherPool {
-            permits: Arc::new(Semaphore::new(parallel.max(1))),
+            permits: Arc::new(Semaphore::new(parallel)),
+            jobs,
             dummy: dummy.into(),
         })
+    }
+
+    /// Runs `work` on a hashing thread and waits for its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let _permit = self.permit().await?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send(Box::new(move || {
+                let _ = done.send(work());
+            }))
+            .map_err(|_| AuthError::Busy)?;
+        result.await.map_err(|_| AuthError::Join)
     }
 
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AuthError> {
@@ -57,19 +109,16 @@ impl PasswordHasherPool {
 
     /// The PHC string (`$argon2id$v=19$...`) of `password` with a fresh salt.
     pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
-        let _permit = self.permit().await?;
-        tokio::task::spawn_blocking(move || hash_now(password.as_bytes()))
-            .await
-            .map_err(|_| AuthError::Join)?
+        self.run(move || hash_now(password.as_bytes())).await?
     }
 
     /// Whether `password` matches `phc`; with `None`, checks against the dummy
     /// hash (always false) in the same time.
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, AuthError> {
-        let _permit = self.permit().await?;
         let exists = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.to_string());
-        let ok = tokio::task::spawn_blocking(move || {
+        let ok = self
+            .run(move || {
             // A stored hash we cannot parse matches nothing.
             PasswordHash::new(&phc)
                 .map(|h| {
@@ -78,10 +127,20 @@ impl PasswordHasherPool {
                         .is_ok()
                 })
                 .unwrap_or(false)
-        })
-        .await
-        .map_err(|_| AuthError::Join)?;
+            })
+            .await?;
         Ok(ok && exists)
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (Linux: niceness is per
+/// thread). Failing to is harmless: hashing then competes as an equal.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICENESS);
     }
 }
 

@@ -48,6 +48,33 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Database connection pool (MySQL; SQLite uses a small fixed pool).
     pub pool: PoolConfig,
+    /// What an acknowledged message survives on the embedded SQLite store.
+    pub sqlite_sync: SqliteSync,
+}
+
+/// When SQLite makes a commit durable, and so what an acknowledged message
+/// survives. (MySQL/MariaDB follow the server's own settings, e.g.
+/// `innodb_flush_log_at_trx_commit`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// fsync at every commit (`synchronous=FULL`): an acknowledged message
+    /// survives a process crash and a power cut.
+    #[default]
+    Full,
+    /// No fsync at commit (`synchronous=NORMAL` in WAL mode): an acknowledged
+    /// message survives a process crash, but the last commits may be lost
+    /// in a power cut or kernel crash.
+    Normal,
+}
+
+impl SqliteSync {
+    /// The `PRAGMA synchronous` value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        }
+    }
 }
 
 /// The database connection pool: what the original hand-wrote as its
@@ -94,6 +121,7 @@ impl Default for Config {
             cursor_flush_interval: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(10),
             pool: PoolConfig::default(),
+            sqlite_sync: SqliteSync::default(),
         }
     }
 }

@@ -74,7 +74,7 @@ impl Node {
             return Err(StartError::ClusterNeedsSharedDb);
         }
         let store: SharedStore = if db_url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::open(db_url).await?)
+            Arc::new(SqliteStore::open_with(db_url, config.sqlite_sync).await?)
         } else if db_url.starts_with("mysql:") || db_url.starts_with("mariadb:") {
             let url = db_url.replacen("mariadb:", "mysql:", 1);
             Arc::new(MySqlStore::open(&url, &config.pool).await?)
@@ -108,6 +108,21 @@ impl Node {
         self.hub.shutdown().await;
         self.store.close().await;
         tracing::info!("server stopped");
+    }
+}
+
+/// Makes glibc's allocator give large blocks back to the system when they
+/// are freed. Each password hash allocates ~19 MiB; by default glibc raises
+/// its mmap threshold after the first such block is freed and from then on
+/// keeps these blocks in per-thread arenas, so a few hundred logins grew the
+/// process to most of a gigabyte that it never returned. With a fixed
+/// threshold, blocks over 256 KiB are mapped and unmapped: memory tracks
+/// the hashes in flight. Call once at start, before other threads exist.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

@@ -343,3 +343,65 @@ pub async fn pairs(opts: &PairsOptions) -> Result<PairsReport, BenchError> {
         refused: shared.refused.load(Ordering::Relaxed),
     })
 }
+
+/// Many users logged in at once: what the server holds for them.
+#[derive(Debug, Clone)]
+pub struct LoginsOptions {
+    pub addr: String,
+    pub users: Vec<UserId>,
+    pub password: String,
+    /// Logins in flight at once.
+    pub concurrency: usize,
+    pub server_pid: Option<u32>,
+}
+
+/// What holding the logins cost the server.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginsReport {
+    pub logins: usize,
+    pub seconds: f64,
+    pub logins_per_s: f64,
+    /// Server RSS before the logins, with all of them held, and per held
+    /// connection (the difference over the count).
+    pub rss_before: Option<u64>,
+    pub rss_logged_in: Option<u64>,
+    pub rss_per_connection: Option<f64>,
+}
+
+/// Logs every user in, `concurrency` at a time, and holds the connections
+/// while the server's memory is read; returns them so the caller can keep
+/// holding them.
+pub async fn logins(
+    opts: &LoginsOptions,
+) -> Result<(LoginsReport, Vec<(Reader, OwnedWriteHalf)>), BenchError> {
+    let rss_before = opts.server_pid.and_then(process_rss);
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(opts.users.len());
+    let mut pending = futures_util::stream::iter(opts.users.iter().map(|&id| {
+        let (addr, password) = (opts.addr.clone(), opts.password.clone());
+        async move { login_raw(&addr, id, &password).await }
+    }))
+    .buffer_unordered(opts.concurrency.max(1));
+    while let Some(conn) = pending.next().await {
+        held.push(conn?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Let the server settle (cursor loads, presence) before reading memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_logged_in = opts.server_pid.and_then(process_rss);
+    let n = held.len();
+    Ok((
+        LoginsReport {
+            logins: n,
+            seconds,
+            logins_per_s: n as f64 / seconds,
+            rss_before,
+            rss_logged_in,
+            rss_per_connection: rss_before
+                .zip(rss_logged_in)
+                .filter(|_| n > 0)
+                .map(|(a, b)| (b as f64 - a as f64) / n as f64),
+        },
+        held,
+    ))
+}

@@ -44,6 +44,21 @@ enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Registers users, logs them all in and holds them: login rate and the
+    /// server's memory per logged-in connection.
+    Logins {
+        #[arg(long, default_value = "127.0.0.1:6000")]
+        addr: String,
+        /// Users to register and log in.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Logins in flight at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// The server's PID, to read its memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Starts the relay and chatserver on one core, drives both from another,
     /// and prints medians side by side.
     Compare {
@@ -135,6 +150,50 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 "{}",
                 serde_json::to_string(&report).map_err(|e| e.to_string())?
             );
+            Ok(())
+        }
+        Cmd::Logins {
+            addr,
+            users,
+            concurrency,
+            server_pid,
+        } => {
+            let prefix = format!("l{}-", std::process::id());
+            let started = Instant::now();
+            let ids = bench::register_users(&addr, &prefix, PASSWORD, users, 8)
+                .await
+                .map_err(|e| format!("registering users: {e}"))?;
+            let rss_registered = server_pid.and_then(bench::process_rss);
+            eprintln!(
+                "registered {} users in {:.1}s; server RSS {}",
+                ids.len(),
+                started.elapsed().as_secs_f64(),
+                mib(rss_registered)
+            );
+            let opts = bench::LoginsOptions {
+                addr,
+                users: ids,
+                password: PASSWORD.to_owned(),
+                concurrency,
+                server_pid,
+            };
+            let (report, held) = bench::logins(&opts).await.map_err(|e| e.to_string())?;
+            println!(
+                "{} logins in {:.1}s ({:.0}/s), {concurrency} at a time; server RSS {} before, {} with all logged in ({} per connection)",
+                report.logins,
+                report.seconds,
+                report.logins_per_s,
+                mib(report.rss_before),
+                mib(report.rss_logged_in),
+                report
+                    .rss_per_connection
+                    .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0)),
+            );
+            println!(
+                "{}",
+                serde_json::to_string(&report).map_err(|e| e.to_string())?
+            );
+            drop(held);
             Ok(())
         }
         Cmd::Compare {
@@ -377,6 +436,10 @@ async fn compare(
         .collect();
     println!("{}", serde_json::Value::from(json));
     Ok(())
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {

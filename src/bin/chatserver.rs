@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use chat::config::{Config, PoolConfig};
+use chat::config::{Config, PoolConfig, SqliteSync};
 use chat::hub::redis::ClusterConfig;
 use chat::server::Node;
 use clap::Parser;
@@ -68,6 +68,11 @@ struct Cli {
     /// Connections served at once; further ones are refused with errno 51.
     #[arg(long, default_value_t = Config::default().max_connections)]
     max_connections: usize,
+    /// SQLite only: `full` fsyncs every commit, so an acknowledged message
+    /// survives a power cut; `normal` survives a process crash only, for
+    /// less disk work per message.
+    #[arg(long, value_enum, default_value_t = SqliteSync::Full)]
+    sync: SqliteSync,
     /// Pushes queued per session before a too-slow reader is disconnected.
     #[arg(long, default_value_t = Config::default().push_queue)]
     push_queue: usize,
@@ -86,8 +91,18 @@ impl Cli {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    chat::server::tune_allocator();
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("chatserver: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -140,6 +155,7 @@ async fn main() -> ExitCode {
         max_message_bytes: cli.max_message_bytes,
         max_connections: cli.max_connections,
         push_queue: cli.push_queue,
+        sqlite_sync: cli.sync,
         ..Config::default()
     };
     let node = match Node::open(&cli.db, config, cluster).await {

@@ -488,8 +488,25 @@ pub fn render_push(m: &ChatMessage) -> Bytes {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in the server's local time zone, as the original
-/// client prints it.
+/// client prints it. Every message renders it (reply and push), so the text
+/// of the current second is kept per thread: the time zone lookup and the
+/// format run once a second, not twice a message.
 pub fn classic_time(ts_ms: i64) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let second = ts_ms.div_euclid(1000);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != second {
+            *last = (second, format_local(ts_ms));
+        }
+        last.1.clone()
+    })
+}
+
+fn format_local(ts_ms: i64) -> String {
     use chrono::TimeZone;
     match chrono::Local.timestamp_millis_opt(ts_ms).single() {
         Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),

@@ -22,6 +22,7 @@ use sqlx::sqlite::{
 use super::commit::{BlockingBatchWriter, GroupCommit, WriteOp};
 use super::sql::{self, MsgRow, impl_store, is_unique_violation};
 use super::{StoreError, StoreResult, now_ms};
+use crate::config::SqliteSync;
 use crate::model::{
     ChatMessage, Conversation, Credentials, GroupId, GroupInfo, NewMessage, Seq, UserId,
     UserSummary,
@@ -60,11 +61,15 @@ impl SqliteStore {
     /// not `:memory:`, since the writer needs a second connection to the
     /// same data) and runs the migrations.
     pub async fn open(url: &str) -> StoreResult<Self> {
+        Self::open_with(url, SqliteSync::Full).await
+    }
+
+    /// As [`open`](Self::open), with the chosen durability for the writer
+    /// (reads never write, so the pool's setting does not matter).
+    pub async fn open_with(url: &str, sync: SqliteSync) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a message we have acknowledged survives a power cut, not
-            // only a crash. Group commit keeps the fsync cost per batch.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
@@ -78,7 +83,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
         let path = options.get_filename().to_owned();
-        let writer = tokio::task::spawn_blocking(move || Writer::open(&path, "FULL"))
+        let writer = tokio::task::spawn_blocking(move || Writer::open(&path, sync.pragma()))
             .await
             .map_err(|e| StoreError::Unavailable(format!("writer did not start: {e}")))??;
         let commit = GroupCommit::start_blocking(writer, "sqlite-writer")
@@ -102,6 +107,8 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 }
 
 impl Writer {
+    /// FULL (the default): a message we have acknowledged survives a power
+    /// cut, not only a crash; group commit keeps the fsync cost per batch.
     fn open(path: &std::path::Path, synchronous: &str) -> StoreResult<Self> {
         let conn = rusqlite::Connection::open(path).map_err(unavailable)?;
         conn.busy_timeout(Duration::from_secs(5))
