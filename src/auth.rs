@@ -119,14 +119,14 @@ impl PasswordHasherPool {
         let phc = phc.unwrap_or_else(|| self.dummy.to_string());
         let ok = self
             .run(move || {
-            // A stored hash we cannot parse matches nothing.
-            PasswordHash::new(&phc)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
+                // A stored hash we cannot parse matches nothing.
+                PasswordHash::new(&phc)
+                    .map(|h| {
+                        Argon2::default()
+                            .verify_password(password.as_bytes(), &h)
+                            .is_ok()
+                    })
+                    .unwrap_or(false)
             })
             .await?;
         Ok(ok && exists)

@@ -9,26 +9,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::KickReason;
-use crate::protocol::codec::{FrameCodec, FrameError};
+use crate::protocol::codec::FrameError;
 use crate::protocol::{ErrCode, Fail, Reply, msgid};
 use crate::service::Service;
-
-type Conn = Framed<TcpStream, FrameCodec>;
+use crate::transport::FrameStream;
 
 /// Serves one client until it leaves, misbehaves, or the server shuts down.
 pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: CancellationToken) {
-    let peer = stream.peer_addr().ok();
     // Chat frames are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let config = service.config();
     let write_timeout = config.write_timeout;
-    let mut conn = Framed::new(stream, FrameCodec::new(config.max_frame));
+    let mut conn = FrameStream::new(stream, config.max_frame);
+    let peer = conn.peer_addr();
     let mut session = service.open_session();
     let kick = session.kick_token();
     tracing::debug!(?peer, "connection opened");
@@ -41,9 +38,11 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
                 KickReason::TooSlow => notice(ErrCode::TooSlow, "you are reading too slowly; reconnect to get your messages"),
                 KickReason::Replaced => notice(ErrCode::Replaced, "this account logged in elsewhere"),
             }], true),
-            frame = conn.next() => match frame {
+            frame = conn.next_frame() => match frame {
                 None => break,
-                Some(Ok(frame)) => (service.handle_frame(&mut session, &frame).await, false),
+                // Boxed, like the other handlers: their state lives on the heap only
+                // while they run, so an idle connection's task stays small.
+                Some(Ok(frame)) => (Box::pin(service.handle_frame(&mut session, &frame)).await, false),
                 Some(Err(FrameError::TooLong(max))) => {
                     let msg = format!("frame longer than {max} bytes; closing the connection");
                     (vec![notice(ErrCode::FrameTooLong, &msg)], true)
@@ -56,12 +55,12 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
             // Stored messages waiting (after a full offline page or a
             // resync) go before live pushes, a page at a time, each page
             // only once the previous one has been written.
-            _ = std::future::ready(()), if session.has_backlog() => (service.backlog_page(&mut session).await, false),
-            Some(push) = session.next_push() => (service.handle_push(&mut session, push).await, false),
+            _ = std::future::ready(()), if session.has_backlog() => (Box::pin(service.backlog_page(&mut session)).await, false),
+            Some(push) = session.next_push() => (Box::pin(service.handle_push(&mut session, push)).await, false),
             // Store delivery positions even when nothing else happens.
             _ = sleep_until(flush_at), if flush_at.is_some() => (Vec::new(), false),
         };
-        if let Err(e) = send_all(&mut conn, out, write_timeout, &shutdown).await {
+        if let Err(e) = Box::pin(send_all(&mut conn, out, write_timeout, &shutdown)).await {
             tracing::debug!(?peer, error = %e, "write failed");
             // What could not be written stays past the cursors.
             session.forget_unsaved_deliveries();
@@ -72,7 +71,7 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
         }
         service.flush_cursors(&mut session);
     }
-    service.end_session(&mut session).await;
+    Box::pin(service.end_session(&mut session)).await;
     tracing::debug!(?peer, "connection closed");
 }
 
@@ -89,7 +88,7 @@ fn notice(code: ErrCode, msg: &str) -> Bytes {
 /// Writes `frames`, giving up after `timeout`, or one second into a
 /// shutdown (so that shutdown never waits on a client that does not read).
 async fn send_all(
-    conn: &mut Conn,
+    conn: &mut FrameStream,
     frames: Vec<Bytes>,
     timeout: Duration,
     shutdown: &CancellationToken,
@@ -97,12 +96,7 @@ async fn send_all(
     if frames.is_empty() {
         return Ok(());
     }
-    let work = async {
-        for f in frames {
-            conn.feed(f).await?;
-        }
-        conn.flush().await
-    };
+    let work = async { conn.write_frames(&frames).await.map_err(FrameError::from) };
     let shutdown_grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(Duration::from_secs(1)).await;

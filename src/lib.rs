@@ -5,17 +5,21 @@
 //!
 //! * [`protocol`]: frames on the wire ([`protocol::codec`]) and the JSON
 //!   messages inside them (msgids, requests, replies, error codes).
+//! * [`transport`]: frames over one TCP connection, holding no buffer while
+//!   idle and writing everything ready in one system call.
 //! * [`server`] and [`connection`]: the accept loop (connection cap, back-off,
 //!   graceful shutdown) and the per-connection task that joins a socket to a
 //!   session.
 //! * [`service`]: the business logic, one handler per message type, driven by
 //!   plain values so that it is testable without sockets.
-//! * [`store`]: durable state behind one interface (SQLite embedded now;
-//!   MySQL is the next backend).
-//! * [`hub`]: presence and live delivery behind one interface (in-process
-//!   now; Redis between cluster nodes next).
+//! * [`store`]: durable state behind one interface (SQLite embedded, MySQL
+//!   or MariaDB for a cluster).
+//! * [`hub`]: presence and live delivery behind one interface (in-process,
+//!   or Redis between cluster nodes).
 //! * [`client`]: the async client library shared by `chatclient`, the tests
 //!   and the load tool.
+//! * [`bench`]: the load tool's workloads and the bare relay it compares
+//!   against (`chatbench`).
 //! * [`model`]: the domain values all of the above exchange.
 
 pub mod auth;
@@ -30,3 +34,4 @@ pub mod ring;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod transport;

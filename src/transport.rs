@@ -1,0 +1,187 @@
+//! Frames over one TCP connection, holding no buffer while it is idle.
+//!
+//! Most connections of a chat server are idle most of the time, so what an
+//! idle connection holds is what a node's memory is made of. `Framed` keeps
+//! an 8 KiB read buffer and a write buffer per connection for its whole
+//! life; this transport waits for readability with no buffer at all,
+//! allocates one only for the bytes that arrive, and lets it go as soon as
+//! every frame in it has been handled (a partial frame keeps it, bounded by
+//! the frame limit). Writes go straight from the frames to the socket:
+//! everything ready is handed to the kernel in one `writev`, with no copy
+//! into a write buffer.
+
+use std::io::{self, IoSlice};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+use crate::protocol::codec::{FrameCodec, FrameError};
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 4096;
+/// Frames per `writev` (two slices each: the frame and its newline), well
+/// under the system's `IOV_MAX` of 1024.
+const FRAMES_PER_WRITE: usize = 256;
+
+/// Counts of system calls, for tests and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoCounts {
+    pub reads: u64,
+    pub writes: u64,
+}
+
+/// One client connection speaking newline- or NUL-terminated frames.
+#[derive(Debug)]
+pub struct FrameStream {
+    stream: TcpStream,
+    codec: FrameCodec,
+    /// Unhandled input; empty (and unallocated) between messages.
+    input: BytesMut,
+    eof: bool,
+    counts: IoCounts,
+}
+
+impl FrameStream {
+    /// Frames on `stream`, refusing input frames longer than `max_frame`.
+    pub fn new(stream: TcpStream, max_frame: usize) -> Self {
+        FrameStream {
+            stream,
+            codec: FrameCodec::new(max_frame),
+            input: BytesMut::new(),
+            eof: false,
+            counts: IoCounts::default(),
+        }
+    }
+
+    /// System calls made so far.
+    pub fn counts(&self) -> IoCounts {
+        self.counts
+    }
+
+    /// The next frame; `None` once the peer has closed and nothing is left.
+    /// Cancel-safe: input read so far stays in `self`.
+    pub async fn next_frame(&mut self) -> Option<Result<Bytes, FrameError>> {
+        loop {
+            if self.eof {
+                return self.codec.decode_eof(&mut self.input).transpose();
+            }
+            match self.codec.decode(&mut self.input) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.input.is_empty() {
+                // Nothing pending: hold no allocation while waiting.
+                self.input = BytesMut::new();
+            }
+            if let Err(e) = self.stream.readable().await {
+                return Some(Err(e.into()));
+            }
+            if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+                self.input.reserve(READ_CHUNK);
+            }
+            match self.stream.try_read_buf(&mut self.input) {
+                Ok(0) => self.eof = true,
+                Ok(_) => self.counts.reads += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// Writes every frame, each followed by a newline, in as few system
+    /// calls as the kernel allows (one, unless its send buffer fills).
+    pub async fn write_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        for chunk in frames.chunks(FRAMES_PER_WRITE) {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * chunk.len());
+            for f in chunk {
+                slices.push(IoSlice::new(f));
+                slices.push(IoSlice::new(b"\n"));
+            }
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                match self.stream.try_write_vectored(rest) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.counts.writes += 1;
+                        IoSlice::advance_slices(&mut rest, n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.stream.writable().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer's address, for logs.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (FrameStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (FrameStream::new(server, 64), client)
+    }
+
+    #[tokio::test]
+    async fn ready_frames_leave_in_one_write() {
+        let (mut conn, mut peer) = pair().await;
+        let frames: Vec<Bytes> = (0..3)
+            .map(|i| Bytes::from(format!("{{\"n\":{i}}}")))
+            .collect();
+        conn.write_frames(&frames).await.expect("write");
+        assert_eq!(conn.counts().writes, 1, "three frames, one system call");
+        let mut got = vec![0; 24];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got[..], b"{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_reads_and_the_buffer_goes_when_idle() {
+        let (mut conn, mut peer) = pair().await;
+        peer.write_all(b"{\"a\":").await.expect("write");
+        let reading = tokio::spawn(async move {
+            let f = conn.next_frame().await;
+            (conn, f)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        peer.write_all(b"1}\0{\"b\":2}\n").await.expect("write");
+        let (mut conn, first) = reading.await.expect("join");
+        assert_eq!(&first.expect("frame").expect("ok")[..], b"{\"a\":1}");
+        assert_eq!(
+            &conn.next_frame().await.expect("frame").expect("ok")[..],
+            b"{\"b\":2}"
+        );
+        // Waiting for the next frame with nothing pending holds no buffer.
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(20), conn.next_frame());
+        assert!(idle.await.is_err(), "no frame yet");
+        assert_eq!(conn.input.capacity(), 0);
+        drop(peer);
+        assert!(conn.next_frame().await.is_none(), "peer closed");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_frame_is_refused() {
+        let (mut conn, mut peer) = pair().await;
+        peer.write_all(&[b'x'; 100]).await.expect("write");
+        assert!(matches!(
+            conn.next_frame().await,
+            Some(Err(FrameError::TooLong(64)))
+        ));
+    }
+}
