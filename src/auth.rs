@@ -1,10 +1,10 @@
 //! Password hashing: argon2id, off the reactor threads, bounded in parallel.
 //!
 //! Hashing is deliberately slow and memory-hungry, so it runs on a few
-//! threads of its own, behind a semaphore. Those threads run at a lower
-//! scheduling priority than the reactor: during a login storm the core goes
-//! to chat traffic first and the logins queue (bounded by
-//! [`HASH_WAIT`]), instead of every user's delivery latency growing. Each
+//! threads of its own, behind a semaphore. Those threads run in the idle
+//! scheduling class: during a login storm the core goes to chat traffic
+//! first and the logins queue (for at most [`HASH_WAIT`], then "server busy,
+//! try again"), instead of every logged-in user's delivery latency growing. Each
 //! hash takes ~19 MiB; `chatserver` sets the allocator to give such blocks
 //! back to the system when freed (see `chat::server::tune_allocator`).
 //! A login for an account that does not exist still verifies against a
@@ -33,7 +33,8 @@ pub enum AuthError {
 /// How long a login or registration waits for a hashing slot.
 const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Niceness of the hashing threads (0 is the reactor's; 19 the lowest).
+/// Niceness of the hashing threads where the idle class is refused (0 is
+/// the reactor's; 19 the lowest).
 const HASH_NICENESS: libc::c_int = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -133,14 +134,21 @@ impl PasswordHasherPool {
     }
 }
 
-/// Lowers the calling thread's scheduling priority (Linux: niceness is per
-/// thread). Failing to is harmless: hashing then competes as an equal.
+/// Puts the calling thread in the idle scheduling class (Linux: per thread):
+/// it runs only when no chat work wants the core, and any chat work that
+/// wakes up takes the core from it at once. Where that is refused, a high
+/// niceness does most of the same. Failing both is harmless: hashing then
+/// competes as an equal.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread's own id.
+    // SAFETY: plain system calls on the calling thread's own id, with a
+    // zeroed parameter struct (priority 0 is what SCHED_IDLE requires).
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICENESS);
+        let param: libc::sched_param = std::mem::zeroed();
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICENESS);
+        }
     }
 }
 

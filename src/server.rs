@@ -126,6 +126,37 @@ pub fn tune_allocator() {
     }
 }
 
+/// Descriptors a node keeps for itself beyond its clients: database and
+/// Redis connections, the listener, SQLite's files, logs.
+pub const RESERVED_FDS: u64 = 512;
+
+/// Raises this process's open-file limit to its hard limit and returns how
+/// many clients fit under it ([`RESERVED_FDS`] kept back), so that the node
+/// refuses the client past its cap politely instead of failing `accept`.
+pub fn client_capacity() -> Option<usize> {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        let soft = u64::try_from(lim.rlim_cur).unwrap_or(u64::MAX);
+        usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).ok()
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &CancellationToken) {
     let config = service.config();
     let slots = Arc::new(Semaphore::new(config.max_connections));

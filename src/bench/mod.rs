@@ -39,6 +39,8 @@ pub enum BenchError {
     Client(#[from] crate::client::ClientError),
     #[error("{0}")]
     Protocol(String),
+    #[error("refused with errno {errno}: {frame}")]
+    Refused { errno: i64, frame: String },
 }
 
 /// The reading side of a logged-in connection.
@@ -132,16 +134,60 @@ pub async fn login_raw(
     id: UserId,
     password: &str,
 ) -> Result<(Reader, OwnedWriteHalf), BenchError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| BenchError::Io("connect", e))?;
+    let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
+    request_raw(
+        connect_from(addr, None).await?,
+        &login.to_string(),
+        msgid::LOGIN_ACK,
+    )
+    .await
+}
+
+/// Connects to `addr`, from `source` (an IP on this machine) if given:
+/// spreading connections over loopback sources lifts the limit of about
+/// 28,000 ephemeral ports per source address.
+pub async fn connect_from(
+    addr: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<TcpStream, BenchError> {
+    let stream = match source {
+        None => TcpStream::connect(addr)
+            .await
+            .map_err(|e| BenchError::Io("connect", e))?,
+        Some(ip) => {
+            let target: std::net::SocketAddr = tokio::net::lookup_host(addr)
+                .await
+                .map_err(|e| BenchError::Io("resolve", e))?
+                .next()
+                .ok_or_else(|| BenchError::Protocol(format!("{addr} resolves to nothing")))?;
+            let socket =
+                tokio::net::TcpSocket::new_v4().map_err(|e| BenchError::Io("socket", e))?;
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .map_err(|e| BenchError::Io("bind source", e))?;
+            socket
+                .connect(target)
+                .await
+                .map_err(|e| BenchError::Io("connect", e))?
+        }
+    };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Sends one request frame and reads until the reply `want` arrives.
+/// A refusal notice (msgid 100, e.g. errno 51 at the connection cap) or an
+/// error reply is an error.
+pub async fn request_raw(
+    stream: TcpStream,
+    request: &str,
+    want: i64,
+) -> Result<(Reader, OwnedWriteHalf), BenchError> {
     let (r, mut w) = stream.into_split();
     let mut reader = FramedRead::new(r, FrameCodec::new(64 << 20));
-    let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
-    w.write_all(format!("{login}\0").as_bytes())
+    w.write_all(format!("{request}\0").as_bytes())
         .await
-        .map_err(|e| BenchError::Io("send login", e))?;
+        .map_err(|e| BenchError::Io("send", e))?;
     loop {
         let frame = match reader.next().await {
             Some(Ok(f)) => f,
@@ -149,12 +195,12 @@ pub async fn login_raw(
             None => return Err(BenchError::Protocol("closed during login".into())),
         };
         let Some(h) = head(&frame) else { continue };
-        if h.msgid == msgid::LOGIN_ACK {
+        if h.msgid == want || h.msgid == msgid::ERROR {
             if h.errno != 0 {
-                return Err(BenchError::Protocol(format!(
-                    "login of {id} refused: {}",
-                    String::from_utf8_lossy(&frame)
-                )));
+                return Err(BenchError::Refused {
+                    errno: h.errno,
+                    frame: String::from_utf8_lossy(&frame).into_owned(),
+                });
             }
             return Ok((reader, w));
         }
@@ -209,138 +255,252 @@ struct Shared {
     sent: AtomicU64,
     acked: AtomicU64,
     refused: AtomicU64,
+    /// Delivery latency in the current window, in microseconds.
+    hist: std::sync::Mutex<Histogram<u64>>,
+}
+
+fn histogram() -> Result<Histogram<u64>, BenchError> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| BenchError::Protocol(e.to_string()))
+}
+
+/// What one measurement window saw.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Window {
+    pub seconds: f64,
+    pub delivered: u64,
+    pub msg_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub server_cpu_us_per_msg: Option<f64>,
+    pub server_core_share: Option<f64>,
+}
+
+/// Closed-loop pairs running in the background; measured in windows.
+pub struct PairsRun {
+    shared: Arc<Shared>,
+    tasks: tokio::task::JoinSet<Result<(), BenchError>>,
+    ack_tasks: tokio::task::JoinSet<()>,
+    server_pid: Option<u32>,
+    expect_acks: bool,
+}
+
+impl PairsRun {
+    /// Logs the pairs in and starts them.
+    pub async fn start(opts: &PairsOptions) -> Result<Self, BenchError> {
+        if opts.users.len() < 2 * opts.pairs {
+            return Err(BenchError::Protocol(format!(
+                "{} pairs need {} users, got {}",
+                opts.pairs,
+                2 * opts.pairs,
+                opts.users.len()
+            )));
+        }
+        let shared = Arc::new(Shared {
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            hist: std::sync::Mutex::new(histogram()?),
+        });
+        let filler = "x".repeat(opts.body_len);
+        let mut conns = Vec::with_capacity(opts.pairs);
+        for p in 0..opts.pairs {
+            let (from, to) = (opts.users[p], opts.users[opts.pairs + p]);
+            let sender = login_raw(&opts.addr, from, &opts.password).await?;
+            let receiver = login_raw(&opts.addr, to, &opts.password).await?;
+            conns.push((from, to, sender, receiver));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut ack_tasks = tokio::task::JoinSet::new();
+        for (from, to, (mut acks, mut out), (mut inbox, inbox_writer)) in conns {
+            let shared2 = shared.clone();
+            ack_tasks.spawn(async move {
+                while let Some(Ok(frame)) = acks.next().await {
+                    if let Some(h) = head(&frame)
+                        && h.msgid == msgid::ack_for(msgid::ONE_CHAT)
+                    {
+                        let counter = if h.errno == 0 {
+                            &shared2.acked
+                        } else {
+                            &shared2.refused
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            let shared = shared.clone();
+            let filler = filler.clone();
+            tasks.spawn(async move {
+                // Dropping the receiver's write half would end its session.
+                let _inbox_writer = inbox_writer;
+                let mut k: u64 = 0;
+                while !shared.stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let token = format!("{k} {filler}");
+                    let frame = format!(
+                        "{{\"msgid\":{},\"id\":{from},\"toid\":{to},\"msg\":\"{token}\"}}\0",
+                        msgid::ONE_CHAT
+                    );
+                    let t0 = Instant::now();
+                    out.write_all(frame.as_bytes())
+                        .await
+                        .map_err(|e| BenchError::Io("send", e))?;
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                    // Wait for this very message at the receiver.
+                    loop {
+                        let frame: Bytes = match inbox.next().await {
+                            Some(Ok(f)) => f,
+                            Some(Err(e)) => return Err(BenchError::Protocol(format!("read: {e}"))),
+                            None => return Err(BenchError::Protocol("receiver closed".into())),
+                        };
+                        let Some(h) = head(&frame) else { continue };
+                        if h.msgid == msgid::ONE_CHAT && h.msg.as_deref() == Some(token.as_str()) {
+                            break;
+                        }
+                    }
+                    if shared.measuring.load(Ordering::Relaxed) {
+                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        if let Ok(mut hist) = shared.hist.lock() {
+                            let _ = hist.record(us.max(1));
+                        }
+                        shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(PairsRun {
+            shared,
+            tasks,
+            ack_tasks,
+            server_pid: opts.server_pid,
+            expect_acks: opts.expect_acks,
+        })
+    }
+
+    /// Measures while `during` runs, and returns its output with the window.
+    pub async fn measure<T>(&self, during: impl std::future::Future<Output = T>) -> (T, Window) {
+        if let Ok(mut hist) = self.shared.hist.lock() {
+            hist.reset();
+        }
+        let delivered0 = self.shared.delivered.load(Ordering::Relaxed);
+        let cpu0 = self.server_pid.and_then(process_cpu);
+        let t0 = Instant::now();
+        self.shared.measuring.store(true, Ordering::Relaxed);
+        let out = during.await;
+        self.shared.measuring.store(false, Ordering::Relaxed);
+        let seconds = t0.elapsed().as_secs_f64();
+        let cpu1 = self.server_pid.and_then(process_cpu);
+        let delivered = self.shared.delivered.load(Ordering::Relaxed) - delivered0;
+        let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
+        let q = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q);
+        let (p50_us, p99_us, p999_us, max_us) = match self.shared.hist.lock() {
+            Ok(h) => (q(&h, 0.5), q(&h, 0.99), q(&h, 0.999), h.max()),
+            Err(_) => (0, 0, 0, 0),
+        };
+        let window = Window {
+            seconds,
+            delivered,
+            msg_per_s: delivered as f64 / seconds,
+            p50_us,
+            p99_us,
+            p999_us,
+            max_us,
+            server_cpu_us_per_msg: cpu
+                .filter(|_| delivered > 0)
+                .map(|c| c.as_secs_f64() * 1e6 / delivered as f64),
+            server_core_share: cpu.map(|c| c.as_secs_f64() / seconds),
+        };
+        (out, window)
+    }
+
+    /// Stops the pairs; returns messages sent, acknowledged and refused.
+    pub async fn stop(mut self) -> Result<(u64, u64, u64), BenchError> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        while let Some(done) = self.tasks.join_next().await {
+            done.map_err(|e| BenchError::Protocol(e.to_string()))??;
+        }
+        // Let the last acknowledgements arrive.
+        let shared = &self.shared;
+        if self.expect_acks {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while shared.acked.load(Ordering::Relaxed) + shared.refused.load(Ordering::Relaxed)
+                < shared.sent.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        self.ack_tasks.abort_all();
+        Ok((
+            shared.sent.load(Ordering::Relaxed),
+            shared.acked.load(Ordering::Relaxed),
+            shared.refused.load(Ordering::Relaxed),
+        ))
+    }
 }
 
 /// Runs closed-loop pairs and reports what the window measured.
 pub async fn pairs(opts: &PairsOptions) -> Result<PairsReport, BenchError> {
-    if opts.users.len() < 2 * opts.pairs {
-        return Err(BenchError::Protocol(format!(
-            "{} pairs need {} users, got {}",
-            opts.pairs,
-            2 * opts.pairs,
-            opts.users.len()
-        )));
-    }
-    let shared = Arc::new(Shared {
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        delivered: AtomicU64::new(0),
-        sent: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-    });
-    let filler = "x".repeat(opts.body_len);
-    let mut conns = Vec::with_capacity(opts.pairs);
-    for p in 0..opts.pairs {
-        let (from, to) = (opts.users[p], opts.users[opts.pairs + p]);
-        let sender = login_raw(&opts.addr, from, &opts.password).await?;
-        let receiver = login_raw(&opts.addr, to, &opts.password).await?;
-        conns.push((from, to, sender, receiver));
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut ack_tasks = tokio::task::JoinSet::new();
-    for (from, to, (mut acks, mut out), (mut inbox, inbox_writer)) in conns {
-        let shared2 = shared.clone();
-        ack_tasks.spawn(async move {
-            while let Some(Ok(frame)) = acks.next().await {
-                if let Some(h) = head(&frame)
-                    && h.msgid == msgid::ack_for(msgid::ONE_CHAT)
-                {
-                    let counter = if h.errno == 0 {
-                        &shared2.acked
-                    } else {
-                        &shared2.refused
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        let shared = shared.clone();
-        let filler = filler.clone();
-        tasks.spawn(async move {
-            // Dropping the receiver's write half would end its session.
-            let _inbox_writer = inbox_writer;
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .map_err(|e| BenchError::Protocol(e.to_string()))?;
-            let mut k: u64 = 0;
-            while !shared.stop.load(Ordering::Relaxed) {
-                k += 1;
-                let token = format!("{k} {filler}");
-                let frame = format!(
-                    "{{\"msgid\":{},\"id\":{from},\"toid\":{to},\"msg\":\"{token}\"}}\0",
-                    msgid::ONE_CHAT
-                );
-                let t0 = Instant::now();
-                out.write_all(frame.as_bytes())
-                    .await
-                    .map_err(|e| BenchError::Io("send", e))?;
-                shared.sent.fetch_add(1, Ordering::Relaxed);
-                // Wait for this very message at the receiver.
-                loop {
-                    let frame: Bytes = match inbox.next().await {
-                        Some(Ok(f)) => f,
-                        Some(Err(e)) => return Err(BenchError::Protocol(format!("read: {e}"))),
-                        None => return Err(BenchError::Protocol("receiver closed".into())),
-                    };
-                    let Some(h) = head(&frame) else { continue };
-                    if h.msgid == msgid::ONE_CHAT && h.msg.as_deref() == Some(token.as_str()) {
-                        break;
-                    }
-                }
-                if shared.measuring.load(Ordering::Relaxed) {
-                    let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    let _ = hist.record(us.max(1));
-                    shared.delivered.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok::<_, BenchError>(hist)
-        });
-    }
+    let run = PairsRun::start(opts).await?;
     tokio::time::sleep(opts.warmup).await;
-    let cpu0 = opts.server_pid.and_then(process_cpu);
-    let t0 = Instant::now();
-    shared.measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(opts.duration).await;
-    shared.measuring.store(false, Ordering::Relaxed);
-    let seconds = t0.elapsed().as_secs_f64();
-    let cpu1 = opts.server_pid.and_then(process_cpu);
-    shared.stop.store(true, Ordering::Relaxed);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| BenchError::Protocol(e.to_string()))?;
-    while let Some(done) = tasks.join_next().await {
-        let h = done.map_err(|e| BenchError::Protocol(e.to_string()))??;
-        hist.add(h)
-            .map_err(|e| BenchError::Protocol(e.to_string()))?;
-    }
-    // Let the last acknowledgements arrive.
-    if opts.expect_acks {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while shared.acked.load(Ordering::Relaxed) + shared.refused.load(Ordering::Relaxed)
-            < shared.sent.load(Ordering::Relaxed)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    ack_tasks.abort_all();
-    let delivered = shared.delivered.load(Ordering::Relaxed);
-    let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
+    let ((), w) = run.measure(tokio::time::sleep(opts.duration)).await;
+    let (sent, acked, refused) = run.stop().await?;
     Ok(PairsReport {
         pairs: opts.pairs,
-        seconds,
-        delivered,
-        msg_per_s: delivered as f64 / seconds,
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        p999_us: hist.value_at_quantile(0.999),
-        max_us: hist.max(),
-        server_cpu_us_per_msg: cpu
-            .filter(|_| delivered > 0)
-            .map(|c| c.as_secs_f64() * 1e6 / delivered as f64),
-        server_core_share: cpu.map(|c| c.as_secs_f64() / seconds),
-        sent: shared.sent.load(Ordering::Relaxed),
-        acked: shared.acked.load(Ordering::Relaxed),
-        refused: shared.refused.load(Ordering::Relaxed),
+        seconds: w.seconds,
+        delivered: w.delivered,
+        msg_per_s: w.msg_per_s,
+        p50_us: w.p50_us,
+        p99_us: w.p99_us,
+        p999_us: w.p999_us,
+        max_us: w.max_us,
+        server_cpu_us_per_msg: w.server_cpu_us_per_msg,
+        server_core_share: w.server_core_share,
+        sent,
+        acked,
+        refused,
+    })
+}
+
+/// Delivery latency of chatting users, quiet and during a login storm.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    pub pairs: usize,
+    pub quiet: Window,
+    pub storm: Window,
+    pub logins: LoginsReport,
+    /// Storm p50 over quiet p50, and the same for p99.
+    pub p50_ratio: f64,
+    pub p99_ratio: f64,
+}
+
+/// Runs `pairs`, measures a quiet window, then a window during which all of
+/// `storm` log in at once (with their passwords, the expensive part).
+pub async fn storm(
+    pairs_opts: &PairsOptions,
+    storm: &LoginsOptions,
+) -> Result<StormReport, BenchError> {
+    let run = PairsRun::start(pairs_opts).await?;
+    tokio::time::sleep(pairs_opts.warmup).await;
+    let ((), quiet) = run.measure(tokio::time::sleep(pairs_opts.duration)).await;
+    let (logins, storm_window) = run.measure(logins(storm)).await;
+    let (logins, held) = logins?;
+    run.stop().await?;
+    drop(held);
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    Ok(StormReport {
+        pairs: pairs_opts.pairs,
+        p50_ratio: ratio(storm_window.p50_us, quiet.p50_us),
+        p99_ratio: ratio(storm_window.p99_us, quiet.p99_us),
+        quiet,
+        storm: storm_window,
+        logins,
     })
 }
 
@@ -353,12 +513,35 @@ pub struct LoginsOptions {
     /// Logins in flight at once.
     pub concurrency: usize,
     pub server_pid: Option<u32>,
+    /// Index of this run's first connection over all processes of a run
+    /// (which loopback source it starts on).
+    pub first_source: usize,
+}
+
+/// Connections per loopback source address.
+pub const PER_SOURCE: usize = 10_000;
+
+/// The loopback source for the `i`-th connection of a run: 127.0.1.x, ...
+pub fn source_ip(i: usize) -> Option<std::net::IpAddr> {
+    let n = i / PER_SOURCE;
+    let (hi, lo) = (
+        u8::try_from(1 + n / 250).ok()?,
+        u8::try_from(1 + n % 250).ok()?,
+    );
+    Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        127, 0, hi, lo,
+    )))
 }
 
 /// What holding the logins cost the server.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoginsReport {
     pub logins: usize,
+    /// Logins refused because the server was at its connection cap (errno 51).
+    pub refused_full: usize,
+    /// Logins that failed otherwise, and the first such failure.
+    pub failed: usize,
+    pub first_failure: Option<String>,
     pub seconds: f64,
     pub logins_per_s: f64,
     /// Server RSS before the logins, with all of them held, and per held
@@ -377,13 +560,30 @@ pub async fn logins(
     let rss_before = opts.server_pid.and_then(process_rss);
     let started = Instant::now();
     let mut held = Vec::with_capacity(opts.users.len());
-    let mut pending = futures_util::stream::iter(opts.users.iter().map(|&id| {
+    let mut pending = futures_util::stream::iter(opts.users.iter().enumerate().map(|(i, &id)| {
         let (addr, password) = (opts.addr.clone(), opts.password.clone());
-        async move { login_raw(&addr, id, &password).await }
+        let source = source_ip(opts.first_source + i);
+        async move {
+            let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
+            request_raw(
+                connect_from(&addr, source).await?,
+                &login.to_string(),
+                msgid::LOGIN_ACK,
+            )
+            .await
+        }
     }))
     .buffer_unordered(opts.concurrency.max(1));
+    let (mut refused, mut failed, mut first_failure) = (0, 0, None);
     while let Some(conn) = pending.next().await {
-        held.push(conn?);
+        match conn {
+            Ok(conn) => held.push(conn),
+            Err(BenchError::Refused { errno: 51, .. }) => refused += 1,
+            Err(e) => {
+                failed += 1;
+                first_failure.get_or_insert_with(|| e.to_string());
+            }
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     // Let the server settle (cursor loads, presence) before reading memory.
@@ -393,6 +593,9 @@ pub async fn logins(
     Ok((
         LoginsReport {
             logins: n,
+            refused_full: refused,
+            failed,
+            first_failure,
             seconds,
             logins_per_s: n as f64 / seconds,
             rss_before,
@@ -404,4 +607,170 @@ pub async fn logins(
         },
         held,
     ))
+}
+
+/// Sends `request` on a logged-in connection and reads until reply `want`
+/// (pushes in between are skipped); returns the reply frame.
+pub async fn exchange(
+    reader: &mut Reader,
+    writer: &mut OwnedWriteHalf,
+    request: &serde_json::Value,
+    want: i64,
+) -> Result<Bytes, BenchError> {
+    writer
+        .write_all(format!("{request}\0").as_bytes())
+        .await
+        .map_err(|e| BenchError::Io("send", e))?;
+    loop {
+        let frame = match reader.next().await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Err(BenchError::Protocol(format!("read: {e}"))),
+            None => return Err(BenchError::Protocol("connection closed".into())),
+        };
+        let Some(h) = head(&frame) else { continue };
+        if h.msgid == want || h.msgid == msgid::ERROR {
+            if h.errno != 0 {
+                return Err(BenchError::Refused {
+                    errno: h.errno,
+                    frame: String::from_utf8_lossy(&frame).into_owned(),
+                });
+            }
+            return Ok(frame);
+        }
+    }
+}
+
+/// One sender, one group, every member online.
+#[derive(Debug, Clone)]
+pub struct FanoutOptions {
+    pub addr: String,
+    /// The sender first, then the members.
+    pub users: Vec<UserId>,
+    pub password: String,
+    /// Messages sent, each once the previous one reached everybody.
+    pub messages: usize,
+    pub server_pid: Option<u32>,
+}
+
+/// How long a group message took to reach all of its members.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub members: usize,
+    pub messages: usize,
+    /// Time from sending until the last member had it.
+    pub all_p50_ms: f64,
+    pub all_max_ms: f64,
+    /// Time until half of the members had it (median over messages).
+    pub half_p50_ms: f64,
+    pub server_cpu_ms_per_message: Option<f64>,
+}
+
+/// Group fan-out: logs everybody in, puts them in one group, and times each
+/// message until every member (the sender excluded) has it.
+pub async fn fanout(opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
+    let (sender, members) = opts
+        .users
+        .split_first()
+        .ok_or_else(|| BenchError::Protocol("fan-out needs users".into()))?;
+    let (mut sr, mut sw) = login_raw(&opts.addr, *sender, &opts.password).await?;
+    let name = format!("fanout-{}-{}", std::process::id(), crate::store::now_ms());
+    let created = exchange(
+        &mut sr,
+        &mut sw,
+        &serde_json::json!({"msgid": msgid::CREATE_GROUP, "groupname": name, "groupdesc": "bench"}),
+        msgid::ack_for(msgid::CREATE_GROUP),
+    )
+    .await?;
+    let group = serde_json::from_slice::<serde_json::Value>(&created)
+        .ok()
+        .and_then(|v| v.get("groupid").and_then(serde_json::Value::as_i64))
+        .ok_or_else(|| BenchError::Protocol("create group reply lacks groupid".into()))?;
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let mut tasks = tokio::task::JoinSet::new();
+    let joins = futures_util::stream::iter(members.iter().enumerate().map(|(i, &id)| {
+        let (addr, password) = (opts.addr.clone(), opts.password.clone());
+        async move {
+            let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
+            let source = source_ip(i);
+            let (mut r, mut w) = request_raw(
+                connect_from(&addr, source).await?,
+                &login.to_string(),
+                msgid::LOGIN_ACK,
+            )
+            .await?;
+            exchange(
+                &mut r,
+                &mut w,
+                &serde_json::json!({"msgid": msgid::ADD_GROUP, "groupid": group}),
+                msgid::ack_for(msgid::ADD_GROUP),
+            )
+            .await?;
+            Ok::<_, BenchError>((r, w))
+        }
+    }))
+    .buffer_unordered(64);
+    let joined: Vec<_> = joins.collect().await;
+    for conn in joined {
+        let (mut r, w) = conn?;
+        let arrived = arrived.clone();
+        tasks.spawn(async move {
+            let _w = w;
+            while let Some(Ok(frame)) = r.next().await {
+                if let Some(h) = head(&frame)
+                    && h.msgid == msgid::GROUP_CHAT
+                    && let Some(k) = h.msg.as_deref().and_then(|m| m.parse().ok())
+                    && arrived.send(k).is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    let n = members.len();
+    let cpu0 = opts.server_pid.and_then(process_cpu);
+    let (mut all, mut half) = (Vec::new(), Vec::new());
+    for k in 1..=opts.messages as u64 {
+        let frame = serde_json::json!({"msgid": msgid::GROUP_CHAT, "id": sender, "groupid": group, "msg": k.to_string()});
+        let t0 = Instant::now();
+        sw.write_all(format!("{frame}\0").as_bytes())
+            .await
+            .map_err(|e| BenchError::Io("send", e))?;
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while got < n {
+            match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+                Ok(Some(seen)) if seen == k => {
+                    got += 1;
+                    if got == n.div_ceil(2) {
+                        half.push(t0.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    return Err(BenchError::Protocol(format!(
+                        "message {k} reached {got} of {n} members in 30 s"
+                    )));
+                }
+            }
+        }
+        all.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let cpu = cpu0
+        .zip(opts.server_pid.and_then(process_cpu))
+        .map(|(a, b)| b.saturating_sub(a));
+    tasks.abort_all();
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    Ok(FanoutReport {
+        members: n,
+        messages: opts.messages,
+        all_p50_ms: med(&mut all),
+        all_max_ms: all.last().copied().unwrap_or(0.0),
+        half_p50_ms: med(&mut half),
+        server_cpu_ms_per_message: cpu
+            .filter(|_| opts.messages > 0)
+            .map(|c| c.as_secs_f64() * 1e3 / opts.messages as f64),
+    })
 }

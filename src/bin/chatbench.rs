@@ -58,6 +58,46 @@ enum Cmd {
         /// The server's PID, to read its memory.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Processes to spread the connections over (each may open at most
+        /// 20,000 files here).
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
+        /// Index of the first connection (which loopback source it uses).
+        #[arg(long, default_value_t = 0, hide = true)]
+        first_source: usize,
+        /// Run as one of several processes: print the report, then hold the
+        /// connections until stdin closes.
+        #[arg(long, hide = true)]
+        child: bool,
+    },
+    /// Chat latency of logged-in pairs, quiet and during a storm of
+    /// concurrent password logins.
+    Storm {
+        #[arg(long, default_value = "127.0.0.1:6000")]
+        addr: String,
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        /// Users logging in at once during the storm.
+        #[arg(long, default_value_t = 500)]
+        logins: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// One sender, a group with every member online: time until a message
+    /// reaches all of them.
+    Fanout {
+        #[arg(long, default_value = "127.0.0.1:6000")]
+        addr: String,
+        /// Members besides the sender.
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Messages sent, one after the other.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Starts the relay and chatserver on one core, drives both from another,
     /// and prints medians side by side.
@@ -157,18 +197,23 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             users,
             concurrency,
             server_pid,
+            procs,
+            first_source,
+            child,
         } => {
+            if procs > 1 && !child {
+                return logins_over_processes(&addr, users, concurrency, server_pid, procs).await;
+            }
             let prefix = format!("l{}-", std::process::id());
             let started = Instant::now();
             let ids = bench::register_users(&addr, &prefix, PASSWORD, users, 8)
                 .await
                 .map_err(|e| format!("registering users: {e}"))?;
-            let rss_registered = server_pid.and_then(bench::process_rss);
             eprintln!(
                 "registered {} users in {:.1}s; server RSS {}",
                 ids.len(),
                 started.elapsed().as_secs_f64(),
-                mib(rss_registered)
+                mib(server_pid.and_then(bench::process_rss))
             );
             let opts = bench::LoginsOptions {
                 addr,
@@ -176,24 +221,95 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 password: PASSWORD.to_owned(),
                 concurrency,
                 server_pid,
+                first_source,
             };
             let (report, held) = bench::logins(&opts).await.map_err(|e| e.to_string())?;
-            println!(
-                "{} logins in {:.1}s ({:.0}/s), {concurrency} at a time; server RSS {} before, {} with all logged in ({} per connection)",
-                report.logins,
-                report.seconds,
-                report.logins_per_s,
-                mib(report.rss_before),
-                mib(report.rss_logged_in),
-                report
-                    .rss_per_connection
-                    .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0)),
-            );
+            if !child {
+                print_logins(&report, concurrency);
+            }
             println!(
                 "{}",
                 serde_json::to_string(&report).map_err(|e| e.to_string())?
             );
+            if child {
+                // Hold the connections until the parent closes our stdin.
+                use tokio::io::AsyncReadExt;
+                let mut sink = Vec::new();
+                let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+            }
             drop(held);
+            Ok(())
+        }
+        Cmd::Storm {
+            addr,
+            pairs,
+            logins,
+            server_pid,
+            run,
+        } => {
+            let users = register(&addr, pairs + logins.div_ceil(2)).await?;
+            let (pair_users, storm_users) = users.split_at(2 * pairs);
+            let pairs_opts = options(&addr, pairs, pair_users.to_vec(), server_pid, true, &run);
+            let storm_opts = bench::LoginsOptions {
+                addr: addr.clone(),
+                users: storm_users.iter().copied().take(logins).collect(),
+                password: PASSWORD.to_owned(),
+                concurrency: logins,
+                server_pid,
+                first_source: 0,
+            };
+            let r = bench::storm(&pairs_opts, &storm_opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{:<7} {:>8} {:>8} {:>8} {:>9}",
+                "window", "msg/s", "p50 µs", "p99 µs", "seconds"
+            );
+            for (name, w) in [("quiet", &r.quiet), ("storm", &r.storm)] {
+                println!(
+                    "{name:<7} {:>8.0} {:>8} {:>8} {:>9.1}",
+                    w.msg_per_s, w.p50_us, w.p99_us, w.seconds
+                );
+            }
+            println!(
+                "{} logins during the storm ({} failed); p50 x{:.2}, p99 x{:.2} of quiet",
+                r.logins.logins, r.logins.failed, r.p50_ratio, r.p99_ratio
+            );
+            println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Cmd::Fanout {
+            addr,
+            members,
+            messages,
+            server_pid,
+        } => {
+            let users = register(&addr, (members + 2) / 2).await?;
+            let mut users = users;
+            users.truncate(members + 1);
+            if users.len() < members + 1 {
+                return Err("registration returned too few users".into());
+            }
+            let r = bench::fanout(&bench::FanoutOptions {
+                addr,
+                users,
+                password: PASSWORD.to_owned(),
+                messages,
+                server_pid,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            println!(
+                "group of {} online members, {} messages: all had it after {:.1} ms (median), {:.1} ms (worst); half after {:.1} ms; server CPU {} per message",
+                r.members,
+                r.messages,
+                r.all_p50_ms,
+                r.all_max_ms,
+                r.half_p50_ms,
+                r.server_cpu_ms_per_message
+                    .map_or("-".into(), |c| format!("{c:.1} ms"))
+            );
+            println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             Ok(())
         }
         Cmd::Compare {
@@ -435,6 +551,102 @@ async fn compare(
         })
         .collect();
     println!("{}", serde_json::Value::from(json));
+    Ok(())
+}
+
+fn print_logins(r: &bench::LoginsReport, concurrency: usize) {
+    println!(
+        "{} logins in {:.1}s ({:.0}/s), {concurrency} at a time; {} refused at the cap (errno 51), {} failed{}; server RSS {} before, {} with all logged in ({} per connection)",
+        r.logins,
+        r.seconds,
+        r.logins_per_s,
+        r.refused_full,
+        r.failed,
+        r.first_failure
+            .as_ref()
+            .map_or(String::new(), |f| format!(" (first: {f})")),
+        mib(r.rss_before),
+        mib(r.rss_logged_in),
+        r.rss_per_connection
+            .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0)),
+    );
+}
+
+/// Runs `logins` in `procs` child processes at once, each holding its share,
+/// and reads the server's memory while all of them hold their connections.
+async fn logins_over_processes(
+    addr: &str,
+    users: usize,
+    concurrency: usize,
+    server_pid: Option<u32>,
+    procs: usize,
+) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let rss_before = server_pid.and_then(bench::process_rss);
+    let started = Instant::now();
+    let per = users.div_ceil(procs);
+    let mut children = Vec::new();
+    for p in 0..procs {
+        let n = per.min(users.saturating_sub(p * per));
+        if n == 0 {
+            break;
+        }
+        let mut cmd = tokio::process::Command::new(&me);
+        cmd.args(["logins", "--child", "--addr", addr])
+            .args(["--users", &n.to_string()])
+            .args(["--concurrency", &concurrency.div_ceil(procs).to_string()])
+            .args(["--first-source", &(p * per).to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        children.push(
+            cmd.spawn()
+                .map_err(|e| format!("cannot start a child: {e}"))?,
+        );
+    }
+    let mut total = bench::LoginsReport {
+        logins: 0,
+        refused_full: 0,
+        failed: 0,
+        first_failure: None,
+        seconds: 0.0,
+        logins_per_s: 0.0,
+        rss_before,
+        rss_logged_in: None,
+        rss_per_connection: None,
+    };
+    for child in &mut children {
+        let out = child.stdout.take().ok_or("child has no stdout")?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(out)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r: bench::LoginsReport =
+            serde_json::from_str(&line).map_err(|e| format!("child report {line:?}: {e}"))?;
+        total.logins += r.logins;
+        total.refused_full += r.refused_full;
+        total.failed += r.failed;
+        total.first_failure = total.first_failure.or(r.first_failure);
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    total.logins_per_s = total.logins as f64 / total.seconds;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    total.rss_logged_in = server_pid.and_then(bench::process_rss);
+    total.rss_per_connection = rss_before
+        .zip(total.rss_logged_in)
+        .filter(|_| total.logins > 0)
+        .map(|(a, b)| (b as f64 - a as f64) / total.logins as f64);
+    print_logins(&total, concurrency);
+    println!(
+        "{}",
+        serde_json::to_string(&total).map_err(|e| e.to_string())?
+    );
+    for mut child in children {
+        drop(child.stdin.take());
+        let _ = child.wait().await;
+    }
     Ok(())
 }
 

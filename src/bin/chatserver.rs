@@ -65,9 +65,11 @@ struct Cli {
     /// Largest chat message body, in bytes.
     #[arg(long, default_value_t = Config::default().max_message_bytes)]
     max_message_bytes: usize,
-    /// Connections served at once; further ones are refused with errno 51.
-    #[arg(long, default_value_t = Config::default().max_connections)]
-    max_connections: usize,
+    /// Connections served at once; further ones are refused with errno 51
+    /// (default: what the open-file limit allows, less 512 for the node's own
+    /// files and connections).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// SQLite only: `full` fsyncs every commit, so an acknowledged message
     /// survives a power cut; `normal` survives a process crash only, for
     /// less disk work per message.
@@ -137,6 +139,8 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Raised before anything opens files; the default cap follows from it.
+    let client_capacity = chat::server::client_capacity();
     let node_id = cli.node_id.clone().unwrap_or_else(|| addr.clone());
     let cluster = cli.redis.as_ref().map(|url| ClusterConfig {
         key_prefix: cli.redis_prefix.clone(),
@@ -153,7 +157,10 @@ async fn run() -> ExitCode {
         },
         max_frame: cli.max_frame,
         max_message_bytes: cli.max_message_bytes,
-        max_connections: cli.max_connections,
+        max_connections: cli
+            .max_connections
+            .or(client_capacity)
+            .unwrap_or(Config::default().max_connections),
         push_queue: cli.push_queue,
         sqlite_sync: cli.sync,
         ..Config::default()
