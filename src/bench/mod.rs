@@ -212,11 +212,13 @@ pub async fn request_raw(
 #[derive(Debug, Clone)]
 pub struct PairsOptions {
     pub addr: String,
+    /// Where receivers log in (another node of a cluster); `addr` if `None`.
+    pub recv_addr: Option<String>,
     pub pairs: usize,
     pub warmup: Duration,
     pub duration: Duration,
-    /// The server's PID, for CPU per message.
-    pub server_pid: Option<u32>,
+    /// The server side's PIDs (nodes, database, Redis), for CPU per message.
+    pub server_pids: Vec<u32>,
     /// Whether the server acknowledges each message (the relay does not).
     pub expect_acks: bool,
     /// The users: `2 * pairs` ids, senders first, all with `password`.
@@ -283,8 +285,16 @@ pub struct PairsRun {
     shared: Arc<Shared>,
     tasks: tokio::task::JoinSet<Result<(), BenchError>>,
     ack_tasks: tokio::task::JoinSet<()>,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     expect_acks: bool,
+}
+
+/// CPU time used by all of `pids`; `None` if any cannot be read.
+pub fn processes_cpu(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| process_cpu(p)).sum()
 }
 
 impl PairsRun {
@@ -312,7 +322,12 @@ impl PairsRun {
         for p in 0..opts.pairs {
             let (from, to) = (opts.users[p], opts.users[opts.pairs + p]);
             let sender = login_raw(&opts.addr, from, &opts.password).await?;
-            let receiver = login_raw(&opts.addr, to, &opts.password).await?;
+            let receiver = login_raw(
+                opts.recv_addr.as_deref().unwrap_or(&opts.addr),
+                to,
+                &opts.password,
+            )
+            .await?;
             conns.push((from, to, sender, receiver));
         }
         let mut tasks = tokio::task::JoinSet::new();
@@ -378,7 +393,7 @@ impl PairsRun {
             shared,
             tasks,
             ack_tasks,
-            server_pid: opts.server_pid,
+            server_pids: opts.server_pids.clone(),
             expect_acks: opts.expect_acks,
         })
     }
@@ -389,13 +404,13 @@ impl PairsRun {
             hist.reset();
         }
         let delivered0 = self.shared.delivered.load(Ordering::Relaxed);
-        let cpu0 = self.server_pid.and_then(process_cpu);
+        let cpu0 = processes_cpu(&self.server_pids);
         let t0 = Instant::now();
         self.shared.measuring.store(true, Ordering::Relaxed);
         let out = during.await;
         self.shared.measuring.store(false, Ordering::Relaxed);
         let seconds = t0.elapsed().as_secs_f64();
-        let cpu1 = self.server_pid.and_then(process_cpu);
+        let cpu1 = processes_cpu(&self.server_pids);
         let delivered = self.shared.delivered.load(Ordering::Relaxed) - delivered0;
         let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
         let q = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q);

@@ -8,11 +8,12 @@
 //! hits a deadlock is retried. Each node still commits in batches
 //! ([`GroupCommit`]); reads use the pool.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::str::FromStr;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlQueryResult};
-use sqlx::{MySql, MySqlConnection, QueryBuilder};
+use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
 
 use super::commit::{BatchWriter, GroupCommit, WriteOp};
 use super::sql::{self, MsgRow, impl_store, is_unique_violation};
@@ -168,7 +169,8 @@ impl Writer {
         }
         let mut tx = self.pool.begin().await?;
         let mut newly_known = Vec::new();
-        let mut rows: Vec<(usize, Seq)> = Vec::new();
+        // Conversations that take messages in this batch, with how many.
+        let mut counts: Vec<(&str, i64)> = Vec::with_capacity(by_conv.len());
         for (key, (conv, ops)) in &by_conv {
             if !self.known.contains(conv) {
                 if let Err(e) = ensure_conversation(&mut tx, *conv).await? {
@@ -179,43 +181,91 @@ impl Writer {
                 }
                 newly_known.push(*conv);
             }
-            let n = i64::try_from(ops.len()).unwrap_or(i64::MAX);
-            sqlx::query("UPDATE conversations SET last_seq = last_seq + ? WHERE conv = ?")
-                .bind(n)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-            let (last,): (i64,) = sqlx::query_as(sql::LAST_SEQ)
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
-            for (k, &i) in (0_i64..).zip(ops) {
-                rows.push((i, last - n + 1 + k));
+            counts.push((key, i64::try_from(ops.len()).unwrap_or(i64::MAX)));
+        }
+        // The whole batch is two round trips plus BEGIN and COMMIT, whatever
+        // it holds: the first reserves every conversation's numbers (one
+        // UPDATE takes the row locks in key order, as the IN list is scanned
+        // along the primary key) and reads where each now ends; the second
+        // inserts every message and moves every cursor. These statements
+        // change shape with every batch, so they go as plain text: as
+        // prepared statements each new shape would be prepared, and each
+        // eviction from the statement cache sends a close the server never
+        // answers, which with Nagle's algorithm and delayed acks stalled the
+        // next statement 40 ms. Values are numbers, conversation keys (checked
+        // to be [a-z0-9:]) and hex literals, so no text is ever spliced in.
+        let mut rows: Vec<(usize, Seq)> = Vec::new();
+        if !counts.is_empty() {
+            let keys: Vec<String> = counts
+                .iter()
+                .map(|(key, _)| conv_literal(key))
+                .collect::<Result<_, _>>()?;
+            let mut text = String::from("UPDATE conversations SET last_seq = last_seq + CASE conv");
+            for (lit, (_, n)) in keys.iter().zip(&counts) {
+                let _ = write!(text, " WHEN {lit} THEN {n}");
+            }
+            let list = keys.join(", ");
+            let _ = write!(
+                text,
+                " END WHERE conv IN ({list}); SELECT conv, last_seq FROM conversations WHERE conv IN ({list})"
+            );
+            let mut lasts: HashMap<String, i64> = HashMap::with_capacity(counts.len());
+            for row in sqlx::raw_sql(AssertSqlSafe(text))
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                lasts.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+            for (key, n) in &counts {
+                let Some(&last) = lasts.get(*key) else {
+                    return Err(Retry::Failed(StoreError::Unavailable(format!(
+                        "conversation {key} vanished during a write"
+                    ))));
+                };
+                for (k, &i) in (0_i64..).zip(&by_conv[*key].1) {
+                    rows.push((i, last - n + 1 + k));
+                }
             }
         }
+        let mut text = String::new();
         if !rows.is_empty() {
-            let mut insert: QueryBuilder<MySql> = QueryBuilder::new(sql::INSERT_MESSAGES);
-            insert.push_values(&rows, |mut b, (i, seq)| {
+            text.push_str(sql::INSERT_MESSAGES);
+            text.push_str("VALUES ");
+            for (n, (i, seq)) in rows.iter().enumerate() {
                 if let WriteOp::Append(msg) = &batch[*i] {
-                    b.push_bind(msg.conv.key())
-                        .push_bind(*seq)
-                        .push_bind(msg.sender)
-                        .push_bind(msg.sender_name.clone())
-                        .push_bind(msg.body.clone())
-                        .push_bind(now);
+                    let sep = if n > 0 { ", " } else { "" };
+                    let _ = write!(
+                        text,
+                        "{sep}({}, {seq}, {}, {}, {}, {now})",
+                        conv_literal(&msg.conv.key())?,
+                        msg.sender,
+                        text_literal(&msg.sender_name),
+                        text_literal(&msg.body),
+                    );
                 }
-            });
-            insert.build().execute(&mut *tx).await?;
+            }
+            text.push_str("; ");
         }
-        for ((user, conv), seq) in &cursor_moves {
-            sqlx::query(
-                "UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, ?) WHERE user_id = ? AND conv = ?",
-            )
-            .bind(seq)
-            .bind(user)
-            .bind(conv)
-            .execute(&mut *tx)
-            .await?;
+        // All cursor moves in one statement. Only existing cursors move (a
+        // cursor is never created here: that would put a user back into a
+        // group they left on another node).
+        if !cursor_moves.is_empty() {
+            text.push_str("UPDATE cursors c JOIN (");
+            for (n, ((user, conv), seq)) in cursor_moves.iter().enumerate() {
+                let sep = if n > 0 { " UNION ALL " } else { "" };
+                let _ = write!(
+                    text,
+                    "{sep}SELECT {user} AS u, {} AS cv, {seq} AS s",
+                    conv_literal(conv)?
+                );
+            }
+            text.push_str(
+                ") m ON c.user_id = m.u AND c.conv = m.cv \
+                 SET c.delivered_seq = GREATEST(c.delivered_seq, m.s)",
+            );
+        }
+        if !text.is_empty() {
+            sqlx::raw_sql(AssertSqlSafe(text)).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.known.extend(newly_known);
@@ -226,6 +276,34 @@ impl Writer {
         }
         Ok(outcomes)
     }
+}
+
+/// A conversation key as an SQL literal. Keys are made of `[a-z0-9:]`
+/// ([`Conversation::key`]); anything else is refused rather than quoted.
+fn conv_literal(key: &str) -> Result<String, Retry> {
+    if key
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b':')
+    {
+        Ok(format!("'{key}'"))
+    } else {
+        Err(Retry::Failed(StoreError::Unavailable(format!(
+            "conversation key {key:?} is not a key"
+        ))))
+    }
+}
+
+/// Any text as a utf8mb4 hex literal: nothing of it is read as SQL.
+fn text_literal(s: &str) -> String {
+    let mut out = String::with_capacity(12 + 2 * s.len());
+    out.push_str("_utf8mb4 X'");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in s.bytes() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out.push('\'');
+    out
 }
 
 /// Makes sure a conversation can take messages: a group's row exists from
