@@ -283,7 +283,7 @@ pub struct Window {
 /// Closed-loop pairs running in the background; measured in windows.
 pub struct PairsRun {
     shared: Arc<Shared>,
-    tasks: tokio::task::JoinSet<Result<(), BenchError>>,
+    tasks: tokio::task::JoinSet<Result<OwnedWriteHalf, BenchError>>,
     ack_tasks: tokio::task::JoinSet<()>,
     server_pids: Vec<u32>,
     expect_acks: bool,
@@ -386,7 +386,10 @@ impl PairsRun {
                         shared.delivered.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok(())
+                // The sender's write half outlives the loop: closing it now
+                // would end the session before its last acks arrive (nginx
+                // closes both directions when the client closes one).
+                Ok(out)
             });
         }
         Ok(PairsRun {
@@ -437,8 +440,9 @@ impl PairsRun {
     /// Stops the pairs; returns messages sent, acknowledged and refused.
     pub async fn stop(mut self) -> Result<(u64, u64, u64), BenchError> {
         self.shared.stop.store(true, Ordering::Relaxed);
+        let mut senders = Vec::new();
         while let Some(done) = self.tasks.join_next().await {
-            done.map_err(|e| BenchError::Protocol(e.to_string()))??;
+            senders.push(done.map_err(|e| BenchError::Protocol(e.to_string()))??);
         }
         // Let the last acknowledgements arrive.
         let shared = &self.shared;
@@ -452,6 +456,7 @@ impl PairsRun {
             }
         }
         self.ack_tasks.abort_all();
+        drop(senders);
         Ok((
             shared.sent.load(Ordering::Relaxed),
             shared.acked.load(Ordering::Relaxed),
