@@ -21,6 +21,8 @@
 //! * [`bench`]: the load tool's workloads and the bare relay it compares
 //!   against (`chatbench`).
 //! * [`model`]: the domain values all of the above exchange.
+//! * [`metrics`]: Prometheus counters and histograms, on a listener of
+//!   their own.
 
 pub mod auth;
 pub mod bench;
@@ -28,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod ring;

@@ -122,6 +122,11 @@ pub struct Delivery {
     pub message: ChatMessage,
     /// The JSON object of the push, without terminator.
     pub frame: Bytes,
+    /// When it reached this node (stored here, or taken off the bus), for
+    /// the delivery latency metric.
+    pub arrived: std::time::Instant,
+    /// Whether another node sent it.
+    pub remote: bool,
 }
 
 /// What the hub hands to a session's queue.

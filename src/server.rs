@@ -15,11 +15,14 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::sync::atomic::Ordering;
+
 use crate::config::Config;
 use crate::connection;
 use crate::hub::Hub;
 use crate::hub::local::LocalHub;
 use crate::hub::redis::{ClusterConfig, RedisHub};
+use crate::metrics::{METRICS, PoolUsage, inc};
 use crate::service::Service;
 use crate::store::mysql::MySqlStore;
 use crate::store::sqlite::SqliteStore;
@@ -99,6 +102,12 @@ impl Node {
         })
     }
 
+    /// What the metrics endpoint reads from the store at each scrape.
+    pub fn pool_usage(&self) -> impl Fn() -> PoolUsage + Send + Sync + 'static {
+        let store = self.store.clone();
+        move || store.pool_usage()
+    }
+
     /// Serves `listener` until `shutdown` is cancelled, then shuts down
     /// gracefully.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
@@ -150,7 +159,7 @@ pub fn client_capacity() -> Option<usize> {
                 lim.rlim_cur = lim.rlim_max;
             }
         }
-        let soft = u64::try_from(lim.rlim_cur).unwrap_or(u64::MAX);
+        let soft: u64 = lim.rlim_cur;
         usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).ok()
     }
     #[cfg(not(unix))]
@@ -175,13 +184,17 @@ async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &
                     Ok(slot) => {
                         let service = service.clone();
                         let shutdown = shutdown.clone();
+                        inc(&METRICS.connections_accepted);
+                        METRICS.connections_open.fetch_add(1, Ordering::Relaxed);
                         sessions.spawn(async move {
                             connection::serve(stream, service, shutdown).await;
+                            METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
                             drop(slot);
                         });
                     }
                     Err(_) => {
                         tracing::warn!("connection limit reached, refusing a client");
+                        inc(&METRICS.connections_refused);
                         sessions.spawn(connection::refuse(stream));
                     }
                 }

@@ -75,6 +75,9 @@ struct Cli {
     /// less disk work per message.
     #[arg(long, value_enum, default_value_t = SqliteSync::Full)]
     sync: SqliteSync,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
+    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Pushes queued per session before a too-slow reader is disconnected.
     #[arg(long, default_value_t = Config::default().push_queue)]
     push_queue: usize,
@@ -182,6 +185,18 @@ async fn run() -> ExitCode {
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
     tracing::info!(listen = %local, db = %cli.db, "chatserver ready");
     let shutdown = CancellationToken::new();
+    if let Some(addr) = &cli.metrics_listen {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(listen = %addr, "metrics at /metrics");
+                tokio::spawn(chat::metrics::serve(l, node.pool_usage(), shutdown.clone()));
+            }
+            Err(e) => {
+                eprintln!("chatserver: cannot listen for metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     node.serve(listener, shutdown).await;
     ExitCode::SUCCESS

@@ -170,6 +170,7 @@ impl std::fmt::Debug for RedisHub {
 }
 
 fn unavailable(e: redis::RedisError) -> HubError {
+    crate::metrics::inc(&crate::metrics::METRICS.redis_errors);
     HubError::Unavailable(e.to_string())
 }
 
@@ -380,6 +381,8 @@ impl RedisHub {
         let delivery = Arc::new(Delivery {
             message,
             frame: Bytes::copy_from_slice(frame),
+            arrived: std::time::Instant::now(),
+            remote: true,
         });
         self.local.deliver_here(&delivery, &recipients);
     }
@@ -487,6 +490,7 @@ impl Hub for RedisHub {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        crate::metrics::inc(&crate::metrics::METRICS.published_remote);
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::account::{chronological, mark_delivered};
 use super::delivery::Incoming;
 use super::{Service, Session, invalid};
+use crate::metrics::{METRICS, inc};
 use crate::model::{
     ChatMessage, Conversation, Delivery, GroupId, NewMessage, Push, Seq, UserId, check_body,
 };
@@ -87,9 +88,12 @@ impl Service {
             .with("seq", stored.seq)
             .with("ts", stored.ts_ms)
             .with("time", classic_time(stored.ts_ms));
+        inc(&METRICS.messages_stored);
         let delivery = Arc::new(Delivery {
             frame: render_push(&stored),
             message: stored,
+            arrived: std::time::Instant::now(),
+            remote: false,
         });
         if let Err(e) = self.hub.deliver(delivery, recipients).await {
             // Stored already: receivers get it at their next gap check or login.
@@ -161,12 +165,23 @@ impl Service {
             Incoming::Duplicate => Vec::new(),
             Incoming::InOrder => {
                 me.cursors.delivered(m.conv, m.seq);
+                inc(if d.remote {
+                    &METRICS.delivered_remote
+                } else {
+                    &METRICS.delivered_local
+                });
+                METRICS
+                    .delivery_latency
+                    .observe_duration(d.arrived.elapsed());
                 vec![d.frame.clone()]
             }
             Incoming::Gap { after } => {
                 match self.store.between(m.conv, after, m.seq, me.id).await {
                     Ok(missing) => {
                         let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
+                        METRICS
+                            .delivered_from_store
+                            .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         out.push(d.frame.clone());
                         me.cursors.delivered(m.conv, m.seq);
                         out
@@ -212,6 +227,9 @@ impl Service {
             .filter(|m| me.cursors.classify(m.conv, m.seq) != Incoming::Duplicate)
             .collect();
         mark_delivered(me, &fresh);
+        METRICS
+            .delivered_from_store
+            .fetch_add(fresh.len() as u64, std::sync::atomic::Ordering::Relaxed);
         chronological(fresh).iter().map(render_push).collect()
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthError, PasswordHasherPool};
 use crate::config::Config;
 use crate::hub::{GroupChange, Hub, HubError, Kick};
+use crate::metrics::{METRICS, inc};
 use crate::model::{Push, UserId};
 use crate::protocol::{self, ErrCode, Fail, Reply, Request, msgid};
 use crate::store::{SharedStore, StoreError};
@@ -256,7 +257,16 @@ impl Service {
         }
         match req {
             Request::Register { name, password } => self.register(ack, &name, &password).await,
-            Request::Login { id, password } => self.login(s, ack, id, password).await,
+            Request::Login { id, password } => {
+                let result = self.login(s, ack, id, password).await;
+                if result.is_ok() {
+                    inc(&METRICS.logins);
+                    METRICS.sessions_online.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    inc(&METRICS.login_failures);
+                }
+                result
+            }
             Request::Logout => self.logout(s, ack).await,
             Request::AddFriend { friendid } => self.add_friend(s, ack, friendid).await,
             Request::DelFriend { friendid } => self.del_friend(s, ack, friendid).await,
@@ -327,6 +337,7 @@ impl Service {
                 tracing::warn!(user = me.id, error = %e, "could not store delivery cursors");
             }
             self.hub.disconnect(me.id, s.id).await;
+            METRICS.sessions_online.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(user = me.id, session = s.id, "user offline");
         }
     }

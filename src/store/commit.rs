@@ -89,8 +89,9 @@ impl GroupCommit {
         tasks.spawn(async move {
             let mut batch = Batch::default();
             while batch.fill(rx.recv().await, &mut rx) {
+                let started = std::time::Instant::now();
                 let result = writer.write_batch(&batch.ops).await;
-                batch.answer(result);
+                batch.answer(result, started);
             }
         });
         tasks.close();
@@ -112,8 +113,9 @@ impl GroupCommit {
                 let _token = token;
                 let mut batch = Batch::default();
                 while batch.fill(rx.blocking_recv(), &mut rx) {
+                    let started = std::time::Instant::now();
                     let result = writer.write_batch(&batch.ops);
-                    batch.answer(result);
+                    batch.answer(result, started);
                 }
             })?;
         tasks.close();
@@ -218,7 +220,17 @@ impl Batch {
         !self.ops.is_empty()
     }
 
-    fn answer(&mut self, result: StoreResult<Vec<Option<StoreResult<ChatMessage>>>>) {
+    fn answer(
+        &mut self,
+        result: StoreResult<Vec<Option<StoreResult<ChatMessage>>>>,
+        started: std::time::Instant,
+    ) {
+        use crate::metrics::METRICS;
+        METRICS.store_commit.observe_duration(started.elapsed());
+        METRICS.store_batch_ops.observe(self.ops.len() as f64);
+        if result.is_err() {
+            crate::metrics::inc(&METRICS.store_errors);
+        }
         match result {
             Ok(outcomes) => {
                 for (reply, outcome) in self.replies.drain(..).zip(outcomes) {

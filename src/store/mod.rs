@@ -127,6 +127,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<ChatMessage>>;
 
+    /// The connection pool's size and idle connections, for metrics.
+    fn pool_usage(&self) -> crate::metrics::PoolUsage;
+
     /// Finishes pending writes and closes connections.
     async fn close(&self);
 }

@@ -357,6 +357,10 @@ macro_rules! impl_store {
                 Ok(sql::messages(rows))
             }
 
+            fn pool_usage(&self) -> $crate::metrics::PoolUsage {
+                Some((self.pool.size(), self.pool.num_idle()))
+            }
+
             async fn close(&self) {
                 self.commit.close().await;
                 self.pool.close().await;
