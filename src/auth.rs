@@ -30,8 +30,10 @@ pub enum AuthError {
     Busy,
 }
 
-/// How long a login or registration waits for a hashing slot.
-const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a login or registration waits for a hashing slot. Long enough
+/// to ride out a storm (users would rather wait than retry, and retries
+/// only add load); bounded so that nobody waits forever.
+const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Niceness of the hashing threads where the idle class is refused (0 is
 /// the reactor's; 19 the lowest).

@@ -4,7 +4,7 @@
 //! implements it with its own SQL and its own embedded migrations, and one
 //! behaviour suite (the end-to-end tests) runs against each. SQLite is the
 //! embedded default ([`sqlite`]); MySQL/MariaDB is the cluster backend
-//! (next issue).
+//! ([`mysql`]).
 //!
 //! Two rules shape the interface:
 //! * Messages are stored before anyone sees them, each with a sequence
@@ -58,8 +58,6 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId>;
     /// The user's name and password hash, if the user exists.
     async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>>;
-    /// The user's public view, if the user exists.
-    async fn user(&self, id: UserId) -> StoreResult<Option<UserSummary>>;
 
     /// Makes `a` and `b` friends of each other; `NotFound` when `b` does not
     /// exist, `Conflict` when they already are.

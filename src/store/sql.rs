@@ -13,7 +13,6 @@ use crate::model::{ChatMessage, Conversation, GroupId, GroupInfo, GroupMember, G
 pub(super) type MsgRow = (String, i64, i64, String, String, i64);
 
 pub(super) const CREDENTIALS: &str = "SELECT name, password_hash FROM users WHERE id = ?";
-pub(super) const USER_NAME: &str = "SELECT name FROM users WHERE id = ?";
 pub(super) const USER_ID: &str = "SELECT id FROM users WHERE id = ?";
 pub(super) const COUNT_USERS_2: &str = "SELECT COUNT(*) FROM users WHERE id IN (?, ?)";
 pub(super) const CREATE_USER: &str =
@@ -211,14 +210,6 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 Ok(row.map(|(name, password_hash)| Credentials { id, name, password_hash }))
-            }
-
-            async fn user(&self, id: UserId) -> StoreResult<Option<UserSummary>> {
-                let row: Option<(String,)> = sqlx::query_as(sql::USER_NAME)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(row.map(|(name,)| UserSummary { id, name }))
             }
 
             async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool> {

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Reproduces the figures in docs/benchmarks.md. Benchmarks print figures;
+# nothing here passes or fails on a speed.
+#
+#   scripts/bench.sh single    relay vs chatserver (SQLite), 10 and 100 pairs, 3 rounds
+#   scripts/bench.sh cluster   2 nodes + MariaDB + Redis (+ nginx), 100 pairs across nodes
+#   scripts/bench.sh memory    RSS after 1,000 logins held at once
+#   scripts/bench.sh storm     chat latency during 500 concurrent password logins
+#   scripts/bench.sh fanout    a group message to 1,000 online members (MEMBERS=10000 ...)
+#   scripts/bench.sh all       all of the above
+#
+# Server-side processes run on core 0 (SERVER_CPU), the load generator on
+# core 1 (CLIENT_CPU). Needs the release binaries (built here) and, for
+# `cluster`, MariaDB, Redis and nginx (scripts/provision.sh installs them).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+server_cpu=${SERVER_CPU:-0}
+client_cpu=${CLIENT_CPU:-1}
+bin="$root/target/release"
+cargo build --release --locked --bin chatserver --bin chatbench --bin chathash >&2
+work=$(mktemp -d -t chat-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -e "$work/cluster/nodes" ] && CHAT_CLUSTER_DIR="$work/cluster" scripts/cluster.sh down >/dev/null 2>&1
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts a single SQLite node pinned to the server core; sets $node_pid.
+start_node() {
+    local port=$1
+    shift
+    taskset -c "$server_cpu" "$bin/chatserver" --listen "127.0.0.1:$port" \
+        --db "sqlite://$work/node-$port.db" "$@" >"$work/node-$port.log" 2>&1 &
+    node_pid=$!
+    pids+=("$node_pid")
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "node on $port did not start" >&2
+    cat "$work/node-$port.log" >&2
+    exit 1
+}
+
+bench() { taskset -c "$client_cpu" "$bin/chatbench" "$@"; }
+
+single() {
+    echo "== single node: relay vs chatserver (SQLite, synchronous=FULL)"
+    bench compare --pairs 10,100 --repeat "${REPEAT:-3}" --duration "${DURATION:-5}" \
+        --server-cpu "$server_cpu" --client-cpu "$client_cpu"
+    echo "== the same with --sync normal (survives a process crash, not a power cut)"
+    bench compare --pairs 10,100 --repeat "${REPEAT:-3}" --duration "${DURATION:-5}" \
+        --server-cpu "$server_cpu" --client-cpu "$client_cpu" --server-arg=--sync --server-arg=normal
+}
+
+cluster() {
+    echo "== cluster: 2 nodes, MariaDB, Redis, nginx; all server-side processes on core $server_cpu"
+    export CHAT_CLUSTER_DIR="$work/cluster" CHAT_BIN_DIR="$bin" CHAT_BALANCE=round-robin
+    export CHAT_LISTEN_PORT=18000 CHAT_NODE_PORT=16000 CHAT_MYSQL_PORT=16306 CHAT_REDIS_PORT=16379
+    scripts/cluster.sh up 2 >&2
+    local side=() p
+    for s in node1 node2 mariadb redis nginx; do
+        p=$(cat "$CHAT_CLUSTER_DIR/$s/pid")
+        side+=("$p")
+        # nginx workers are the master's children.
+        for c in $p $(pgrep -P "$p" || true); do taskset -a -p -c "$server_cpu" "$c" >/dev/null; done
+    done
+    local nodes_db_redis
+    nodes_db_redis=$(IFS=,; echo "${side[*]:0:4}")
+    local everything
+    everything=$(IFS=,; echo "${side[*]}")
+    for r in $(seq "${REPEAT:-3}"); do
+        echo "-- round $r: senders on node1, receivers on node2 (CPU: nodes + MariaDB + Redis)"
+        bench pairs --addr 127.0.0.1:16000 --recv-addr 127.0.0.1:16001 --pairs 100 \
+            --duration "${DURATION:-5}" --warmup 2 --server-pid "$nodes_db_redis"
+        echo "-- round $r: everyone through nginx, round robin (CPU: the above + nginx)"
+        bench pairs --addr 127.0.0.1:18000 --pairs 100 \
+            --duration "${DURATION:-5}" --warmup 2 --server-pid "$everything"
+    done
+    scripts/cluster.sh down >&2
+}
+
+memory() {
+    echo "== memory: 1,000 users logged in at once"
+    start_node 17001
+    bench logins --addr 127.0.0.1:17001 --users "${USERS:-1000}" --server-pid "$node_pid"
+}
+
+storm() {
+    echo "== login storm: 10 chatting pairs, then 500 concurrent password logins"
+    start_node 17002
+    bench storm --addr 127.0.0.1:17002 --pairs 10 --logins 500 --server-pid "$node_pid"
+}
+
+fanout() {
+    echo "== group fan-out: ${MEMBERS:-1000} members online"
+    start_node 17003
+    bench fanout --addr 127.0.0.1:17003 --members "${MEMBERS:-1000}" --messages 20 \
+        --server-pid "$node_pid"
+}
+
+case "${1:-}" in
+    single | cluster | memory | storm | fanout) "$1" ;;
+    all) single; cluster; memory; storm; fanout ;;
+    *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
