@@ -64,9 +64,11 @@ cluster() {
     local side=() p
     for s in node1 node2 mariadb redis nginx; do
         p=$(cat "$CHAT_CLUSTER_DIR/$s/pid")
-        side+=("$p")
-        # nginx workers are the master's children.
-        for c in $p $(pgrep -P "$p" || true); do taskset -a -p -c "$server_cpu" "$c" >/dev/null; done
+        # nginx's workers are the master's children, and do its work.
+        for c in $p $(pgrep -P "$p" || true); do
+            side+=("$c")
+            taskset -a -p -c "$server_cpu" "$c" >/dev/null
+        done
     done
     local nodes_db_redis
     nodes_db_redis=$(IFS=,; echo "${side[*]:0:4}")

@@ -4,17 +4,22 @@
 //! threads of its own, behind a semaphore. Those threads run in the idle
 //! scheduling class: during a login storm the core goes to chat traffic
 //! first and the logins queue (for at most [`HASH_WAIT`], then "server busy,
-//! try again"), instead of every logged-in user's delivery latency growing. Each
-//! hash takes ~19 MiB; `chatserver` sets the allocator to give such blocks
-//! back to the system when freed (see `chat::server::tune_allocator`).
+//! try again"), instead of every logged-in user's delivery latency growing.
+//! Each hash works in ~19 MiB of memory. Every hashing thread allocates
+//! that once and hashes in it ever after, so memory is one block per thread
+//! however many logins there are. (Tokio's blocking pool, used before, grew
+//! to many threads whose allocator arenas each kept blocks: most of a
+//! gigabyte after a few hundred logins. Mapping and unmapping a block per
+//! hash keeps memory low too, but takes the process's memory-map lock from a
+//! low-priority thread that may be preempted holding it, stalling chat for
+//! milliseconds during a login storm.)
 //! A login for an account that does not exist still verifies against a
 //! fixed dummy hash, so response time does not reveal which ids exist.
 
 use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 
 use crate::model::Password;
@@ -39,7 +44,8 @@ const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// the reactor's; 19 the lowest).
 const HASH_NICENESS: libc::c_int = 10;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// Work for a hashing thread, given the thread's own argon2 memory.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
 /// Hashes and verifies passwords with argon2id (default parameters).
 #[derive(Debug, Clone)]
@@ -54,7 +60,7 @@ pub struct PasswordHasherPool {
 impl PasswordHasherPool {
     /// A pool computing at most `parallel` hashes at once.
     pub fn new(parallel: usize) -> Result<Self, AuthError> {
-        let dummy = hash_now(b"dummy password for absent accounts")?;
+        let dummy = hash_now(b"dummy password for absent accounts", &mut Vec::new())?;
         let parallel = parallel.max(1);
         // At most `parallel` jobs are queued or running (the permits), so
         // the queue never fills.
@@ -66,6 +72,7 @@ impl PasswordHasherPool {
                 .name(format!("hash-{i}"))
                 .spawn(move || {
                     lower_priority();
+                    let mut memory = Vec::new();
                     loop {
                         // The lock is held only while waiting for a job.
                         let job = match rx.lock() {
@@ -73,7 +80,7 @@ impl PasswordHasherPool {
                             Err(_) => break,
                         };
                         match job {
-                            Ok(job) => job(),
+                            Ok(job) => job(&mut memory),
                             Err(_) => break,
                         }
                     }
@@ -90,13 +97,13 @@ impl PasswordHasherPool {
     /// Runs `work` on a hashing thread and waits for its result.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, AuthError> {
         let _permit = self.permit().await?;
         let (done, result) = tokio::sync::oneshot::channel();
         self.jobs
-            .try_send(Box::new(move || {
-                let _ = done.send(work());
+            .try_send(Box::new(move |memory: &mut Vec<Block>| {
+                let _ = done.send(work(memory));
             }))
             .map_err(|_| AuthError::Busy)?;
         result.await.map_err(|_| AuthError::Join)
@@ -112,7 +119,8 @@ impl PasswordHasherPool {
 
     /// The PHC string (`$argon2id$v=19$...`) of `password` with a fresh salt.
     pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
-        self.run(move || hash_now(password.as_bytes())).await?
+        self.run(move |memory| hash_now(password.as_bytes(), memory))
+            .await?
     }
 
     /// Whether `password` matches `phc`; with `None`, checks against the dummy
@@ -121,16 +129,7 @@ impl PasswordHasherPool {
         let exists = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.to_string());
         let ok = self
-            .run(move || {
-                // A stored hash we cannot parse matches nothing.
-                PasswordHash::new(&phc)
-                    .map(|h| {
-                        Argon2::default()
-                            .verify_password(password.as_bytes(), &h)
-                            .is_ok()
-                    })
-                    .unwrap_or(false)
-            })
+            .run(move |memory| verify_now(password.as_bytes(), &phc, memory))
             .await?;
         Ok(ok && exists)
     }
@@ -154,11 +153,63 @@ fn lower_priority() {
     }
 }
 
-fn hash_now(password: &[u8]) -> Result<String, AuthError> {
-    Argon2::default()
-        .hash_password(password)
-        .map(|h| h.to_string())
-        .map_err(|e| AuthError::Hash(e.to_string()))
+/// `memory` sized for `params` (grown once, then reused).
+fn blocks<'a>(memory: &'a mut Vec<Block>, params: &Params) -> &'a mut [Block] {
+    let n = params.block_count();
+    if memory.len() < n {
+        memory.resize(n, Block::default());
+    }
+    &mut memory[..n]
+}
+
+/// The PHC string of `password` under the default argon2id parameters, with
+/// a fresh random salt, computed in `memory`.
+fn hash_now(password: &[u8], memory: &mut Vec<Block>) -> Result<String, AuthError> {
+    let err = |e: &dyn std::fmt::Display| AuthError::Hash(e.to_string());
+    let params = Params::default();
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| err(&e))?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    argon2
+        .hash_password_into_with_memory(password, &salt, &mut out, blocks(memory, &params))
+        .map_err(|e| err(&e))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| err(&e))?,
+        salt: Some(Salt::new(&salt).map_err(|e| err(&e))?),
+        hash: Some(Output::new(&out).map_err(|e| err(&e))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the PHC string `phc` (any argon2 variant and
+/// parameters it names), computed in `memory`. Anything unparsable matches
+/// nothing. The comparison is constant-time.
+fn verify_now(password: &[u8], phc: &str, memory: &mut Vec<Block>) -> bool {
+    let mut check = || -> Option<bool> {
+        let hash = PasswordHash::new(phc).ok()?;
+        let algorithm = Algorithm::try_from(hash.algorithm.as_str()).ok()?;
+        let version = match hash.version {
+            Some(v) => Version::try_from(v).ok()?,
+            None => Version::default(),
+        };
+        let params = Params::try_from(&hash).ok()?;
+        let salt = hash.salt?;
+        let expected = hash.hash?;
+        let mut out = vec![0u8; expected.len()];
+        Argon2::new(algorithm, version, params.clone())
+            .hash_password_into_with_memory(
+                password,
+                salt.as_ref(),
+                &mut out,
+                blocks(memory, &params),
+            )
+            .ok()?;
+        Some(Output::new(&out).ok()? == expected)
+    };
+    check().unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -37,8 +37,10 @@ pub struct Config {
     pub history_max: u32,
     /// Page size when a history request names none.
     pub history_default: u32,
-    /// Password hashes computed at once (each takes ~19 MiB and a core for
-    /// tens of milliseconds), so a login flood cannot exhaust memory.
+    /// Password hashes computed at once, each on a thread of its own (each
+    /// takes ~19 MiB, which its thread keeps and reuses, and a core for tens
+    /// of milliseconds): a login flood cannot exhaust memory, and memory
+    /// stays at this many blocks however many logins there are.
     pub max_concurrent_hashes: usize,
     /// How often at most a session stores its delivery positions. Under load
     /// this folds many deliveries into one write; it is also the window of
@@ -116,8 +118,8 @@ impl Default for Config {
             history_max: 200,
             history_default: 20,
             max_concurrent_hashes: std::thread::available_parallelism()
-                .map(|n| n.get() * 2)
-                .unwrap_or(4),
+                .map(|n| n.get())
+                .unwrap_or(2),
             cursor_flush_interval: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(10),
             pool: PoolConfig::default(),

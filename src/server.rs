@@ -120,21 +120,6 @@ impl Node {
     }
 }
 
-/// Makes glibc's allocator give large blocks back to the system when they
-/// are freed. Each password hash allocates ~19 MiB; by default glibc raises
-/// its mmap threshold after the first such block is freed and from then on
-/// keeps these blocks in per-thread arenas, so a few hundred logins grew the
-/// process to most of a gigabyte that it never returned. With a fixed
-/// threshold, blocks over 256 KiB are mapped and unmapped: memory tracks
-/// the hashes in flight. Call once at start, before other threads exist.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-}
-
 /// Descriptors a node keeps for itself beyond its clients: database and
 /// Redis connections, the listener, SQLite's files, logs.
 pub const RESERVED_FDS: u64 = 512;

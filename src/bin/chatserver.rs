@@ -97,7 +97,6 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    chat::server::tune_allocator();
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run()),
         Err(e) => {
