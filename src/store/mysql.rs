@@ -98,6 +98,11 @@ async fn migrate(pool: &MySqlPool) -> StoreResult<()> {
 
 impl_store!(MySqlStore {});
 
+/// Size past which a batch's messages go in another INSERT statement.
+const STATEMENT_BYTES: usize = 4 << 20;
+/// Cursor moves per UPDATE statement (about 60 bytes each).
+const CURSOR_MOVES_PER_STATEMENT: usize = 10_000;
+
 /// The node's writer: commits batches of appends and cursor moves.
 struct Writer {
     pool: MySqlPool,
@@ -193,7 +198,7 @@ impl Writer {
         // eviction from the statement cache sends a close the server never
         // answers, which with Nagle's algorithm and delayed acks stalled the
         // next statement 40 ms. Values are numbers, conversation keys (checked
-        // to be [a-z0-9:]) and hex literals, so no text is ever spliced in.
+        // to be [a-z0-9:-]) and hex literals, so no text is ever spliced in.
         let mut rows: Vec<(usize, Seq)> = Vec::new();
         if !counts.is_empty() {
             let keys: Vec<String> = counts
@@ -227,31 +232,55 @@ impl Writer {
                 }
             }
         }
+        // Messages in multi-row INSERTs of at most STATEMENT_BYTES each (the
+        // server refuses a packet over max_allowed_packet, 16 MiB by default
+        // on MariaDB), all but the last sent at once.
         let mut text = String::new();
-        if !rows.is_empty() {
-            text.push_str(sql::INSERT_MESSAGES);
-            text.push_str("VALUES ");
-            for (n, (i, seq)) in rows.iter().enumerate() {
-                if let WriteOp::Append(msg) = &batch[*i] {
-                    let sep = if n > 0 { ", " } else { "" };
-                    let _ = write!(
-                        text,
-                        "{sep}({}, {seq}, {}, {}, {}, {now})",
-                        conv_literal(&msg.conv.key())?,
-                        msg.sender,
-                        text_literal(&msg.sender_name),
-                        text_literal(&msg.body),
-                    );
-                }
+        let mut row_in_statement = 0;
+        for (i, seq) in &rows {
+            let WriteOp::Append(msg) = &batch[*i] else {
+                continue;
+            };
+            if row_in_statement > 0 && text.len() > STATEMENT_BYTES {
+                text.push_str("; ");
+                sqlx::raw_sql(AssertSqlSafe(std::mem::take(&mut text)))
+                    .execute(&mut *tx)
+                    .await?;
+                row_in_statement = 0;
             }
+            if row_in_statement == 0 {
+                text.push_str(sql::INSERT_MESSAGES);
+                text.push_str("VALUES ");
+            }
+            let sep = if row_in_statement > 0 { ", " } else { "" };
+            let _ = write!(
+                text,
+                "{sep}({}, {seq}, {}, {}, {}, {now})",
+                conv_literal(&msg.conv.key())?,
+                msg.sender,
+                text_literal(&msg.sender_name),
+                text_literal(&msg.body),
+            );
+            row_in_statement += 1;
+        }
+        if !text.is_empty() {
             text.push_str("; ");
         }
         // All cursor moves in one statement. Only existing cursors move (a
         // cursor is never created here: that would put a user back into a
         // group they left on another node).
-        if !cursor_moves.is_empty() {
+        let cursor_moves: Vec<_> = cursor_moves.into_iter().collect();
+        for chunk in cursor_moves.chunks(CURSOR_MOVES_PER_STATEMENT) {
+            if text.len() > STATEMENT_BYTES {
+                sqlx::raw_sql(AssertSqlSafe(std::mem::take(&mut text)))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !text.is_empty() && !text.ends_with("; ") {
+                text.push_str("; ");
+            }
             text.push_str("UPDATE cursors c JOIN (");
-            for (n, ((user, conv), seq)) in cursor_moves.iter().enumerate() {
+            for (n, ((user, conv), seq)) in chunk.iter().enumerate() {
                 let sep = if n > 0 { " UNION ALL " } else { "" };
                 let _ = write!(
                     text,
@@ -278,12 +307,12 @@ impl Writer {
     }
 }
 
-/// A conversation key as an SQL literal. Keys are made of `[a-z0-9:]`
+/// A conversation key as an SQL literal. Keys are made of `[a-z0-9:-]`
 /// ([`Conversation::key`]); anything else is refused rather than quoted.
 fn conv_literal(key: &str) -> Result<String, Retry> {
     if key
         .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b':')
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b':' || b == b'-')
     {
         Ok(format!("'{key}'"))
     } else {
@@ -344,5 +373,19 @@ async fn ensure_conversation(
                 .await?;
             Ok(Ok(()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_never_carry_sql() {
+        assert_eq!(conv_literal("d:-1:20").ok().as_deref(), Some("'d:-1:20'"));
+        assert!(conv_literal("g:1' OR '1'='1").is_err());
+        assert_eq!(text_literal("a'\\"), "_utf8mb4 X'61275c'");
+        assert_eq!(text_literal("é"), "_utf8mb4 X'c3a9'");
+        assert_eq!(text_literal(""), "_utf8mb4 X''");
     }
 }
