@@ -119,7 +119,10 @@ pub struct ChatMessage {
 /// every receiver (a group message is serialised once, not once per member).
 #[derive(Debug)]
 pub struct Delivery {
-    pub message: ChatMessage,
+    /// Where the message belongs and its number there: all a receiving
+    /// session needs to order it (the rest is in the frame, and in the store).
+    pub conv: Conversation,
+    pub seq: Seq,
     /// The JSON object of the push, without terminator.
     pub frame: Bytes,
     /// When it reached this node (stored here, or taken off the bus), for

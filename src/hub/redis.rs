@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use super::local::LocalHub;
 use super::{GroupChange, Hub, HubError, SessionHandle};
-use crate::model::{ChatMessage, Conversation, Delivery, GroupId, UserId};
+use crate::model::{ChatMessage, Conversation, Delivery, GroupId, Seq, UserId};
 use crate::protocol::msgid;
 
 /// Where and how a node joins the cluster.
@@ -118,7 +118,7 @@ end
 return out
 ";
 
-/// Publishes `ARGV[1]` to the channel (`ARGV[2]` .. node) of every node
+/// Publishes `ARGV[1]` (header and frame) to the channel (`ARGV[2]` .. node) of every node
 /// other than ours (`ARGV[3]`) holding one of the receivers, prefixed with
 /// those receivers' ids. `KEYS[i]` is the presence key of receiver `ARGV[3+i]`.
 const ROUTE: &str = r"
@@ -362,24 +362,25 @@ impl RedisHub {
         *backoff = (*backoff * 2).min(Duration::from_secs(2));
     }
 
-    /// Hands a message published by another node (`ID,ID,...\nFRAME`) to
-    /// the local sessions it names.
+    /// Hands a message published by another node to the local sessions it
+    /// names. The payload is `ID,ID,...\nCONV SEQ\nFRAME`: the small header
+    /// says where the message belongs, so the frame is passed on as it is,
+    /// never parsed here. (`ID,...\nFRAME`, from a node of the version
+    /// before, still works: the frame is parsed for its conversation.)
     fn deliver_published(&self, payload: &[u8]) {
-        let Some(split) = payload.iter().position(|b| *b == b'\n') else {
-            tracing::warn!("malformed delivery on the cluster bus");
-            return;
-        };
-        let (ids, frame) = (&payload[..split], &payload[split + 1..]);
-        let recipients: Vec<UserId> = String::from_utf8_lossy(ids)
-            .split(',')
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        let Some(message) = message_of_frame(frame) else {
+        let Some(Published {
+            recipients,
+            conv,
+            seq,
+            frame,
+        }) = parse_published(payload)
+        else {
             tracing::warn!("undecodable message on the cluster bus");
             return;
         };
         let delivery = Arc::new(Delivery {
-            message,
+            conv,
+            seq,
             frame: Bytes::copy_from_slice(frame),
             arrived: std::time::Instant::now(),
             remote: true,
@@ -399,6 +400,52 @@ fn incarnation() -> String {
 
 /// Rebuilds a stored message from its push frame (the frame carries every
 /// field, so the bus carries nothing else).
+/// A message taken off the bus.
+#[derive(Debug, PartialEq, Eq)]
+struct Published<'a> {
+    recipients: Vec<UserId>,
+    conv: Conversation,
+    seq: Seq,
+    frame: &'a [u8],
+}
+
+fn parse_published(payload: &[u8]) -> Option<Published<'_>> {
+    let (ids, rest) = split_line(payload)?;
+    let recipients = String::from_utf8_lossy(ids)
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let (conv, seq, frame) = if rest.first() == Some(&b'{') {
+        message_of_frame(rest).map(|m| (m.conv, m.seq, rest))?
+    } else {
+        let (header, frame) = split_line(rest)?;
+        let (conv, seq) = std::str::from_utf8(header).ok()?.split_once(' ')?;
+        (Conversation::from_key(conv)?, seq.parse().ok()?, frame)
+    };
+    Some(Published {
+        recipients,
+        conv,
+        seq,
+        frame,
+    })
+}
+
+/// Splits at the first newline.
+fn split_line(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = bytes.iter().position(|b| *b == b'\n')?;
+    Some((&bytes[..at], &bytes[at + 1..]))
+}
+
+/// The bus form of a message: its header line, then its frame.
+fn bus_payload(d: &Delivery) -> Vec<u8> {
+    let header = format!("{} {}\n", d.conv.key(), d.seq);
+    let mut out = Vec::with_capacity(header.len() + d.frame.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&d.frame);
+    out
+}
+
+/// The conversation and number of a frame from a node that sends no header.
 fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
     let v: Value = serde_json::from_slice(frame).ok()?;
     let sender = v.get("id")?.as_i64()?;
@@ -479,7 +526,7 @@ impl Hub for RedisHub {
             invocation.key(self.user_key(*u));
         }
         invocation
-            .arg(message.frame.as_ref())
+            .arg(bus_payload(&message))
             .arg(self.channel_prefix())
             .arg(&self.config.node_id);
         for u in &elsewhere {

@@ -90,8 +90,9 @@ impl Service {
             .with("time", classic_time(stored.ts_ms));
         inc(&METRICS.messages_stored);
         let delivery = Arc::new(Delivery {
+            conv: stored.conv,
+            seq: stored.seq,
             frame: render_push(&stored),
-            message: stored,
             arrived: std::time::Instant::now(),
             remote: false,
         });
@@ -160,7 +161,7 @@ impl Service {
                 return Vec::new();
             }
         };
-        let m = &d.message;
+        let m = &*d;
         match me.cursors.classify(m.conv, m.seq) {
             Incoming::Duplicate => Vec::new(),
             Incoming::InOrder => {
