@@ -10,9 +10,10 @@
 //!   Claiming, releasing and listing are Lua scripts: one round trip each,
 //!   whatever the number of users.
 //! * Delivery: each node subscribes to its own channel `P:to:NODE`. A message
-//!   for users on other nodes costs one script call that looks up where its
-//!   receivers are and publishes it once per node holding some of them (none
-//!   per member). Pub/sub is at most once; that is fine because every message
+//!   for users on other nodes is queued for the node's publisher, which sends
+//!   everything waiting in one pipeline: per message, one script call that
+//!   looks up where its receivers are and publishes it once per node holding
+//!   some of them (none per member). The sender's reply never waits for it. Pub/sub is at most once; that is fine because every message
 //!   is stored first: a receiver that misses a publish gets the message at its
 //!   next gap check or login, and after the node's subscription comes back
 //!   every session is told to catch up from the store.
@@ -149,9 +150,21 @@ pub struct RedisHub {
     local: Arc<LocalHub>,
     scripts: Scripts,
     group_changes: broadcast::Sender<GroupChange>,
+    /// Messages for receivers on other nodes, in the order they were sent,
+    /// for the publisher task.
+    outbox: tokio::sync::mpsc::Sender<Outbound>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
+
+/// A message on its way to other nodes.
+struct Outbound {
+    payload: Vec<u8>,
+    receivers: Vec<UserId>,
+}
+
+/// Messages the publisher sends in one pipeline (one round trip).
+const PUBLISH_BATCH: usize = 256;
 
 struct Scripts {
     renew: Script,
@@ -193,7 +206,9 @@ impl RedisHub {
             )));
         }
         let (group_changes, _) = broadcast::channel(1024);
+        let (outbox, outbox_rx) = tokio::sync::mpsc::channel(16 * PUBLISH_BATCH);
         let hub = Arc::new(RedisHub {
+            outbox,
             incarnation: incarnation(),
             conn,
             local: Arc::new(LocalHub::new()),
@@ -214,12 +229,71 @@ impl RedisHub {
         hub.tasks
             .spawn(hub.clone().subscriber(client, subscribed_tx));
         hub.tasks.spawn(hub.clone().lease_keeper());
+        hub.tasks.spawn(hub.clone().publisher(outbox_rx));
         // Do not serve before deliveries for this node can arrive.
         match tokio::time::timeout(hub.config.timeout * 2, subscribed).await {
             Ok(Ok(())) => Ok(hub),
             _ => Err(HubError::Unavailable(
                 "could not subscribe to the node channel".into(),
             )),
+        }
+    }
+
+    /// Publishes queued messages to the nodes of their receivers, as many
+    /// as are waiting in one pipeline: one round trip to Redis for a batch,
+    /// and no sender ever waits for it (the message is stored already).
+    /// At shutdown it publishes what is queued, then stops.
+    async fn publisher(self: Arc<Self>, mut outbox: tokio::sync::mpsc::Receiver<Outbound>) {
+        let mut batch: Vec<Outbound> = Vec::with_capacity(PUBLISH_BATCH);
+        loop {
+            let first = tokio::select! {
+                biased;
+                m = outbox.recv() => m,
+                _ = self.stop.cancelled() => {
+                    outbox.close();
+                    outbox.recv().await
+                }
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < PUBLISH_BATCH {
+                match outbox.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut pipe = redis::pipe();
+            // Loading is cheap and makes the batch work after a Redis restart.
+            pipe.load_script(&self.scripts.route).ignore();
+            for m in &batch {
+                let mut invocation = self.scripts.route.prepare_invoke();
+                for u in &m.receivers {
+                    invocation.key(self.user_key(*u));
+                }
+                invocation
+                    .arg(m.payload.as_slice())
+                    .arg(self.channel_prefix())
+                    .arg(&self.config.node_id);
+                for u in &m.receivers {
+                    invocation.arg(*u);
+                }
+                pipe.invoke_script(&invocation).ignore();
+            }
+            let mut conn = self.conn.clone();
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => {
+                    crate::metrics::METRICS
+                        .published_remote
+                        .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // Stored already: receivers get them at their next gap
+                    // check, resync or login.
+                    let e = unavailable(e);
+                    tracing::warn!(messages = batch.len(), error = %e, "live delivery to other nodes failed");
+                }
+            }
+            batch.clear();
         }
     }
 
@@ -521,24 +595,15 @@ impl Hub for RedisHub {
         if elsewhere.is_empty() {
             return Ok(());
         }
-        let mut invocation = self.scripts.route.prepare_invoke();
-        for u in &elsewhere {
-            invocation.key(self.user_key(*u));
-        }
-        invocation
-            .arg(bus_payload(&message))
-            .arg(self.channel_prefix())
-            .arg(&self.config.node_id);
-        for u in &elsewhere {
-            invocation.arg(*u);
-        }
-        let mut conn = self.conn.clone();
-        let _: i64 = invocation
-            .invoke_async(&mut conn)
+        let out = Outbound {
+            payload: bus_payload(&message),
+            receivers: elsewhere,
+        };
+        // Waits only when the publisher is far behind (backpressure).
+        self.outbox
+            .send(out)
             .await
-            .map_err(unavailable)?;
-        crate::metrics::inc(&crate::metrics::METRICS.published_remote);
-        Ok(())
+            .map_err(|_| HubError::Unavailable("the node is shutting down".into()))
     }
 
     async fn group_changed(&self, group: GroupId) {
