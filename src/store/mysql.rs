@@ -100,8 +100,9 @@ impl_store!(MySqlStore {});
 
 /// Size past which a batch's messages go in another INSERT statement.
 const STATEMENT_BYTES: usize = 4 << 20;
-/// Cursor moves per UPDATE statement (about 60 bytes each).
-const CURSOR_MOVES_PER_STATEMENT: usize = 10_000;
+/// Cursor moves per UPDATE statement (its CASE is tried row by row, so
+/// the cost grows with the square of this).
+const CURSOR_MOVES_PER_STATEMENT: usize = 256;
 
 /// The node's writer: commits batches of appends and cursor moves.
 struct Writer {
@@ -279,18 +280,20 @@ impl Writer {
             if !text.is_empty() && !text.ends_with("; ") {
                 text.push_str("; ");
             }
-            text.push_str("UPDATE cursors c JOIN (");
+            // One query block (a UNION of one SELECT per move cost MariaDB
+            // more to parse than the update itself); the row IN list is
+            // read along the primary key.
+            let mut list = String::new();
+            text.push_str("UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, CASE");
             for (n, ((user, conv), seq)) in chunk.iter().enumerate() {
-                let sep = if n > 0 { " UNION ALL " } else { "" };
-                let _ = write!(
-                    text,
-                    "{sep}SELECT {user} AS u, {} AS cv, {seq} AS s",
-                    conv_literal(conv)?
-                );
+                let conv = conv_literal(conv)?;
+                let _ = write!(text, " WHEN user_id = {user} AND conv = {conv} THEN {seq}");
+                let sep = if n > 0 { ", " } else { "" };
+                let _ = write!(list, "{sep}({user}, {conv})");
             }
-            text.push_str(
-                ") m ON c.user_id = m.u AND c.conv = m.cv \
-                 SET c.delivered_seq = GREATEST(c.delivered_seq, m.s)",
+            let _ = write!(
+                text,
+                " ELSE delivered_seq END) WHERE (user_id, conv) IN ({list})"
             );
         }
         if !text.is_empty() {
