@@ -185,26 +185,8 @@ pub async fn request_raw(
 ) -> Result<(Reader, OwnedWriteHalf), BenchError> {
     let (r, mut w) = stream.into_split();
     let mut reader = FramedRead::new(r, FrameCodec::new(64 << 20));
-    w.write_all(format!("{request}\0").as_bytes())
-        .await
-        .map_err(|e| BenchError::Io("send", e))?;
-    loop {
-        let frame = match reader.next().await {
-            Some(Ok(f)) => f,
-            Some(Err(e)) => return Err(BenchError::Protocol(format!("login read: {e}"))),
-            None => return Err(BenchError::Protocol("closed during login".into())),
-        };
-        let Some(h) = head(&frame) else { continue };
-        if h.msgid == want || h.msgid == msgid::ERROR {
-            if h.errno != 0 {
-                return Err(BenchError::Refused {
-                    errno: h.errno,
-                    frame: String::from_utf8_lossy(&frame).into_owned(),
-                });
-            }
-            return Ok((reader, w));
-        }
-    }
+    exchange(&mut reader, &mut w, request, want).await?;
+    Ok((reader, w))
 }
 
 /// Closed-loop one-to-one chat: each sender sends, waits until its receiver
@@ -634,7 +616,7 @@ pub async fn logins(
 pub async fn exchange(
     reader: &mut Reader,
     writer: &mut OwnedWriteHalf,
-    request: &serde_json::Value,
+    request: impl std::fmt::Display,
     want: i64,
 ) -> Result<Bytes, BenchError> {
     writer
