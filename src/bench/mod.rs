@@ -189,8 +189,9 @@ pub async fn request_raw(
     Ok((reader, w))
 }
 
-/// Closed-loop one-to-one chat: each sender sends, waits until its receiver
-/// has the message, and sends the next.
+/// One-to-one chat between pairs. Closed loop: each sender sends, waits
+/// until its receiver has the message, and sends the next. Open loop
+/// (`rate`): each sender sends on a fixed schedule.
 #[derive(Debug, Clone)]
 pub struct PairsOptions {
     pub addr: String,
@@ -208,6 +209,12 @@ pub struct PairsOptions {
     pub password: String,
     /// Bytes of filler in each message body.
     pub body_len: usize,
+    /// Open loop: messages per second over all pairs, each pair sending on
+    /// a fixed schedule whatever the server does. Latency is then measured
+    /// from when a message was due, not when it left, so a stalled server
+    /// cannot hide its stall by slowing the senders down (no coordinated
+    /// omission). `None`: closed loop.
+    pub rate: Option<f64>,
 }
 
 /// What one closed-loop run measured.
@@ -241,6 +248,14 @@ struct Shared {
     refused: AtomicU64,
     /// Delivery latency in the current window, in microseconds.
     hist: std::sync::Mutex<Histogram<u64>>,
+}
+
+/// Messages of one open-loop pair whose start times are remembered (far more
+/// than can be in flight).
+const IN_FLIGHT_SLOTS: usize = 1 << 16;
+
+fn slot(k: u64) -> usize {
+    (k % IN_FLIGHT_SLOTS as u64) as usize
 }
 
 fn histogram() -> Result<Histogram<u64>, BenchError> {
@@ -314,7 +329,11 @@ impl PairsRun {
         }
         let mut tasks = tokio::task::JoinSet::new();
         let mut ack_tasks = tokio::task::JoinSet::new();
-        for (from, to, (mut acks, mut out), (mut inbox, inbox_writer)) in conns {
+        // Open loop: pairs start spread over one interval, not in a burst.
+        let base = Instant::now();
+        for (p, (from, to, (mut acks, mut out), (mut inbox, inbox_writer))) in
+            conns.into_iter().enumerate()
+        {
             let shared2 = shared.clone();
             ack_tasks.spawn(async move {
                 while let Some(Ok(frame)) = acks.next().await {
@@ -332,6 +351,72 @@ impl PairsRun {
             });
             let shared = shared.clone();
             let filler = filler.clone();
+            if let Some(rate) = opts.rate {
+                let interval =
+                    Duration::from_secs_f64(opts.pairs as f64 / rate.max(f64::MIN_POSITIVE));
+                let start = base + interval.mul_f64(p as f64 / opts.pairs.max(1) as f64);
+                let due = move |k: u64| {
+                    start + interval.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX))
+                };
+                // When each message counts from (nanoseconds after `start`):
+                // its due time if the sender was held up by the server (a
+                // previous write still blocked), else the moment the sender's
+                // timer fired, so that the timer's own lateness (tokio's is
+                // up to a millisecond) is not charged to the server.
+                let since: Arc<Vec<AtomicU64>> =
+                    Arc::new((0..IN_FLIGHT_SLOTS).map(|_| AtomicU64::new(0)).collect());
+                let since_w = since.clone();
+                let nanos = move |t: Instant| {
+                    u64::try_from(t.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
+                };
+                let reader = shared.clone();
+                ack_tasks.spawn(async move {
+                    let _inbox_writer = inbox_writer;
+                    while let Some(Ok(frame)) = inbox.next().await {
+                        let Some(h) = head(&frame) else { continue };
+                        let k = h
+                            .msg
+                            .as_deref()
+                            .and_then(|m| m.split(' ').next()?.parse().ok());
+                        if let (msgid::ONE_CHAT, Some(k)) = (h.msgid, k)
+                            && reader.measuring.load(Ordering::Relaxed)
+                        {
+                            let counts_from = since[slot(k)].load(Ordering::Relaxed);
+                            let late = nanos(Instant::now()).saturating_sub(counts_from);
+                            let us = late / 1000;
+                            if let Ok(mut hist) = reader.hist.lock() {
+                                let _ = hist.record(us.max(1));
+                            }
+                            reader.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+                tasks.spawn(async move {
+                    let mut k: u64 = 0;
+                    let mut last_done = start;
+                    while !shared.stop.load(Ordering::Relaxed) {
+                        k += 1;
+                        tokio::time::sleep_until(due(k).into()).await;
+                        let counts_from = if last_done > due(k) {
+                            due(k)
+                        } else {
+                            Instant::now()
+                        };
+                        since_w[slot(k)].store(nanos(counts_from), Ordering::Relaxed);
+                        let frame = format!(
+                            "{{\"msgid\":{},\"id\":{from},\"toid\":{to},\"msg\":\"{k} {filler}\"}}\0",
+                            msgid::ONE_CHAT
+                        );
+                        out.write_all(frame.as_bytes())
+                            .await
+                            .map_err(|e| BenchError::Io("send", e))?;
+                        shared.sent.fetch_add(1, Ordering::Relaxed);
+                        last_done = Instant::now();
+                    }
+                    Ok(out)
+                });
+                continue;
+            }
             tasks.spawn(async move {
                 // Dropping the receiver's write half would end its session.
                 let _inbox_writer = inbox_writer;

@@ -45,6 +45,10 @@ enum Cmd {
         /// The server sends no acknowledgements (the relay).
         #[arg(long)]
         no_acks: bool,
+        /// Open loop: this many messages per second over all pairs, sent on
+        /// schedule; latency counts from when each message was due.
+        #[arg(long)]
+        rate: Option<f64>,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -184,11 +188,13 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             pairs,
             server_pid,
             no_acks,
+            rate,
             run,
         } => {
             let users = register(&addr, pairs).await?;
             let mut opts = options(&addr, pairs, users, server_pid, !no_acks, &run);
             opts.recv_addr = recv_addr;
+            opts.rate = rate;
             let report = bench::pairs(&opts).await.map_err(|e| e.to_string())?;
             print_table(&[("server", &report, None)]);
             println!(
@@ -382,6 +388,7 @@ fn options(
         users,
         password: PASSWORD.to_owned(),
         body_len: run.body,
+        rate: None,
     }
 }
 
