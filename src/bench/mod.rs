@@ -217,22 +217,12 @@ pub struct PairsOptions {
     pub rate: Option<f64>,
 }
 
-/// What one closed-loop run measured.
+/// What one pairs run measured: its window, and every message's fate.
 #[derive(Debug, Clone, Serialize)]
 pub struct PairsReport {
     pub pairs: usize,
-    pub seconds: f64,
-    /// Messages that reached their receiver inside the measured window.
-    pub delivered: u64,
-    pub msg_per_s: f64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
-    /// Server CPU (user + system) over the window per delivered message.
-    pub server_cpu_us_per_msg: Option<f64>,
-    /// Server CPU used over the window, as a share of one core.
-    pub server_core_share: Option<f64>,
+    #[serde(flatten)]
+    pub window: Window,
     /// Messages sent in the whole run, acknowledged, and refused.
     pub sent: u64,
     pub acked: u64,
@@ -263,7 +253,8 @@ fn histogram() -> Result<Histogram<u64>, BenchError> {
         .map_err(|e| BenchError::Protocol(e.to_string()))
 }
 
-/// What one measurement window saw.
+/// What one measurement window saw: messages delivered in it, their
+/// latency, and the server side's CPU per message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Window {
     pub seconds: f64,
@@ -532,7 +523,7 @@ impl PairsRun {
     }
 }
 
-/// Runs closed-loop pairs and reports what the window measured.
+/// Runs pairs (closed or open loop) and reports what the window measured.
 pub async fn pairs(opts: &PairsOptions) -> Result<PairsReport, BenchError> {
     let run = PairsRun::start(opts).await?;
     tokio::time::sleep(opts.warmup).await;
@@ -540,15 +531,7 @@ pub async fn pairs(opts: &PairsOptions) -> Result<PairsReport, BenchError> {
     let (sent, acked, refused) = run.stop().await?;
     Ok(PairsReport {
         pairs: opts.pairs,
-        seconds: w.seconds,
-        delivered: w.delivered,
-        msg_per_s: w.msg_per_s,
-        p50_us: w.p50_us,
-        p99_us: w.p99_us,
-        p999_us: w.p999_us,
-        max_us: w.max_us,
-        server_cpu_us_per_msg: w.server_cpu_us_per_msg,
-        server_core_share: w.server_core_share,
+        window: w,
         sent,
         acked,
         refused,

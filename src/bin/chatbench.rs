@@ -523,9 +523,9 @@ async fn compare(
                     .map_err(|e| format!("{name}, {pairs} pairs: {e}"))?;
                 eprintln!(
                     "round {round}/{repeat} {name:>10} {pairs:>4} pairs: {:>8.0} msg/s, {:>6.1} µs CPU/msg, p50 {} µs",
-                    report.msg_per_s,
-                    report.server_cpu_us_per_msg.unwrap_or(f64::NAN),
-                    report.p50_us
+                    report.window.msg_per_s,
+                    report.window.server_cpu_us_per_msg.unwrap_or(f64::NAN),
+                    report.window.p50_us
                 );
                 rows.push((name.to_owned(), report));
             }
@@ -542,16 +542,16 @@ async fn compare(
                 .filter(|(n, r)| n == name && r.pairs == pairs)
                 .map(|(_, r)| r)
                 .collect();
-            runs.sort_by(|a, b| a.msg_per_s.total_cmp(&b.msg_per_s));
+            runs.sort_by(|a, b| a.window.msg_per_s.total_cmp(&b.window.msg_per_s));
             if let Some(mid) = runs.get(runs.len() / 2) {
                 let mut m = (*mid).clone();
-                m.server_cpu_us_per_msg = median(
+                m.window.server_cpu_us_per_msg = median(
                     runs.iter()
-                        .filter_map(|r| r.server_cpu_us_per_msg)
+                        .filter_map(|r| r.window.server_cpu_us_per_msg)
                         .collect(),
                 );
-                m.p50_us = median(runs.iter().map(|r| r.p50_us as f64).collect())
-                    .map_or(m.p50_us, |v| v as u64);
+                m.window.p50_us = median(runs.iter().map(|r| r.window.p50_us as f64).collect())
+                    .map_or(m.window.p50_us, |v| v as u64);
                 medians.push((name.to_owned(), m));
             }
         }
@@ -708,16 +708,17 @@ fn print_table(rows: &[(&str, &PairsReport, Option<&PairsReport>)]) {
             "{:<11} {:>5} {:>9.0} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
             name,
             r.pairs,
-            r.msg_per_s,
-            ratio(Some(r.msg_per_s), relay.map(|x| x.msg_per_s)),
-            r.server_cpu_us_per_msg
+            r.window.msg_per_s,
+            ratio(Some(r.window.msg_per_s), relay.map(|x| x.window.msg_per_s)),
+            r.window
+                .server_cpu_us_per_msg
                 .map_or("-".into(), |c| format!("{c:.1}")),
             ratio(
-                r.server_cpu_us_per_msg,
-                relay.and_then(|x| x.server_cpu_us_per_msg)
+                r.window.server_cpu_us_per_msg,
+                relay.and_then(|x| x.window.server_cpu_us_per_msg)
             ),
-            r.p50_us,
-            r.p99_us,
+            r.window.p50_us,
+            r.window.p99_us,
             r.sent,
             r.acked,
         );
