@@ -80,8 +80,13 @@ fn open_loop_pairs_deliver_at_the_offered_rate_and_every_message_is_acked() {
     let report: serde_json::Value =
         serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON report");
     let delivered = report["delivered"].as_f64().expect("delivered");
-    // 200 msg/s offered for about a second: far from both zero and a
-    // closed loop's thousands (no timing is asserted beyond that).
-    assert!((50.0..=400.0).contains(&delivered), "{report}");
+    let sent = report["sent"].as_f64().expect("sent");
+    assert!(delivered > 0.0, "{report}");
+    // The schedule, not the server, bounds what is sent: 200 msg/s for about
+    // 1.2 s (nothing about the server's speed is asserted).
+    assert!(
+        sent <= 400.0,
+        "an open loop sends no faster than offered: {report}"
+    );
     assert_eq!(report["acked"], report["sent"], "{report}");
 }

@@ -255,7 +255,7 @@ fn histogram() -> Result<Histogram<u64>, BenchError> {
 
 /// What one measurement window saw: messages delivered in it, their
 /// latency, and the server side's CPU per message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Window {
     pub seconds: f64,
     pub delivered: u64,
@@ -272,7 +272,8 @@ pub struct Window {
 pub struct PairsRun {
     shared: Arc<Shared>,
     tasks: tokio::task::JoinSet<Result<OwnedWriteHalf, BenchError>>,
-    ack_tasks: tokio::task::JoinSet<()>,
+    /// Acknowledgement counters and, in an open loop, the receivers.
+    readers: tokio::task::JoinSet<()>,
     server_pids: Vec<u32>,
     expect_acks: bool,
 }
@@ -319,14 +320,14 @@ impl PairsRun {
             conns.push((from, to, sender, receiver));
         }
         let mut tasks = tokio::task::JoinSet::new();
-        let mut ack_tasks = tokio::task::JoinSet::new();
+        let mut readers = tokio::task::JoinSet::new();
         // Open loop: pairs start spread over one interval, not in a burst.
         let base = Instant::now();
         for (p, (from, to, (mut acks, mut out), (mut inbox, inbox_writer))) in
             conns.into_iter().enumerate()
         {
             let shared2 = shared.clone();
-            ack_tasks.spawn(async move {
+            readers.spawn(async move {
                 while let Some(Ok(frame)) = acks.next().await {
                     if let Some(h) = head(&frame)
                         && h.msgid == msgid::ack_for(msgid::ONE_CHAT)
@@ -361,7 +362,7 @@ impl PairsRun {
                     u64::try_from(t.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
                 };
                 let reader = shared.clone();
-                ack_tasks.spawn(async move {
+                readers.spawn(async move {
                     let _inbox_writer = inbox_writer;
                     while let Some(Ok(frame)) = inbox.next().await {
                         let Some(h) = head(&frame) else { continue };
@@ -453,7 +454,7 @@ impl PairsRun {
         Ok(PairsRun {
             shared,
             tasks,
-            ack_tasks,
+            readers,
             server_pids: opts.server_pids.clone(),
             expect_acks: opts.expect_acks,
         })
@@ -513,7 +514,7 @@ impl PairsRun {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        self.ack_tasks.abort_all();
+        self.readers.abort_all();
         drop(senders);
         Ok((
             shared.sent.load(Ordering::Relaxed),
