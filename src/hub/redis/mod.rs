@@ -8,13 +8,14 @@
 //!   runs out (`presence_ttl`), and a node restarted under the same name does
 //!   not bring them back; a graceful shutdown deletes both at once.
 //!   Claiming, releasing and listing are Lua scripts: one round trip each,
-//!   whatever the number of users.
+//!   whatever the number of users. They live in [`presence`].
 //! * Delivery: each node subscribes to its own channel `P:to:NODE`. A message
 //!   for users on other nodes is queued for the node's publisher, which sends
 //!   everything waiting in one pipeline: per message, one script call that
 //!   looks up where its receivers are and publishes it once per node holding
-//!   some of them (none per member). The sender's reply never waits for it. Pub/sub is at most once; that is fine because every message
-//!   is stored first: a receiver that misses a publish gets the message at its
+//!   some of them (none per member). The sender's reply never waits for
+//!   it. The payload's format is in [`bus`]. Pub/sub is at most once; that
+//!   is fine because every message is stored first: a receiver that misses a publish gets the message at its
 //!   next gap check or login, and after the node's subscription comes back
 //!   every session is told to catch up from the store.
 //! * Group membership changes are announced on `P:groups` so that every node
@@ -28,15 +29,18 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
-use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod bus;
+mod presence;
+
 use super::local::LocalHub;
 use super::{GroupChange, Hub, HubError, SessionHandle};
-use crate::model::{ChatMessage, Conversation, Delivery, GroupId, Seq, UserId};
-use crate::protocol::msgid;
+use crate::model::{Delivery, GroupId, UserId};
+use bus::{Published, bus_payload, parse_published};
+use presence::{CLAIM, ONLINE, RELEASE, RENEW, ROUTE};
 
 /// Where and how a node joins the cluster.
 #[derive(Debug, Clone)]
@@ -66,80 +70,6 @@ impl ClusterConfig {
         }
     }
 }
-
-/// Claims `KEYS[1]` for `ARGV[1]` (`NODE|INCARNATION|SESSION`) unless a live
-/// process other than ours (incarnation `ARGV[3]`) holds it. `ARGV[2]` is the
-/// node-key prefix. (Our own process reserves users locally before claiming,
-/// so a key of ours here is a leftover.)
-const CLAIM: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local node, inc = string.match(cur, '^(.-)|(.-)|')
-  if node and inc ~= ARGV[3] and redis.call('GET', ARGV[2] .. node) == inc then
-    return 0
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
-";
-
-/// Renews the node's lease `KEYS[1]` (our incarnation `ARGV[2]`) for
-/// `ARGV[1]` ms; returns whether it was still ours (if not, Redis lost our
-/// presence keys or we were away too long, and they must be claimed again).
-const RENEW: &str = r"
-local cur = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
-if cur == ARGV[2] then return 1 end
-return 0
-";
-
-/// Deletes `KEYS[i]` if it still holds `ARGV[i]`.
-const RELEASE: &str = r"
-local n = 0
-for i, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[i] then
-    n = n + redis.call('DEL', k)
-  end
-end
-return n
-";
-
-/// For each presence key, 1 when the process holding it is alive.
-/// `ARGV[1]`: node-key prefix.
-const ONLINE: &str = r"
-local out = {}
-for i, k in ipairs(KEYS) do
-  out[i] = 0
-  local cur = redis.call('GET', k)
-  if cur then
-    local node, inc = string.match(cur, '^(.-)|(.-)|')
-    if node and redis.call('GET', ARGV[1] .. node) == inc then out[i] = 1 end
-  end
-end
-return out
-";
-
-/// Publishes `ARGV[1]` (header and frame) to the channel (`ARGV[2]` .. node) of every node
-/// other than ours (`ARGV[3]`) holding one of the receivers, prefixed with
-/// those receivers' ids. `KEYS[i]` is the presence key of receiver `ARGV[3+i]`.
-const ROUTE: &str = r"
-local by_node = {}
-for i, k in ipairs(KEYS) do
-  local cur = redis.call('GET', k)
-  if cur then
-    local node = string.match(cur, '^(.-)|')
-    if node and node ~= ARGV[3] then
-      by_node[node] = (by_node[node] or '') .. ARGV[3 + i] .. ','
-    end
-  end
-end
-local n = 0
-for node, ids in pairs(by_node) do
-  redis.call('PUBLISH', ARGV[2] .. node, ids .. '\n' .. ARGV[1])
-  n = n + 1
-end
-return n
-";
 
 /// Presence and delivery across nodes.
 pub struct RedisHub {
@@ -472,72 +402,6 @@ fn incarnation() -> String {
     format!("{:x}{:x}", nanos, std::process::id())
 }
 
-/// Rebuilds a stored message from its push frame (the frame carries every
-/// field, so the bus carries nothing else).
-/// A message taken off the bus.
-#[derive(Debug, PartialEq, Eq)]
-struct Published<'a> {
-    recipients: Vec<UserId>,
-    conv: Conversation,
-    seq: Seq,
-    frame: &'a [u8],
-}
-
-fn parse_published(payload: &[u8]) -> Option<Published<'_>> {
-    let (ids, rest) = split_line(payload)?;
-    let recipients = String::from_utf8_lossy(ids)
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let (conv, seq, frame) = if rest.first() == Some(&b'{') {
-        message_of_frame(rest).map(|m| (m.conv, m.seq, rest))?
-    } else {
-        let (header, frame) = split_line(rest)?;
-        let (conv, seq) = std::str::from_utf8(header).ok()?.split_once(' ')?;
-        (Conversation::from_key(conv)?, seq.parse().ok()?, frame)
-    };
-    Some(Published {
-        recipients,
-        conv,
-        seq,
-        frame,
-    })
-}
-
-/// Splits at the first newline.
-fn split_line(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let at = bytes.iter().position(|b| *b == b'\n')?;
-    Some((&bytes[..at], &bytes[at + 1..]))
-}
-
-/// The bus form of a message: its header line, then its frame.
-fn bus_payload(d: &Delivery) -> Vec<u8> {
-    let header = format!("{} {}\n", d.conv.key(), d.seq);
-    let mut out = Vec::with_capacity(header.len() + d.frame.len());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&d.frame);
-    out
-}
-
-/// The conversation and number of a frame from a node that sends no header.
-fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
-    let v: Value = serde_json::from_slice(frame).ok()?;
-    let sender = v.get("id")?.as_i64()?;
-    let conv = match v.get("msgid")?.as_i64()? {
-        msgid::ONE_CHAT => Conversation::direct(sender, v.get("toid")?.as_i64()?),
-        msgid::GROUP_CHAT => Conversation::Group(v.get("groupid")?.as_i64()?),
-        _ => return None,
-    };
-    Some(ChatMessage {
-        conv,
-        seq: v.get("seq")?.as_i64()?,
-        sender,
-        sender_name: v.get("name")?.as_str()?.to_owned(),
-        body: v.get("msg")?.as_str()?.to_owned(),
-        ts_ms: v.get("ts")?.as_i64()?,
-    })
-}
-
 #[async_trait]
 impl Hub for RedisHub {
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError> {
@@ -688,32 +552,5 @@ impl RedisHub {
             // The node's lease still bounds how long they look online.
             tracing::warn!(error = %e, "could not clear presence");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bus_frames_decode_back_to_the_stored_message() {
-        let m = ChatMessage {
-            conv: Conversation::direct(4, 9),
-            seq: 3,
-            sender: 9,
-            sender_name: "nine".into(),
-            body: "hi\nthere".into(),
-            ts_ms: 1_700_000_000_123,
-        };
-        assert_eq!(
-            message_of_frame(&crate::protocol::render_push(&m)),
-            Some(m.clone())
-        );
-        let g = ChatMessage {
-            conv: Conversation::Group(5),
-            ..m
-        };
-        assert_eq!(message_of_frame(&crate::protocol::render_push(&g)), Some(g));
-        assert_eq!(message_of_frame(b"{\"msgid\":2}"), None);
     }
 }
