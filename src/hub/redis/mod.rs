@@ -410,16 +410,7 @@ impl Hub for RedisHub {
         let session_id = handle.session_id;
         self.local.connect(user, handle).await?;
         let mut conn = self.conn.clone();
-        let claimed: Result<i64, _> = self
-            .scripts
-            .claim
-            .key(self.user_key(user))
-            .arg(self.holder(session_id))
-            .arg(self.node_prefix())
-            .arg(&self.incarnation)
-            .invoke_async(&mut conn)
-            .await;
-        match claimed {
+        match self.claim(&mut conn, user, session_id).await {
             Ok(1) => Ok(()),
             Ok(_) => {
                 self.local.disconnect(user, session_id).await;
@@ -500,6 +491,24 @@ impl Hub for RedisHub {
 }
 
 impl RedisHub {
+    /// Runs the claim script for `user`'s session: 1 if this process now
+    /// holds the user, 0 if a live session elsewhere does.
+    async fn claim(
+        &self,
+        conn: &mut ConnectionManager,
+        user: UserId,
+        session_id: u64,
+    ) -> Result<i64, redis::RedisError> {
+        self.scripts
+            .claim
+            .key(self.user_key(user))
+            .arg(self.holder(session_id))
+            .arg(self.node_prefix())
+            .arg(&self.incarnation)
+            .invoke_async(conn)
+            .await
+    }
+
     /// Claims presence again for every local session (after Redis was
     /// away, perhaps restarted empty). A user who meanwhile logged in on
     /// another node keeps that login; the stale local session is dropped.
@@ -508,16 +517,7 @@ impl RedisHub {
         let mut complete = true;
         let mut conn = self.conn.clone();
         for (user, session_id) in self.local.sessions() {
-            let claimed: Result<i64, _> = self
-                .scripts
-                .claim
-                .key(self.user_key(user))
-                .arg(self.holder(session_id))
-                .arg(self.node_prefix())
-                .arg(&self.incarnation)
-                .invoke_async(&mut conn)
-                .await;
-            match claimed {
+            match self.claim(&mut conn, user, session_id).await {
                 Ok(1) => {}
                 Ok(_) => {
                     tracing::warn!(
