@@ -48,6 +48,17 @@ pub struct Config {
     pub cursor_flush_interval: Duration,
     /// How long shutdown waits for sessions to finish before giving up on them.
     pub shutdown_grace: Duration,
+    /// A connection that has sent a PING promised heartbeats: once it is
+    /// silent this long it is told so (errno 55) and closed, and its user
+    /// goes offline. Connections that never ping (the original client) are
+    /// not held to it; TCP keepalive finds their dead peers instead.
+    pub heartbeat_timeout: Duration,
+    /// Idle time before the kernel starts probing a silent peer (TCP
+    /// keepalive); three unanswered probes `keepalive_interval` apart close
+    /// the connection.
+    pub keepalive_idle: Duration,
+    /// Time between TCP keepalive probes.
+    pub keepalive_interval: Duration,
     /// Database connection pool (MySQL; SQLite uses a small fixed pool).
     pub pool: PoolConfig,
     /// What an acknowledged message survives on the embedded SQLite store.
@@ -122,6 +133,9 @@ impl Default for Config {
                 .unwrap_or(2),
             cursor_flush_interval: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(45),
+            keepalive_idle: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
             pool: PoolConfig::default(),
             sqlite_sync: SqliteSync::default(),
         }

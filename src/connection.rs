@@ -23,6 +23,17 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
     // Chat frames are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let config = service.config();
+    // A peer whose machine or network died says nothing; the kernel's
+    // probes find it (the original client sends no heartbeats of its own).
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(config.keepalive_idle)
+        .with_interval(config.keepalive_interval)
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "could not turn on TCP keepalive");
+    }
+    let heartbeat_timeout = config.heartbeat_timeout;
+    let mut last_heard = std::time::Instant::now();
     let write_timeout = config.write_timeout;
     let mut conn = FrameStream::new(stream, config.max_frame);
     let peer = conn.peer_addr();
@@ -31,6 +42,7 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
     tracing::debug!(?peer, "connection opened");
     loop {
         let flush_at = service.cursor_flush_due(&session);
+        let silent_at = session.heartbeats().then(|| last_heard + heartbeat_timeout);
         let (out, last) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
@@ -42,7 +54,10 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
                 None => break,
                 // Boxed, like the other handlers: their state lives on the heap only
                 // while they run, so an idle connection's task stays small.
-                Some(Ok(frame)) => (Box::pin(service.handle_frame(&mut session, &frame)).await, false),
+                Some(Ok(frame)) => {
+                    last_heard = std::time::Instant::now();
+                    (Box::pin(service.handle_frame(&mut session, &frame)).await, false)
+                }
                 Some(Err(FrameError::TooLong(max))) => {
                     let msg = format!("frame longer than {max} bytes; closing the connection");
                     (vec![notice(ErrCode::FrameTooLong, &msg)], true)
@@ -57,6 +72,10 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
             // only once the previous one has been written.
             _ = std::future::ready(()), if session.has_backlog() => (Box::pin(service.backlog_page(&mut session)).await, false),
             Some(push) = session.next_push() => (Box::pin(service.handle_push(&mut session, push)).await, false),
+            _ = sleep_until(silent_at), if silent_at.is_some() => {
+                tracing::debug!(?peer, "heartbeats stopped");
+                (vec![notice(ErrCode::HeartbeatMissed, "no heartbeat in time; closing the connection")], true)
+            }
             // Store delivery positions even when nothing else happens.
             _ = sleep_until(flush_at), if flush_at.is_some() => (Vec::new(), false),
         };

@@ -151,3 +151,58 @@ async fn passwords_are_stored_as_argon2id_hashes_only() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_its_heartbeats_is_closed_and_goes_offline() {
+    use chat::client::Push;
+    use std::time::{Duration, Instant};
+    let s = TestServer::start_with(chat::config::Config {
+        heartbeat_timeout: Duration::from_millis(600),
+        ..Default::default()
+    })
+    .await;
+    let (mut a, alice) = s.user("alice").await;
+    // bob is the original client: it never pings, so silence is allowed.
+    let (mut b, _bob) = s.user("bob").await;
+
+    // pinging keeps alice's connection well past the timeout
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let rtt = a.ping(Duration::from_secs(5)).await.expect("pong");
+        assert!(rtt < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.friends().await.expect("still connected");
+
+    // then alice falls silent: she is told why and closed
+    let silent = Instant::now();
+    let notice = within(async {
+        loop {
+            match a.next_push().await {
+                Some(Push::Other(v)) => break v,
+                Some(Push::Message(_)) => continue,
+                None => panic!("closed without a notice"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(notice["errno"], 55, "{notice}");
+    assert!(
+        silent.elapsed() >= Duration::from_millis(500),
+        "not before the timeout"
+    );
+    assert!(
+        within(a.next_push()).await.is_none(),
+        "then the connection closes"
+    );
+
+    // and she is offline: a new login succeeds at once (no errno 2)
+    let mut again = s.client().await;
+    again
+        .login(alice, &pw("alice"))
+        .await
+        .expect("alice logs in again");
+
+    // bob, silent all along without having pinged, was left alone
+    within(b.friends()).await.expect("bob is still connected");
+}

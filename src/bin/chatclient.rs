@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use chat::client::command::{self, Command, HELP};
 use chat::client::{Client, ClientError, LoginInfo, Push};
@@ -191,8 +192,23 @@ fn show_push(push: Push) {
 /// Runs commands until logout (`Ok(true)`) or end of input (`Ok(false)`).
 async fn chat_loop(client: &mut Client, input: &mut Input) -> Result<bool, ClientError> {
     show_help();
+    // Heartbeats: the server learns that we are alive, and we learn within
+    // HEARTBEAT + PING_TIMEOUT that it (or the network) is not.
+    const HEARTBEAT: Duration = Duration::from_secs(15);
+    const PING_TIMEOUT: Duration = Duration::from_secs(10);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         let line = tokio::select! {
+            _ = heartbeat.tick() => {
+                match client.ping(PING_TIMEOUT).await {
+                    Ok(_) => continue,
+                    Err(e) => {
+                        say(format!("the server stopped answering: {e}"));
+                        return Err(e);
+                    }
+                }
+            }
             line = read_line(input) => line,
             push = client.next_push() => match push {
                 Some(p) => { show_push(p); continue; }

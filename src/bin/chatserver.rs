@@ -81,6 +81,13 @@ struct Cli {
     /// Pushes queued per session before a too-slow reader is disconnected.
     #[arg(long, default_value_t = Config::default().push_queue)]
     push_queue: usize,
+    /// Seconds of silence after which a connection that has sent a PING is
+    /// closed (errno 55) and its user goes offline.
+    #[arg(long, default_value_t = Config::default().heartbeat_timeout.as_secs_f64())]
+    heartbeat_timeout: f64,
+    /// Seconds of silence before TCP keepalive starts probing a peer.
+    #[arg(long, default_value_t = Config::default().keepalive_idle.as_secs_f64())]
+    keepalive: f64,
 }
 
 impl Cli {
@@ -132,15 +139,18 @@ async fn run() -> ExitCode {
             seconds("presence-ttl", cli.presence_ttl)?,
             seconds("db-idle-timeout", cli.db_idle_timeout)?,
             seconds("db-acquire-timeout", cli.db_acquire_timeout)?,
+            seconds("heartbeat-timeout", cli.heartbeat_timeout)?,
+            seconds("keepalive", cli.keepalive)?,
         ))
     })();
-    let (presence_ttl, idle_timeout, acquire_timeout) = match durations {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("chatserver: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (presence_ttl, idle_timeout, acquire_timeout, heartbeat_timeout, keepalive_idle) =
+        match durations {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("chatserver: {e}");
+                return ExitCode::from(2);
+            }
+        };
     // Raised before anything opens files; the default cap follows from it.
     let client_capacity = chat::server::client_capacity();
     let node_id = cli.node_id.clone().unwrap_or_else(|| addr.clone());
@@ -165,6 +175,8 @@ async fn run() -> ExitCode {
             .unwrap_or(Config::default().max_connections),
         push_queue: cli.push_queue,
         sqlite_sync: cli.sync,
+        heartbeat_timeout,
+        keepalive_idle,
         ..Config::default()
     };
     let node = match Node::open(&cli.db, config, cluster).await {

@@ -40,6 +40,10 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// The server did not answer within the time allowed: it, or the
+    /// network to it, is presumed dead.
+    #[error("no answer from the server within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl ClientError {
@@ -293,6 +297,22 @@ impl Client {
             });
         }
         rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends a heartbeat and waits at most `timeout` for its answer; returns
+    /// the round trip. After the first ping the server expects one at least
+    /// every heartbeat timeout (45 s by default) and closes a silent
+    /// connection, so a client that pings keeps pinging.
+    pub async fn ping(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<std::time::Duration, ClientError> {
+        let start = std::time::Instant::now();
+        let req = serde_json::json!({"msgid": msgid::PING});
+        match tokio::time::timeout(timeout, self.request(req)).await {
+            Ok(reply) => reply?.ok().map(|_| start.elapsed()),
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
     }
 
     /// Sends raw bytes as they are (for testing the server with bad input).

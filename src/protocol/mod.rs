@@ -35,6 +35,10 @@ pub mod msgid {
     pub const HISTORY: i64 = 14;
     /// Which node and version this is; allowed before login.
     pub const SERVER_INFO: i64 = 15;
+    /// A heartbeat, answered at once (116); allowed before login. A
+    /// connection that has sent one is closed after a silence of the
+    /// server's heartbeat timeout.
+    pub const PING: i64 = 16;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;
@@ -86,6 +90,9 @@ pub enum ErrCode {
     ShuttingDown = 53,
     /// This session was closed because the account logged in elsewhere.
     Replaced = 54,
+    /// This connection promised heartbeats (it sent a PING) and then was
+    /// silent for longer than the server's heartbeat timeout.
+    HeartbeatMissed = 55,
 }
 
 /// A failed request: the code and a message for humans.
@@ -203,6 +210,7 @@ pub enum Request {
         limit: Option<u32>,
     },
     ServerInfo,
+    Ping,
 }
 
 /// A frame parsed as far as it goes. Even a request whose fields are wrong
@@ -334,6 +342,7 @@ pub fn parse(frame: &[u8]) -> Parsed {
             | msgid::SHOW_FRIEND_LIST
             | msgid::HISTORY
             | msgid::SERVER_INFO
+            | msgid::PING
     );
     if !known {
         return Parsed::bare(
@@ -349,7 +358,10 @@ pub fn parse(frame: &[u8]) -> Parsed {
     };
     // For LOGIN, `id` is the account to log into, not a claim about the
     // session; REG and SERVER_INFO have no use for it.
-    if !matches!(id, msgid::LOGIN | msgid::REG | msgid::SERVER_INFO) {
+    if !matches!(
+        id,
+        msgid::LOGIN | msgid::REG | msgid::SERVER_INFO | msgid::PING
+    ) {
         match obj.get("id") {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_i64() {
@@ -397,6 +409,7 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
         },
         msgid::SHOW_FRIEND_LIST => Request::ShowFriendList,
         msgid::SERVER_INFO => Request::ServerInfo,
+        msgid::PING => Request::Ping,
         msgid::CREATE_GROUP => {
             let b: CreateGroupBody = typed(obj)?;
             Request::CreateGroup {
@@ -571,6 +584,9 @@ mod tests {
         assert_eq!(code(&p), ErrCode::BadRequest);
         let p = parse(br#"{"msgid":1.5}"#);
         assert_eq!(code(&p), ErrCode::BadRequest);
+        // a heartbeat names no one, whatever `id` says
+        let p = parse(br#"{"msgid":16,"id":"anyone"}"#);
+        assert_eq!((p.request, p.claimed_id), (Ok(Request::Ping), None));
     }
 
     #[test]

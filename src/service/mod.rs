@@ -69,6 +69,9 @@ pub struct Session {
     user: Option<LoggedIn>,
     /// Cancelled by the hub when this session cannot keep up.
     kick: Kick,
+    /// The client sent a PING, so it promised heartbeats: a silence longer
+    /// than the heartbeat timeout means its network or process died.
+    heartbeats: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -92,6 +95,11 @@ impl Session {
             Some(u) => u.pushes.recv().await,
             None => std::future::pending().await,
         }
+    }
+
+    /// Whether the client promised heartbeats (it has sent a PING).
+    pub fn heartbeats(&self) -> bool {
+        self.heartbeats
     }
 
     /// Cancelled when the hub asks for this session to be dropped.
@@ -210,6 +218,7 @@ impl Service {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             user: None,
             kick: Kick::default(),
+            heartbeats: false,
         }
     }
 
@@ -217,6 +226,9 @@ impl Service {
     /// (the reply first). Every frame gets exactly one reply.
     pub async fn handle_frame(&self, s: &mut Session, frame: &[u8]) -> Vec<Bytes> {
         let parsed = protocol::parse(frame);
+        if parsed.msgid == msgid::PING {
+            s.heartbeats = true;
+        }
         let ack = if parsed.msgid == msgid::ERROR {
             msgid::ERROR
         } else {
@@ -245,7 +257,7 @@ impl Service {
     ) -> Result<Reply, Fail> {
         if !matches!(
             req,
-            Request::Login { .. } | Request::Register { .. } | Request::ServerInfo
+            Request::Login { .. } | Request::Register { .. } | Request::ServerInfo | Request::Ping
         ) {
             let me = s.me()?;
             if let Some(claimed) = claimed_id.filter(|c| *c != me.id) {
@@ -282,6 +294,7 @@ impl Service {
             Request::ServerInfo => Ok(Reply::ok(ack)
                 .with("node", self.config.node_id.as_str())
                 .with("version", env!("CARGO_PKG_VERSION"))),
+            Request::Ping => Ok(Reply::ok(ack).with("ts", crate::store::now_ms())),
             Request::History {
                 target,
                 before,
