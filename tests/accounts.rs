@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestServer, pw, within};
+use common::{TestServer, next_other, pw, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn friends_are_mutual_and_show_presence() {
@@ -86,24 +86,33 @@ async fn login_refusals_and_presence_after_disconnect() {
         other.login(424_242, "whatever").await.unwrap_err().errno(),
         Some(1)
     );
-    let err = other.login(alice, &pw("alice")).await.unwrap_err();
-    assert_eq!(err.errno(), Some(2), "online elsewhere: {err}");
     assert_eq!(
         a.login(alice, &pw("alice")).await.unwrap_err().errno(),
         Some(22)
     );
 
+    // a second login wins: the older session (a client whose network died
+    // silently, say) is told why and closed, instead of locking alice out
+    let (mut b, bob) = s.user("bob").await;
+    b.add_friend(alice).await.expect("add alice");
+    let info = other
+        .login(alice, &pw("alice"))
+        .await
+        .expect("the newer login replaces the older session");
+    assert_eq!(info.name, "alice");
+    assert_eq!(next_other(&mut a).await["errno"], 54);
+    assert!(within(a.next_push()).await.is_none(), "then it is closed");
+    // the replaced session's end does not take the new one offline
+    b.chat(alice, "to the new session").await.expect("send");
+    let m = within(other.next_message()).await.expect("delivered");
+    assert_eq!((m.from, m.msg.as_str()), (bob, "to the new session"));
+    assert!(b.friends().await.expect("friends")[0].online);
+
     // an abrupt disconnect (no logout) marks the user offline
-    drop(a);
+    drop(other);
     within(async {
-        loop {
-            match other.login(alice, &pw("alice")).await {
-                Ok(info) => break info,
-                Err(e) if e.errno() == Some(2) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
-                }
-                Err(e) => panic!("{e}"),
-            }
+        while b.friends().await.expect("friends")[0].online {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await;

@@ -107,13 +107,6 @@ async fn chat_presence_and_offline_delivery_across_three_nodes() {
     }
     assert_quiet(&mut b).await;
 
-    // a login anywhere while online elsewhere is refused
-    let mut again = n1.client().await;
-    assert_eq!(
-        again.login(bob, &pw("bob")).await.unwrap_err().errno(),
-        Some(2)
-    );
-
     // offline across nodes: carol leaves n3, messages wait, she logs in on n1
     c.logout().await.expect("logout");
     let states: Vec<_> = a
@@ -157,6 +150,30 @@ async fn chat_presence_and_offline_delivery_across_three_nodes() {
     b.login(bob, &pw("bob"))
         .await
         .expect("bob logs in again elsewhere");
+
+    // a login on another node replaces the user's older session: carol's
+    // session on n1 is told why and closed, and messages follow her to n3
+    let mut c2 = n3.client().await;
+    c2.login(carol, &pw("carol"))
+        .await
+        .expect("the newer login wins across nodes");
+    let notice = within(async {
+        loop {
+            match c.next_push().await {
+                Some(chat::client::Push::Other(v)) => break v,
+                Some(chat::client::Push::Message(_)) => continue,
+                None => panic!("closed without a notice"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(notice["errno"], 54, "{notice}");
+    assert!(within(c.next_push()).await.is_none(), "then it is closed");
+    a.chat(carol, "follow me").await.expect("send");
+    let m = within(c2.next_message()).await.expect("delivered to n3");
+    assert_eq!(m.msg, "follow me");
+    let carol_state = a.friends().await.expect("friends");
+    assert!(carol_state.iter().any(|f| f.id == carol && f.online));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

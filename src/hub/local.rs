@@ -53,6 +53,18 @@ impl LocalHub {
         }
     }
 
+    /// Disconnects `user`'s session `session_id` on this node, if it is
+    /// still the user's session here.
+    pub fn kick_session(&self, user: UserId, session_id: u64) {
+        if let Some(h) = self
+            .read()
+            .get(&user)
+            .filter(|h| h.session_id == session_id)
+        {
+            h.kick.kick(KickReason::Replaced);
+        }
+    }
+
     /// Whether `user` has a session on this node.
     pub fn is_here(&self, user: UserId) -> bool {
         self.read().contains_key(&user)
@@ -80,11 +92,11 @@ impl LocalHub {
 #[async_trait]
 impl Hub for LocalHub {
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError> {
-        let mut sessions = self.write();
-        if sessions.contains_key(&user) {
-            return Err(HubError::AlreadyOnline);
+        // The newer login wins: an older session of the user (a client
+        // whose network died silently, say) is told why and closed.
+        if let Some(old) = self.write().insert(user, handle) {
+            old.kick.kick(KickReason::Replaced);
         }
-        sessions.insert(user, handle);
         Ok(())
     }
 

@@ -37,8 +37,8 @@ pub struct SessionHandle {
 pub enum KickReason {
     /// Its push queue overflowed: the client reads too slowly.
     TooSlow,
-    /// The user logged in on another node while this one could not tell
-    /// (Redis was away); the newer login wins.
+    /// The user logged in again, on this node or another (or on another
+    /// node while Redis was away): the newer login wins.
     Replaced,
 }
 
@@ -66,8 +66,6 @@ impl Kick {
 /// Why the hub refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
-    #[error("this account is online already")]
-    AlreadyOnline,
     #[error("presence service unavailable: {0}")]
     Unavailable(String),
 }
@@ -84,8 +82,8 @@ pub enum GroupChange {
 /// Presence and delivery for the whole deployment.
 #[async_trait]
 pub trait Hub: Send + Sync + 'static {
-    /// Marks `user` online with `handle` as its session; `AlreadyOnline` when
-    /// the user has a session anywhere.
+    /// Marks `user` online with `handle` as its session. An older session
+    /// of the user, anywhere, is replaced: it is told why and closed.
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError>;
     /// Marks `user` offline, if `session_id` is still its session.
     async fn disconnect(&self, user: UserId, session_id: u64);

@@ -62,7 +62,8 @@ pub enum ErrCode {
     Ok = 0,
     /// Login: wrong id or password. Register: name already taken.
     Failed = 1,
-    /// Login: the account is online already.
+    /// The original's "account is online already". Never sent now: a second
+    /// login replaces the first session (which gets [`ErrCode::Replaced`]).
     AlreadyOnline = 2,
     InvalidJson = 10,
     UnknownMsgid = 11,
@@ -88,7 +89,8 @@ pub enum ErrCode {
     /// This connection read too slowly and is being closed.
     TooSlow = 52,
     ShuttingDown = 53,
-    /// This session was closed because the account logged in elsewhere.
+    /// This session was closed because the account logged in again, on
+    /// another connection or node: the newer login wins.
     Replaced = 54,
     /// This connection promised heartbeats (it sent a PING) and then was
     /// silent for longer than the server's heartbeat timeout.

@@ -151,10 +151,6 @@ impl From<StoreError> for Fail {
 impl From<HubError> for Fail {
     fn from(e: HubError) -> Self {
         match e {
-            HubError::AlreadyOnline => Fail::new(
-                ErrCode::AlreadyOnline,
-                "this account is using, input another!",
-            ),
             HubError::Unavailable(detail) => {
                 tracing::error!(%detail, "presence error");
                 Fail::new(

@@ -20,6 +20,12 @@
 //!   every session is told to catch up from the store.
 //! * Group membership changes are announced on `P:groups` so that every node
 //!   drops its cached member list.
+//! * A login takes over the user's presence key whoever held it; if an older
+//!   session on another node held it, `USER HOLDER` is published on
+//!   `P:kick`, and the node running that session closes it (errno 54). Should
+//!   that publish be missed, the old session still gets no remote pushes
+//!   (they follow the key), and its node drops it when it next re-claims
+//!   presence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +46,7 @@ use super::local::LocalHub;
 use super::{GroupChange, Hub, HubError, SessionHandle};
 use crate::model::{Delivery, GroupId, UserId};
 use bus::{Published, bus_payload, parse_published};
-use presence::{CLAIM, ONLINE, RELEASE, RENEW, ROUTE};
+use presence::{CLAIM, ONLINE, RELEASE, RENEW, ROUTE, TAKEOVER};
 
 /// Where and how a node joins the cluster.
 #[derive(Debug, Clone)]
@@ -99,6 +105,7 @@ const PUBLISH_BATCH: usize = 256;
 struct Scripts {
     renew: Script,
     claim: Script,
+    takeover: Script,
     release: Script,
     online: Script,
     route: Script,
@@ -145,6 +152,7 @@ impl RedisHub {
             scripts: Scripts {
                 renew: Script::new(RENEW),
                 claim: Script::new(CLAIM),
+                takeover: Script::new(TAKEOVER),
                 release: Script::new(RELEASE),
                 online: Script::new(ONLINE),
                 route: Script::new(ROUTE),
@@ -243,8 +251,17 @@ impl RedisHub {
         format!("{}:groups", self.config.key_prefix)
     }
 
+    fn kick_channel(&self) -> String {
+        format!("{}:kick", self.config.key_prefix)
+    }
+
+    /// What this process's presence values start with.
+    fn holder_prefix(&self) -> String {
+        format!("{}|{}|", self.config.node_id, self.incarnation)
+    }
+
     fn holder(&self, session_id: u64) -> String {
-        format!("{}|{}|{session_id}", self.config.node_id, self.incarnation)
+        format!("{}{session_id}", self.holder_prefix())
     }
 
     /// Renews the node's lease; `Ok(false)` when it had lapsed.
@@ -297,12 +314,14 @@ impl RedisHub {
         let mut subscribed = Some(subscribed);
         let own = format!("{}{}", self.channel_prefix(), self.config.node_id);
         let groups = self.groups_channel();
+        let kicks = self.kick_channel();
         let mut backoff = Duration::from_millis(50);
         loop {
             let attempt = async {
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&own).await?;
                 pubsub.subscribe(&groups).await?;
+                pubsub.subscribe(&kicks).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = tokio::select! {
@@ -350,6 +369,8 @@ impl RedisHub {
                     {
                         let _ = self.group_changes.send(GroupChange::Group(g));
                     }
+                } else if msg.get_channel_name() == kicks {
+                    self.kick_replaced(msg.get_payload_bytes());
                 } else {
                     self.deliver_published(msg.get_payload_bytes());
                 }
@@ -364,6 +385,24 @@ impl RedisHub {
             _ = tokio::time::sleep(*backoff) => {}
         }
         *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    }
+
+    /// Closes the local session named by a `USER NODE|INCARNATION|SESSION`
+    /// kick, if this process runs it: that user logged in elsewhere.
+    fn kick_replaced(&self, payload: &[u8]) {
+        let Some((user, holder)) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|p| p.split_once(' '))
+        else {
+            return;
+        };
+        let ours = self.holder_prefix();
+        let (Ok(user), Some(session)) = (user.parse(), holder.strip_prefix(&ours)) else {
+            return;
+        };
+        if let Ok(session) = session.parse() {
+            self.local.kick_session(user, session);
+        }
     }
 
     /// Hands a message published by another node to the local sessions it
@@ -410,17 +449,31 @@ impl Hub for RedisHub {
         let session_id = handle.session_id;
         self.local.connect(user, handle).await?;
         let mut conn = self.conn.clone();
-        match self.claim(&mut conn, user, session_id).await {
-            Ok(1) => Ok(()),
-            Ok(_) => {
-                self.local.disconnect(user, session_id).await;
-                Err(HubError::AlreadyOnline)
-            }
+        let previous: Result<String, _> = self
+            .scripts
+            .takeover
+            .key(self.user_key(user))
+            .arg(self.holder(session_id))
+            .invoke_async(&mut conn)
+            .await;
+        let previous = match previous {
+            Ok(p) => p,
             Err(e) => {
                 self.local.disconnect(user, session_id).await;
-                Err(unavailable(e))
+                return Err(unavailable(e));
+            }
+        };
+        // An older session on this node was replaced by `local.connect`;
+        // one elsewhere (or in an earlier run of this node) is told to go.
+        if !previous.is_empty() {
+            let sent: Result<i64, _> = conn
+                .publish(self.kick_channel(), format!("{user} {previous}"))
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(user, error = %e, "could not tell the replaced session to close");
             }
         }
+        Ok(())
     }
 
     async fn disconnect(&self, user: UserId, session_id: u64) {

@@ -21,6 +21,17 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
 
+/// Makes `KEYS[1]` hold `ARGV[1]` whoever held it, and returns the previous
+/// holder (empty when none, or when it was this very session): a login
+/// takes over from an older session of the same user, which its node is
+/// then told to close.
+pub(super) const TAKEOVER: &str = r"
+local cur = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1])
+if cur and cur ~= ARGV[1] then return cur end
+return ''
+";
+
 /// Renews the node's lease `KEYS[1]` (our incarnation `ARGV[2]`) for
 /// `ARGV[1]` ms; returns whether it was still ours (if not, Redis lost our
 /// presence keys or we were away too long, and they must be claimed again).
