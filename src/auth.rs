@@ -16,6 +16,8 @@
 //! A login for an account that does not exist still verifies against a
 //! fixed dummy hash, so response time does not reveal which ids exist.
 
+pub mod token;
+
 use std::sync::Arc;
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};

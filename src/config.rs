@@ -59,6 +59,9 @@ pub struct Config {
     pub keepalive_idle: Duration,
     /// Time between TCP keepalive probes.
     pub keepalive_interval: Duration,
+    /// How long a resume token from a login stays valid (logout revokes it
+    /// at once).
+    pub resume_token_ttl: Duration,
     /// Database connection pool (MySQL; SQLite uses a small fixed pool).
     pub pool: PoolConfig,
     /// What an acknowledged message survives on the embedded SQLite store.
@@ -136,6 +139,7 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(45),
             keepalive_idle: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
+            resume_token_ttl: Duration::from_secs(7 * 24 * 3600),
             pool: PoolConfig::default(),
             sqlite_sync: SqliteSync::default(),
         }

@@ -215,3 +215,75 @@ async fn a_client_that_stops_its_heartbeats_is_closed_and_goes_offline() {
     // bob, silent all along without having pinged, was left alone
     within(b.friends()).await.expect("bob is still connected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_session_resumes_with_its_token_and_logout_revokes_it() {
+    use std::time::Duration;
+    let s = TestServer::start_with(chat::config::Config {
+        resume_token_ttl: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let (mut b, _bob) = s.user("bob").await;
+    let alice = s.register("alice").await;
+    let mut a = s.client().await;
+    let info = a.login(alice, &pw("alice")).await.expect("login");
+    let token = info.token.expect("a password login returns a token");
+    assert_eq!(token.len(), 64);
+
+    // the connection breaks; messages sent meanwhile wait
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.chat(alice, "while you were away").await.expect("send");
+
+    let mut wrong = s.client().await;
+    let err = wrong.resume(&"0".repeat(64)).await.unwrap_err();
+    assert_eq!(err.errno(), Some(1), "{err}");
+    assert_eq!(wrong.resume("").await.unwrap_err().errno(), Some(1));
+
+    let mut a = s.client().await;
+    let info = within(a.resume(&token)).await.expect("resume");
+    assert_eq!((info.id, info.name.as_str()), (alice, "alice"));
+    assert!(info.token.is_none(), "the token stays the same");
+    let got: Vec<_> = info.offline.iter().map(|m| m.msg.as_str()).collect();
+    assert_eq!(got, vec!["while you were away"]);
+    assert_eq!(a.resume(&token).await.unwrap_err().errno(), Some(22));
+    // live delivery works on the resumed session
+    b.chat(alice, "live").await.expect("send");
+    assert_eq!(within(a.next_message()).await.expect("push").msg, "live");
+
+    // resuming again elsewhere replaces this session, like a login
+    let mut a2 = s.client().await;
+    a2.resume(&token).await.expect("resume again");
+    assert_eq!(next_other(&mut a).await["errno"], 54);
+
+    // logout revokes the token
+    a2.logout().await.expect("logout");
+    let mut a3 = s.client().await;
+    assert_eq!(a3.resume(&token).await.unwrap_err().errno(), Some(1));
+
+    // and a token expires by itself
+    let info = a3.login(alice, &pw("alice")).await.expect("login");
+    let token = info.token.expect("token");
+    drop(a3);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let mut a4 = s.client().await;
+    let err = a4.resume(&token).await.unwrap_err();
+    assert_eq!(err.errno(), Some(1), "expired: {err}");
+
+    // only the token's hash is stored, never the token
+    let stopped = s.stop().await;
+    if !common::is_mysql() {
+        let hash = chat::auth::token::token_hash(&token);
+        let mut seen_hash = false;
+        for entry in std::fs::read_dir(stopped.dir.path()).expect("dir") {
+            let Ok(bytes) = std::fs::read(entry.expect("entry").path()) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(&token), "the token itself is on disk");
+            seen_hash |= text.contains(&hash);
+        }
+        assert!(seen_hash, "the hash is what is kept");
+    }
+}

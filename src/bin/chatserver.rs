@@ -88,6 +88,9 @@ struct Cli {
     /// Seconds of silence before TCP keepalive starts probing a peer.
     #[arg(long, default_value_t = Config::default().keepalive_idle.as_secs_f64())]
     keepalive: f64,
+    /// Seconds a resume token from a login stays valid.
+    #[arg(long, default_value_t = Config::default().resume_token_ttl.as_secs_f64())]
+    token_ttl: f64,
 }
 
 impl Cli {
@@ -141,16 +144,23 @@ async fn run() -> ExitCode {
             seconds("db-acquire-timeout", cli.db_acquire_timeout)?,
             seconds("heartbeat-timeout", cli.heartbeat_timeout)?,
             seconds("keepalive", cli.keepalive)?,
+            seconds("token-ttl", cli.token_ttl)?,
         ))
     })();
-    let (presence_ttl, idle_timeout, acquire_timeout, heartbeat_timeout, keepalive_idle) =
-        match durations {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("chatserver: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let (
+        presence_ttl,
+        idle_timeout,
+        acquire_timeout,
+        heartbeat_timeout,
+        keepalive_idle,
+        resume_token_ttl,
+    ) = match durations {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("chatserver: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Raised before anything opens files; the default cap follows from it.
     let client_capacity = chat::server::client_capacity();
     let node_id = cli.node_id.clone().unwrap_or_else(|| addr.clone());
@@ -177,6 +187,7 @@ async fn run() -> ExitCode {
         sqlite_sync: cli.sync,
         heartbeat_timeout,
         keepalive_idle,
+        resume_token_ttl,
         ..Config::default()
     };
     let node = match Node::open(&cli.db, config, cluster).await {

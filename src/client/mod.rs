@@ -179,6 +179,8 @@ pub struct LoginInfo {
     pub friends: Vec<Contact>,
     pub groups: Vec<Group>,
     pub offline: Vec<Message>,
+    /// The resume token a password login returns ([`Client::resume`]).
+    pub token: Option<String>,
 }
 
 /// The reply to a chat message.
@@ -355,45 +357,64 @@ impl Client {
             .request(json!({"msgid": msgid::LOGIN, "id": id, "password": password}))
             .await?
             .ok()?;
-        let friends = double_encoded(r.get("friends"))
-            .iter()
-            .filter_map(contact)
-            .collect();
-        let groups = double_encoded(r.get("groups"))
-            .iter()
-            .filter_map(|g| {
-                Some(Group {
-                    id: g.get("id")?.as_i64()?,
-                    name: g.get("groupname")?.as_str()?.to_owned(),
-                    desc: g
-                        .get("groupdesc")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                    members: double_encoded(g.get("users"))
-                        .iter()
-                        .filter_map(contact)
-                        .collect(),
-                })
-            })
-            .collect();
-        let offline = double_encoded(r.get("offlinemsg"))
-            .iter()
-            .filter_map(Message::from_json)
-            .collect();
-        Ok(LoginInfo {
-            id: r.i64("id")?,
-            name: r
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-            friends,
-            groups,
-            offline,
-        })
+        login_info(r)
     }
 
+    /// Logs in with the token of an earlier login (after a broken
+    /// connection, say), without the password. The reply is a login's,
+    /// offline messages included; the token stays the same.
+    pub async fn resume(&mut self, token: &str) -> Result<LoginInfo, ClientError> {
+        let r = self
+            .request(json!({"msgid": msgid::RESUME, "token": token}))
+            .await?
+            .ok()?;
+        login_info(r)
+    }
+}
+
+/// A LOGIN or RESUME reply, read.
+fn login_info(r: Reply) -> Result<LoginInfo, ClientError> {
+    let friends = double_encoded(r.get("friends"))
+        .iter()
+        .filter_map(contact)
+        .collect();
+    let groups = double_encoded(r.get("groups"))
+        .iter()
+        .filter_map(|g| {
+            Some(Group {
+                id: g.get("id")?.as_i64()?,
+                name: g.get("groupname")?.as_str()?.to_owned(),
+                desc: g
+                    .get("groupdesc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                members: double_encoded(g.get("users"))
+                    .iter()
+                    .filter_map(contact)
+                    .collect(),
+            })
+        })
+        .collect();
+    let offline = double_encoded(r.get("offlinemsg"))
+        .iter()
+        .filter_map(Message::from_json)
+        .collect();
+    Ok(LoginInfo {
+        id: r.i64("id")?,
+        name: r
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        friends,
+        groups,
+        offline,
+        token: r.get("token").and_then(Value::as_str).map(str::to_owned),
+    })
+}
+
+impl Client {
     pub async fn logout(&mut self) -> Result<(), ClientError> {
         self.request(json!({"msgid": msgid::LOGOUT}))
             .await?

@@ -39,6 +39,9 @@ pub mod msgid {
     /// connection that has sent one is closed after a silence of the
     /// server's heartbeat timeout.
     pub const PING: i64 = 16;
+    /// Log in again with the `token` a login returned, without the
+    /// password; allowed before login.
+    pub const RESUME: i64 = 17;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;
@@ -213,6 +216,9 @@ pub enum Request {
     },
     ServerInfo,
     Ping,
+    Resume {
+        token: String,
+    },
 }
 
 /// A frame parsed as far as it goes. Even a request whose fields are wrong
@@ -243,6 +249,10 @@ impl Parsed {
 struct LoginBody {
     id: UserId,
     password: String,
+}
+#[derive(Deserialize)]
+struct ResumeBody {
+    token: String,
 }
 #[derive(Deserialize)]
 struct RegBody {
@@ -345,6 +355,7 @@ pub fn parse(frame: &[u8]) -> Parsed {
             | msgid::HISTORY
             | msgid::SERVER_INFO
             | msgid::PING
+            | msgid::RESUME
     );
     if !known {
         return Parsed::bare(
@@ -362,7 +373,7 @@ pub fn parse(frame: &[u8]) -> Parsed {
     // session; REG and SERVER_INFO have no use for it.
     if !matches!(
         id,
-        msgid::LOGIN | msgid::REG | msgid::SERVER_INFO | msgid::PING
+        msgid::LOGIN | msgid::REG | msgid::SERVER_INFO | msgid::PING | msgid::RESUME
     ) {
         match obj.get("id") {
             None | Some(Value::Null) => {}
@@ -412,6 +423,9 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
         msgid::SHOW_FRIEND_LIST => Request::ShowFriendList,
         msgid::SERVER_INFO => Request::ServerInfo,
         msgid::PING => Request::Ping,
+        msgid::RESUME => Request::Resume {
+            token: typed::<ResumeBody>(obj)?.token,
+        },
         msgid::CREATE_GROUP => {
             let b: CreateGroupBody = typed(obj)?;
             Request::CreateGroup {

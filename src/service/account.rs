@@ -68,7 +68,60 @@ impl Service {
             return Err(bad());
         }
         let name = name.ok_or_else(bad)?;
+        let Some((token, token_hash)) = crate::auth::token::new_token() else {
+            return Err(Fail::new(
+                ErrCode::Unavailable,
+                "server busy, try again later",
+            ));
+        };
+        let expires = crate::store::now_ms().saturating_add(
+            i64::try_from(self.config.resume_token_ttl.as_millis()).unwrap_or(i64::MAX),
+        );
+        self.store.create_token(id, &token_hash, expires).await?;
+        let reply = self.open_user_session(s, id, name, token_hash).await?;
+        Ok(reply.with("token", token).with("msgid", ack))
+    }
 
+    /// RESUME: a login with the token an earlier login returned, skipping
+    /// the password hash. The token stays valid (until it expires or a
+    /// logout revokes it), so a resume whose reply is lost can be retried.
+    pub(super) async fn resume(
+        &self,
+        s: &mut Session,
+        ack: i64,
+        token: &str,
+    ) -> Result<Reply, Fail> {
+        if s.user.is_some() {
+            return Err(Fail::new(
+                ErrCode::AlreadyLoggedIn,
+                "already logged in on this connection; log out first",
+            ));
+        }
+        let bad = || {
+            Fail::new(
+                ErrCode::Failed,
+                "session token is invalid or expired; log in with your password",
+            )
+        };
+        if token.is_empty() || token.len() > crate::auth::token::MAX_TOKEN_LEN {
+            return Err(bad());
+        }
+        let token_hash = crate::auth::token::token_hash(token);
+        let id = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;
+        let name = self.store.credentials(id).await?.ok_or_else(bad)?.name;
+        let reply = self.open_user_session(s, id, name, token_hash).await?;
+        Ok(reply.with("msgid", ack))
+    }
+
+    /// Makes `s` the session of `id` (replacing an older one anywhere) and
+    /// builds the login reply.
+    async fn open_user_session(
+        &self,
+        s: &mut Session,
+        id: UserId,
+        name: String,
+        token_hash: String,
+    ) -> Result<Reply, Fail> {
         // Claim presence first, then read what is undelivered: a message
         // stored in between is both in the page and queued as a push, and the
         // cursors drop the second copy. The other order could miss it.
@@ -87,6 +140,7 @@ impl Service {
             id,
             name,
             pushes: rx,
+            token_hash: Some(token_hash),
             cursors: Cursors::default(),
             last_flush: std::time::Instant::now(),
             backlog: false,
@@ -102,7 +156,6 @@ impl Service {
                 Err(e)
             }
         }
-        .map(|r| r.with("msgid", ack))
     }
 
     /// Builds the classic LOGIN_MSG_ACK (friends, groups and offline
@@ -175,6 +228,10 @@ impl Service {
     }
 
     pub(super) async fn logout(&self, s: &mut Session, ack: i64) -> Result<Reply, Fail> {
+        // Logging out ends the token too; a dropped connection keeps it.
+        if let Some(hash) = s.user.as_mut().and_then(|me| me.token_hash.take()) {
+            self.store.revoke_token(&hash).await?;
+        }
         self.end_session(s).await;
         Ok(Reply::ok(ack))
     }

@@ -56,6 +56,9 @@ struct LoggedIn {
     id: UserId,
     name: String,
     pushes: mpsc::Receiver<Push>,
+    /// The hash of the resume token this session was given or resumed
+    /// with; logout revokes it.
+    token_hash: Option<String>,
     cursors: Cursors,
     /// When delivery positions were last handed to the store.
     last_flush: Instant,
@@ -253,7 +256,11 @@ impl Service {
     ) -> Result<Reply, Fail> {
         if !matches!(
             req,
-            Request::Login { .. } | Request::Register { .. } | Request::ServerInfo | Request::Ping
+            Request::Login { .. }
+                | Request::Register { .. }
+                | Request::ServerInfo
+                | Request::Ping
+                | Request::Resume { .. }
         ) {
             let me = s.me()?;
             if let Some(claimed) = claimed_id.filter(|c| *c != me.id) {
@@ -265,16 +272,8 @@ impl Service {
         }
         match req {
             Request::Register { name, password } => self.register(ack, &name, &password).await,
-            Request::Login { id, password } => {
-                let result = self.login(s, ack, id, password).await;
-                if result.is_ok() {
-                    inc(&METRICS.logins);
-                    METRICS.sessions_online.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    inc(&METRICS.login_failures);
-                }
-                result
-            }
+            Request::Login { id, password } => counted(self.login(s, ack, id, password).await),
+            Request::Resume { token } => counted(self.resume(s, ack, &token).await),
             Request::Logout => self.logout(s, ack).await,
             Request::AddFriend { friendid } => self.add_friend(s, ack, friendid).await,
             Request::DelFriend { friendid } => self.del_friend(s, ack, friendid).await,
@@ -356,6 +355,17 @@ impl Service {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// Counts a login or resume, and the session it opened.
+fn counted(result: Result<Reply, Fail>) -> Result<Reply, Fail> {
+    if result.is_ok() {
+        inc(&METRICS.logins);
+        METRICS.sessions_online.fetch_add(1, Ordering::Relaxed);
+    } else {
+        inc(&METRICS.login_failures);
+    }
+    result
 }
 
 fn invalid(e: crate::model::Invalid) -> Fail {

@@ -59,6 +59,19 @@ pub trait Store: Send + Sync + 'static {
     /// The user's name and password hash, if the user exists.
     async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>>;
 
+    /// Keeps a resume token's hash for `user` until `expires_ms` (and drops
+    /// the user's expired ones).
+    async fn create_token(
+        &self,
+        user: UserId,
+        token_hash: &str,
+        expires_ms: i64,
+    ) -> StoreResult<()>;
+    /// The user whose unexpired token has this hash.
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<UserId>>;
+    /// Forgets a token (logout).
+    async fn revoke_token(&self, token_hash: &str) -> StoreResult<()>;
+
     /// Makes `a` and `b` friends of each other; `NotFound` when `b` does not
     /// exist, `Conflict` when they already are.
     async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()>;

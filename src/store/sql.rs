@@ -13,6 +13,13 @@ use crate::model::{ChatMessage, Conversation, GroupId, GroupInfo, GroupMember, G
 pub(super) type MsgRow = (String, i64, i64, String, String, i64);
 
 pub(super) const CREDENTIALS: &str = "SELECT name, password_hash FROM users WHERE id = ?";
+pub(super) const DROP_EXPIRED_TOKENS: &str =
+    "DELETE FROM resume_tokens WHERE user_id = ? AND expires_at < ?";
+pub(super) const CREATE_TOKEN: &str =
+    "INSERT INTO resume_tokens (token_hash, user_id, expires_at) VALUES (?, ?, ?)";
+pub(super) const TOKEN_USER: &str =
+    "SELECT user_id FROM resume_tokens WHERE token_hash = ? AND expires_at >= ?";
+pub(super) const REVOKE_TOKEN: &str = "DELETE FROM resume_tokens WHERE token_hash = ?";
 pub(super) const USER_ID: &str = "SELECT id FROM users WHERE id = ?";
 pub(super) const COUNT_USERS_2: &str = "SELECT COUNT(*) FROM users WHERE id IN (?, ?)";
 pub(super) const CREATE_USER: &str =
@@ -202,6 +209,26 @@ macro_rules! impl_store {
                 sqlx::query(sql::SET_CURSOR).bind(user).bind(&conv).bind(last).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(last)
+            }
+
+            async fn create_token(&self, user: UserId, token_hash: &str, expires_ms: i64) -> StoreResult<()> {
+                sqlx::query(sql::DROP_EXPIRED_TOKENS).bind(user).bind(now_ms()).execute(&self.pool).await?;
+                sqlx::query(sql::CREATE_TOKEN).bind(token_hash).bind(user).bind(expires_ms).execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn token_user(&self, token_hash: &str) -> StoreResult<Option<UserId>> {
+                let row: Option<(UserId,)> = sqlx::query_as(sql::TOKEN_USER)
+                    .bind(token_hash)
+                    .bind(now_ms())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|(id,)| id))
+            }
+
+            async fn revoke_token(&self, token_hash: &str) -> StoreResult<()> {
+                sqlx::query(sql::REVOKE_TOKEN).bind(token_hash).execute(&self.pool).await?;
+                Ok(())
             }
 
             async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>> {
