@@ -45,25 +45,7 @@ fn compare_runs_both_targets_and_reports_them() {
 #[test]
 fn open_loop_pairs_deliver_at_the_offered_rate_and_every_message_is_acked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_chatserver"))
-        .args(["--listen", &addr])
-        .args([
-            "--db",
-            &format!("sqlite://{}", dir.path().join("b.db").display()),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start chatserver");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (mut server, addr) = start_server(&dir);
     let out = Command::new(env!("CARGO_BIN_EXE_chatbench"))
         .args(["pairs", "--addr", &addr, "--pairs", "2", "--rate", "200"])
         .args(["--duration", "1", "--warmup", "0.2"])
@@ -89,4 +71,62 @@ fn open_loop_pairs_deliver_at_the_offered_rate_and_every_message_is_acked() {
         "an open loop sends no faster than offered: {report}"
     );
     assert_eq!(report["acked"], report["sent"], "{report}");
+}
+
+#[test]
+fn resumes_take_every_user_back_without_passwords() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, addr) = start_server(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_chatbench"))
+        .args([
+            "resumes",
+            "--addr",
+            &addr,
+            "--users",
+            "20",
+            "--concurrency",
+            "5",
+        ])
+        .output()
+        .expect("run chatbench");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chatbench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON report");
+    assert_eq!(report["resumes"], 20, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(
+        report["resumes_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
+}
+
+/// A chatserver on a free port over a fresh SQLite file in `dir`.
+fn start_server(dir: &tempfile::TempDir) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = Command::new(env!("CARGO_BIN_EXE_chatserver"))
+        .args(["--listen", &addr])
+        .args([
+            "--db",
+            &format!("sqlite://{}", dir.path().join("b.db").display()),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chatserver");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (server, addr)
 }

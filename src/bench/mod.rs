@@ -680,6 +680,79 @@ pub async fn logins(
     ))
 }
 
+/// Password logins against resumes of the same users, in one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumesReport {
+    pub users: usize,
+    pub logins_per_s: f64,
+    pub resumes: usize,
+    pub failed: usize,
+    pub first_failure: Option<String>,
+    pub seconds: f64,
+    pub resumes_per_s: f64,
+}
+
+/// Logs every user in with its password (keeping the resume tokens), drops
+/// the connections as a dying node would, then has every user resume,
+/// `concurrency` at a time: the rate at which a node takes users back.
+pub async fn resumes(
+    addr: &str,
+    users: &[UserId],
+    password: &str,
+    concurrency: usize,
+) -> Result<ResumesReport, BenchError> {
+    let started = Instant::now();
+    let tokens: Vec<Result<String, BenchError>> =
+        futures_util::stream::iter(users.iter().map(|&id| async move {
+            let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
+            let (r, mut w) = connect_from(addr, None).await?.into_split();
+            let mut reader = FramedRead::new(r, FrameCodec::new(64 << 20));
+            let reply = exchange(&mut reader, &mut w, login, msgid::LOGIN_ACK).await?;
+            serde_json::from_slice::<serde_json::Value>(&reply)
+                .ok()
+                .and_then(|v| v.get("token")?.as_str().map(str::to_owned))
+                .ok_or_else(|| BenchError::Protocol("login reply without a token".into()))
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let logins_per_s = users.len() as f64 / started.elapsed().as_secs_f64();
+    let tokens: Vec<String> = tokens.into_iter().collect::<Result<_, _>>()?;
+    // The login connections are closed; let the server take them offline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut pending = futures_util::stream::iter(tokens.iter().map(|token| async move {
+        let resume = serde_json::json!({"msgid": msgid::RESUME, "token": token});
+        request_raw(
+            connect_from(addr, None).await?,
+            &resume.to_string(),
+            msgid::ack_for(msgid::RESUME),
+        )
+        .await
+    }))
+    .buffer_unordered(concurrency.max(1));
+    let (mut held, mut failed, mut first_failure) = (Vec::new(), 0, None);
+    while let Some(conn) = pending.next().await {
+        match conn {
+            Ok(conn) => held.push(conn),
+            Err(e) => {
+                failed += 1;
+                first_failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ResumesReport {
+        users: users.len(),
+        logins_per_s,
+        resumes: held.len(),
+        failed,
+        first_failure,
+        seconds,
+        resumes_per_s: held.len() as f64 / seconds,
+    })
+}
+
 /// Sends `request` on a logged-in connection and reads until reply `want`
 /// (pushes in between are skipped); returns the reply frame.
 pub async fn exchange(

@@ -78,6 +78,18 @@ enum Cmd {
         #[arg(long, hide = true)]
         child: bool,
     },
+    /// Logs users in with their passwords, drops the connections, and has
+    /// them all resume with their tokens: how fast a node takes back the
+    /// users of a dead one.
+    Resumes {
+        #[arg(long, default_value = "127.0.0.1:6000")]
+        addr: String,
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Logins and resumes in flight at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
     /// Chat latency of logged-in pairs, quiet and during a storm of
     /// concurrent password logins.
     Storm {
@@ -249,6 +261,35 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 let _ = tokio::io::stdin().read_to_end(&mut sink).await;
             }
             drop(held);
+            Ok(())
+        }
+        Cmd::Resumes {
+            addr,
+            users,
+            concurrency,
+        } => {
+            let prefix = format!("r{}-", std::process::id());
+            let ids = bench::register_users(&addr, &prefix, PASSWORD, users, 8)
+                .await
+                .map_err(|e| format!("registering users: {e}"))?;
+            let r = bench::resumes(&addr, &ids, PASSWORD, concurrency)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "{} users: password logins {:.0}/s; {} resumes in {:.2}s ({:.0}/s, x{:.1} the logins), {} failed{}",
+                r.users,
+                r.logins_per_s,
+                r.resumes,
+                r.seconds,
+                r.resumes_per_s,
+                r.resumes_per_s / r.logins_per_s,
+                r.failed,
+                r.first_failure
+                    .as_deref()
+                    .map(|f| format!(" (first: {f})"))
+                    .unwrap_or_default()
+            );
+            println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             Ok(())
         }
         Cmd::Storm {

@@ -107,8 +107,7 @@ impl Service {
             return Err(bad());
         }
         let token_hash = crate::auth::token::token_hash(token);
-        let id = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;
-        let name = self.store.credentials(id).await?.ok_or_else(bad)?.name;
+        let (id, name) = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;
         let reply = self.open_user_session(s, id, name, token_hash).await?;
         Ok(reply.with("msgid", ack))
     }

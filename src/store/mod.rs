@@ -67,8 +67,8 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &str,
         expires_ms: i64,
     ) -> StoreResult<()>;
-    /// The user whose unexpired token has this hash.
-    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<UserId>>;
+    /// The user (id and name) whose unexpired token has this hash.
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>>;
     /// Forgets a token (logout).
     async fn revoke_token(&self, token_hash: &str) -> StoreResult<()>;
 

@@ -17,8 +17,8 @@ pub(super) const DROP_EXPIRED_TOKENS: &str =
     "DELETE FROM resume_tokens WHERE user_id = ? AND expires_at < ?";
 pub(super) const CREATE_TOKEN: &str =
     "INSERT INTO resume_tokens (token_hash, user_id, expires_at) VALUES (?, ?, ?)";
-pub(super) const TOKEN_USER: &str =
-    "SELECT user_id FROM resume_tokens WHERE token_hash = ? AND expires_at >= ?";
+pub(super) const TOKEN_USER: &str = "SELECT t.user_id, u.name FROM resume_tokens t \
+     JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND t.expires_at >= ?";
 pub(super) const REVOKE_TOKEN: &str = "DELETE FROM resume_tokens WHERE token_hash = ?";
 pub(super) const USER_ID: &str = "SELECT id FROM users WHERE id = ?";
 pub(super) const COUNT_USERS_2: &str = "SELECT COUNT(*) FROM users WHERE id IN (?, ?)";
@@ -217,13 +217,13 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn token_user(&self, token_hash: &str) -> StoreResult<Option<UserId>> {
-                let row: Option<(UserId,)> = sqlx::query_as(sql::TOKEN_USER)
+            async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
+                let row: Option<(UserId, String)> = sqlx::query_as(sql::TOKEN_USER)
                     .bind(token_hash)
                     .bind(now_ms())
                     .fetch_optional(&self.pool)
                     .await?;
-                Ok(row.map(|(id,)| id))
+                Ok(row)
             }
 
             async fn revoke_token(&self, token_hash: &str) -> StoreResult<()> {
