@@ -62,6 +62,11 @@ pub struct Config {
     /// How long a resume token from a login stays valid (logout revokes it
     /// at once).
     pub resume_token_ttl: Duration,
+    /// Logins and resumes admitted per second, on average: a reconnect storm
+    /// after another node's death cannot drown this node's chat.
+    pub session_rate: u32,
+    /// Logins and resumes admitted at once above the average rate.
+    pub session_burst: u32,
     /// Database connection pool (MySQL; SQLite uses a small fixed pool).
     pub pool: PoolConfig,
     /// What an acknowledged message survives on the embedded SQLite store.
@@ -140,6 +145,8 @@ impl Default for Config {
             keepalive_idle: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             resume_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            session_rate: 3000,
+            session_burst: 1000,
             pool: PoolConfig::default(),
             sqlite_sync: SqliteSync::default(),
         }

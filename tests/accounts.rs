@@ -287,3 +287,49 @@ async fn a_broken_session_resumes_with_its_token_and_logout_revokes_it() {
         assert!(seen_hash, "the hash is what is kept");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_beyond_the_admission_rate_are_told_when_to_retry() {
+    use std::time::Duration;
+    let s = TestServer::start_with(chat::config::Config {
+        session_rate: 2,
+        session_burst: 2,
+        ..Default::default()
+    })
+    .await;
+    let alice = s.register("alice").await;
+    let mut a = s.client().await;
+    let token = a
+        .login(alice, &pw("alice"))
+        .await
+        .expect("login")
+        .token
+        .expect("token");
+    // resumes a few milliseconds apart use up the burst of 2 within 3 tries
+    // (however long the password login took), then get a time to wait
+    let mut a3 = s.client().await;
+    let mut refused = None;
+    for _ in 0..3 {
+        let r = a3
+            .request(serde_json::json!({"msgid": 17, "token": token}))
+            .await
+            .expect("a reply");
+        if r.errno() != 0 {
+            refused = Some(r);
+            break;
+        }
+        a3 = s.client().await; // (a logout would revoke the token)
+    }
+    let r = refused.expect("refused once the burst is used");
+    assert_eq!((r.msgid(), r.errno()), (117, 56), "{:?}", r.0);
+    let retry = r.i64("retry_ms").expect("retry_ms");
+    assert!(
+        (1..=500).contains(&retry),
+        "one admission takes 1/rate: {retry} ms"
+    );
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(retry).unwrap_or(500) + 20,
+    ))
+    .await;
+    a3.resume(&token).await.expect("admitted after the wait");
+}

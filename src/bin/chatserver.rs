@@ -88,6 +88,13 @@ struct Cli {
     /// Seconds of silence before TCP keepalive starts probing a peer.
     #[arg(long, default_value_t = Config::default().keepalive_idle.as_secs_f64())]
     keepalive: f64,
+    /// Logins and resumes admitted per second on average; more get errno 56
+    /// and how long to wait.
+    #[arg(long, default_value_t = Config::default().session_rate)]
+    session_rate: u32,
+    /// Logins and resumes admitted at once above the average.
+    #[arg(long, default_value_t = Config::default().session_burst)]
+    session_burst: u32,
     /// Seconds a resume token from a login stays valid.
     #[arg(long, default_value_t = Config::default().resume_token_ttl.as_secs_f64())]
     token_ttl: f64,
@@ -188,6 +195,8 @@ async fn run() -> ExitCode {
         heartbeat_timeout,
         keepalive_idle,
         resume_token_ttl,
+        session_rate: cli.session_rate,
+        session_burst: cli.session_burst,
         ..Config::default()
     };
     let node = match Node::open(&cli.db, config, cluster).await {

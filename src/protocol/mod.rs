@@ -98,6 +98,9 @@ pub enum ErrCode {
     /// This connection promised heartbeats (it sent a PING) and then was
     /// silent for longer than the server's heartbeat timeout.
     HeartbeatMissed = 55,
+    /// Logins and resumes arrive faster than this node admits them; the
+    /// reply's `retry_ms` says when to try again.
+    TooManyLogins = 56,
 }
 
 /// A failed request: the code and a message for humans.

@@ -7,6 +7,7 @@
 //! `id` names anyone else is refused.
 
 mod account;
+mod admission;
 mod chat;
 pub mod delivery;
 mod friends;
@@ -39,6 +40,8 @@ pub struct Service {
     hasher: PasswordHasherPool,
     config: Arc<Config>,
     groups: Arc<GroupCache>,
+    /// Bounds how fast logins and resumes are let in.
+    admission: admission::Admission,
     next_session: AtomicU64,
     /// Background cursor writes; shutdown waits for them before closing
     /// the store.
@@ -195,12 +198,14 @@ impl Service {
                 }
             });
         }
+        let admission = admission::Admission::new(config.session_rate, config.session_burst);
         Ok(Service {
             hasher: PasswordHasherPool::new(config.max_concurrent_hashes)?,
             store,
             hub,
             config,
             groups,
+            admission,
             next_session: AtomicU64::new(1),
             tasks: TaskTracker::new(),
         })
@@ -272,8 +277,14 @@ impl Service {
         }
         match req {
             Request::Register { name, password } => self.register(ack, &name, &password).await,
-            Request::Login { id, password } => counted(self.login(s, ack, id, password).await),
-            Request::Resume { token } => counted(self.resume(s, ack, &token).await),
+            Request::Login { id, password } => match self.admit(s, ack) {
+                Err(later) => Ok(later),
+                Ok(()) => counted(self.login(s, ack, id, password).await),
+            },
+            Request::Resume { token } => match self.admit(s, ack) {
+                Err(later) => Ok(later),
+                Ok(()) => counted(self.resume(s, ack, &token).await),
+            },
             Request::Logout => self.logout(s, ack).await,
             Request::AddFriend { friendid } => self.add_friend(s, ack, friendid).await,
             Request::DelFriend { friendid } => self.del_friend(s, ack, friendid).await,
@@ -296,6 +307,24 @@ impl Service {
                 limit,
             } => self.history(s, ack, target, before, limit).await,
         }
+    }
+
+    /// Lets a login or resume in, or gives the errno 56 reply saying when
+    /// to retry. (A connection already logged in is refused by the handler
+    /// itself, at no cost to the budget.)
+    fn admit(&self, s: &Session, ack: i64) -> Result<(), Reply> {
+        if s.user.is_some() {
+            return Ok(());
+        }
+        self.admission.admit().map_err(|wait| {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            inc(&METRICS.login_failures);
+            let fail = Fail::new(
+                ErrCode::TooManyLogins,
+                format!("too many logins right now; retry in {ms} ms"),
+            );
+            Reply::fail(ack, &fail).with("retry_ms", ms)
+        })
     }
 
     /// When this session's delivered positions are due to be stored, if it
