@@ -163,7 +163,6 @@ async fn passwords_are_stored_as_argon2id_hashes_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_its_heartbeats_is_closed_and_goes_offline() {
-    use chat::client::Push;
     use std::time::{Duration, Instant};
     let s = TestServer::start_with(chat::config::Config {
         heartbeat_timeout: Duration::from_millis(600),
@@ -185,16 +184,7 @@ async fn a_client_that_stops_its_heartbeats_is_closed_and_goes_offline() {
 
     // then alice falls silent: she is told why and closed
     let silent = Instant::now();
-    let notice = within(async {
-        loop {
-            match a.next_push().await {
-                Some(Push::Other(v)) => break v,
-                Some(Push::Message(_)) => continue,
-                None => panic!("closed without a notice"),
-            }
-        }
-    })
-    .await;
+    let notice = next_other(&mut a).await;
     assert_eq!(notice["errno"], 55, "{notice}");
     assert!(
         silent.elapsed() >= Duration::from_millis(500),

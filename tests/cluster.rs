@@ -13,7 +13,7 @@ use chat::client::Client;
 use chat::ring::{Balance, Node, Ring};
 use common::nodes::{Deadline, NodeProcess, Shared, node_of};
 use common::services::{self, MariaDb, Nginx, Redis};
-use common::{assert_quiet, pw, within};
+use common::{assert_quiet, next_other, pw, within};
 
 /// A cluster's shared services; private ones are kept alive here.
 struct Env {
@@ -157,16 +157,7 @@ async fn chat_presence_and_offline_delivery_across_three_nodes() {
     c2.login(carol, &pw("carol"))
         .await
         .expect("the newer login wins across nodes");
-    let notice = within(async {
-        loop {
-            match c.next_push().await {
-                Some(chat::client::Push::Other(v)) => break v,
-                Some(chat::client::Push::Message(_)) => continue,
-                None => panic!("closed without a notice"),
-            }
-        }
-    })
-    .await;
+    let notice = next_other(&mut c).await;
     assert_eq!(notice["errno"], 54, "{notice}");
     assert!(within(c.next_push()).await.is_none(), "then it is closed");
     a.chat(carol, "follow me").await.expect("send");

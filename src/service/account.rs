@@ -48,12 +48,7 @@ impl Service {
         id: UserId,
         password: String,
     ) -> Result<Reply, Fail> {
-        if s.user.is_some() {
-            return Err(Fail::new(
-                ErrCode::AlreadyLoggedIn,
-                "already logged in on this connection; log out first",
-            ));
-        }
+        s.logged_out()?;
         let bad = || Fail::new(ErrCode::Failed, "id or password is invalid!");
         if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
             return Err(bad());
@@ -91,12 +86,7 @@ impl Service {
         ack: i64,
         token: &str,
     ) -> Result<Reply, Fail> {
-        if s.user.is_some() {
-            return Err(Fail::new(
-                ErrCode::AlreadyLoggedIn,
-                "already logged in on this connection; log out first",
-            ));
-        }
+        s.logged_out()?;
         let bad = || {
             Fail::new(
                 ErrCode::Failed,

@@ -5,7 +5,7 @@
 //! survivor would spend everything on them while its own users' chat
 //! waits. A token bucket admits a steady rate with some burst; a login or
 //! resume beyond it is answered at once with errno 56 and how long to wait
-//! (clients back off with jitter), rather than queued.
+//! (a client should wait that long plus some jitter), rather than queued.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

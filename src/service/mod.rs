@@ -128,6 +128,17 @@ impl Session {
         self.user.as_ref().is_some_and(|u| u.backlog)
     }
 
+    /// Login and resume need a connection that is not logged in yet.
+    fn logged_out(&self) -> Result<(), Fail> {
+        match self.user {
+            None => Ok(()),
+            Some(_) => Err(Fail::new(
+                ErrCode::AlreadyLoggedIn,
+                "already logged in on this connection; log out first",
+            )),
+        }
+    }
+
     fn me(&self) -> Result<&LoggedIn, Fail> {
         self.user
             .as_ref()
