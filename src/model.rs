@@ -86,6 +86,9 @@ pub struct NewMessage {
     /// Copied from the sender's session so readers never join on users.
     pub sender_name: String,
     pub body: String,
+    /// The sender's own id for the message: a resend with the same id is
+    /// not stored again; the store answers with the original.
+    pub client_id: Option<String>,
 }
 
 impl NewMessage {

@@ -38,6 +38,7 @@ async fn an_exhausted_pool_fails_after_the_wait_instead_of_hanging() {
         sender: alice,
         sender_name: "alice".into(),
         body: "hello".into(),
+        client_id: None,
     };
     let err = store
         .append(msg.clone())

@@ -129,6 +129,17 @@ impl Message {
         })
     }
 
+    /// The conversation this message belongs to, seen by user `me`: the
+    /// group, or the other user (what [`Client::ack`] and history name).
+    pub fn conversation(&self, me: UserId) -> crate::protocol::HistoryTarget {
+        use crate::protocol::HistoryTarget;
+        match (self.group, self.to) {
+            (Some(g), _) => HistoryTarget::Group(g),
+            (None, Some(to)) if self.from == me => HistoryTarget::User(to),
+            _ => HistoryTarget::User(self.from),
+        }
+    }
+
     /// The original client's rendering.
     pub fn display(&self) -> String {
         match self.group {
@@ -181,6 +192,9 @@ pub struct LoginInfo {
     pub offline: Vec<Message>,
     /// The resume token a password login returns ([`Client::resume`]).
     pub token: Option<String>,
+    /// The server confirmed that this session's stored positions follow
+    /// its acknowledgements ([`Client::ack`]).
+    pub acks: bool,
 }
 
 /// The reply to a chat message.
@@ -190,7 +204,20 @@ pub struct Sent {
     pub ts: i64,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+/// Requests waiting for their replies, and whether the connection has
+/// closed (a request made after that must fail at once: nobody is left to
+/// answer or drop its waiter).
+#[derive(Debug, Default)]
+struct Waiters {
+    by_reqid: HashMap<u64, oneshot::Sender<Reply>>,
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<Waiters>>;
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Waiters> {
+    p.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A connection to a chat server.
 #[derive(Debug)]
@@ -247,7 +274,7 @@ impl Client {
                 let waiter = obj
                     .get("reqid")
                     .and_then(Value::as_u64)
-                    .and_then(|r| table.lock().unwrap_or_else(|p| p.into_inner()).remove(&r));
+                    .and_then(|r| lock(&table).by_reqid.remove(&r));
                 match waiter {
                     Some(w) => {
                         let _ = w.send(Reply(obj));
@@ -264,7 +291,9 @@ impl Client {
                 }
             }
             // Dropping the senders wakes every pending request with Closed.
-            table.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let mut waiters = lock(&table);
+            waiters.closed = true;
+            waiters.by_reqid.clear();
         });
         Ok(Client {
             writer: FramedWrite::new(write, FrameCodec::new(MAX_INCOMING_FRAME)),
@@ -281,18 +310,18 @@ impl Client {
             o.insert("reqid".into(), reqid.into());
         }
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(reqid, tx);
+        {
+            let mut waiters = lock(&self.pending);
+            if waiters.closed {
+                return Err(ClientError::Closed);
+            }
+            waiters.by_reqid.insert(reqid, tx);
+        }
         let bytes = Bytes::from(
             serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?,
         );
         if let Err(e) = self.writer.send(bytes).await {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&reqid);
+            lock(&self.pending).by_reqid.remove(&reqid);
             return Err(match e {
                 crate::protocol::codec::FrameError::Io(e) => ClientError::Io(e),
                 other => ClientError::Protocol(other.to_string()),
@@ -360,6 +389,56 @@ impl Client {
         login_info(r)
     }
 
+    /// Logs in as a client that acknowledges what it receives: the server
+    /// stores only acknowledged positions, so what this session received
+    /// but never acknowledged comes again to the next one.
+    pub async fn login_acking(
+        &mut self,
+        id: UserId,
+        password: &str,
+    ) -> Result<LoginInfo, ClientError> {
+        let r = self
+            .request(json!({"msgid": msgid::LOGIN, "id": id, "password": password, "acks": true}))
+            .await?
+            .ok()?;
+        login_info(r)
+    }
+
+    /// [`resume`](Self::resume) as a client that acknowledges.
+    pub async fn resume_acking(&mut self, token: &str) -> Result<LoginInfo, ClientError> {
+        let r = self
+            .request(json!({"msgid": msgid::RESUME, "token": token, "acks": true}))
+            .await?
+            .ok()?;
+        login_info(r)
+    }
+
+    /// Acknowledges everything up to each position (cumulative per
+    /// conversation). Not answered unless refused; a refusal arrives as a
+    /// push (msgid 118).
+    pub async fn ack(
+        &mut self,
+        positions: &[(crate::protocol::HistoryTarget, Seq)],
+    ) -> Result<(), ClientError> {
+        use crate::protocol::HistoryTarget;
+        let acks: Vec<Value> = positions
+            .iter()
+            .map(|(target, seq)| match target {
+                HistoryTarget::User(u) => json!({"toid": u, "seq": seq}),
+                HistoryTarget::Group(g) => json!({"groupid": g, "seq": seq}),
+            })
+            .collect();
+        let frame = serde_json::to_vec(&json!({"msgid": msgid::ACK, "acks": acks}))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.writer
+            .send(Bytes::from(frame))
+            .await
+            .map_err(|e| match e {
+                crate::protocol::codec::FrameError::Io(e) => ClientError::Io(e),
+                other => ClientError::Protocol(other.to_string()),
+            })
+    }
+
     /// Logs in with the token of an earlier login (after a broken
     /// connection, say), without the password. The reply is a login's,
     /// offline messages included; the token stays the same.
@@ -411,6 +490,7 @@ fn login_info(r: Reply) -> Result<LoginInfo, ClientError> {
         groups,
         offline,
         token: r.get("token").and_then(Value::as_str).map(str::to_owned),
+        acks: r.get("acks").and_then(Value::as_bool).unwrap_or(false),
     })
 }
 
@@ -438,6 +518,31 @@ impl Client {
             .request(json!({"msgid": msgid::GROUP_CHAT, "groupid": group, "msg": msg}))
             .await?
             .ok()?;
+        Ok(Sent {
+            seq: r.i64("seq")?,
+            ts: r.i64("ts")?,
+        })
+    }
+
+    /// Sends with the client's own message id `cmid`: sending again with
+    /// the same id (after a lost reply, say) stores nothing new and answers
+    /// with the original's `seq` and `ts`.
+    pub async fn send_with_id(
+        &mut self,
+        to: crate::protocol::HistoryTarget,
+        msg: &str,
+        cmid: &str,
+    ) -> Result<Sent, ClientError> {
+        use crate::protocol::HistoryTarget;
+        let req = match to {
+            HistoryTarget::User(u) => {
+                json!({"msgid": msgid::ONE_CHAT, "toid": u, "msg": msg, "cmid": cmid})
+            }
+            HistoryTarget::Group(g) => {
+                json!({"msgid": msgid::GROUP_CHAT, "groupid": g, "msg": msg, "cmid": cmid})
+            }
+        };
+        let r = self.request(req).await?.ok()?;
         Ok(Sent {
             seq: r.i64("seq")?,
             ts: r.i64("ts")?,

@@ -42,6 +42,9 @@ pub mod msgid {
     /// Log in again with the `token` a login returned, without the
     /// password; allowed before login.
     pub const RESUME: i64 = 17;
+    /// A receiver's acknowledgement of what it has, per conversation
+    /// (sessions that declared `acks` at login). Answered only when refused.
+    pub const ACK: i64 = 18;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;
@@ -181,6 +184,9 @@ pub enum Request {
     Login {
         id: UserId,
         password: String,
+        /// The client acknowledges what it receives ([`Request::Ack`]):
+        /// stored positions then move on its acknowledgements, not on writes.
+        acks: bool,
     },
     Logout,
     Register {
@@ -190,6 +196,9 @@ pub enum Request {
     OneChat {
         toid: UserId,
         msg: String,
+        /// The client's id for this message: a resend with the same id is
+        /// stored once.
+        cmid: Option<String>,
     },
     AddFriend {
         friendid: UserId,
@@ -211,6 +220,7 @@ pub enum Request {
     GroupChat {
         groupid: GroupId,
         msg: String,
+        cmid: Option<String>,
     },
     History {
         target: HistoryTarget,
@@ -221,8 +231,18 @@ pub enum Request {
     Ping,
     Resume {
         token: String,
+        acks: bool,
+    },
+    /// Everything up to `seq` in each conversation has reached the client.
+    Ack {
+        acks: Vec<(HistoryTarget, Seq)>,
     },
 }
+
+/// Most positions one ACK may carry.
+pub const MAX_ACKS: usize = 1024;
+/// Longest client message id, in bytes.
+pub const MAX_CMID_LEN: usize = 64;
 
 /// A frame parsed as far as it goes. Even a request whose fields are wrong
 /// keeps its `msgid` and `reqid`, so that the error reply can name them.
@@ -252,10 +272,24 @@ impl Parsed {
 struct LoginBody {
     id: UserId,
     password: String,
+    #[serde(default)]
+    acks: bool,
 }
 #[derive(Deserialize)]
 struct ResumeBody {
     token: String,
+    #[serde(default)]
+    acks: bool,
+}
+#[derive(Deserialize)]
+struct AckBody {
+    acks: Vec<AckEntry>,
+}
+#[derive(Deserialize)]
+struct AckEntry {
+    toid: Option<UserId>,
+    groupid: Option<GroupId>,
+    seq: Seq,
 }
 #[derive(Deserialize)]
 struct RegBody {
@@ -266,6 +300,7 @@ struct RegBody {
 struct OneChatBody {
     toid: UserId,
     msg: String,
+    cmid: Option<String>,
 }
 #[derive(Deserialize)]
 struct FriendBody {
@@ -284,6 +319,7 @@ struct GroupBody {
 struct GroupChatBody {
     groupid: GroupId,
     msg: String,
+    cmid: Option<String>,
 }
 #[derive(Deserialize)]
 struct HistoryBody {
@@ -359,6 +395,7 @@ pub fn parse(frame: &[u8]) -> Parsed {
             | msgid::SERVER_INFO
             | msgid::PING
             | msgid::RESUME
+            | msgid::ACK
     );
     if !known {
         return Parsed::bare(
@@ -400,6 +437,7 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
             Request::Login {
                 id: b.id,
                 password: b.password,
+                acks: b.acks,
             }
         }
         msgid::LOGOUT => Request::Logout,
@@ -415,6 +453,7 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
             Request::OneChat {
                 toid: b.toid,
                 msg: b.msg,
+                cmid: checked_cmid(b.cmid)?,
             }
         }
         msgid::ADD_FRIEND => Request::AddFriend {
@@ -426,9 +465,28 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
         msgid::SHOW_FRIEND_LIST => Request::ShowFriendList,
         msgid::SERVER_INFO => Request::ServerInfo,
         msgid::PING => Request::Ping,
-        msgid::RESUME => Request::Resume {
-            token: typed::<ResumeBody>(obj)?.token,
-        },
+        msgid::RESUME => {
+            let b: ResumeBody = typed(obj)?;
+            Request::Resume {
+                token: b.token,
+                acks: b.acks,
+            }
+        }
+        msgid::ACK => {
+            let b: AckBody = typed(obj)?;
+            if b.acks.len() > MAX_ACKS {
+                return Err(Fail::new(
+                    ErrCode::InvalidValue,
+                    format!("at most {MAX_ACKS} positions per ack"),
+                ));
+            }
+            let acks = b
+                .acks
+                .into_iter()
+                .map(|a| Ok((target_of(a.toid, a.groupid, "an ack")?, a.seq)))
+                .collect::<Result<_, Fail>>()?;
+            Request::Ack { acks }
+        }
         msgid::CREATE_GROUP => {
             let b: CreateGroupBody = typed(obj)?;
             Request::CreateGroup {
@@ -447,22 +505,13 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
             Request::GroupChat {
                 groupid: b.groupid,
                 msg: b.msg,
+                cmid: checked_cmid(b.cmid)?,
             }
         }
         msgid::HISTORY => {
             let b: HistoryBody = typed(obj)?;
-            let target = match (b.toid, b.groupid) {
-                (Some(u), None) => HistoryTarget::User(u),
-                (None, Some(g)) => HistoryTarget::Group(g),
-                _ => {
-                    return Err(Fail::new(
-                        ErrCode::BadRequest,
-                        "history needs exactly one of `toid` or `groupid`",
-                    ));
-                }
-            };
             Request::History {
-                target,
+                target: target_of(b.toid, b.groupid, "history")?,
                 before: b.before,
                 // Anything above the server's maximum means the maximum.
                 limit: b.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
@@ -479,6 +528,40 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
 
 /// The wire form of a chat message: a classic ONE_CHAT_MSG or GROUP_CHAT_MSG
 /// with `seq` and `ts` added.
+/// A conversation named by the other user (`toid`) or the group.
+fn target_of(
+    toid: Option<UserId>,
+    groupid: Option<GroupId>,
+    what: &str,
+) -> Result<HistoryTarget, Fail> {
+    match (toid, groupid) {
+        (Some(u), None) => Ok(HistoryTarget::User(u)),
+        (None, Some(g)) => Ok(HistoryTarget::Group(g)),
+        _ => Err(Fail::new(
+            ErrCode::BadRequest,
+            format!("{what} needs exactly one of `toid` or `groupid`"),
+        )),
+    }
+}
+
+/// A client message id is 1 to [`MAX_CMID_LEN`] visible ASCII characters
+/// (a UUID, a counter, ...).
+fn checked_cmid(cmid: Option<String>) -> Result<Option<String>, Fail> {
+    match cmid {
+        Some(c)
+            if c.is_empty()
+                || c.len() > MAX_CMID_LEN
+                || !c.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Err(Fail::new(
+                ErrCode::InvalidValue,
+                format!("cmid must be 1 to {MAX_CMID_LEN} visible ASCII characters"),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
 #[derive(Serialize)]
 pub struct ChatOut<'a> {
     pub msgid: i64,
@@ -569,9 +652,42 @@ mod tests {
             p.request,
             Ok(Request::OneChat {
                 toid: 2,
-                msg: "hi".into()
+                msg: "hi".into(),
+                cmid: None,
             })
         );
+    }
+
+    #[test]
+    fn acks_and_client_message_ids_parse_and_bad_ones_are_refused() {
+        let p = parse(br#"{"msgid":18,"acks":[{"toid":2,"seq":5},{"groupid":1,"seq":3}]}"#);
+        assert_eq!(
+            p.request,
+            Ok(Request::Ack {
+                acks: vec![(HistoryTarget::User(2), 5), (HistoryTarget::Group(1), 3)]
+            })
+        );
+        let p = parse(br#"{"msgid":18,"acks":[{"toid":2,"groupid":1,"seq":5}]}"#);
+        assert_eq!(code(&p), ErrCode::BadRequest);
+        let many = format!(
+            r#"{{"msgid":18,"acks":[{}]}}"#,
+            vec![r#"{"toid":2,"seq":1}"#; MAX_ACKS + 1].join(",")
+        );
+        assert_eq!(code(&parse(many.as_bytes())), ErrCode::InvalidValue);
+        let p = parse(br#"{"msgid":1,"id":3,"password":"pw","acks":true}"#);
+        assert!(matches!(p.request, Ok(Request::Login { acks: true, .. })));
+        let p = parse(br#"{"msgid":10,"groupid":1,"msg":"x","cmid":"c-1"}"#);
+        assert!(
+            matches!(p.request, Ok(Request::GroupChat { cmid: Some(ref c), .. }) if c == "c-1")
+        );
+        for bad in [String::new(), "has space".into(), "x".repeat(65)] {
+            let frame = format!(r#"{{"msgid":6,"toid":2,"msg":"x","cmid":{bad:?}}}"#);
+            assert_eq!(
+                code(&parse(frame.as_bytes())),
+                ErrCode::InvalidValue,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

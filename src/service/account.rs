@@ -47,6 +47,7 @@ impl Service {
         ack: i64,
         id: UserId,
         password: String,
+        acks: bool,
     ) -> Result<Reply, Fail> {
         s.logged_out()?;
         let bad = || Fail::new(ErrCode::Failed, "id or password is invalid!");
@@ -73,7 +74,9 @@ impl Service {
             i64::try_from(self.config.resume_token_ttl.as_millis()).unwrap_or(i64::MAX),
         );
         self.store.create_token(id, &token_hash, expires).await?;
-        let reply = self.open_user_session(s, id, name, token_hash).await?;
+        let reply = self
+            .open_user_session(s, id, name, token_hash, acks)
+            .await?;
         Ok(reply.with("token", token).with("msgid", ack))
     }
 
@@ -85,6 +88,7 @@ impl Service {
         s: &mut Session,
         ack: i64,
         token: &str,
+        acks: bool,
     ) -> Result<Reply, Fail> {
         s.logged_out()?;
         let bad = || {
@@ -98,7 +102,9 @@ impl Service {
         }
         let token_hash = crate::auth::token::token_hash(token);
         let (id, name) = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;
-        let reply = self.open_user_session(s, id, name, token_hash).await?;
+        let reply = self
+            .open_user_session(s, id, name, token_hash, acks)
+            .await?;
         Ok(reply.with("msgid", ack))
     }
 
@@ -110,6 +116,7 @@ impl Service {
         id: UserId,
         name: String,
         token_hash: String,
+        acks: bool,
     ) -> Result<Reply, Fail> {
         // Claim presence first, then read what is undelivered: a message
         // stored in between is both in the page and queued as a push, and the
@@ -130,15 +137,25 @@ impl Service {
             name,
             pushes: rx,
             token_hash: Some(token_hash),
-            cursors: Cursors::default(),
+            cursors: if acks {
+                Cursors::load_acknowledged([])
+            } else {
+                Cursors::default()
+            },
             last_flush: std::time::Instant::now(),
             backlog: false,
+            awaiting_ack: false,
         };
         match self.login_payload(&mut me).await {
             Ok(reply) => {
-                tracing::info!(user = id, session = s.id, "user online");
+                tracing::info!(user = id, session = s.id, acks, "user online");
                 s.user = Some(me);
-                Ok(reply.with("id", id))
+                let reply = reply.with("id", id);
+                Ok(if acks {
+                    reply.with("acks", true)
+                } else {
+                    reply
+                })
             }
             Err(e) => {
                 self.hub.disconnect(id, s.id).await;
@@ -151,13 +168,19 @@ impl Service {
     /// messages, each list element a JSON string as the original client
     /// expects) and any further pages of offline messages.
     async fn login_payload(&self, me: &mut LoggedIn) -> Result<Reply, Fail> {
-        me.cursors = Cursors::load(self.store.cursors(me.id).await?);
+        let stored = self.store.cursors(me.id).await?;
+        me.cursors = if me.cursors.acknowledged() {
+            Cursors::load_acknowledged(stored)
+        } else {
+            Cursors::load(stored)
+        };
         // One page rides in the reply. Its positions are stored only once
         // the reply is written (by the next backlog page or the session's
         // end); further pages follow one at a time through the connection.
         let page_size = self.config.offline_page.max(1);
         let first = self.store.undelivered(me.id, page_size).await?;
         me.backlog = first.len() == page_size;
+        me.awaiting_ack = me.backlog && me.cursors.acknowledged();
         mark_delivered(me, &first);
         let first = chronological(first);
 

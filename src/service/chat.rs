@@ -25,6 +25,7 @@ impl Service {
         ack: i64,
         to: UserId,
         body: String,
+        cmid: Option<String>,
     ) -> Result<Reply, Fail> {
         let me = s.me()?.id;
         if to == me {
@@ -33,7 +34,7 @@ impl Service {
                 "you cannot chat with yourself",
             ));
         }
-        self.send(s, ack, Conversation::direct(me, to), body, &[to])
+        self.send(s, ack, Conversation::direct(me, to), body, cmid, &[to])
             .await
     }
 
@@ -43,6 +44,7 @@ impl Service {
         ack: i64,
         group: GroupId,
         body: String,
+        cmid: Option<String>,
     ) -> Result<Reply, Fail> {
         let me = s.me()?;
         let (me, member) = (me.id, me.cursors.knows(Conversation::Group(group)));
@@ -60,7 +62,7 @@ impl Service {
             ));
         }
         let others: Vec<UserId> = members.iter().copied().filter(|m| *m != me).collect();
-        self.send(s, ack, Conversation::Group(group), body, &others)
+        self.send(s, ack, Conversation::Group(group), body, cmid, &others)
             .await
     }
 
@@ -70,6 +72,7 @@ impl Service {
         ack: i64,
         conv: Conversation,
         body: String,
+        cmid: Option<String>,
         recipients: &[UserId],
     ) -> Result<Reply, Fail> {
         check_body(&body, self.config.max_message_bytes).map_err(invalid)?;
@@ -81,8 +84,19 @@ impl Service {
                 sender: me.id,
                 sender_name: me.name.clone(),
                 body,
+                client_id: cmid,
             })
             .await?;
+        if stored.conv != conv {
+            // The id names a message of another conversation: never hand
+            // that one to these receivers.
+            return Err(Fail::new(
+                ErrCode::AlreadyExists,
+                "cmid already names a message in another conversation",
+            ));
+        }
+        // A resend is answered and delivered as the original was (its
+        // receivers drop it if they have it).
         me.cursors.record_own(conv, stored.seq);
         let reply = Reply::ok(ack)
             .with("seq", stored.seq)
@@ -147,6 +161,27 @@ impl Service {
         Ok(Reply::ok(ack).with("messages", list))
     }
 
+    /// ACK: the client has everything up to each position. Moves the
+    /// positions to store, and lets the next backlog page go.
+    pub(super) fn ack(&self, s: &mut Session, acks: &[(HistoryTarget, Seq)]) -> Result<(), Fail> {
+        let me = s.me_mut()?;
+        if !me.cursors.acknowledged() {
+            return Err(Fail::new(
+                ErrCode::BadRequest,
+                "this session did not declare `acks` when it logged in",
+            ));
+        }
+        for (target, seq) in acks {
+            let conv = match *target {
+                HistoryTarget::User(peer) => Conversation::direct(me.id, peer),
+                HistoryTarget::Group(g) => Conversation::Group(g),
+            };
+            me.cursors.ack(conv, *seq);
+        }
+        me.awaiting_ack = false;
+        Ok(())
+    }
+
     /// Turns a push for this session into the frames to write: nothing for a
     /// duplicate, the message itself when it is next in its conversation, and
     /// first whatever it skipped (from the store) when it is ahead.
@@ -207,10 +242,14 @@ impl Service {
         };
         me.backlog = false;
         let page_size = self.config.offline_page.max(1);
+        // Every position this session moved, not only the unsaved ones: a
+        // save queued earlier may still be in flight, and this write, queued
+        // behind it, returns only once both are durable, so the read below
+        // never starts from stale positions.
+        me.cursors.take_dirty();
+        let positions = me.cursors.advanced();
         let page = async {
-            self.store
-                .advance_cursors(me.id, me.cursors.take_dirty())
-                .await?;
+            self.store.advance_cursors(me.id, positions).await?;
             self.store.undelivered(me.id, page_size).await
         };
         let page = match page.await {
@@ -222,6 +261,7 @@ impl Service {
             }
         };
         me.backlog = page.len() == page_size;
+        me.awaiting_ack = me.backlog && me.cursors.acknowledged();
         // Pushes may have delivered some of these meanwhile.
         let fresh: Vec<ChatMessage> = page
             .into_iter()

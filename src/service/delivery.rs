@@ -8,6 +8,14 @@
 //! senders, another node, a dropped publish), so the gap is first filled from
 //! the store. The session's own messages also take sequence numbers; it
 //! records them so that they do not look like gaps.
+//!
+//! What is *stored* as the user's position depends on the client. A classic
+//! client never says what it got, so a message counts once it has been
+//! written to its socket. A client that declared acknowledgements says how
+//! far it has got per conversation; only that is stored, so whatever was
+//! written but never acknowledged (lost with a broken connection, say) is
+//! delivered again to the next session, and the client drops what it
+//! already had.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -28,6 +36,9 @@ pub enum Incoming {
 #[derive(Debug, Default, Clone)]
 struct ConvCursor {
     delivered: Seq,
+    /// What the client acknowledged (with acknowledgements on; unused
+    /// without).
+    acked: Seq,
     /// The position last handed to the store (a failed write goes back here).
     saved: Seq,
     /// The position when the session started (nothing to store below it).
@@ -41,6 +52,7 @@ impl ConvCursor {
     fn at(seq: Seq) -> Self {
         ConvCursor {
             delivered: seq,
+            acked: seq,
             saved: seq,
             loaded: seq,
             own: BTreeSet::new(),
@@ -60,8 +72,10 @@ impl ConvCursor {
 #[derive(Debug, Default)]
 pub struct Cursors {
     convs: HashMap<Conversation, ConvCursor>,
-    /// Positions delivered but not yet written to the store.
+    /// Positions to store that are not stored yet.
     dirty: HashMap<Conversation, Seq>,
+    /// Stored positions move on the client's acknowledgements.
+    acks: bool,
 }
 
 impl Cursors {
@@ -73,7 +87,22 @@ impl Cursors {
                 .map(|(c, s)| (c, ConvCursor::at(s)))
                 .collect(),
             dirty: HashMap::new(),
+            acks: false,
         }
+    }
+
+    /// As [`load`](Self::load), for a client that acknowledges: positions
+    /// to store come from [`ack`](Self::ack) only.
+    pub fn load_acknowledged(positions: impl IntoIterator<Item = (Conversation, Seq)>) -> Self {
+        Cursors {
+            acks: true,
+            ..Self::load(positions)
+        }
+    }
+
+    /// Whether stored positions follow acknowledgements.
+    pub fn acknowledged(&self) -> bool {
+        self.acks
     }
 
     /// The session joined (or created) a group whose conversation is at `seq`.
@@ -138,6 +167,26 @@ impl Cursors {
             c.delivered = seq;
             c.own = c.own.split_off(&(seq + 1));
             c.absorb_own();
+            if !self.acks {
+                self.dirty.insert(conv, c.delivered);
+            }
+        }
+    }
+
+    /// The client has everything of `conv` up to `seq`. Never beyond what
+    /// was delivered (a client cannot vouch for what it was never sent)
+    /// and never back; unknown conversations are ignored.
+    pub fn ack(&mut self, conv: Conversation, seq: Seq) {
+        if !self.acks {
+            return;
+        }
+        let Some(c) = self.convs.get_mut(&conv) else {
+            return;
+        };
+        c.absorb_own();
+        let seq = seq.min(c.delivered);
+        if seq > c.acked {
+            c.acked = seq;
             self.dirty.insert(conv, seq);
         }
     }
@@ -161,6 +210,10 @@ impl Cursors {
     /// Goes back to the positions last handed to the store: what was
     /// marked delivered since may not have reached the client.
     pub fn forget_unsaved(&mut self) {
+        if self.acks {
+            // Only acknowledged positions are ever stored: nothing to undo.
+            return;
+        }
         self.dirty.clear();
         for c in self.convs.values_mut() {
             c.delivered = c.saved;
@@ -174,8 +227,15 @@ impl Cursors {
     pub fn advanced(&self) -> Vec<(Conversation, Seq)> {
         self.convs
             .iter()
-            .filter(|(_, c)| c.delivered > c.loaded)
-            .map(|(conv, c)| (*conv, c.delivered))
+            .map(|(conv, c)| {
+                (
+                    *conv,
+                    if self.acks { c.acked } else { c.delivered },
+                    c.loaded,
+                )
+            })
+            .filter(|(_, to_store, loaded)| to_store > loaded)
+            .map(|(conv, to_store, _)| (conv, to_store))
             .collect()
     }
 }
@@ -251,6 +311,53 @@ mod tests {
         assert_eq!(c.advanced(), vec![(G, 6)]);
         let fresh = Cursors::load([(G, 5)]);
         assert!(fresh.advanced().is_empty());
+    }
+
+    #[test]
+    fn with_acknowledgements_only_acknowledged_positions_are_stored() {
+        let d = Conversation::direct(1, 2);
+        let mut c = Cursors::load_acknowledged([(G, 5), (d, 0)]);
+        assert!(c.acknowledged());
+        c.delivered(G, 6);
+        c.delivered(G, 7);
+        assert!(!c.has_dirty(), "written is not acknowledged");
+        assert_eq!(
+            c.classify(G, 7),
+            Incoming::Duplicate,
+            "but never sent twice"
+        );
+        c.ack(G, 6);
+        assert_eq!(c.take_dirty(), vec![(G, 6)]);
+        c.ack(G, 6);
+        c.ack(G, 4);
+        assert!(!c.has_dirty(), "acknowledgements never go back");
+        c.ack(G, 99);
+        assert_eq!(c.take_dirty(), vec![(G, 7)], "nor past what was delivered");
+        // our own messages count as had
+        c.record_own(d, 1);
+        c.ack(d, 1);
+        assert_eq!(c.take_dirty(), vec![(d, 1)]);
+        c.ack(Conversation::Group(9), 3);
+        assert!(!c.has_dirty(), "unknown conversations are ignored");
+        c.delivered(G, 8);
+        c.forget_unsaved();
+        assert_eq!(c.classify(G, 8), Incoming::Duplicate);
+        let mut advanced = c.advanced();
+        advanced.sort();
+        assert_eq!(
+            advanced,
+            vec![(d, 1), (G, 7)],
+            "the end stores acknowledged ones"
+        );
+    }
+
+    #[test]
+    fn without_acknowledgements_an_ack_changes_nothing() {
+        let mut c = Cursors::load([(G, 5)]);
+        c.delivered(G, 6);
+        c.ack(G, 3);
+        assert_eq!(c.take_dirty(), vec![(G, 6)]);
+        assert_eq!(c.advanced(), vec![(G, 6)]);
     }
 
     #[test]

@@ -67,6 +67,10 @@ struct LoggedIn {
     last_flush: Instant,
     /// More undelivered messages wait in the store than the last page held.
     backlog: bool,
+    /// A full page went out to a client that acknowledges: the next page
+    /// waits for its acknowledgement (else the store, still at the old
+    /// positions, would offer the same page again).
+    awaiting_ack: bool,
 }
 
 /// One connection's state.
@@ -125,7 +129,9 @@ impl Session {
     /// (after a full offline page, or when live delivery may have missed
     /// some); the connection then asks for [`Service::backlog_page`].
     pub fn has_backlog(&self) -> bool {
-        self.user.as_ref().is_some_and(|u| u.backlog)
+        self.user
+            .as_ref()
+            .is_some_and(|u| u.backlog && !u.awaiting_ack)
     }
 
     /// Login and resume need a connection that is not logged in yet.
@@ -249,11 +255,15 @@ impl Service {
         } else {
             msgid::ack_for(parsed.msgid)
         };
+        let silent_ok = matches!(parsed.request, Ok(Request::Ack { .. }));
         let result = match parsed.request {
             Err(fail) => Err(fail),
             Ok(req) => self.dispatch(s, ack, req, parsed.claimed_id).await,
         };
         let reply = match result {
+            // An acknowledgement is itself an answer: replying to every one
+            // would double the traffic it saves.
+            Ok(_) if silent_ok => return Vec::new(),
             Ok(reply) => reply,
             Err(fail) => {
                 tracing::debug!(session = s.id, msgid = parsed.msgid, errno = fail.code as i64, errmsg = %fail.msg, "request refused");
@@ -288,14 +298,16 @@ impl Service {
         }
         match req {
             Request::Register { name, password } => self.register(ack, &name, &password).await,
-            Request::Login { id, password } => match self.admit(s, ack) {
+            Request::Login { id, password, acks } => match self.admit(s, ack) {
                 Err(later) => Ok(later),
-                Ok(()) => counted(self.login(s, ack, id, password).await),
+                Ok(()) => counted(self.login(s, ack, id, password, acks).await),
             },
-            Request::Resume { token } => match self.admit(s, ack) {
+            Request::Resume { token, acks } => match self.admit(s, ack) {
                 Err(later) => Ok(later),
-                Ok(()) => counted(self.resume(s, ack, &token).await),
+                Ok(()) => counted(self.resume(s, ack, &token, acks).await),
             },
+            // Answered by handle_frame (only when refused).
+            Request::Ack { acks } => self.ack(s, &acks).map(|()| Reply::ok(ack)),
             Request::Logout => self.logout(s, ack).await,
             Request::AddFriend { friendid } => self.add_friend(s, ack, friendid).await,
             Request::DelFriend { friendid } => self.del_friend(s, ack, friendid).await,
@@ -306,8 +318,10 @@ impl Service {
             } => self.create_group(s, ack, &groupname, &groupdesc).await,
             Request::AddGroup { groupid } => self.join_group(s, ack, groupid).await,
             Request::DelGroup { groupid } => self.leave_group(s, ack, groupid).await,
-            Request::OneChat { toid, msg } => self.one_chat(s, ack, toid, msg).await,
-            Request::GroupChat { groupid, msg } => self.group_chat(s, ack, groupid, msg).await,
+            Request::OneChat { toid, msg, cmid } => self.one_chat(s, ack, toid, msg, cmid).await,
+            Request::GroupChat { groupid, msg, cmid } => {
+                self.group_chat(s, ack, groupid, msg, cmid).await
+            }
             Request::ServerInfo => Ok(Reply::ok(ack)
                 .with("node", self.config.node_id.as_str())
                 .with("version", env!("CARGO_PKG_VERSION"))),

@@ -7,6 +7,11 @@
 //! order to keep concurrent batches from deadlocking, and a batch that still
 //! hits a deadlock is retried. Each node still commits in batches
 //! ([`GroupCommit`]); reads use the pool.
+//!
+//! A message sent with a client id is looked up first and, when found,
+//! answered with the stored original. A resend racing its original on
+//! another node meets it at `sent_ids`' primary key: the batch fails on
+//! the duplicate and is retried, and the retry finds the original.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -26,7 +31,8 @@ use crate::model::{
 
 /// Conversations the writer remembers as existing; past this it starts over.
 const MAX_KNOWN_CONVS: usize = 1 << 20;
-/// Attempts for a batch that keeps hitting deadlocks.
+/// Attempts for a batch that keeps hitting deadlocks (or a resend racing
+/// its original).
 const DEADLOCK_RETRIES: usize = 3;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
@@ -114,13 +120,15 @@ struct Writer {
 }
 
 enum Retry {
+    /// A deadlock, or a client id another node stored meanwhile: trying
+    /// again is the remedy.
     Deadlock,
     Failed(StoreError),
 }
 
 impl From<sqlx::Error> for Retry {
     fn from(e: sqlx::Error) -> Self {
-        if is_deadlock(&e) {
+        if is_deadlock(&e) || is_unique_violation(&e) {
             Retry::Deadlock
         } else {
             Retry::Failed(e.into())
@@ -155,10 +163,19 @@ impl Writer {
     async fn try_batch(&mut self, batch: &[WriteOp]) -> Result<Outcomes, Retry> {
         let now = now_ms();
         let mut outcomes: Outcomes = vec![None; batch.len()];
+        let mut tx = self.pool.begin().await?;
+        let (mut resent, twins) = resends(&mut tx, batch).await?;
         // Appends by conversation, in key order (the lock order).
         let mut by_conv: BTreeMap<String, (Conversation, Vec<usize>)> = BTreeMap::new();
         let mut cursor_moves: BTreeMap<(UserId, String), Seq> = BTreeMap::new();
         for (i, op) in batch.iter().enumerate() {
+            if let Some(original) = resent.remove(&i) {
+                outcomes[i] = Some(Ok(original));
+                continue;
+            }
+            if twins.iter().any(|(twin, _)| *twin == i) {
+                continue;
+            }
             match op {
                 WriteOp::Append(msg) => by_conv
                     .entry(msg.conv.key())
@@ -173,7 +190,6 @@ impl Writer {
                 }
             }
         }
-        let mut tx = self.pool.begin().await?;
         let mut newly_known = Vec::new();
         // Conversations that take messages in this batch, with how many.
         let mut counts: Vec<(&str, i64)> = Vec::with_capacity(by_conv.len());
@@ -267,6 +283,27 @@ impl Writer {
         if !text.is_empty() {
             text.push_str("; ");
         }
+        let mut ids = String::new();
+        for (i, seq) in &rows {
+            if let WriteOp::Append(msg) = &batch[*i]
+                && let Some(cid) = &msg.client_id
+            {
+                let sep = if ids.is_empty() { "" } else { ", " };
+                let _ = write!(
+                    ids,
+                    "{sep}({}, {}, {}, {seq})",
+                    msg.sender,
+                    ascii_literal(cid),
+                    conv_literal(&msg.conv.key())?
+                );
+            }
+        }
+        if !ids.is_empty() {
+            let _ = write!(
+                text,
+                "INSERT INTO sent_ids (sender_id, client_id, conv, seq) VALUES {ids}; "
+            );
+        }
         // All cursor moves in one statement. Only existing cursors move (a
         // cursor is never created here: that would put a user back into a
         // group they left on another node).
@@ -306,6 +343,9 @@ impl Writer {
                 outcomes[i] = Some(Ok(msg.stored(seq, now)));
             }
         }
+        for (twin, first) in twins {
+            outcomes[twin] = outcomes[first].clone();
+        }
         Ok(outcomes)
     }
 }
@@ -325,10 +365,90 @@ fn conv_literal(key: &str) -> Result<String, Retry> {
     }
 }
 
+/// The appends of `batch` whose client id is stored already (by index, with
+/// the stored original), and those repeating an id used earlier in the
+/// batch (by index, with that earlier one's).
+async fn resends(
+    tx: &mut MySqlConnection,
+    batch: &[WriteOp],
+) -> Result<(HashMap<usize, ChatMessage>, Vec<(usize, usize)>), Retry> {
+    let mut first: HashMap<(UserId, &str), usize> = HashMap::new();
+    let mut twins = Vec::new();
+    let mut list = String::new();
+    for (i, op) in batch.iter().enumerate() {
+        let WriteOp::Append(NewMessage {
+            sender,
+            client_id: Some(cid),
+            ..
+        }) = op
+        else {
+            continue;
+        };
+        match first.entry((*sender, cid.as_str())) {
+            std::collections::hash_map::Entry::Occupied(e) => twins.push((i, *e.get())),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(i);
+                let sep = if list.is_empty() { "" } else { ", " };
+                let _ = write!(list, "{sep}({sender}, {})", ascii_literal(cid));
+            }
+        }
+    }
+    let mut resent = HashMap::new();
+    if list.is_empty() {
+        return Ok((resent, twins));
+    }
+    let text = format!(
+        "SELECT s.sender_id, s.client_id, m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+         FROM sent_ids s JOIN messages m ON m.conv = s.conv AND m.seq = s.seq \
+         WHERE (s.sender_id, s.client_id) IN ({list})"
+    );
+    for row in sqlx::raw_sql(AssertSqlSafe(text))
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let key: (UserId, String) = (row.try_get(0)?, row.try_get(1)?);
+        let stored: MsgRow = (
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            row.try_get(5)?,
+            row.try_get(6)?,
+            row.try_get(7)?,
+        );
+        if let (Some(&i), Some(m)) = (first.get(&(key.0, key.1.as_str())), sql::message_of(stored))
+        {
+            resent.insert(i, m);
+        }
+    }
+    // A repeat of a stored id gets the original too.
+    let twins = twins
+        .into_iter()
+        .filter(|(twin, of)| match resent.get(of).cloned() {
+            Some(m) => {
+                resent.insert(*twin, m);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    Ok((resent, twins))
+}
+
+/// A client id (visible ASCII, checked by the protocol) as an ASCII hex
+/// literal.
+fn ascii_literal(s: &str) -> String {
+    hex_literal("_ascii", s)
+}
+
 /// Any text as a utf8mb4 hex literal: nothing of it is read as SQL.
 fn text_literal(s: &str) -> String {
-    let mut out = String::with_capacity(12 + 2 * s.len());
-    out.push_str("_utf8mb4 X'");
+    hex_literal("_utf8mb4", s)
+}
+
+fn hex_literal(charset: &str, s: &str) -> String {
+    let mut out = String::with_capacity(charset.len() + 4 + 2 * s.len());
+    out.push_str(charset);
+    out.push_str(" X'");
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in s.bytes() {
         out.push(char::from(HEX[usize::from(b >> 4)]));

@@ -54,6 +54,12 @@ pub(super) const GROUP_ID: &str = "SELECT id FROM chat_groups WHERE id = ?";
 /// Followed by one `(?, ?, ?, ?, ?, ?)` per message of a batch.
 pub(super) const INSERT_MESSAGES: &str =
     "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) ";
+/// The message a sender already stored under its own id.
+pub(super) const SENT_ID: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+     FROM sent_ids s JOIN messages m ON m.conv = s.conv AND m.seq = s.seq \
+     WHERE s.sender_id = ? AND s.client_id = ?";
+pub(super) const INSERT_SENT_ID: &str =
+    "INSERT INTO sent_ids (sender_id, client_id, conv, seq) VALUES (?, ?, ?, ?)";
 pub(super) const CURSORS: &str = "SELECT conv, delivered_seq FROM cursors WHERE user_id = ?";
 /// Each cursor row joins the messages past it; ordering by (conv, seq) makes
 /// every conversation's share of a page a prefix, so moving the cursors to a

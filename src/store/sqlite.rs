@@ -139,6 +139,30 @@ impl Writer {
         for op in batch {
             match op {
                 WriteOp::Append(msg) => {
+                    // A resend (even one earlier in this very batch) gets
+                    // the stored original.
+                    if let Some(cid) = &msg.client_id {
+                        use rusqlite::OptionalExtension;
+                        let original: Option<MsgRow> = tx
+                            .prepare_cached(sql::SENT_ID)?
+                            .query_row(rusqlite::params![msg.sender, cid], |r| {
+                                Ok((
+                                    r.get(0)?,
+                                    r.get(1)?,
+                                    r.get(2)?,
+                                    r.get(3)?,
+                                    r.get(4)?,
+                                    r.get(5)?,
+                                ))
+                            })
+                            .optional()?;
+                        if let Some(row) = original {
+                            outcomes.push(Some(sql::message_of(row).ok_or_else(|| {
+                                StoreError::Unavailable("stored conversation key unreadable".into())
+                            })));
+                            continue;
+                        }
+                    }
                     let known = touched
                         .get(&msg.conv)
                         .or_else(|| self.last_seq.get(&msg.conv))
@@ -166,6 +190,10 @@ impl Writer {
                         msg.body,
                         now
                     ])?;
+                    if let Some(cid) = &msg.client_id {
+                        tx.prepare_cached(sql::INSERT_SENT_ID)?
+                            .execute(rusqlite::params![msg.sender, cid, msg.conv.key(), seq])?;
+                    }
                     touched.insert(msg.conv, seq);
                     outcomes.push(Some(Ok(msg.stored(seq, now))));
                 }
