@@ -94,8 +94,10 @@ impl Hub for LocalHub {
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError> {
         // The newer login wins: an older session of the user (a client
         // whose network died silently, say) is told why and closed.
-        if let Some(old) = self.write().insert(user, handle) {
+        let old = self.write().insert(user, handle);
+        if let Some(old) = old {
             old.kick.kick(KickReason::Replaced);
+            let _ = tokio::time::timeout(super::REPLACED_SESSION_WAIT, old.ended.cancelled()).await;
         }
         Ok(())
     }

@@ -30,7 +30,15 @@ pub struct SessionHandle {
     pub pushes: mpsc::Sender<Push>,
     /// Disconnects the session, saying why.
     pub kick: Kick,
+    /// Cancelled once the session has ended and stored its positions: a
+    /// newer login that replaces it waits for that (a while at most) before
+    /// reading them, so that it does not offer again what the old one had.
+    pub ended: CancellationToken,
 }
+
+/// How long a login waits for the session it replaces to store its
+/// positions; past that it goes on (at worst delivering some messages again).
+pub const REPLACED_SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why the hub drops a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

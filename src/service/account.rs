@@ -122,6 +122,7 @@ impl Service {
         // stored in between is both in the page and queued as a push, and the
         // cursors drop the second copy. The other order could miss it.
         let (tx, rx) = mpsc::channel(self.config.push_queue);
+        let ended = tokio_util::sync::CancellationToken::new();
         self.hub
             .connect(
                 id,
@@ -129,6 +130,7 @@ impl Service {
                     session_id: s.id,
                     pushes: tx,
                     kick: s.kick.clone(),
+                    ended: ended.clone(),
                 },
             )
             .await?;
@@ -142,6 +144,7 @@ impl Service {
             } else {
                 Cursors::default()
             },
+            _ended: ended.drop_guard(),
             last_flush: std::time::Instant::now(),
             backlog: false,
             awaiting_ack: false,

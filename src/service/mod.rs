@@ -63,6 +63,9 @@ struct LoggedIn {
     /// with; logout revokes it.
     token_hash: Option<String>,
     cursors: Cursors,
+    /// Tells a newer login replacing this one that this one has ended
+    /// (fires when dropped, after [`Service::end_session`] stored positions).
+    _ended: tokio_util::sync::DropGuard,
     /// When delivery positions were last handed to the store.
     last_flush: Instant,
     /// More undelivered messages wait in the store than the last page held.
