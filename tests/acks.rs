@@ -238,3 +238,97 @@ async fn concurrent_appends_of_one_client_id_store_one_message_on_both_backends(
         store.close().await;
     }
 }
+
+/// The client library across a cut and a frozen network: every message
+/// reaches the receiving application exactly once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_reconnects_resends_and_drops_duplicates() {
+    use chat::client::reliable::{Event, Options, Reliable};
+    use std::time::Duration;
+    let s = TestServer::start().await;
+    let proxy = common::Proxy::start(s.addr).await;
+    let addr = proxy.addr.to_string();
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let quick = Options {
+        backoff_base: Duration::from_millis(20),
+        ping_interval: Duration::from_millis(300),
+        answer_timeout: Duration::from_secs(1),
+        ..Options::default()
+    };
+    // bob never acknowledges, so every reconnect brings everything again
+    let forgetful = Options {
+        ack_interval: Duration::from_secs(3600),
+        ack_batch: usize::MAX,
+        ..quick.clone()
+    };
+    let (mut a, _) = Reliable::login(&addr, alice, &pw("alice"), quick)
+        .await
+        .expect("alice");
+    let (mut b, _) = Reliable::login(&addr, bob, &pw("bob"), forgetful)
+        .await
+        .expect("bob");
+    let to_bob = HistoryTarget::User(bob);
+    /// Reads until `until` messages are in; notes how many the app had
+    /// at each reconnect (all of those come again: bob acknowledges none).
+    async fn read(b: &mut Reliable, got: &mut Vec<String>, had: &mut Vec<usize>, until: usize) {
+        while got.len() < until {
+            match within(b.next_event()).await {
+                Event::Message(m) => got.push(m.msg),
+                Event::Reconnected => had.push(got.len()),
+                Event::Replaced => panic!("replaced"),
+                _ => {}
+            }
+        }
+    }
+
+    for n in 1..=20 {
+        a.send(to_bob, &format!("m{n}")).await.expect("send");
+    }
+    let (mut got, mut had) = (Vec::new(), Vec::new());
+    read(&mut b, &mut got, &mut had, 10).await;
+    proxy.cut();
+    for n in 21..=40 {
+        within(a.send(to_bob, &format!("m{n}")))
+            .await
+            .expect("sent across the cut");
+    }
+    read(&mut b, &mut got, &mut had, 40).await;
+    assert_eq!(a.stats().reconnects, 1);
+    assert_eq!(b.stats().reconnects, 1);
+    assert_eq!(had.len(), 1);
+    assert!(
+        had[0] >= 10,
+        "what the app had read (from the old connection, before it closed)"
+    );
+    assert_eq!(
+        b.stats().duplicates_dropped,
+        had[0] as u64,
+        "came again, never acknowledged, and was dropped"
+    );
+
+    // now nothing passes and nobody says so: heartbeats find out
+    proxy.freeze();
+    within(a.send(to_bob, "m41"))
+        .await
+        .expect("sent after the freeze");
+    read(&mut b, &mut got, &mut had, 41).await;
+    let expected: Vec<String> = (1..=41).map(|n| format!("m{n}")).collect();
+    assert_eq!(got, expected, "each once, in order");
+    assert_eq!(a.stats().reconnects, 2);
+    assert_eq!(
+        a.stats().resent,
+        2,
+        "m21 and m41 each sent again once, after their first tries were lost"
+    );
+    assert_eq!(had.len(), 2);
+    assert_eq!(b.stats().duplicates_dropped, (had[0] + had[1]) as u64);
+    let history = b
+        .client()
+        .await
+        .expect("connected")
+        .history(HistoryTarget::User(alice), None, Some(100))
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 41, "stored once each");
+}

@@ -8,6 +8,7 @@
 //! `chatclient`, the tests and the load tool all use this.
 
 pub mod command;
+pub mod reliable;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

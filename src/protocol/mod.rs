@@ -170,8 +170,9 @@ impl Reply {
     }
 }
 
-/// Which conversation a history request reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A conversation as a client names it: the other user, or the group
+/// (history requests, acknowledgements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HistoryTarget {
     User(UserId),
     Group(GroupId),

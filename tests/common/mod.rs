@@ -180,3 +180,63 @@ pub async fn assert_quiet(c: &mut Client) {
         panic!("expected no message, got {m:?}");
     }
 }
+
+/// A TCP proxy in front of a server, whose connections can be broken the
+/// ways networks break: cut (both ends see the connection close) or frozen
+/// (nothing passes and nobody is told). Connections made later pass.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::Mutex<(CancellationToken, CancellationToken)>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cut = Arc::new(std::sync::Mutex::new((
+            CancellationToken::new(),
+            CancellationToken::new(),
+        )));
+        let tokens = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (cut, freeze) = tokens.lock().expect("lock").clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.cancelled() => {}
+                        _ = freeze.cancelled() => {
+                            // hold both sockets open, passing nothing
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut, task }
+    }
+
+    /// Closes every connection made so far.
+    pub fn cut(&self) {
+        let mut t = self.cut.lock().expect("lock");
+        t.0.cancel();
+        t.0 = CancellationToken::new();
+    }
+
+    /// Stops every connection made so far from passing anything, silently.
+    pub fn freeze(&self) {
+        let mut t = self.cut.lock().expect("lock");
+        t.1.cancel();
+        t.1 = CancellationToken::new();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
