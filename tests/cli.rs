@@ -75,6 +75,65 @@ async fn chatclient_logs_in_and_chats_through_a_pipe() {
     );
 }
 
+/// A broken network does not end a `chatclient` session: it says it is
+/// reconnecting, comes back, and shows what was sent meanwhile, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chatclient_says_it_is_reconnecting_and_loses_nothing() {
+    let s = TestServer::start().await;
+    let proxy = common::Proxy::start(s.addr).await;
+    let alice = s.register("alice").await;
+    let (mut bob_client, _bob) = s.user("bob").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatclient"))
+        .arg("--server")
+        .arg(proxy.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn chatclient");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    stdin
+        .write_all(format!("1\n{alice}\n{}\n", pw("alice")).as_bytes())
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    let mut wait_for = async |what: &str, seen: &mut Vec<String>| {
+        within(async {
+            while let Some(line) = lines.next_line().await.expect("read") {
+                let done = line.contains(what);
+                seen.push(line);
+                if done {
+                    return;
+                }
+            }
+            panic!("chatclient ended before {what:?}: {seen:#?}");
+        })
+        .await
+    };
+    wait_for("current login user", &mut seen).await;
+    bob_client.chat(alice, "before").await.expect("send");
+    wait_for("bob said: before", &mut seen).await;
+
+    proxy.cut();
+    bob_client.chat(alice, "during").await.expect("send");
+    wait_for("reconnected", &mut seen).await;
+    wait_for("bob said: during", &mut seen).await;
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("connection lost; reconnecting")),
+        "{seen:#?}"
+    );
+    stdin.write_all(b"loginout\n3\n").await.expect("write");
+    drop(stdin);
+    assert!(within(child.wait()).await.expect("wait").success());
+    while let Some(line) = lines.next_line().await.expect("read") {
+        seen.push(line);
+    }
+    let shown = seen.iter().filter(|l| l.contains("bob said:")).count();
+    assert_eq!(shown, 2, "each message shown once: {seen:#?}");
+}
+
 /// The real `chatserver` binary on its embedded default: started with the
 /// original's `IP PORT` arguments, stopped with SIGTERM, it exits cleanly
 /// and keeps its data for the next start.

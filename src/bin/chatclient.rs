@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chat::client::command::{self, Command, HELP};
-use chat::client::{Client, ClientError, LoginInfo, Push};
+use chat::client::reliable::{Event, Options, Reliable};
+use chat::client::{Client, ClientError, LoginInfo};
 use chat::protocol::HistoryTarget;
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
@@ -90,10 +91,12 @@ async fn main() -> ExitCode {
                     say("userid must be a number!");
                     continue;
                 };
-                match client.login(id, &password).await {
-                    Ok(info) => {
+                // The session gets a connection of its own that outlives
+                // network trouble: it reconnects, resumes and resends.
+                match Reliable::login(&addr, id, &password, Options::default()).await {
+                    Ok((mut session, info)) => {
                         show_login(&info);
-                        match chat_loop(&mut client, &mut input).await {
+                        match chat_loop(&mut session, &mut input).await {
                             Ok(true) => continue,
                             Ok(false) => break,
                             Err(e) => {
@@ -179,47 +182,55 @@ fn show_help() {
     say("");
 }
 
-fn show_push(push: Push) {
-    match push {
-        Push::Message(m) => say(m.display()),
-        Push::Other(v) => {
-            let msg = v.get("errmsg").and_then(|m| m.as_str()).unwrap_or("");
+/// Shows an event; false once the session is over (replaced elsewhere).
+fn show_event(event: Event) -> bool {
+    match event {
+        Event::Message(m) => say(m.display()),
+        Event::Notice(v) => {
+            let msg = v
+                .get("errmsg")
+                .or_else(|| v.get("error"))
+                .and_then(|m| m.as_str())
+                .unwrap_or("");
             say(format!("server: {msg}"));
         }
+        Event::Reconnecting { attempt, wait } => say(format!(
+            "connection lost; reconnecting in {} ms (attempt {attempt})...",
+            wait.as_millis()
+        )),
+        Event::Reconnected => say("reconnected; nothing was lost"),
+        Event::Replaced => return false,
     }
+    true
 }
 
 /// Runs commands until logout (`Ok(true)`) or end of input (`Ok(false)`).
-async fn chat_loop(client: &mut Client, input: &mut Input) -> Result<bool, ClientError> {
+/// Heartbeats, acknowledgements and reconnects happen inside [`Reliable`]:
+/// it notices a dead server or network within its ping interval plus its
+/// answer timeout (15 s + 10 s) and says so here while it reconnects.
+async fn chat_loop(client: &mut Reliable, input: &mut Input) -> Result<bool, ClientError> {
     show_help();
-    // Heartbeats: the server learns that we are alive, and we learn within
-    // HEARTBEAT + PING_TIMEOUT that it (or the network) is not.
-    const HEARTBEAT: Duration = Duration::from_secs(15);
-    const PING_TIMEOUT: Duration = Duration::from_secs(10);
-    let mut heartbeat =
-        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         let line = tokio::select! {
-            _ = heartbeat.tick() => {
-                match client.ping(PING_TIMEOUT).await {
-                    Ok(_) => continue,
-                    Err(e) => {
-                        say(format!("the server stopped answering: {e}"));
-                        return Err(e);
-                    }
-                }
-            }
             line = read_line(input) => line,
-            push = client.next_push() => match push {
-                Some(p) => { show_push(p); continue; }
-                None => return Err(ClientError::Closed),
-            },
+            event = client.next_event() => {
+                if show_event(event) {
+                    continue;
+                }
+                return Err(ClientError::Closed);
+            }
         };
         let Some(line) = line else {
-            // Input ended: show what has already arrived, then leave.
-            while let Some(p) = client.try_push() {
-                show_push(p);
+            // Input ended: show what has already arrived, say we have it,
+            // then leave.
+            while let Ok(event) =
+                tokio::time::timeout(Duration::from_millis(100), client.next_event()).await
+            {
+                if !show_event(event) {
+                    break;
+                }
             }
+            client.acknowledge_now().await;
             return Ok(false);
         };
         if line.trim().is_empty() {
@@ -236,21 +247,36 @@ async fn chat_loop(client: &mut Client, input: &mut Input) -> Result<bool, Clien
             Ok(Some(true)) => return Ok(true),
             Ok(_) => {}
             Err(ClientError::Server { errno, errmsg }) => say(format!("error {errno}: {errmsg}")),
-            Err(e) => return Err(e),
+            // Chat messages are resent by the session itself; other
+            // commands are the user's to repeat once it has reconnected.
+            Err(e) => say(format!("not done, the connection broke ({e}); try again")),
         }
     }
 }
 
 /// Runs one command; `Some(true)` means the user logged out.
-async fn run(client: &mut Client, cmd: Command) -> Result<Option<bool>, ClientError> {
+async fn run(session: &mut Reliable, cmd: Command) -> Result<Option<bool>, ClientError> {
     match cmd {
         Command::Help => show_help(),
         Command::Chat { to, msg } => {
-            client.chat(to, &msg).await?;
+            session.send(HistoryTarget::User(to), &msg).await?;
         }
         Command::GroupChat { group, msg } => {
-            client.group_chat(group, &msg).await?;
+            session.send(HistoryTarget::Group(group), &msg).await?;
         }
+        Command::Logout => {
+            session.logout().await?;
+            return Ok(Some(true));
+        }
+        other => run_request(session.client().await?, other).await?,
+    }
+    Ok(None)
+}
+
+/// The commands that are plain requests.
+async fn run_request(client: &mut Client, cmd: Command) -> Result<(), ClientError> {
+    match cmd {
+        Command::Help | Command::Chat { .. } | Command::GroupChat { .. } | Command::Logout => {}
         Command::AddFriend(id) => {
             client.add_friend(id).await?;
             say(format!("user {id} is now your friend"));
@@ -297,10 +323,6 @@ async fn run(client: &mut Client, cmd: Command) -> Result<Option<bool>, ClientEr
                 say(format!("(older: history:...:{})", oldest.seq));
             }
         }
-        Command::Logout => {
-            client.logout().await?;
-            return Ok(Some(true));
-        }
     }
-    Ok(None)
+    Ok(())
 }

@@ -263,6 +263,14 @@ impl Reliable {
         Some(m)
     }
 
+    /// Acknowledges now what the application has got (before exiting, say;
+    /// otherwise acknowledgements go out by themselves).
+    pub async fn acknowledge_now(&mut self) {
+        if !self.to_ack.is_empty() {
+            self.flush_acks().await;
+        }
+    }
+
     async fn flush_acks(&mut self) {
         self.last_ack = Instant::now();
         let positions: Vec<_> = self.to_ack.drain().collect();
@@ -355,11 +363,12 @@ impl Reliable {
         self.connected().await
     }
 
-    /// Logs out (revoking the token) and closes.
-    pub async fn logout(mut self) -> Result<(), ClientError> {
-        self.flush_acks().await;
-        match self.conn.as_mut() {
-            Some(conn) => conn.logout().await,
+    /// Logs out (revoking the token) and closes; nothing reconnects after.
+    pub async fn logout(&mut self) -> Result<(), ClientError> {
+        self.acknowledge_now().await;
+        self.replaced = true;
+        match self.conn.take() {
+            Some(mut conn) => conn.logout().await,
             None => Ok(()),
         }
     }
