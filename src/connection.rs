@@ -54,6 +54,12 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
                 None => break,
                 // Boxed, like the other handlers: their state lives on the heap only
                 // while they run, so an idle connection's task stays small.
+                // A login or resume from a client that has already hung up
+                // is dropped unanswered.
+                Some(Ok(frame)) if session.user_id().is_none() && opens_session(&frame) && conn.peer_closed() => {
+                    tracing::debug!(?peer, "client left before its request was read");
+                    break;
+                }
                 Some(Ok(frame)) => {
                     last_heard = std::time::Instant::now();
                     (Box::pin(service.handle_frame(&mut session, &frame)).await, false)
@@ -92,6 +98,16 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
     }
     Box::pin(service.end_session(&mut session)).await;
     tracing::debug!(?peer, "connection closed");
+}
+
+/// Whether a frame is a LOGIN or RESUME (parsed only that far).
+fn opens_session(frame: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        msgid: i64,
+    }
+    serde_json::from_slice::<Head>(frame)
+        .is_ok_and(|h| h.msgid == msgid::LOGIN || h.msgid == msgid::RESUME)
 }
 
 async fn sleep_until(at: Option<std::time::Instant>) {

@@ -90,6 +90,19 @@ impl FrameStream {
         }
     }
 
+    /// Whether the peer has closed its side already, without consuming
+    /// anything: a request that waited in a stopped node's socket, from a
+    /// client that gave up on it long ago, should not be acted on (a stale
+    /// resume would replace the client's live session elsewhere).
+    pub fn peer_closed(&mut self) -> bool {
+        if self.eof {
+            return true;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking: nothing to read is WouldBlock.
+        matches!(socket2::SockRef::from(&self.stream).peek(&mut probe), Ok(0))
+    }
+
     /// Writes every frame, each followed by a newline, in as few system
     /// calls as the kernel allows (one, unless its send buffer fills).
     pub async fn write_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {

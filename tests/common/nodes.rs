@@ -55,8 +55,20 @@ impl NodeProcess {
 
     /// Starts a node; `Err` with its log when it exits instead of listening.
     pub async fn try_start(shared: &Shared, id: &str) -> Result<NodeProcess, String> {
+        Self::try_start_at(shared, id, "127.0.0.1:0").await
+    }
+
+    /// Starts a node listening on `listen` (the address of one that died,
+    /// say, so that nginx finds it again).
+    pub async fn start_at(shared: &Shared, id: &str, listen: &str) -> NodeProcess {
+        Self::try_start_at(shared, id, listen)
+            .await
+            .expect("node started")
+    }
+
+    async fn try_start_at(shared: &Shared, id: &str, listen: &str) -> Result<NodeProcess, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatserver"))
-            .args(["--listen", "127.0.0.1:0", "--node-id", id])
+            .args(["--listen", listen, "--node-id", id])
             .args(["--db", &shared.db_url, "--redis", &shared.redis_url])
             .args(["--redis-prefix", &shared.prefix])
             .args(["--presence-ttl", &shared.presence_ttl.to_string()])
@@ -119,6 +131,25 @@ impl NodeProcess {
     /// SIGKILL: no cleanup at all, as in a crash.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// SIGSTOP: the process stops, its sockets stay open (a node that hangs,
+    /// or a VM paused).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
     }
 
     /// SIGTERM, and waits for a clean exit.

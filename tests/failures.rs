@@ -1,0 +1,307 @@
+//! The failure suite: many clients of the reliable client library, through
+//! nginx to three nodes on a private MariaDB and Redis, send numbered
+//! messages one to one and in a group while the cluster is hurt: a node
+//! killed with SIGKILL and restarted, Redis restarted (empty), the database
+//! restarted, a node frozen with SIGSTOP for longer than the presence TTL
+//! and then resumed. At the end every accepted message must have reached
+//! every receiver exactly once, in order per conversation.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat::client::reliable::{Event, Options, Reliable, Stats};
+use chat::protocol::HistoryTarget;
+use chat::ring::{Balance, Node};
+use common::nodes::{NodeProcess, Shared};
+use common::pw;
+use common::services::{self, MariaDb, Nginx, Redis};
+use tokio::sync::Mutex;
+
+/// Presence lease of the nodes, in seconds.
+const PRESENCE_TTL: f64 = 2.0;
+/// How long the load runs; the faults are spread over it.
+const LOAD: Duration = Duration::from_secs(24);
+/// One message per sender this often.
+const PACE: Duration = Duration::from_millis(50);
+
+/// What one client saw.
+#[derive(Default)]
+struct Seen {
+    /// Per conversation, the `seq` of every message the application got,
+    /// in the order it got them.
+    received: HashMap<HistoryTarget, Vec<i64>>,
+    /// Per conversation, the `seq` of every message this client sent and
+    /// the server accepted.
+    accepted: HashMap<HistoryTarget, Vec<i64>>,
+    attempted: u64,
+    failed: u64,
+    stats: Stats,
+    replaced: bool,
+}
+
+fn options() -> Options {
+    Options {
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_secs(1),
+        max_attempts: 1000,
+        ack_interval: Duration::from_millis(100),
+        ping_interval: Duration::from_millis(500),
+        answer_timeout: Duration::from_millis(1500),
+        ..Options::default()
+    }
+}
+
+/// One client: sends to `to` (if anything) at the pace until `stop`, reads
+/// everything, and keeps reading until `done`.
+async fn client(
+    mut r: Reliable,
+    to: Option<HistoryTarget>,
+    stop: Instant,
+    done: Arc<tokio::sync::Notify>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let me = r.id();
+    let mut tick = tokio::time::interval(PACE);
+    let mut n = 0_u64;
+    let finished = done.notified();
+    tokio::pin!(finished);
+    loop {
+        tokio::select! {
+            _ = &mut finished => break,
+            _ = tick.tick(), if to.is_some() && Instant::now() < stop => {
+                let Some(to) = to else { continue };
+                n += 1;
+                seen.lock().await.attempted += 1;
+                match r.send(to, &format!("{me}-{n}")).await {
+                    Ok(sent) => seen.lock().await.accepted.entry(to).or_default().push(sent.seq),
+                    Err(_) => seen.lock().await.failed += 1,
+                }
+            }
+            event = r.next_event() => match event {
+                Event::Message(m) => {
+                    let conv = m.conversation(me);
+                    seen.lock().await.received.entry(conv).or_default().push(m.seq);
+                }
+                Event::Replaced => {
+                    seen.lock().await.replaced = true;
+                    break;
+                }
+                _ => {}
+            },
+        }
+        seen.lock().await.stats = r.stats();
+    }
+    seen.lock().await.stats = r.stats();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_freezes() {
+    let mut db = MariaDb::start();
+    let mut redis = Redis::start();
+    let shared = Shared {
+        db_url: services::create_database(&db.server_url()).await,
+        redis_url: redis.url(),
+        prefix: services::unique("fail"),
+        presence_ttl: PRESENCE_TTL,
+        extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
+    };
+    let mut nodes = vec![
+        NodeProcess::start(&shared, "n1").await,
+        NodeProcess::start(&shared, "n2").await,
+        NodeProcess::start(&shared, "n3").await,
+    ];
+    let servers = nodes
+        .iter()
+        .map(|n| Node::new(&n.addr, 1).expect("node"))
+        .collect();
+    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let addr = nginx.addr.to_string();
+
+    // 10 users: 0-3 write to 4-7 one to one; 8 and 9 write to a group of all
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let mut c = chat::client::Client::connect(nginx.addr)
+            .await
+            .expect("connect");
+        let name = format!("u{i}");
+        ids.push(c.register(&name, &pw(&name)).await.expect("register"));
+    }
+    let group = {
+        let mut c = chat::client::Client::connect(nginx.addr)
+            .await
+            .expect("connect");
+        c.login(ids[8], &pw("u8")).await.expect("login");
+        let g = c.create_group("all", "").await.expect("group");
+        c.logout().await.expect("logout");
+        g
+    };
+    // everyone is logged in and in the group before anyone sends
+    let mut clients = Vec::new();
+    for (i, &id) in ids.iter().enumerate() {
+        let (mut r, _) = Reliable::login(&addr, id, &pw(&format!("u{i}")), options())
+            .await
+            .expect("login");
+        if i != 8 {
+            r.client()
+                .await
+                .expect("connected")
+                .join_group(group)
+                .await
+                .expect("join");
+        }
+        clients.push(r);
+    }
+    let stop = Instant::now() + LOAD;
+    let done = Arc::new(tokio::sync::Notify::new());
+    let mut seen = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, r) in clients.into_iter().enumerate() {
+        let to = match i {
+            0..=3 => Some(HistoryTarget::User(ids[i + 4])),
+            8 | 9 => Some(HistoryTarget::Group(group)),
+            _ => None,
+        };
+        let s = Arc::new(Mutex::new(Seen::default()));
+        seen.push(s.clone());
+        tasks.push(tokio::spawn(client(r, to, stop, done.clone(), s)));
+    }
+
+    // the faults, one after another while the load runs
+    let t0 = Instant::now();
+    let at = |secs: u64| tokio::time::sleep_until((t0 + Duration::from_secs(secs)).into());
+    at(2).await;
+    let n2 = nodes.remove(1);
+    let n2_addr = n2.addr.clone();
+    n2.kill().await;
+    eprintln!("fault: n2 killed (SIGKILL)");
+    at(4).await;
+    nodes.insert(1, NodeProcess::start_at(&shared, "n2", &n2_addr).await);
+    eprintln!("fault: n2 restarted");
+    at(7).await;
+    redis.stop();
+    eprintln!("fault: Redis stopped");
+    at(8).await;
+    redis.resume();
+    eprintln!("fault: Redis restarted, empty");
+    at(11).await;
+    db.stop();
+    eprintln!("fault: MariaDB stopped");
+    at(13).await;
+    db.resume();
+    eprintln!("fault: MariaDB restarted");
+    at(16).await;
+    nodes[2].freeze();
+    eprintln!("fault: n3 frozen (SIGSTOP) for {}s", PRESENCE_TTL * 2.0);
+    tokio::time::sleep(Duration::from_secs_f64(PRESENCE_TTL * 2.0)).await;
+    nodes[2].thaw();
+    eprintln!("fault: n3 resumed (SIGCONT)");
+
+    // the load stops; then wait until every receiver has everything
+    tokio::time::sleep_until(stop.into()).await;
+    let expected = |seen: &[Seen]| {
+        // conversation (as the receiver names it) -> accepted seqs, per receiver
+        let mut want: Vec<HashMap<HistoryTarget, Vec<i64>>> = vec![HashMap::new(); ids.len()];
+        for (i, s) in seen.iter().enumerate() {
+            for (to, seqs) in &s.accepted {
+                match *to {
+                    HistoryTarget::User(u) => {
+                        let r = ids.iter().position(|&x| x == u).expect("receiver");
+                        want[r]
+                            .entry(HistoryTarget::User(ids[i]))
+                            .or_default()
+                            .extend(seqs);
+                    }
+                    HistoryTarget::Group(g) => {
+                        for (r, w) in want.iter_mut().enumerate() {
+                            if r != i {
+                                w.entry(HistoryTarget::Group(g)).or_default().extend(seqs);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for w in &mut want {
+            for seqs in w.values_mut() {
+                seqs.sort_unstable();
+            }
+        }
+        want
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let snapshot = loop {
+        let mut snap = Vec::new();
+        for s in &seen {
+            let s = s.lock().await;
+            snap.push(Seen {
+                received: s.received.clone(),
+                accepted: s.accepted.clone(),
+                attempted: s.attempted,
+                failed: s.failed,
+                stats: s.stats,
+                replaced: s.replaced,
+            });
+        }
+        let want = expected(&snap);
+        let complete = want.iter().zip(&snap).all(|(w, s)| {
+            w.iter()
+                .all(|(conv, seqs)| s.received.get(conv).map_or(0, Vec::len) >= seqs.len())
+        });
+        if complete || Instant::now() > deadline {
+            break snap;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    done.notify_waiters();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+
+    let want = expected(&snapshot);
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (r, (w, s)) in want.iter().zip(&snapshot).enumerate() {
+        *totals.entry("sent").or_default() += s.attempted;
+        *totals.entry("send failed").or_default() += s.failed;
+        *totals.entry("accepted").or_default() +=
+            s.accepted.values().map(|v| v.len() as u64).sum::<u64>();
+        *totals.entry("received").or_default() +=
+            s.received.values().map(|v| v.len() as u64).sum::<u64>();
+        *totals.entry("duplicates dropped").or_default() += s.stats.duplicates_dropped;
+        *totals.entry("reconnects").or_default() += s.stats.reconnects;
+        *totals.entry("resent").or_default() += s.stats.resent;
+        if s.replaced {
+            problems.push(format!("u{r} was replaced by a session it did not open"));
+        }
+        for (conv, seqs) in w {
+            let got = s.received.get(conv).cloned().unwrap_or_default();
+            if !got.windows(2).all(|p| p[0] < p[1]) {
+                problems.push(format!("u{r} got {conv:?} out of order or twice"));
+            }
+            let missing: Vec<_> = seqs.iter().filter(|q| !got.contains(q)).collect();
+            if !missing.is_empty() {
+                eprintln!("u{r} {conv:?} never got {missing:?}");
+            }
+            let lost = missing.len() as u64;
+            *totals.entry("lost").or_default() += lost;
+            if lost > 0 {
+                problems.push(format!("u{r} lost {lost} of {conv:?}"));
+            }
+            let unexpected: Vec<_> = got.iter().filter(|q| !seqs.contains(q)).collect();
+            // only a send that failed may have been stored anyway
+            if unexpected.len() as u64 > snapshot.iter().map(|s| s.failed).sum::<u64>() {
+                problems.push(format!("u{r} got unsent {conv:?} messages {unexpected:?}"));
+            }
+        }
+    }
+    eprintln!("failure suite: {totals:?}");
+    assert!(problems.is_empty(), "{problems:#?}\n{totals:?}");
+    assert!(
+        totals["accepted"] > 1000,
+        "the load ran through the faults: {totals:?}"
+    );
+    assert!(totals["reconnects"] > 0, "the faults were felt: {totals:?}");
+}
