@@ -86,6 +86,8 @@ fn resumes_take_every_user_back_without_passwords() {
             "20",
             "--concurrency",
             "5",
+            "--rounds",
+            "2",
         ])
         .output()
         .expect("run chatbench");
@@ -99,7 +101,12 @@ fn resumes_take_every_user_back_without_passwords() {
     );
     let report: serde_json::Value =
         serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON report");
-    assert_eq!(report["resumes"], 20, "{report}");
+    assert_eq!(report["resumes"], 40, "20 users, twice: {report}");
+    assert_eq!(
+        report["rounds"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
     assert_eq!(report["failed"], 0, "{report}");
     assert!(
         report["resumes_per_s"].as_f64().unwrap_or(0.0) > 0.0,

@@ -690,6 +690,8 @@ pub struct ResumesReport {
     pub first_failure: Option<String>,
     pub seconds: f64,
     pub resumes_per_s: f64,
+    /// The rate of each round of resumes.
+    pub rounds: Vec<f64>,
 }
 
 /// Logs every user in with its password (keeping the resume tokens), drops
@@ -700,6 +702,7 @@ pub async fn resumes(
     users: &[UserId],
     password: &str,
     concurrency: usize,
+    rounds: usize,
 ) -> Result<ResumesReport, BenchError> {
     let started = Instant::now();
     let tokens: Vec<Result<String, BenchError>> =
@@ -718,8 +721,37 @@ pub async fn resumes(
         .await;
     let logins_per_s = users.len() as f64 / started.elapsed().as_secs_f64();
     let tokens: Vec<String> = tokens.into_iter().collect::<Result<_, _>>()?;
-    // The login connections are closed; let the server take them offline.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut resumed, mut failed, mut first_failure, mut seconds) = (0, 0, None, 0.0);
+    let mut rates = Vec::new();
+    for _ in 0..rounds.max(1) {
+        // The connections are closed; let the server take them offline.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let round = resume_all(addr, &tokens, concurrency).await;
+        resumed += round.0;
+        failed += round.1;
+        first_failure = first_failure.or(round.2);
+        seconds += round.3;
+        rates.push(round.0 as f64 / round.3);
+    }
+    Ok(ResumesReport {
+        users: users.len(),
+        logins_per_s,
+        resumes: resumed,
+        failed,
+        first_failure,
+        seconds,
+        resumes_per_s: resumed as f64 / seconds,
+        rounds: rates,
+    })
+}
+
+/// One round: every token resumes, `concurrency` at a time; the sessions
+/// are held until all are in. Resumed, failed, the first failure, seconds.
+async fn resume_all(
+    addr: &str,
+    tokens: &[String],
+    concurrency: usize,
+) -> (usize, usize, Option<String>, f64) {
     let started = Instant::now();
     let mut pending = futures_util::stream::iter(tokens.iter().map(|token| async move {
         let resume = serde_json::json!({"msgid": msgid::RESUME, "token": token});
@@ -741,16 +773,12 @@ pub async fn resumes(
             }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(ResumesReport {
-        users: users.len(),
-        logins_per_s,
-        resumes: held.len(),
+    (
+        held.len(),
         failed,
         first_failure,
-        seconds,
-        resumes_per_s: held.len() as f64 / seconds,
-    })
+        started.elapsed().as_secs_f64(),
+    )
 }
 
 /// Sends `request` on a logged-in connection and reads until reply `want`

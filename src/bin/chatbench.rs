@@ -89,6 +89,9 @@ enum Cmd {
         /// Logins and resumes in flight at once.
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
+        /// Rounds of resumes (each drops the sessions and resumes them all).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// Chat latency of logged-in pairs, quiet and during a storm of
     /// concurrent password logins.
@@ -267,22 +270,24 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             addr,
             users,
             concurrency,
+            rounds,
         } => {
             let prefix = format!("r{}-", std::process::id());
             let ids = bench::register_users(&addr, &prefix, PASSWORD, users, 8)
                 .await
                 .map_err(|e| format!("registering users: {e}"))?;
-            let r = bench::resumes(&addr, &ids, PASSWORD, concurrency)
+            let r = bench::resumes(&addr, &ids, PASSWORD, concurrency, rounds)
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(
-                "{} users: password logins {:.0}/s; {} resumes in {:.2}s ({:.0}/s, x{:.1} the logins), {} failed{}",
+                "{} users: password logins {:.0}/s; {} resumes in {:.2}s ({:.0}/s, x{:.1} the logins; rounds {:.0?}), {} failed{}",
                 r.users,
                 r.logins_per_s,
                 r.resumes,
                 r.seconds,
                 r.resumes_per_s,
                 r.resumes_per_s / r.logins_per_s,
+                r.rounds,
                 r.failed,
                 r.first_failure
                     .as_deref()

@@ -171,24 +171,23 @@ impl Service {
     /// messages, each list element a JSON string as the original client
     /// expects) and any further pages of offline messages.
     async fn login_payload(&self, me: &mut LoggedIn) -> Result<Reply, Fail> {
-        let stored = self.store.cursors(me.id).await?;
-        me.cursors = if me.cursors.acknowledged() {
-            Cursors::load_acknowledged(stored)
-        } else {
-            Cursors::load(stored)
-        };
         // One page rides in the reply. Its positions are stored only once
         // the reply is written (by the next backlog page or the session's
         // end); further pages follow one at a time through the connection.
         let page_size = self.config.offline_page.max(1);
-        let first = self.store.undelivered(me.id, page_size).await?;
+        let start = self.store.session_start(me.id, page_size).await?;
+        me.cursors = if me.cursors.acknowledged() {
+            Cursors::load_acknowledged(start.cursors)
+        } else {
+            Cursors::load(start.cursors)
+        };
+        let first = start.undelivered;
         me.backlog = first.len() == page_size;
         me.awaiting_ack = me.backlog && me.cursors.acknowledged();
         mark_delivered(me, &first);
         let first = chronological(first);
 
-        let friends = self.store.friends(me.id).await?;
-        let groups = self.store.user_groups(me.id).await?;
+        let (friends, groups) = (start.friends, start.groups);
         // One presence lookup for everyone listed, however many.
         let mut ids: Vec<UserId> = friends.iter().map(|f| f.id).collect();
         ids.extend(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)));

@@ -51,6 +51,17 @@ impl From<sqlx::Error> for StoreError {
 /// Result of storage calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Everything a new session reads before its login reply.
+#[derive(Debug, Clone, Default)]
+pub struct SessionStart {
+    /// Delivery positions ([`Store::cursors`]).
+    pub cursors: Vec<(Conversation, Seq)>,
+    /// The first page past them ([`Store::undelivered`]).
+    pub undelivered: Vec<ChatMessage>,
+    pub friends: Vec<UserSummary>,
+    pub groups: Vec<GroupInfo>,
+}
+
 /// Everything the service persists.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -120,6 +131,16 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` messages past `user`'s cursors, sent by others, ordered
     /// by conversation and sequence (so each conversation's part is a prefix).
     async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>>;
+    /// What a new session reads, all at once (`page` messages at most). A
+    /// backend may answer it in one trip instead of five.
+    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart> {
+        Ok(SessionStart {
+            cursors: self.cursors(user).await?,
+            undelivered: self.undelivered(user, page).await?,
+            friends: self.friends(user).await?,
+            groups: self.user_groups(user).await?,
+        })
+    }
     /// Messages of `conv` with `after < seq < before` not sent by
     /// `exclude_sender`, in order: fills a gap in live delivery.
     async fn between(

@@ -102,7 +102,16 @@ async fn migrate(pool: &MySqlPool) -> StoreResult<()> {
     result.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
 }
 
-impl_store!(MySqlStore {});
+impl_store!(MySqlStore {
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
+        let row: Option<(UserId, String)> = sqlx::query_as(sql::TOKEN_USER)
+            .bind(token_hash)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row)
+    }
+});
 
 /// Size past which a batch's messages go in another INSERT statement.
 const STATEMENT_BYTES: usize = 4 << 20;

@@ -223,15 +223,6 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
-                let row: Option<(UserId, String)> = sqlx::query_as(sql::TOKEN_USER)
-                    .bind(token_hash)
-                    .bind(now_ms())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(row)
-            }
-
             async fn revoke_token(&self, token_hash: &str) -> StoreResult<()> {
                 sqlx::query(sql::REVOKE_TOKEN).bind(token_hash).execute(&self.pool).await?;
                 Ok(())

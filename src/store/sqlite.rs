@@ -39,6 +39,98 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     pool: SqlitePool,
     commit: GroupCommit,
+    readers: std::sync::Arc<Readers>,
+}
+
+/// Read-only connections for reads that take several statements (a session
+/// start): one hop to a blocking thread for all of them, where the pool
+/// would make each statement a round trip to its worker thread.
+#[derive(Debug)]
+struct Readers {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+    /// At most [`READERS`] reads at once, so their connections are reused
+    /// rather than opened per read.
+    permits: tokio::sync::Semaphore,
+}
+
+/// Read connections (and reads at once).
+const READERS: usize = 4;
+
+impl Readers {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> StoreResult<T> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                use rusqlite::OpenFlags;
+                let c = rusqlite::Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(unavailable)?;
+                c.busy_timeout(Duration::from_secs(5))
+                    .map_err(unavailable)?;
+                c.set_prepared_statement_cache_capacity(16);
+                c
+            }
+        };
+        let result = f(&conn).map_err(unavailable);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn session_start(&self, user: UserId, page: usize) -> StoreResult<super::SessionStart> {
+        self.with(|c| {
+            let cursors: Vec<(String, i64)> = c
+                .prepare_cached(sql::CURSORS)?
+                .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let limit = i64::try_from(page).unwrap_or(i64::MAX);
+            let undelivered: Vec<MsgRow> = c
+                .prepare_cached(sql::UNDELIVERED)?
+                .query_map(rusqlite::params![user, user, limit], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let friends: Vec<UserSummary> = c
+                .prepare_cached(sql::FRIENDS)?
+                .query_map([user], |r| {
+                    Ok(UserSummary {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let groups: Vec<(i64, String, String)> = c
+                .prepare_cached(sql::USER_GROUPS)?
+                .query_map([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let members: Vec<(i64, i64, String, String)> = c
+                .prepare_cached(sql::USER_GROUPS_MEMBERS)?
+                .query_map([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(super::SessionStart {
+                cursors: sql::cursors(cursors),
+                undelivered: sql::messages(undelivered),
+                friends,
+                groups: sql::assemble_groups(groups, members),
+            })
+        })
+    }
 }
 
 impl SqliteStore {
@@ -83,16 +175,63 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
         let path = options.get_filename().to_owned();
+        let readers = std::sync::Arc::new(Readers {
+            path: path.clone(),
+            idle: std::sync::Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(READERS),
+        });
         let writer = tokio::task::spawn_blocking(move || Writer::open(&path, sync.pragma()))
             .await
             .map_err(|e| StoreError::Unavailable(format!("writer did not start: {e}")))??;
         let commit = GroupCommit::start_blocking(writer, "sqlite-writer")
             .map_err(|e| StoreError::Unavailable(format!("writer thread: {e}")))?;
-        Ok(SqliteStore { pool, commit })
+        Ok(SqliteStore {
+            pool,
+            commit,
+            readers,
+        })
     }
 }
 
-impl_store!(SqliteStore {});
+impl_store!(SqliteStore {
+    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<super::SessionStart> {
+        self.read(move |r| r.session_start(user, page)).await
+    }
+
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
+        let hash = token_hash.to_owned();
+        self.read(move |r| {
+            r.with(|c| {
+                use rusqlite::OptionalExtension;
+                c.prepare_cached(sql::TOKEN_USER)?
+                    .query_row(rusqlite::params![hash, now_ms()], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()
+            })
+        })
+        .await
+    }
+});
+
+impl SqliteStore {
+    /// Runs `f` on a read connection, on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Readers) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || f(&readers))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reader stopped: {e}")))?
+    }
+}
 
 /// The single writer: owns a connection on its own thread, and the
 /// per-conversation counters.
