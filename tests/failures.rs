@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat::client::reliable::{Event, Options, Reliable, Stats};
+use chat::model::UserId;
 use chat::protocol::HistoryTarget;
 use chat::ring::{Balance, Node};
+use common::netns::NetNs;
 use common::nodes::{NodeProcess, Shared};
 use common::pw;
 use common::services::{self, MariaDb, Nginx, Redis};
@@ -97,8 +99,12 @@ async fn client(
     seen.lock().await.stats = r.stats();
 }
 
+/// The two scenarios load the machine; they run one at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_freezes() {
+    let _one_at_a_time = SERIAL.lock().await;
     let mut db = MariaDb::start();
     let mut redis = Redis::start();
     let shared = Shared {
@@ -118,8 +124,131 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
         .map(|n| Node::new(&n.addr, 1).expect("node"))
         .collect();
     let nginx = Nginx::start(Balance::RoundRobin, servers).await;
-    let addr = nginx.addr.to_string();
 
+    let load = start_load(&nginx, LOAD).await;
+
+    // the faults, one after another while the load runs
+    let t0 = Instant::now();
+    let at = |secs: u64| tokio::time::sleep_until((t0 + Duration::from_secs(secs)).into());
+    at(2).await;
+    let n2 = nodes.remove(1);
+    let n2_addr = n2.addr.clone();
+    n2.kill().await;
+    eprintln!("fault: n2 killed (SIGKILL)");
+    at(4).await;
+    nodes.insert(1, NodeProcess::start_at(&shared, "n2", &n2_addr).await);
+    eprintln!("fault: n2 restarted");
+    at(7).await;
+    redis.stop();
+    eprintln!("fault: Redis stopped");
+    at(8).await;
+    redis.resume();
+    eprintln!("fault: Redis restarted, empty");
+    at(11).await;
+    db.stop();
+    eprintln!("fault: MariaDB stopped");
+    at(13).await;
+    db.resume();
+    eprintln!("fault: MariaDB restarted");
+    at(16).await;
+    nodes[2].freeze();
+    eprintln!("fault: n3 frozen (SIGSTOP) for {}s", PRESENCE_TTL * 2.0);
+    tokio::time::sleep(Duration::from_secs_f64(PRESENCE_TTL * 2.0)).await;
+    nodes[2].thaw();
+    eprintln!("fault: n3 resumed (SIGCONT)");
+
+    finish(load).await;
+}
+
+/// A node cut off from Redis and the database (a blackhole route in its
+/// network namespace) while its clients still reach it through nginx, for
+/// three presence TTLs, then healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_arrives_exactly_once_across_a_partition_from_redis_and_the_database()
+ {
+    let _one_at_a_time = SERIAL.lock().await;
+    let ns = match NetNs::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIPPED: no network namespaces here ({why})");
+            return;
+        }
+    };
+    let (mut mysql, mut redis) = (None, None);
+    let db_server = services::mysql_server(&mut mysql);
+    let shared = Shared {
+        db_url: services::create_database(&db_server).await,
+        redis_url: services::redis_server(&mut redis),
+        prefix: services::unique("part"),
+        presence_ttl: PRESENCE_TTL,
+        extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
+    };
+    // the namespace reaches both services through forwarders on its
+    // services address, the address the partition cuts
+    let port_of = |url: &str| -> u16 {
+        url.rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {url}"))
+    };
+    let (db_port, redis_port) = (port_of(&db_server), port_of(&shared.redis_url));
+    let forward = |port: u16| {
+        common::Proxy::start_at(
+            (ns.services, 0).into(),
+            (std::net::Ipv4Addr::LOCALHOST, port).into(),
+        )
+    };
+    let (db_fwd, redis_fwd) = (forward(db_port).await, forward(redis_port).await);
+    let inside = Shared {
+        db_url: shared
+            .db_url
+            .replace(&format!("127.0.0.1:{db_port}"), &db_fwd.addr.to_string()),
+        redis_url: shared.redis_url.replace(
+            &format!("127.0.0.1:{redis_port}"),
+            &redis_fwd.addr.to_string(),
+        ),
+        ..shared.clone()
+    };
+    let nodes = [
+        NodeProcess::start(&shared, "n1").await,
+        NodeProcess::start(&shared, "n2").await,
+        NodeProcess::start_in(&inside, "n3", &ns.name, &format!("{}:0", ns.inner)).await,
+    ];
+    let servers = nodes
+        .iter()
+        .map(|n| Node::new(&n.addr, 1).expect("node"))
+        .collect();
+    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let load = start_load(&nginx, Duration::from_secs(16)).await;
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ns.partition();
+    eprintln!(
+        "fault: n3 cut off from Redis and MariaDB for {}s",
+        PRESENCE_TTL * 3.0
+    );
+    tokio::time::sleep(Duration::from_secs_f64(PRESENCE_TTL * 3.0)).await;
+    ns.heal();
+    eprintln!("fault: partition healed");
+
+    finish(load).await;
+}
+
+/// A load running through nginx at `addr`: its clients' tasks and what they
+/// see.
+struct Load {
+    ids: Vec<UserId>,
+    stop: Instant,
+    done: Arc<tokio::sync::Notify>,
+    seen: Vec<Arc<Mutex<Seen>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Registers 10 users through `nginx`; 0-3 write to 4-7 one to one, 8 and 9
+/// to a group of all ten, for `duration`.
+async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
+    let addr = nginx.addr.to_string();
     // 10 users: 0-3 write to 4-7 one to one; 8 and 9 write to a group of all
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -154,7 +283,7 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
         }
         clients.push(r);
     }
-    let stop = Instant::now() + LOAD;
+    let stop = Instant::now() + duration;
     let done = Arc::new(tokio::sync::Notify::new());
     let mut seen = Vec::new();
     let mut tasks = Vec::new();
@@ -169,37 +298,26 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
         tasks.push(tokio::spawn(client(r, to, stop, done.clone(), s)));
     }
 
-    // the faults, one after another while the load runs
-    let t0 = Instant::now();
-    let at = |secs: u64| tokio::time::sleep_until((t0 + Duration::from_secs(secs)).into());
-    at(2).await;
-    let n2 = nodes.remove(1);
-    let n2_addr = n2.addr.clone();
-    n2.kill().await;
-    eprintln!("fault: n2 killed (SIGKILL)");
-    at(4).await;
-    nodes.insert(1, NodeProcess::start_at(&shared, "n2", &n2_addr).await);
-    eprintln!("fault: n2 restarted");
-    at(7).await;
-    redis.stop();
-    eprintln!("fault: Redis stopped");
-    at(8).await;
-    redis.resume();
-    eprintln!("fault: Redis restarted, empty");
-    at(11).await;
-    db.stop();
-    eprintln!("fault: MariaDB stopped");
-    at(13).await;
-    db.resume();
-    eprintln!("fault: MariaDB restarted");
-    at(16).await;
-    nodes[2].freeze();
-    eprintln!("fault: n3 frozen (SIGSTOP) for {}s", PRESENCE_TTL * 2.0);
-    tokio::time::sleep(Duration::from_secs_f64(PRESENCE_TTL * 2.0)).await;
-    nodes[2].thaw();
-    eprintln!("fault: n3 resumed (SIGCONT)");
+    Load {
+        ids,
+        stop,
+        done,
+        seen,
+        tasks,
+    }
+}
 
-    // the load stops; then wait until every receiver has everything
+/// Waits for the load to stop and every receiver to have everything (30 s
+/// at most), then checks that every accepted message reached every
+/// receiver exactly once, in order, and prints the counts.
+async fn finish(load: Load) {
+    let Load {
+        ids,
+        stop,
+        done,
+        seen,
+        tasks,
+    } = load;
     tokio::time::sleep_until(stop.into()).await;
     let expected = |seen: &[Seen]| {
         // conversation (as the receiver names it) -> accepted seqs, per receiver

@@ -6,6 +6,7 @@
 //! MariaDB): the same behaviour suite runs against both backends.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod nodes;
 pub mod services;
 
@@ -192,7 +193,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at("127.0.0.1:0".parse().expect("addr"), target).await
+    }
+
+    /// A proxy listening on `listen` (port 0: any).
+    pub async fn start_at(listen: SocketAddr, target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(listen).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let cut = Arc::new(std::sync::Mutex::new((
             CancellationToken::new(),

@@ -66,8 +66,35 @@ impl NodeProcess {
             .expect("node started")
     }
 
+    /// Starts a node inside network namespace `netns`, listening on
+    /// `listen` (an address of that namespace).
+    pub async fn start_in(shared: &Shared, id: &str, netns: &str, listen: &str) -> NodeProcess {
+        Self::spawn(shared, id, listen, Some(netns))
+            .await
+            .expect("node started")
+    }
+
     async fn try_start_at(shared: &Shared, id: &str, listen: &str) -> Result<NodeProcess, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatserver"))
+        Self::spawn(shared, id, listen, None).await
+    }
+
+    async fn spawn(
+        shared: &Shared,
+        id: &str,
+        listen: &str,
+        netns: Option<&str>,
+    ) -> Result<NodeProcess, String> {
+        let server = env!("CARGO_BIN_EXE_chatserver");
+        // `ip netns exec` execs the server in place: the pid is the node's.
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, server]);
+                c
+            }
+            None => Command::new(server),
+        };
+        let mut child = command
             .args(["--listen", listen, "--node-id", id])
             .args(["--db", &shared.db_url, "--redis", &shared.redis_url])
             .args(["--redis-prefix", &shared.prefix])
