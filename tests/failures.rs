@@ -1,4 +1,4 @@
-//! The failure suite: many clients of the reliable client library, through
+//! The failure suite: 20 clients of the reliable client library, through
 //! nginx to three nodes on a private MariaDB and Redis, send numbered
 //! messages one to one and in a group while the cluster is hurt: a node
 //! killed with SIGKILL and restarted, Redis restarted (empty), the database
@@ -26,6 +26,11 @@ use tokio::sync::Mutex;
 const PRESENCE_TTL: f64 = 2.0;
 /// How long the load runs; the faults are spread over it.
 const LOAD: Duration = Duration::from_secs(24);
+/// Clients: `PAIRS` one-to-one pairs, and the rest write to a group of all.
+const USERS: usize = 20;
+const PAIRS: usize = 8;
+/// The group's creator (one of its writers).
+const CREATOR: usize = 2 * PAIRS;
 /// One message per sender this often.
 const PACE: Duration = Duration::from_millis(50);
 
@@ -245,13 +250,13 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Registers 10 users through `nginx`; 0-3 write to 4-7 one to one, 8 and 9
-/// to a group of all ten, for `duration`.
+/// Registers [`USERS`] users through `nginx`: the first [`PAIRS`] write one
+/// to one to the next [`PAIRS`], and the rest to a group of everyone, for
+/// `duration`.
 async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
     let addr = nginx.addr.to_string();
-    // 10 users: 0-3 write to 4-7 one to one; 8 and 9 write to a group of all
     let mut ids = Vec::new();
-    for i in 0..10 {
+    for i in 0..USERS {
         let mut c = chat::client::Client::connect(nginx.addr)
             .await
             .expect("connect");
@@ -262,7 +267,9 @@ async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
         let mut c = chat::client::Client::connect(nginx.addr)
             .await
             .expect("connect");
-        c.login(ids[8], &pw("u8")).await.expect("login");
+        c.login(ids[CREATOR], &pw(&format!("u{CREATOR}")))
+            .await
+            .expect("login");
         let g = c.create_group("all", "").await.expect("group");
         c.logout().await.expect("logout");
         g
@@ -273,7 +280,7 @@ async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
         let (mut r, _) = Reliable::login(&addr, id, &pw(&format!("u{i}")), options())
             .await
             .expect("login");
-        if i != 8 {
+        if i != CREATOR {
             r.client()
                 .await
                 .expect("connected")
@@ -289,9 +296,9 @@ async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
     let mut tasks = Vec::new();
     for (i, r) in clients.into_iter().enumerate() {
         let to = match i {
-            0..=3 => Some(HistoryTarget::User(ids[i + 4])),
-            8 | 9 => Some(HistoryTarget::Group(group)),
-            _ => None,
+            _ if i < PAIRS => Some(HistoryTarget::User(ids[i + PAIRS])),
+            _ if i < 2 * PAIRS => None,
+            _ => Some(HistoryTarget::Group(group)),
         };
         let s = Arc::new(Mutex::new(Seen::default()));
         seen.push(s.clone());
