@@ -1,0 +1,303 @@
+//! The store contract: what the service relies on from `Store`, checked
+//! method by method against both backends (a fresh SQLite file, and a fresh
+//! database on MariaDB), so that a backend cannot drift from the other.
+
+mod common;
+
+use std::sync::Arc;
+
+use chat::model::{Conversation, GroupRole, NewMessage, UserId};
+use chat::store::{SharedStore, StoreError};
+
+fn message(conv: Conversation, sender: UserId, body: &str) -> NewMessage {
+    NewMessage {
+        conv,
+        sender,
+        sender_name: format!("user{sender}"),
+        body: body.into(),
+        client_id: None,
+    }
+}
+
+async fn contract(store: SharedStore, backend: &str) {
+    // users
+    let alice = store.create_user("alice", "hash-a").await.expect("alice");
+    let bob = store.create_user("bob", "hash-b").await.expect("bob");
+    let carol = store.create_user("carol", "hash-c").await.expect("carol");
+    assert!(
+        matches!(
+            store.create_user("alice", "x").await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}: a taken name"
+    );
+    let creds = store.credentials(bob).await.expect("read").expect("bob");
+    assert_eq!(
+        (creds.id, creds.name.as_str(), creds.password_hash.as_str()),
+        (bob, "bob", "hash-b")
+    );
+    assert!(store.credentials(9999).await.expect("read").is_none());
+
+    // resume tokens: found while unexpired, gone once revoked
+    let now = chat::store::now_ms();
+    store
+        .create_token(alice, "t-live", now + 60_000)
+        .await
+        .expect("token");
+    store
+        .create_token(alice, "t-old", now - 1)
+        .await
+        .expect("token");
+    assert_eq!(
+        store.token_user("t-live").await.expect("read"),
+        Some((alice, "alice".to_owned())),
+        "{backend}"
+    );
+    assert_eq!(
+        store.token_user("t-old").await.expect("read"),
+        None,
+        "{backend}: expired"
+    );
+    store.revoke_token("t-live").await.expect("revoke");
+    assert_eq!(
+        store.token_user("t-live").await.expect("read"),
+        None,
+        "{backend}: revoked"
+    );
+
+    // friends: mutual, ordered by id
+    store.add_friendship(alice, carol).await.expect("friends");
+    store.add_friendship(alice, bob).await.expect("friends");
+    assert!(matches!(
+        store.add_friendship(alice, bob).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.add_friendship(alice, 9999).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let ids = |v: Vec<chat::model::UserSummary>| v.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.friends(alice).await.expect("read")),
+        [bob, carol],
+        "{backend}"
+    );
+    assert_eq!(
+        ids(store.friends(bob).await.expect("read")),
+        [alice],
+        "{backend}: both ways"
+    );
+    assert!(store.remove_friendship(bob, alice).await.expect("remove"));
+    assert!(!store.remove_friendship(bob, alice).await.expect("remove"));
+    assert_eq!(
+        ids(store.friends(alice).await.expect("read")),
+        [carol],
+        "{backend}"
+    );
+
+    // groups: the creator starts at 0, a joiner at the present
+    let g = store
+        .create_group(alice, "rust", "we like it")
+        .await
+        .expect("group");
+    assert!(matches!(
+        store.create_group(bob, "rust", "").await,
+        Err(StoreError::Conflict(_))
+    ));
+    let gconv = Conversation::Group(g);
+    let first = store.append(message(gconv, alice, "g1")).await.expect("g1");
+    assert_eq!(first.seq, 1, "{backend}");
+    assert_eq!(
+        store.join_group(bob, g).await.expect("join"),
+        1,
+        "{backend}: joins at 1"
+    );
+    assert!(matches!(
+        store.join_group(bob, g).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.join_group(bob, 9999).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let groups = store.user_groups(bob).await.expect("read");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        (
+            groups[0].id,
+            groups[0].name.as_str(),
+            groups[0].desc.as_str()
+        ),
+        (g, "rust", "we like it")
+    );
+    let roles: Vec<_> = groups[0].members.iter().map(|m| (m.id, m.role)).collect();
+    assert_eq!(
+        roles,
+        [(alice, GroupRole::Creator), (bob, GroupRole::Normal)],
+        "{backend}"
+    );
+    let mut members = store.group_members(g).await.expect("read").expect("group");
+    members.sort_unstable();
+    assert_eq!(members, [alice, bob]);
+    assert_eq!(store.group_members(9999).await.expect("read"), None);
+
+    // messages: numbered per conversation without gaps, unknown targets refused
+    let direct = Conversation::direct(alice, bob);
+    for n in 1..=3 {
+        let m = store
+            .append(message(direct, alice, &format!("d{n}")))
+            .await
+            .expect("direct");
+        assert_eq!(m.seq, n, "{backend}");
+        assert!(m.ts_ms >= now, "{backend}: server time");
+    }
+    store
+        .append(message(direct, bob, "d4"))
+        .await
+        .expect("from bob");
+    assert!(matches!(
+        store
+            .append(message(Conversation::direct(alice, 9999), alice, "x"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .append(message(Conversation::Group(9999), alice, "x"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.append(message(gconv, alice, "g2")).await.expect("g2");
+
+    // bob's undelivered: others' messages past his cursors, by conversation
+    let undelivered = store.undelivered(bob, 100).await.expect("read");
+    let got: Vec<_> = undelivered
+        .iter()
+        .map(|m| (m.conv, m.seq, m.body.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (direct, 1, "d1"),
+            (direct, 2, "d2"),
+            (direct, 3, "d3"),
+            (gconv, 2, "g2")
+        ],
+        "{backend}: his own d4 and g1 from before he joined are not his"
+    );
+    assert_eq!(
+        store.undelivered(bob, 2).await.expect("read").len(),
+        2,
+        "{backend}: limit"
+    );
+
+    // cursors move forward only, through either path
+    store
+        .advance_cursors(bob, vec![(direct, 2)])
+        .await
+        .expect("advance");
+    store
+        .advance_cursors(bob, vec![(direct, 1)])
+        .await
+        .expect("never back");
+    assert!(store.queue_cursors(bob, vec![(gconv, 2)]).is_ok());
+    // queued moves ride in order: one awaited write after it means it is in
+    store
+        .advance_cursors(bob, vec![(direct, 2)])
+        .await
+        .expect("barrier");
+    let mut cursors = store.cursors(bob).await.expect("read");
+    cursors.sort_by_key(|(c, _)| c.key());
+    let mut want = vec![(direct, 2), (gconv, 2)];
+    want.sort_by_key(|(c, _)| c.key());
+    assert_eq!(cursors, want, "{backend}");
+    let rest: Vec<_> = store
+        .undelivered(bob, 100)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(rest, [3], "{backend}");
+
+    // gap fills and history
+    let between: Vec<_> = store
+        .between(direct, 1, 4, bob)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(
+        between,
+        [2, 3],
+        "{backend}: exclusive bounds, not the reader's own"
+    );
+    let history: Vec<_> = store
+        .history(direct, None, 3)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(history, [4, 3, 2], "{backend}: newest first");
+    let older: Vec<_> = store
+        .history(direct, Some(2), 10)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(older, [1], "{backend}");
+
+    // a session start reads what the separate calls read
+    let start = store.session_start(bob, 100).await.expect("read");
+    let mut start_cursors = start.cursors.clone();
+    start_cursors.sort_by_key(|(c, _)| c.key());
+    assert_eq!(start_cursors, want, "{backend}");
+    assert_eq!(
+        start.undelivered,
+        store.undelivered(bob, 100).await.expect("read")
+    );
+    assert_eq!(
+        ids(start.friends),
+        ids(store.friends(bob).await.expect("read"))
+    );
+    assert_eq!(start.groups.len(), 1);
+    assert_eq!(start.groups[0].members.len(), 2);
+
+    // leaving: membership and its cursor go
+    assert!(store.leave_group(bob, g).await.expect("leave"));
+    assert!(!store.leave_group(bob, g).await.expect("leave"));
+    assert!(store.user_groups(bob).await.expect("read").is_empty());
+    assert!(
+        store
+            .cursors(bob)
+            .await
+            .expect("read")
+            .iter()
+            .all(|(c, _)| *c != gconv),
+        "{backend}"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("contract.db").display());
+    let store = chat::store::sqlite::SqliteStore::open(&url)
+        .await
+        .expect("sqlite");
+    contract(Arc::new(store), "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_keeps_the_store_contract() {
+    let mut keep = None;
+    let url = common::services::create_database(&common::services::mysql_server(&mut keep)).await;
+    let store = chat::store::mysql::MySqlStore::open(&url, &Default::default())
+        .await
+        .expect("mysql");
+    contract(Arc::new(store), "mysql").await;
+}
