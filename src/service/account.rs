@@ -6,9 +6,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::delivery::Cursors;
+use super::session::{chronological, mark_delivered};
 use super::{LoggedIn, Service, Session, invalid};
 use crate::hub::SessionHandle;
-use crate::model::{ChatMessage, MAX_PASSWORD_BYTES, Password, UserId, UserName};
+use crate::model::{MAX_PASSWORD_BYTES, Password, UserId, UserName};
 use crate::protocol::{ErrCode, Fail, Reply, render_push};
 use crate::store::StoreError;
 
@@ -248,64 +249,5 @@ impl Service {
         }
         self.end_session(s).await;
         Ok(Reply::ok(ack))
-    }
-}
-
-pub(super) fn mark_delivered(me: &mut LoggedIn, page: &[ChatMessage]) {
-    for m in page {
-        me.cursors.delivered(m.conv, m.seq);
-    }
-}
-
-/// A page comes ordered by conversation (so that cursors stay correct); users
-/// read it in time order. Sorting on each conversation's running maximum of
-/// the timestamp interleaves conversations by time but can never put a
-/// conversation's messages out of sequence, even if the clock stepped back.
-pub(super) fn chronological(page: Vec<ChatMessage>) -> Vec<ChatMessage> {
-    let mut running: HashMap<crate::model::Conversation, i64> = HashMap::new();
-    let mut keyed: Vec<(i64, ChatMessage)> = page
-        .into_iter()
-        .map(|m| {
-            let t = running.entry(m.conv).or_insert(i64::MIN);
-            *t = (*t).max(m.ts_ms);
-            (*t, m)
-        })
-        .collect();
-    keyed.sort_by_key(|(t, m)| (*t, m.conv, m.seq));
-    keyed.into_iter().map(|(_, m)| m).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Conversation;
-
-    fn msg(conv: Conversation, seq: i64, ts_ms: i64) -> ChatMessage {
-        ChatMessage {
-            conv,
-            seq,
-            sender: 9,
-            sender_name: "x".into(),
-            body: String::new(),
-            ts_ms,
-        }
-    }
-
-    #[test]
-    fn offline_pages_interleave_by_time_but_keep_each_conversation_in_order() {
-        let (a, b) = (Conversation::Group(1), Conversation::Group(2));
-        // conversation a's clock stepped back between seq 1 and 2
-        let page = vec![
-            msg(a, 1, 50),
-            msg(a, 2, 10),
-            msg(a, 3, 60),
-            msg(b, 1, 20),
-            msg(b, 2, 55),
-        ];
-        let order: Vec<_> = chronological(page)
-            .iter()
-            .map(|m| (m.conv, m.seq))
-            .collect();
-        assert_eq!(order, vec![(b, 1), (a, 1), (a, 2), (b, 2), (a, 3)]);
     }
 }

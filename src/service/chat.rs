@@ -1,4 +1,4 @@
-//! ONE_CHAT_MSG, GROUP_CHAT_MSG and HISTORY_MSG, and the delivery of pushes.
+//! ONE_CHAT_MSG, GROUP_CHAT_MSG, HISTORY_MSG and ACK_MSG.
 //!
 //! A message is stored (and numbered) first, then handed to the hub for its
 //! receivers; the reply to the sender carries the number. Offline receivers
@@ -6,16 +6,11 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde_json::Value;
 
-use super::account::{chronological, mark_delivered};
-use super::delivery::Incoming;
 use super::{Service, Session, invalid};
 use crate::metrics::{METRICS, inc};
-use crate::model::{
-    ChatMessage, Conversation, Delivery, GroupId, NewMessage, Push, Seq, UserId, check_body,
-};
+use crate::model::{Conversation, Delivery, GroupId, NewMessage, Seq, UserId, check_body};
 use crate::protocol::{ChatOut, ErrCode, Fail, HistoryTarget, Reply, classic_time, render_push};
 
 impl Service {
@@ -180,97 +175,5 @@ impl Service {
         }
         me.awaiting_ack = false;
         Ok(())
-    }
-
-    /// Turns a push for this session into the frames to write: nothing for a
-    /// duplicate, the message itself when it is next in its conversation, and
-    /// first whatever it skipped (from the store) when it is ahead.
-    pub async fn handle_push(&self, s: &mut Session, push: Push) -> Vec<Bytes> {
-        let Some(me) = s.user.as_mut() else {
-            return Vec::new();
-        };
-        let d = match push {
-            Push::Message(d) => d,
-            Push::Resync => {
-                me.backlog = true;
-                return Vec::new();
-            }
-        };
-        let m = &*d;
-        match me.cursors.classify(m.conv, m.seq) {
-            Incoming::Duplicate => Vec::new(),
-            Incoming::InOrder => {
-                me.cursors.delivered(m.conv, m.seq);
-                inc(if d.remote {
-                    &METRICS.delivered_remote
-                } else {
-                    &METRICS.delivered_local
-                });
-                METRICS
-                    .delivery_latency
-                    .observe_duration(d.arrived.elapsed());
-                vec![d.frame.clone()]
-            }
-            Incoming::Gap { after } => {
-                match self.store.between(m.conv, after, m.seq, me.id).await {
-                    Ok(missing) => {
-                        let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
-                        METRICS
-                            .delivered_from_store
-                            .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        out.push(d.frame.clone());
-                        me.cursors.delivered(m.conv, m.seq);
-                        out
-                    }
-                    Err(e) => {
-                        // Hold it back rather than skip what is missing: it stays
-                        // past the cursor, so the next gap fill or login brings it.
-                        tracing::warn!(user = me.id, error = %e, "could not fill a delivery gap");
-                        Vec::new()
-                    }
-                }
-            }
-        }
-    }
-
-    /// The next page of messages waiting in the store: stores the positions
-    /// delivered so far (everything before has been written to the client),
-    /// then sends what lies past them, one page at a time.
-    pub async fn backlog_page(&self, s: &mut Session) -> Vec<Bytes> {
-        let Some(me) = s.user.as_mut() else {
-            return Vec::new();
-        };
-        me.backlog = false;
-        let page_size = self.config.offline_page.max(1);
-        // Every position this session moved, not only the unsaved ones: a
-        // save queued earlier may still be in flight, and this write, queued
-        // behind it, returns only once both are durable, so the read below
-        // never starts from stale positions.
-        me.cursors.take_dirty();
-        let positions = me.cursors.advanced();
-        let page = async {
-            self.store.advance_cursors(me.id, positions).await?;
-            self.store.undelivered(me.id, page_size).await
-        };
-        let page = match page.await {
-            Ok(page) => page,
-            Err(e) => {
-                // Still stored: offered again at the next gap fill or login.
-                tracing::warn!(user = me.id, error = %e, "could not read undelivered messages");
-                return Vec::new();
-            }
-        };
-        me.backlog = page.len() == page_size;
-        me.awaiting_ack = me.backlog && me.cursors.acknowledged();
-        // Pushes may have delivered some of these meanwhile.
-        let fresh: Vec<ChatMessage> = page
-            .into_iter()
-            .filter(|m| me.cursors.classify(m.conv, m.seq) != Incoming::Duplicate)
-            .collect();
-        mark_delivered(me, &fresh);
-        METRICS
-            .delivered_from_store
-            .fetch_add(fresh.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        chronological(fresh).iter().map(render_push).collect()
     }
 }

@@ -5,6 +5,10 @@
 //! return the frames to write back. Identity lives in the session: once a
 //! user has logged in, every request acts as that user, and a request whose
 //! `id` names anyone else is refused.
+//!
+//! Handlers live by message type (`account`, `friends`, `groups`, `chat`);
+//! what a session delivers, and when it stores how far it got, lives in
+//! `session` (with its positions in `delivery`).
 
 mod account;
 mod admission;
@@ -12,26 +16,26 @@ mod chat;
 pub mod delivery;
 mod friends;
 mod groups;
+mod session;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, PasswordHasherPool};
 use crate::config::Config;
-use crate::hub::{GroupChange, Hub, HubError, Kick};
+use crate::hub::{GroupChange, Hub, HubError};
 use crate::metrics::{METRICS, inc};
-use crate::model::{Push, UserId};
+use crate::model::UserId;
 use crate::protocol::{self, ErrCode, Fail, Reply, Request, msgid};
 use crate::store::{SharedStore, StoreError};
-use delivery::Cursors;
 use groups::GroupCache;
+use session::LoggedIn;
+pub use session::Session;
 
 /// Shared state of all sessions of one node.
 pub struct Service {
@@ -51,113 +55,6 @@ pub struct Service {
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service").finish_non_exhaustive()
-    }
-}
-
-/// A logged-in user's side of a session.
-struct LoggedIn {
-    id: UserId,
-    name: String,
-    pushes: mpsc::Receiver<Push>,
-    /// The hash of the resume token this session was given or resumed
-    /// with; logout revokes it.
-    token_hash: Option<String>,
-    cursors: Cursors,
-    /// Tells a newer login replacing this one that this one has ended
-    /// (fires when dropped, after [`Service::end_session`] stored positions).
-    _ended: tokio_util::sync::DropGuard,
-    /// When delivery positions were last handed to the store.
-    last_flush: Instant,
-    /// More undelivered messages wait in the store than the last page held.
-    backlog: bool,
-    /// A full page went out to a client that acknowledges: the next page
-    /// waits for its acknowledgement (else the store, still at the old
-    /// positions, would offer the same page again).
-    awaiting_ack: bool,
-}
-
-/// One connection's state.
-pub struct Session {
-    id: u64,
-    user: Option<LoggedIn>,
-    /// Cancelled by the hub when this session cannot keep up.
-    kick: Kick,
-    /// The client sent a PING, so it promised heartbeats: a silence longer
-    /// than the heartbeat timeout means its network or process died.
-    heartbeats: bool,
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("id", &self.id)
-            .field("user", &self.user.as_ref().map(|u| u.id))
-            .finish()
-    }
-}
-
-impl Session {
-    /// The logged-in user, if any.
-    pub fn user_id(&self) -> Option<UserId> {
-        self.user.as_ref().map(|u| u.id)
-    }
-
-    /// Waits for the next push to this session; never resolves before login.
-    pub async fn next_push(&mut self) -> Option<Push> {
-        match self.user.as_mut() {
-            Some(u) => u.pushes.recv().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Whether the client promised heartbeats (it has sent a PING).
-    pub fn heartbeats(&self) -> bool {
-        self.heartbeats
-    }
-
-    /// Cancelled when the hub asks for this session to be dropped.
-    pub fn kick_token(&self) -> Kick {
-        self.kick.clone()
-    }
-
-    /// Drops delivered positions not yet stored: after a failed write the
-    /// client may not have them, so they are delivered again next time.
-    pub fn forget_unsaved_deliveries(&mut self) {
-        if let Some(me) = self.user.as_mut() {
-            me.cursors.forget_unsaved();
-        }
-    }
-
-    /// Whether undelivered messages wait in the store for this session
-    /// (after a full offline page, or when live delivery may have missed
-    /// some); the connection then asks for [`Service::backlog_page`].
-    pub fn has_backlog(&self) -> bool {
-        self.user
-            .as_ref()
-            .is_some_and(|u| u.backlog && !u.awaiting_ack)
-    }
-
-    /// Login and resume need a connection that is not logged in yet.
-    fn logged_out(&self) -> Result<(), Fail> {
-        match self.user {
-            None => Ok(()),
-            Some(_) => Err(Fail::new(
-                ErrCode::AlreadyLoggedIn,
-                "already logged in on this connection; log out first",
-            )),
-        }
-    }
-
-    fn me(&self) -> Result<&LoggedIn, Fail> {
-        self.user
-            .as_ref()
-            .ok_or_else(|| Fail::new(ErrCode::NotLoggedIn, "please log in first"))
-    }
-
-    fn me_mut(&mut self) -> Result<&mut LoggedIn, Fail> {
-        self.user
-            .as_mut()
-            .ok_or_else(|| Fail::new(ErrCode::NotLoggedIn, "please log in first"))
     }
 }
 
@@ -234,16 +131,6 @@ impl Service {
     /// The limits this service enforces.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// A fresh, logged-out session for a new connection.
-    pub fn open_session(&self) -> Session {
-        Session {
-            id: self.next_session.fetch_add(1, Ordering::Relaxed),
-            user: None,
-            kick: Kick::default(),
-            heartbeats: false,
-        }
     }
 
     /// Handles one frame from the client; returns the frames to send back
@@ -353,58 +240,6 @@ impl Service {
             );
             Reply::fail(ack, &fail).with("retry_ms", ms)
         })
-    }
-
-    /// When this session's delivered positions are due to be stored, if it
-    /// has any not stored yet.
-    pub fn cursor_flush_due(&self, s: &Session) -> Option<Instant> {
-        let me = s.user.as_ref()?;
-        me.cursors
-            .has_dirty()
-            .then(|| me.last_flush + self.config.cursor_flush_interval)
-    }
-
-    /// Writes delivered positions to the store in the background when they
-    /// are due (at most once per `cursor_flush_interval`, so a busy session
-    /// costs a few writes a second, not one per message).
-    pub fn flush_cursors(&self, s: &mut Session) {
-        if self
-            .cursor_flush_due(s)
-            .is_none_or(|due| due > Instant::now())
-        {
-            return;
-        }
-        let Some(me) = s.user.as_mut() else { return };
-        me.last_flush = Instant::now();
-        let user = me.id;
-        let Err(positions) = self.store.queue_cursors(user, me.cursors.take_dirty()) else {
-            return;
-        };
-        // The write queue is full: wait for room off the connection's path.
-        let store = self.store.clone();
-        self.tasks.spawn(async move {
-            if let Err(e) = store.advance_cursors(user, positions).await {
-                // Not lost: the messages are redelivered at the next login.
-                tracing::warn!(user, error = %e, "could not store delivery cursors");
-            }
-        });
-    }
-
-    /// Ends a session: stores its delivered positions, then marks it
-    /// offline (so that a login right after finds them stored).
-    pub async fn end_session(&self, s: &mut Session) {
-        if let Some(me) = s.user.take() {
-            if let Err(e) = self
-                .store
-                .advance_cursors(me.id, me.cursors.advanced())
-                .await
-            {
-                tracing::warn!(user = me.id, error = %e, "could not store delivery cursors");
-            }
-            self.hub.disconnect(me.id, s.id).await;
-            METRICS.sessions_online.fetch_sub(1, Ordering::Relaxed);
-            tracing::info!(user = me.id, session = s.id, "user offline");
-        }
     }
 
     /// Waits for background writes; call before closing the store.

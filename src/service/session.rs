@@ -1,0 +1,345 @@
+//! A session: one connection's state, and its delivery.
+//!
+//! The connection task reads frames and hands them to the service; for
+//! everything it writes besides replies it asks the session: the next push
+//! ([`Service::handle_push`]: nothing for a duplicate, the message, or the
+//! gap before it first), the next page of stored messages
+//! ([`Service::backlog_page`]), and when positions are due to be stored
+//! ([`Service::flush_cursors`]). What a session has delivered, and what of
+//! it the client has acknowledged, lives in its [`Cursors`].
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::Service;
+use super::delivery::{Cursors, Incoming};
+use crate::hub::Kick;
+use crate::metrics::{METRICS, inc};
+use crate::model::{ChatMessage, Push, UserId};
+use crate::protocol::{ErrCode, Fail, render_push};
+
+/// A logged-in user's side of a session.
+pub(super) struct LoggedIn {
+    pub(super) id: UserId,
+    pub(super) name: String,
+    pub(super) pushes: mpsc::Receiver<Push>,
+    /// The hash of the resume token this session was given or resumed
+    /// with; logout revokes it.
+    pub(super) token_hash: Option<String>,
+    pub(super) cursors: Cursors,
+    /// Tells a newer login replacing this one that this one has ended
+    /// (fires when dropped, after [`Service::end_session`] stored positions).
+    pub(super) _ended: tokio_util::sync::DropGuard,
+    /// When delivery positions were last handed to the store.
+    pub(super) last_flush: Instant,
+    /// More undelivered messages wait in the store than the last page held.
+    pub(super) backlog: bool,
+    /// A full page went out to a client that acknowledges: the next page
+    /// waits for its acknowledgement (else the store, still at the old
+    /// positions, would offer the same page again).
+    pub(super) awaiting_ack: bool,
+}
+
+/// One connection's state.
+pub struct Session {
+    pub(super) id: u64,
+    pub(super) user: Option<LoggedIn>,
+    /// Cancelled by the hub when this session cannot keep up.
+    pub(super) kick: Kick,
+    /// The client sent a PING, so it promised heartbeats: a silence longer
+    /// than the heartbeat timeout means its network or process died.
+    pub(super) heartbeats: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("user", &self.user.as_ref().map(|u| u.id))
+            .finish()
+    }
+}
+
+impl Session {
+    /// The logged-in user, if any.
+    pub fn user_id(&self) -> Option<UserId> {
+        self.user.as_ref().map(|u| u.id)
+    }
+
+    /// Waits for the next push to this session; never resolves before login.
+    pub async fn next_push(&mut self) -> Option<Push> {
+        match self.user.as_mut() {
+            Some(u) => u.pushes.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether the client promised heartbeats (it has sent a PING).
+    pub fn heartbeats(&self) -> bool {
+        self.heartbeats
+    }
+
+    /// Cancelled when the hub asks for this session to be dropped.
+    pub fn kick_token(&self) -> Kick {
+        self.kick.clone()
+    }
+
+    /// Drops delivered positions not yet stored: after a failed write the
+    /// client may not have them, so they are delivered again next time.
+    pub fn forget_unsaved_deliveries(&mut self) {
+        if let Some(me) = self.user.as_mut() {
+            me.cursors.forget_unsaved();
+        }
+    }
+
+    /// Whether undelivered messages wait in the store for this session
+    /// (after a full offline page, or when live delivery may have missed
+    /// some); the connection then asks for [`Service::backlog_page`].
+    pub fn has_backlog(&self) -> bool {
+        self.user
+            .as_ref()
+            .is_some_and(|u| u.backlog && !u.awaiting_ack)
+    }
+
+    /// Login and resume need a connection that is not logged in yet.
+    pub(super) fn logged_out(&self) -> Result<(), Fail> {
+        match self.user {
+            None => Ok(()),
+            Some(_) => Err(Fail::new(
+                ErrCode::AlreadyLoggedIn,
+                "already logged in on this connection; log out first",
+            )),
+        }
+    }
+
+    pub(super) fn me(&self) -> Result<&LoggedIn, Fail> {
+        self.user
+            .as_ref()
+            .ok_or_else(|| Fail::new(ErrCode::NotLoggedIn, "please log in first"))
+    }
+
+    pub(super) fn me_mut(&mut self) -> Result<&mut LoggedIn, Fail> {
+        self.user
+            .as_mut()
+            .ok_or_else(|| Fail::new(ErrCode::NotLoggedIn, "please log in first"))
+    }
+}
+
+impl Service {
+    /// A fresh, logged-out session for a new connection.
+    pub fn open_session(&self) -> Session {
+        Session {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            user: None,
+            kick: Kick::default(),
+            heartbeats: false,
+        }
+    }
+
+    /// When this session's delivered positions are due to be stored, if it
+    /// has any not stored yet.
+    pub fn cursor_flush_due(&self, s: &Session) -> Option<Instant> {
+        let me = s.user.as_ref()?;
+        me.cursors
+            .has_dirty()
+            .then(|| me.last_flush + self.config.cursor_flush_interval)
+    }
+
+    /// Writes delivered positions to the store in the background when they
+    /// are due (at most once per `cursor_flush_interval`, so a busy session
+    /// costs a few writes a second, not one per message).
+    pub fn flush_cursors(&self, s: &mut Session) {
+        if self
+            .cursor_flush_due(s)
+            .is_none_or(|due| due > Instant::now())
+        {
+            return;
+        }
+        let Some(me) = s.user.as_mut() else { return };
+        me.last_flush = Instant::now();
+        let user = me.id;
+        let Err(positions) = self.store.queue_cursors(user, me.cursors.take_dirty()) else {
+            return;
+        };
+        // The write queue is full: wait for room off the connection's path.
+        let store = self.store.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = store.advance_cursors(user, positions).await {
+                // Not lost: the messages are redelivered at the next login.
+                tracing::warn!(user, error = %e, "could not store delivery cursors");
+            }
+        });
+    }
+
+    /// Ends a session: stores its delivered positions, then marks it
+    /// offline (so that a login right after finds them stored).
+    pub async fn end_session(&self, s: &mut Session) {
+        if let Some(me) = s.user.take() {
+            if let Err(e) = self
+                .store
+                .advance_cursors(me.id, me.cursors.advanced())
+                .await
+            {
+                tracing::warn!(user = me.id, error = %e, "could not store delivery cursors");
+            }
+            self.hub.disconnect(me.id, s.id).await;
+            METRICS.sessions_online.fetch_sub(1, Ordering::Relaxed);
+            tracing::info!(user = me.id, session = s.id, "user offline");
+        }
+    }
+
+    /// Turns a push for this session into the frames to write: nothing for a
+    /// duplicate, the message itself when it is next in its conversation, and
+    /// first whatever it skipped (from the store) when it is ahead.
+    pub async fn handle_push(&self, s: &mut Session, push: Push) -> Vec<Bytes> {
+        let Some(me) = s.user.as_mut() else {
+            return Vec::new();
+        };
+        let d = match push {
+            Push::Message(d) => d,
+            Push::Resync => {
+                me.backlog = true;
+                return Vec::new();
+            }
+        };
+        let m = &*d;
+        match me.cursors.classify(m.conv, m.seq) {
+            Incoming::Duplicate => Vec::new(),
+            Incoming::InOrder => {
+                me.cursors.delivered(m.conv, m.seq);
+                inc(if d.remote {
+                    &METRICS.delivered_remote
+                } else {
+                    &METRICS.delivered_local
+                });
+                METRICS
+                    .delivery_latency
+                    .observe_duration(d.arrived.elapsed());
+                vec![d.frame.clone()]
+            }
+            Incoming::Gap { after } => {
+                match self.store.between(m.conv, after, m.seq, me.id).await {
+                    Ok(missing) => {
+                        let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
+                        METRICS
+                            .delivered_from_store
+                            .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        out.push(d.frame.clone());
+                        me.cursors.delivered(m.conv, m.seq);
+                        out
+                    }
+                    Err(e) => {
+                        // Hold it back rather than skip what is missing: it stays
+                        // past the cursor, so the next gap fill or login brings it.
+                        tracing::warn!(user = me.id, error = %e, "could not fill a delivery gap");
+                        Vec::new()
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next page of messages waiting in the store: stores the positions
+    /// delivered so far (everything before has been written to the client),
+    /// then sends what lies past them, one page at a time.
+    pub async fn backlog_page(&self, s: &mut Session) -> Vec<Bytes> {
+        let Some(me) = s.user.as_mut() else {
+            return Vec::new();
+        };
+        me.backlog = false;
+        let page_size = self.config.offline_page.max(1);
+        // Every position this session moved, not only the unsaved ones: a
+        // save queued earlier may still be in flight, and this write, queued
+        // behind it, returns only once both are durable, so the read below
+        // never starts from stale positions.
+        me.cursors.take_dirty();
+        let positions = me.cursors.advanced();
+        let page = async {
+            self.store.advance_cursors(me.id, positions).await?;
+            self.store.undelivered(me.id, page_size).await
+        };
+        let page = match page.await {
+            Ok(page) => page,
+            Err(e) => {
+                // Still stored: offered again at the next gap fill or login.
+                tracing::warn!(user = me.id, error = %e, "could not read undelivered messages");
+                return Vec::new();
+            }
+        };
+        me.backlog = page.len() == page_size;
+        me.awaiting_ack = me.backlog && me.cursors.acknowledged();
+        // Pushes may have delivered some of these meanwhile.
+        let fresh: Vec<ChatMessage> = page
+            .into_iter()
+            .filter(|m| me.cursors.classify(m.conv, m.seq) != Incoming::Duplicate)
+            .collect();
+        mark_delivered(me, &fresh);
+        METRICS
+            .delivered_from_store
+            .fetch_add(fresh.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        chronological(fresh).iter().map(render_push).collect()
+    }
+}
+
+pub(super) fn mark_delivered(me: &mut LoggedIn, page: &[ChatMessage]) {
+    for m in page {
+        me.cursors.delivered(m.conv, m.seq);
+    }
+}
+
+/// A page comes ordered by conversation (so that cursors stay correct); users
+/// read it in time order. Sorting on each conversation's running maximum of
+/// the timestamp interleaves conversations by time but can never put a
+/// conversation's messages out of sequence, even if the clock stepped back.
+pub(super) fn chronological(page: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    let mut running: HashMap<crate::model::Conversation, i64> = HashMap::new();
+    let mut keyed: Vec<(i64, ChatMessage)> = page
+        .into_iter()
+        .map(|m| {
+            let t = running.entry(m.conv).or_insert(i64::MIN);
+            *t = (*t).max(m.ts_ms);
+            (*t, m)
+        })
+        .collect();
+    keyed.sort_by_key(|(t, m)| (*t, m.conv, m.seq));
+    keyed.into_iter().map(|(_, m)| m).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Conversation;
+
+    fn msg(conv: Conversation, seq: i64, ts_ms: i64) -> ChatMessage {
+        ChatMessage {
+            conv,
+            seq,
+            sender: 9,
+            sender_name: "x".into(),
+            body: String::new(),
+            ts_ms,
+        }
+    }
+
+    #[test]
+    fn offline_pages_interleave_by_time_but_keep_each_conversation_in_order() {
+        let (a, b) = (Conversation::Group(1), Conversation::Group(2));
+        // conversation a's clock stepped back between seq 1 and 2
+        let page = vec![
+            msg(a, 1, 50),
+            msg(a, 2, 10),
+            msg(a, 3, 60),
+            msg(b, 1, 20),
+            msg(b, 2, 55),
+        ];
+        let order: Vec<_> = chronological(page)
+            .iter()
+            .map(|m| (m.conv, m.seq))
+            .collect();
+        assert_eq!(order, vec![(b, 1), (a, 1), (a, 2), (b, 2), (a, 3)]);
+    }
+}
