@@ -95,16 +95,7 @@ impl Readers {
             let limit = i64::try_from(page).unwrap_or(i64::MAX);
             let undelivered: Vec<MsgRow> = c
                 .prepare_cached(sql::UNDELIVERED)?
-                .query_map(rusqlite::params![user, user, limit], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })?
+                .query_map(rusqlite::params![user, user, limit], msg_row)?
                 .collect::<rusqlite::Result<_>>()?;
             let friends: Vec<UserSummary> = c
                 .prepare_cached(sql::FRIENDS)?
@@ -241,6 +232,18 @@ struct Writer {
     last_seq: HashMap<Conversation, Seq>,
 }
 
+/// A message row ([`MsgRow`]) as rusqlite reads it.
+fn msg_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MsgRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
 fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -284,16 +287,7 @@ impl Writer {
                         use rusqlite::OptionalExtension;
                         let original: Option<MsgRow> = tx
                             .prepare_cached(sql::SENT_ID)?
-                            .query_row(rusqlite::params![msg.sender, cid], |r| {
-                                Ok((
-                                    r.get(0)?,
-                                    r.get(1)?,
-                                    r.get(2)?,
-                                    r.get(3)?,
-                                    r.get(4)?,
-                                    r.get(5)?,
-                                ))
-                            })
+                            .query_row(rusqlite::params![msg.sender, cid], msg_row)
                             .optional()?;
                         if let Some(row) = original {
                             outcomes.push(Some(sql::message_of(row).ok_or_else(|| {
