@@ -29,6 +29,7 @@ use crate::client::Client;
 use crate::model::UserId;
 use crate::protocol::codec::FrameCodec;
 use crate::protocol::msgid;
+use crate::protocol::requests::{self as wire, Call};
 
 /// Why a workload could not run.
 #[derive(Debug, thiserror::Error)]
@@ -134,11 +135,9 @@ pub async fn login_raw(
     id: UserId,
     password: &str,
 ) -> Result<(Reader, OwnedWriteHalf), BenchError> {
-    let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
     request_raw(
         connect_from(addr, None).await?,
-        &login.to_string(),
-        msgid::LOGIN_ACK,
+        &login_request(id, password),
     )
     .await
 }
@@ -178,15 +177,36 @@ pub async fn connect_from(
 /// Sends one request frame and reads until the reply `want` arrives.
 /// A refusal notice (msgid 100, e.g. errno 51 at the connection cap) or an
 /// error reply is an error.
-pub async fn request_raw(
+pub async fn request_raw<C: Call>(
     stream: TcpStream,
-    request: &str,
-    want: i64,
+    request: &C,
 ) -> Result<(Reader, OwnedWriteHalf), BenchError> {
     let (r, mut w) = stream.into_split();
     let mut reader = FramedRead::new(r, FrameCodec::new(64 << 20));
-    exchange(&mut reader, &mut w, request, want).await?;
+    exchange(&mut reader, &mut w, request).await?;
     Ok((reader, w))
+}
+
+/// A ONE_CHAT frame with its terminator, ready to write.
+fn chat_frame(toid: UserId, msg: String) -> Vec<u8> {
+    let mut frame = wire::frame(
+        &wire::OneChat {
+            toid,
+            msg,
+            cmid: None,
+        },
+        None,
+    );
+    frame.push(0);
+    frame
+}
+
+fn login_request(id: UserId, password: &str) -> wire::Login {
+    wire::Login {
+        id,
+        password: password.to_owned(),
+        acks: false,
+    }
 }
 
 /// One-to-one chat between pairs. Closed loop: each sender sends, waits
@@ -323,7 +343,7 @@ impl PairsRun {
         let mut readers = tokio::task::JoinSet::new();
         // Open loop: pairs start spread over one interval, not in a burst.
         let base = Instant::now();
-        for (p, (from, to, (mut acks, mut out), (mut inbox, inbox_writer))) in
+        for (p, (_from, to, (mut acks, mut out), (mut inbox, inbox_writer))) in
             conns.into_iter().enumerate()
         {
             let shared2 = shared.clone();
@@ -395,11 +415,8 @@ impl PairsRun {
                             Instant::now()
                         };
                         since_w[slot(k)].store(nanos(counts_from), Ordering::Relaxed);
-                        let frame = format!(
-                            "{{\"msgid\":{},\"id\":{from},\"toid\":{to},\"msg\":\"{k} {filler}\"}}\0",
-                            msgid::ONE_CHAT
-                        );
-                        out.write_all(frame.as_bytes())
+                        let frame = chat_frame(to, format!("{k} {filler}"));
+                        out.write_all(&frame)
                             .await
                             .map_err(|e| BenchError::Io("send", e))?;
                         shared.sent.fetch_add(1, Ordering::Relaxed);
@@ -416,12 +433,9 @@ impl PairsRun {
                 while !shared.stop.load(Ordering::Relaxed) {
                     k += 1;
                     let token = format!("{k} {filler}");
-                    let frame = format!(
-                        "{{\"msgid\":{},\"id\":{from},\"toid\":{to},\"msg\":\"{token}\"}}\0",
-                        msgid::ONE_CHAT
-                    );
+                    let frame = chat_frame(to, token.clone());
                     let t0 = Instant::now();
-                    out.write_all(frame.as_bytes())
+                    out.write_all(&frame)
                         .await
                         .map_err(|e| BenchError::Io("send", e))?;
                     shared.sent.fetch_add(1, Ordering::Relaxed);
@@ -635,11 +649,9 @@ pub async fn logins(
         let (addr, password) = (opts.addr.clone(), opts.password.clone());
         let source = source_ip(opts.first_source + i);
         async move {
-            let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
             request_raw(
                 connect_from(&addr, source).await?,
-                &login.to_string(),
-                msgid::LOGIN_ACK,
+                &login_request(id, &password),
             )
             .await
         }
@@ -707,13 +719,11 @@ pub async fn resumes(
     let started = Instant::now();
     let tokens: Vec<Result<String, BenchError>> =
         futures_util::stream::iter(users.iter().map(|&id| async move {
-            let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
             let (r, mut w) = connect_from(addr, None).await?.into_split();
             let mut reader = FramedRead::new(r, FrameCodec::new(64 << 20));
-            let reply = exchange(&mut reader, &mut w, login, msgid::LOGIN_ACK).await?;
-            serde_json::from_slice::<serde_json::Value>(&reply)
-                .ok()
-                .and_then(|v| v.get("token")?.as_str().map(str::to_owned))
+            let reply = exchange(&mut reader, &mut w, &login_request(id, password)).await?;
+            reply
+                .token
                 .ok_or_else(|| BenchError::Protocol("login reply without a token".into()))
         }))
         .buffer_unordered(concurrency.max(1))
@@ -754,13 +764,11 @@ async fn resume_all(
 ) -> (usize, usize, Option<String>, f64) {
     let started = Instant::now();
     let mut pending = futures_util::stream::iter(tokens.iter().map(|token| async move {
-        let resume = serde_json::json!({"msgid": msgid::RESUME, "token": token});
-        request_raw(
-            connect_from(addr, None).await?,
-            &resume.to_string(),
-            msgid::ack_for(msgid::RESUME),
-        )
-        .await
+        let resume = wire::Resume {
+            token: token.clone(),
+            acks: false,
+        };
+        request_raw(connect_from(addr, None).await?, &resume).await
     }))
     .buffer_unordered(concurrency.max(1));
     let (mut held, mut failed, mut first_failure) = (Vec::new(), 0, None);
@@ -781,16 +789,18 @@ async fn resume_all(
     )
 }
 
-/// Sends `request` on a logged-in connection and reads until reply `want`
-/// (pushes in between are skipped); returns the reply frame.
-pub async fn exchange(
+/// Sends `request` and reads until its reply (pushes in between are
+/// skipped); returns the reply, typed.
+pub async fn exchange<C: Call>(
     reader: &mut Reader,
     writer: &mut OwnedWriteHalf,
-    request: impl std::fmt::Display,
-    want: i64,
-) -> Result<Bytes, BenchError> {
+    request: &C,
+) -> Result<C::Reply, BenchError> {
+    let want = msgid::ack_for(C::MSGID);
+    let mut frame = wire::frame(request, None);
+    frame.push(0);
     writer
-        .write_all(format!("{request}\0").as_bytes())
+        .write_all(&frame)
         .await
         .map_err(|e| BenchError::Io("send", e))?;
     loop {
@@ -807,7 +817,8 @@ pub async fn exchange(
                     frame: String::from_utf8_lossy(&frame).into_owned(),
                 });
             }
-            return Ok(frame);
+            return serde_json::from_slice(&frame)
+                .map_err(|e| BenchError::Protocol(format!("reply {want}: {e}")));
         }
     }
 }
@@ -846,37 +857,23 @@ pub async fn fanout(opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
         .ok_or_else(|| BenchError::Protocol("fan-out needs users".into()))?;
     let (mut sr, mut sw) = login_raw(&opts.addr, *sender, &opts.password).await?;
     let name = format!("fanout-{}-{}", std::process::id(), crate::store::now_ms());
-    let created = exchange(
-        &mut sr,
-        &mut sw,
-        &serde_json::json!({"msgid": msgid::CREATE_GROUP, "groupname": name, "groupdesc": "bench"}),
-        msgid::ack_for(msgid::CREATE_GROUP),
-    )
-    .await?;
-    let group = serde_json::from_slice::<serde_json::Value>(&created)
-        .ok()
-        .and_then(|v| v.get("groupid").and_then(serde_json::Value::as_i64))
-        .ok_or_else(|| BenchError::Protocol("create group reply lacks groupid".into()))?;
+    let create = wire::CreateGroup {
+        groupname: name,
+        groupdesc: Some("bench".into()),
+    };
+    let group = exchange(&mut sr, &mut sw, &create).await?.groupid;
     let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let mut tasks = tokio::task::JoinSet::new();
     let joins = futures_util::stream::iter(members.iter().enumerate().map(|(i, &id)| {
         let (addr, password) = (opts.addr.clone(), opts.password.clone());
         async move {
-            let login = serde_json::json!({"msgid": msgid::LOGIN, "id": id, "password": password});
             let source = source_ip(i);
             let (mut r, mut w) = request_raw(
                 connect_from(&addr, source).await?,
-                &login.to_string(),
-                msgid::LOGIN_ACK,
+                &login_request(id, &password),
             )
             .await?;
-            exchange(
-                &mut r,
-                &mut w,
-                &serde_json::json!({"msgid": msgid::ADD_GROUP, "groupid": group}),
-                msgid::ack_for(msgid::ADD_GROUP),
-            )
-            .await?;
+            exchange(&mut r, &mut w, &wire::AddGroup { groupid: group }).await?;
             Ok::<_, BenchError>((r, w))
         }
     }))
@@ -902,9 +899,17 @@ pub async fn fanout(opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
     let cpu0 = opts.server_pid.and_then(process_cpu);
     let (mut all, mut half) = (Vec::new(), Vec::new());
     for k in 1..=opts.messages as u64 {
-        let frame = serde_json::json!({"msgid": msgid::GROUP_CHAT, "id": sender, "groupid": group, "msg": k.to_string()});
+        let mut frame = wire::frame(
+            &wire::GroupChat {
+                groupid: group,
+                msg: k.to_string(),
+                cmid: None,
+            },
+            None,
+        );
+        frame.push(0);
         let t0 = Instant::now();
-        sw.write_all(format!("{frame}\0").as_bytes())
+        sw.write_all(&frame)
             .await
             .map_err(|e| BenchError::Io("send", e))?;
         let mut got = 0;

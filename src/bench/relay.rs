@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
 use crate::protocol::codec::FrameCodec;
-use crate::protocol::msgid;
+use crate::protocol::{Reply, msgid, replies};
 
 #[derive(Default)]
 struct Relay {
@@ -62,7 +62,8 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                 let reply = match f.msgid {
                     msgid::REG => {
                         let id = relay.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-                        Some(serde_json::json!({"msgid": msgid::REG_ACK, "errno": 0, "id": id, "reqid": f.reqid}))
+                        let name = "relay".to_owned();
+                        Some(Reply::ok_with(msgid::REG_ACK, &replies::Registered { id, name }))
                     }
                     msgid::LOGIN => {
                         let id = f.id.unwrap_or(0);
@@ -70,7 +71,16 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                             online.insert(id, tx.clone());
                         }
                         me = Some(id);
-                        Some(serde_json::json!({"msgid": msgid::LOGIN_ACK, "errno": 0, "id": id, "name": "relay", "reqid": f.reqid}))
+                        let reply = replies::LoggedIn {
+                            id,
+                            name: "relay".into(),
+                            offlinemsg: Vec::new(),
+                            friends: Vec::new(),
+                            groups: Vec::new(),
+                            token: None,
+                            acks: false,
+                        };
+                        Some(Reply::ok_with(msgid::LOGIN_ACK, &reply))
                     }
                     msgid::ONE_CHAT => {
                         let to = f.toid.unwrap_or(0);
@@ -83,7 +93,7 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                     _ => None,
                 };
                 if let Some(reply) = reply
-                    && conn.send(Bytes::from(reply.to_string())).await.is_err()
+                    && conn.send(reply.reqid(f.reqid.as_ref()).to_bytes()).await.is_err()
                 {
                     break;
                 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +24,10 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::model::{GroupId, Seq, UserId};
 use crate::protocol::codec::FrameCodec;
-use crate::protocol::msgid;
+use crate::protocol::requests::{self as wire, Call};
+use crate::protocol::{ChatFrame, HistoryTarget, msgid, replies};
+
+pub use crate::protocol::replies::Sent;
 
 /// Largest frame the client accepts: a login reply can carry a page of
 /// offline messages, far more than a request.
@@ -79,6 +82,13 @@ impl Reply {
             .and_then(Value::as_i64)
             .ok_or_else(|| ClientError::Protocol(format!("reply lacks integer `{key}`")))
     }
+    /// Reads a success as `T` (a refusal is an error).
+    pub fn parse<T: serde::de::DeserializeOwned>(self) -> Result<T, ClientError> {
+        let ok = self.ok()?;
+        serde_json::from_value(Value::Object(ok.0))
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// Turns a refusal into an error.
     pub fn ok(self) -> Result<Reply, ClientError> {
         if self.errno() == 0 {
@@ -114,20 +124,8 @@ impl Message {
         if kind != msgid::ONE_CHAT && kind != msgid::GROUP_CHAT {
             return None;
         }
-        Some(Message {
-            from: v.get("id")?.as_i64()?,
-            name: v.get("name")?.as_str()?.to_owned(),
-            group: v.get("groupid").and_then(Value::as_i64),
-            to: v.get("toid").and_then(Value::as_i64),
-            msg: v.get("msg")?.as_str()?.to_owned(),
-            time: v
-                .get("time")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-            seq: v.get("seq").and_then(Value::as_i64).unwrap_or(0),
-            ts: v.get("ts").and_then(Value::as_i64).unwrap_or(0),
-        })
+        use serde::Deserialize;
+        ChatFrame::deserialize(v).ok().map(Message::from)
     }
 
     /// The conversation this message belongs to, seen by user `me`: the
@@ -152,6 +150,21 @@ impl Message {
                 "{} [{}]{} said: {}",
                 self.time, self.from, self.name, self.msg
             ),
+        }
+    }
+}
+
+impl From<ChatFrame<'_>> for Message {
+    fn from(f: ChatFrame<'_>) -> Self {
+        Message {
+            from: f.id,
+            name: f.name.into_owned(),
+            group: f.groupid,
+            to: f.toid,
+            msg: f.msg.into_owned(),
+            time: f.time.into_owned(),
+            seq: f.seq,
+            ts: f.ts,
         }
     }
 }
@@ -198,13 +211,6 @@ pub struct LoginInfo {
     pub acks: bool,
 }
 
-/// The reply to a chat message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
-    pub seq: Seq,
-    pub ts: i64,
-}
-
 /// Requests waiting for their replies, and whether the connection has
 /// closed (a request made after that must fail at once: nobody is left to
 /// answer or drop its waiter).
@@ -229,27 +235,38 @@ pub struct Client {
     next_reqid: AtomicU64,
 }
 
-fn contact(v: &Value) -> Option<Contact> {
-    Some(Contact {
-        id: v.get("id")?.as_i64()?,
-        name: v.get("name")?.as_str()?.to_owned(),
-        online: v.get("state")?.as_str()? == "online",
-        role: v.get("role").and_then(Value::as_str).map(str::to_owned),
-    })
+impl From<replies::Contact> for Contact {
+    fn from(c: replies::Contact) -> Self {
+        Contact {
+            id: c.id,
+            name: c.name,
+            online: c.state == replies::State::Online,
+            role: c.role,
+        }
+    }
 }
 
-/// Items of a classic list: each element a JSON text holding an object.
-fn double_encoded(v: Option<&Value>) -> Vec<Value> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| match s {
-                    Value::String(s) => serde_json::from_str(s).ok(),
-                    other => Some(other.clone()),
+impl From<replies::LoggedIn<'_>> for LoginInfo {
+    fn from(r: replies::LoggedIn<'_>) -> Self {
+        LoginInfo {
+            id: r.id,
+            name: r.name,
+            friends: r.friends.into_iter().map(Contact::from).collect(),
+            groups: r
+                .groups
+                .into_iter()
+                .map(|g| Group {
+                    id: g.id,
+                    name: g.groupname,
+                    desc: g.groupdesc,
+                    members: g.users.into_iter().map(Contact::from).collect(),
                 })
-                .collect()
-        })
-        .unwrap_or_default()
+                .collect(),
+            offline: r.offlinemsg.into_iter().map(Message::from).collect(),
+            token: r.token,
+            acks: r.acks,
+        }
+    }
 }
 
 impl Client {
@@ -305,11 +322,26 @@ impl Client {
     }
 
     /// Sends a request object (a `reqid` is added) and waits for its reply.
+    /// For requests this library does not type (tests of bad input).
     pub async fn request(&mut self, mut req: Value) -> Result<Reply, ClientError> {
         let reqid = self.next_reqid.fetch_add(1, Ordering::Relaxed);
         if let Value::Object(o) = &mut req {
             o.insert("reqid".into(), reqid.into());
         }
+        let bytes = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.exchange(reqid, bytes).await
+    }
+
+    /// Sends a typed request and reads its typed reply.
+    pub async fn call<C: Call>(&mut self, req: &C) -> Result<C::Reply, ClientError> {
+        let reqid = self.next_reqid.fetch_add(1, Ordering::Relaxed);
+        self.exchange(reqid, wire::frame(req, Some(reqid)))
+            .await?
+            .parse()
+    }
+
+    /// Writes a frame carrying `reqid` and waits for the reply echoing it.
+    async fn exchange(&mut self, reqid: u64, frame: Vec<u8>) -> Result<Reply, ClientError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut waiters = lock(&self.pending);
@@ -318,15 +350,9 @@ impl Client {
             }
             waiters.by_reqid.insert(reqid, tx);
         }
-        let bytes = Bytes::from(
-            serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?,
-        );
-        if let Err(e) = self.writer.send(bytes).await {
+        if let Err(e) = self.writer.send(Bytes::from(frame)).await {
             lock(&self.pending).by_reqid.remove(&reqid);
-            return Err(match e {
-                crate::protocol::codec::FrameError::Io(e) => ClientError::Io(e),
-                other => ClientError::Protocol(other.to_string()),
-            });
+            return Err(frame_error(e));
         }
         rx.await.map_err(|_| ClientError::Closed)
     }
@@ -340,9 +366,8 @@ impl Client {
         timeout: std::time::Duration,
     ) -> Result<std::time::Duration, ClientError> {
         let start = std::time::Instant::now();
-        let req = serde_json::json!({"msgid": msgid::PING});
-        match tokio::time::timeout(timeout, self.request(req)).await {
-            Ok(reply) => reply?.ok().map(|_| start.elapsed()),
+        match tokio::time::timeout(timeout, self.call(&wire::Ping {})).await {
+            Ok(pong) => pong.map(|_| start.elapsed()),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
     }
@@ -376,18 +401,15 @@ impl Client {
     }
 
     pub async fn register(&mut self, name: &str, password: &str) -> Result<UserId, ClientError> {
-        self.request(json!({"msgid": msgid::REG, "name": name, "password": password}))
-            .await?
-            .ok()?
-            .i64("id")
+        let req = wire::Register {
+            name: name.to_owned(),
+            password: password.to_owned(),
+        };
+        Ok(self.call(&req).await?.id)
     }
 
     pub async fn login(&mut self, id: UserId, password: &str) -> Result<LoginInfo, ClientError> {
-        let r = self
-            .request(json!({"msgid": msgid::LOGIN, "id": id, "password": password}))
-            .await?
-            .ok()?;
-        login_info(r)
+        self.login_as(id, password, false).await
     }
 
     /// Logs in as a client that acknowledges what it receives: the server
@@ -398,131 +420,88 @@ impl Client {
         id: UserId,
         password: &str,
     ) -> Result<LoginInfo, ClientError> {
-        let r = self
-            .request(json!({"msgid": msgid::LOGIN, "id": id, "password": password, "acks": true}))
-            .await?
-            .ok()?;
-        login_info(r)
+        self.login_as(id, password, true).await
+    }
+
+    async fn login_as(
+        &mut self,
+        id: UserId,
+        password: &str,
+        acks: bool,
+    ) -> Result<LoginInfo, ClientError> {
+        let req = wire::Login {
+            id,
+            password: password.to_owned(),
+            acks,
+        };
+        Ok(self.call(&req).await?.into())
     }
 
     /// [`resume`](Self::resume) as a client that acknowledges.
     pub async fn resume_acking(&mut self, token: &str) -> Result<LoginInfo, ClientError> {
-        let r = self
-            .request(json!({"msgid": msgid::RESUME, "token": token, "acks": true}))
-            .await?
-            .ok()?;
-        login_info(r)
+        self.resume_as(token, true).await
     }
 
     /// Acknowledges everything up to each position (cumulative per
     /// conversation). Not answered unless refused; a refusal arrives as a
     /// push (msgid 118).
-    pub async fn ack(
-        &mut self,
-        positions: &[(crate::protocol::HistoryTarget, Seq)],
-    ) -> Result<(), ClientError> {
-        use crate::protocol::HistoryTarget;
-        let acks: Vec<Value> = positions
+    pub async fn ack(&mut self, positions: &[(HistoryTarget, Seq)]) -> Result<(), ClientError> {
+        let acks = positions
             .iter()
-            .map(|(target, seq)| match target {
-                HistoryTarget::User(u) => json!({"toid": u, "seq": seq}),
-                HistoryTarget::Group(g) => json!({"groupid": g, "seq": seq}),
+            .map(|&(target, seq)| {
+                let (toid, groupid) = target_ids(target);
+                wire::AckEntry { toid, groupid, seq }
             })
             .collect();
-        let frame = serde_json::to_vec(&json!({"msgid": msgid::ACK, "acks": acks}))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = wire::frame(&wire::Ack { acks }, None);
         self.writer
             .send(Bytes::from(frame))
             .await
-            .map_err(|e| match e {
-                crate::protocol::codec::FrameError::Io(e) => ClientError::Io(e),
-                other => ClientError::Protocol(other.to_string()),
-            })
+            .map_err(frame_error)
     }
 
     /// Logs in with the token of an earlier login (after a broken
     /// connection, say), without the password. The reply is a login's,
     /// offline messages included; the token stays the same.
     pub async fn resume(&mut self, token: &str) -> Result<LoginInfo, ClientError> {
-        let r = self
-            .request(json!({"msgid": msgid::RESUME, "token": token}))
-            .await?
-            .ok()?;
-        login_info(r)
+        self.resume_as(token, false).await
+    }
+
+    async fn resume_as(&mut self, token: &str, acks: bool) -> Result<LoginInfo, ClientError> {
+        let req = wire::Resume {
+            token: token.to_owned(),
+            acks,
+        };
+        Ok(self.call(&req).await?.into())
     }
 }
 
-/// A LOGIN or RESUME reply, read.
-fn login_info(r: Reply) -> Result<LoginInfo, ClientError> {
-    let friends = double_encoded(r.get("friends"))
-        .iter()
-        .filter_map(contact)
-        .collect();
-    let groups = double_encoded(r.get("groups"))
-        .iter()
-        .filter_map(|g| {
-            Some(Group {
-                id: g.get("id")?.as_i64()?,
-                name: g.get("groupname")?.as_str()?.to_owned(),
-                desc: g
-                    .get("groupdesc")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-                members: double_encoded(g.get("users"))
-                    .iter()
-                    .filter_map(contact)
-                    .collect(),
-            })
-        })
-        .collect();
-    let offline = double_encoded(r.get("offlinemsg"))
-        .iter()
-        .filter_map(Message::from_json)
-        .collect();
-    Ok(LoginInfo {
-        id: r.i64("id")?,
-        name: r
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-        friends,
-        groups,
-        offline,
-        token: r.get("token").and_then(Value::as_str).map(str::to_owned),
-        acks: r.get("acks").and_then(Value::as_bool).unwrap_or(false),
-    })
+/// The wire's `toid`/`groupid` pair for a conversation.
+fn target_ids(target: HistoryTarget) -> (Option<UserId>, Option<GroupId>) {
+    match target {
+        HistoryTarget::User(u) => (Some(u), None),
+        HistoryTarget::Group(g) => (None, Some(g)),
+    }
+}
+
+fn frame_error(e: crate::protocol::codec::FrameError) -> ClientError {
+    match e {
+        crate::protocol::codec::FrameError::Io(e) => ClientError::Io(e),
+        other => ClientError::Protocol(other.to_string()),
+    }
 }
 
 impl Client {
     pub async fn logout(&mut self) -> Result<(), ClientError> {
-        self.request(json!({"msgid": msgid::LOGOUT}))
-            .await?
-            .ok()
-            .map(drop)
+        self.call(&wire::Logout {}).await.map(drop)
     }
 
     pub async fn chat(&mut self, to: UserId, msg: &str) -> Result<Sent, ClientError> {
-        let r = self
-            .request(json!({"msgid": msgid::ONE_CHAT, "toid": to, "msg": msg}))
-            .await?
-            .ok()?;
-        Ok(Sent {
-            seq: r.i64("seq")?,
-            ts: r.i64("ts")?,
-        })
+        self.send(HistoryTarget::User(to), msg, None).await
     }
 
     pub async fn group_chat(&mut self, group: GroupId, msg: &str) -> Result<Sent, ClientError> {
-        let r = self
-            .request(json!({"msgid": msgid::GROUP_CHAT, "groupid": group, "msg": msg}))
-            .await?
-            .ok()?;
-        Ok(Sent {
-            seq: r.i64("seq")?,
-            ts: r.i64("ts")?,
-        })
+        self.send(HistoryTarget::Group(group), msg, None).await
     }
 
     /// Sends with the client's own message id `cmid`: sending again with
@@ -530,95 +509,73 @@ impl Client {
     /// with the original's `seq` and `ts`.
     pub async fn send_with_id(
         &mut self,
-        to: crate::protocol::HistoryTarget,
+        to: HistoryTarget,
         msg: &str,
         cmid: &str,
     ) -> Result<Sent, ClientError> {
-        use crate::protocol::HistoryTarget;
-        let req = match to {
-            HistoryTarget::User(u) => {
-                json!({"msgid": msgid::ONE_CHAT, "toid": u, "msg": msg, "cmid": cmid})
-            }
-            HistoryTarget::Group(g) => {
-                json!({"msgid": msgid::GROUP_CHAT, "groupid": g, "msg": msg, "cmid": cmid})
-            }
-        };
-        let r = self.request(req).await?.ok()?;
-        Ok(Sent {
-            seq: r.i64("seq")?,
-            ts: r.i64("ts")?,
-        })
+        self.send(to, msg, Some(cmid)).await
     }
 
-    pub async fn add_friend(&mut self, friend: UserId) -> Result<(), ClientError> {
-        self.request(json!({"msgid": msgid::ADD_FRIEND, "friendid": friend}))
-            .await?
-            .ok()
-            .map(drop)
+    async fn send(
+        &mut self,
+        to: HistoryTarget,
+        msg: &str,
+        cmid: Option<&str>,
+    ) -> Result<Sent, ClientError> {
+        let (msg, cmid) = (msg.to_owned(), cmid.map(str::to_owned));
+        match to {
+            HistoryTarget::User(toid) => self.call(&wire::OneChat { toid, msg, cmid }).await,
+            HistoryTarget::Group(groupid) => {
+                self.call(&wire::GroupChat { groupid, msg, cmid }).await
+            }
+        }
     }
 
-    pub async fn del_friend(&mut self, friend: UserId) -> Result<(), ClientError> {
-        self.request(json!({"msgid": msgid::DEL_FRIEND, "friendid": friend}))
-            .await?
-            .ok()
-            .map(drop)
+    pub async fn add_friend(&mut self, friendid: UserId) -> Result<(), ClientError> {
+        self.call(&wire::AddFriend { friendid }).await.map(drop)
+    }
+
+    pub async fn del_friend(&mut self, friendid: UserId) -> Result<(), ClientError> {
+        self.call(&wire::DelFriend { friendid }).await.map(drop)
     }
 
     pub async fn friends(&mut self) -> Result<Vec<Contact>, ClientError> {
-        let r = self
-            .request(json!({"msgid": msgid::SHOW_FRIEND_LIST}))
-            .await?
-            .ok()?;
-        Ok(r.get("friends")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(contact).collect())
-            .unwrap_or_default())
+        let list = self.call(&wire::ShowFriendList {}).await?;
+        Ok(list.friends.into_iter().map(Contact::from).collect())
     }
 
     pub async fn create_group(&mut self, name: &str, desc: &str) -> Result<GroupId, ClientError> {
-        self.request(json!({"msgid": msgid::CREATE_GROUP, "groupname": name, "groupdesc": desc}))
-            .await?
-            .ok()?
-            .i64("groupid")
+        let req = wire::CreateGroup {
+            groupname: name.to_owned(),
+            groupdesc: Some(desc.to_owned()),
+        };
+        Ok(self.call(&req).await?.groupid)
     }
 
-    pub async fn join_group(&mut self, group: GroupId) -> Result<(), ClientError> {
-        self.request(json!({"msgid": msgid::ADD_GROUP, "groupid": group}))
-            .await?
-            .ok()
-            .map(drop)
+    pub async fn join_group(&mut self, groupid: GroupId) -> Result<(), ClientError> {
+        self.call(&wire::AddGroup { groupid }).await.map(drop)
     }
 
-    pub async fn leave_group(&mut self, group: GroupId) -> Result<(), ClientError> {
-        self.request(json!({"msgid": msgid::DEL_GROUP, "groupid": group}))
-            .await?
-            .ok()
-            .map(drop)
+    pub async fn leave_group(&mut self, groupid: GroupId) -> Result<(), ClientError> {
+        self.call(&wire::DelGroup { groupid }).await.map(drop)
     }
 
     /// Up to `limit` messages of the conversation with a user or a group
     /// before sequence number `before` (newest when `None`), newest first.
     pub async fn history(
         &mut self,
-        with: crate::protocol::HistoryTarget,
+        with: HistoryTarget,
         before: Option<Seq>,
         limit: Option<u32>,
     ) -> Result<Vec<Message>, ClientError> {
-        let mut req = json!({"msgid": msgid::HISTORY});
-        match with {
-            crate::protocol::HistoryTarget::User(u) => req["toid"] = u.into(),
-            crate::protocol::HistoryTarget::Group(g) => req["groupid"] = g.into(),
-        }
-        if let Some(b) = before {
-            req["before"] = b.into();
-        }
-        if let Some(l) = limit {
-            req["limit"] = l.into();
-        }
-        let r = self.request(req).await?.ok()?;
-        Ok(r.get("messages")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Message::from_json).collect())
-            .unwrap_or_default())
+        let (toid, groupid) = target_ids(with);
+        let req = wire::History {
+            toid,
+            groupid,
+            before,
+            limit: limit.map(u64::from),
+        };
+        let page = self.call(&req).await?;
+        Ok(page.messages.into_iter().map(Message::from).collect())
     }
 }

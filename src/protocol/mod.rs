@@ -2,17 +2,24 @@
 //!
 //! Every frame is one JSON object with an integer `msgid`. A frame is parsed
 //! once, here, into a typed [`Request`]; the service never looks at JSON.
-//! Replies are built with [`Reply`] and pushes with [`render_push`].
+//! Each request type's wire struct, msgid and reply type are in
+//! [`requests`], the reply structs in [`replies`]; both are shared by the
+//! server, the client library and `chatbench`. [`Reply`] adds the envelope
+//! and [`render_push`] renders a message for its receivers.
 //! `docs/protocol.md` is the reference for users of the protocol; keep the two
 //! in step.
 
 pub mod codec;
+pub mod replies;
+pub mod requests;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::model::{ChatMessage, Conversation, GroupId, Seq, UserId};
+use crate::model::{ChatMessage, GroupId, Seq, UserId};
+pub use replies::ChatFrame;
+use requests as wire;
 
 /// Message ids. 1 to 10 are the original's; 11 to 14 are requests it did not
 /// have (11 to 13 as the Cluster_ChatServer seed names them); `100 + n` is
@@ -131,6 +138,20 @@ impl Reply {
     /// A successful reply with `msgid`.
     pub fn ok(msgid: i64) -> Self {
         let mut m = Map::new();
+        m.insert("msgid".into(), msgid.into());
+        m.insert("errno".into(), 0.into());
+        Reply(m)
+    }
+
+    /// A successful reply with `msgid` and the fields of `body`: the one
+    /// place a handler's typed reply gets its envelope.
+    pub fn ok_with<T: Serialize>(msgid: i64, body: &T) -> Self {
+        let mut m = match serde_json::to_value(body) {
+            Ok(Value::Object(m)) => m,
+            // Reply structs are objects of plain fields; nothing else is
+            // ever passed here.
+            _ => Map::new(),
+        };
         m.insert("msgid".into(), msgid.into());
         m.insert("errno".into(), 0.into());
         Reply(m)
@@ -269,67 +290,6 @@ impl Parsed {
     }
 }
 
-#[derive(Deserialize)]
-struct LoginBody {
-    id: UserId,
-    password: String,
-    #[serde(default)]
-    acks: bool,
-}
-#[derive(Deserialize)]
-struct ResumeBody {
-    token: String,
-    #[serde(default)]
-    acks: bool,
-}
-#[derive(Deserialize)]
-struct AckBody {
-    acks: Vec<AckEntry>,
-}
-#[derive(Deserialize)]
-struct AckEntry {
-    toid: Option<UserId>,
-    groupid: Option<GroupId>,
-    seq: Seq,
-}
-#[derive(Deserialize)]
-struct RegBody {
-    name: String,
-    password: String,
-}
-#[derive(Deserialize)]
-struct OneChatBody {
-    toid: UserId,
-    msg: String,
-    cmid: Option<String>,
-}
-#[derive(Deserialize)]
-struct FriendBody {
-    friendid: UserId,
-}
-#[derive(Deserialize)]
-struct CreateGroupBody {
-    groupname: String,
-    groupdesc: Option<String>,
-}
-#[derive(Deserialize)]
-struct GroupBody {
-    groupid: GroupId,
-}
-#[derive(Deserialize)]
-struct GroupChatBody {
-    groupid: GroupId,
-    msg: String,
-    cmid: Option<String>,
-}
-#[derive(Deserialize)]
-struct HistoryBody {
-    toid: Option<UserId>,
-    groupid: Option<GroupId>,
-    before: Option<Seq>,
-    limit: Option<u64>,
-}
-
 fn typed<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, Fail> {
     serde_json::from_value(Value::Object(obj))
         .map_err(|e| Fail::new(ErrCode::BadRequest, e.to_string()))
@@ -434,7 +394,7 @@ pub fn parse(frame: &[u8]) -> Parsed {
 fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
     Ok(match id {
         msgid::LOGIN => {
-            let b: LoginBody = typed(obj)?;
+            let b: wire::Login = typed(obj)?;
             Request::Login {
                 id: b.id,
                 password: b.password,
@@ -443,14 +403,14 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
         }
         msgid::LOGOUT => Request::Logout,
         msgid::REG => {
-            let b: RegBody = typed(obj)?;
+            let b: wire::Register = typed(obj)?;
             Request::Register {
                 name: b.name,
                 password: b.password,
             }
         }
         msgid::ONE_CHAT => {
-            let b: OneChatBody = typed(obj)?;
+            let b: wire::OneChat = typed(obj)?;
             Request::OneChat {
                 toid: b.toid,
                 msg: b.msg,
@@ -458,23 +418,23 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
             }
         }
         msgid::ADD_FRIEND => Request::AddFriend {
-            friendid: typed::<FriendBody>(obj)?.friendid,
+            friendid: typed::<wire::AddFriend>(obj)?.friendid,
         },
         msgid::DEL_FRIEND => Request::DelFriend {
-            friendid: typed::<FriendBody>(obj)?.friendid,
+            friendid: typed::<wire::DelFriend>(obj)?.friendid,
         },
         msgid::SHOW_FRIEND_LIST => Request::ShowFriendList,
         msgid::SERVER_INFO => Request::ServerInfo,
         msgid::PING => Request::Ping,
         msgid::RESUME => {
-            let b: ResumeBody = typed(obj)?;
+            let b: wire::Resume = typed(obj)?;
             Request::Resume {
                 token: b.token,
                 acks: b.acks,
             }
         }
         msgid::ACK => {
-            let b: AckBody = typed(obj)?;
+            let b: wire::Ack = typed(obj)?;
             if b.acks.len() > MAX_ACKS {
                 return Err(Fail::new(
                     ErrCode::InvalidValue,
@@ -489,20 +449,20 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
             Request::Ack { acks }
         }
         msgid::CREATE_GROUP => {
-            let b: CreateGroupBody = typed(obj)?;
+            let b: wire::CreateGroup = typed(obj)?;
             Request::CreateGroup {
                 groupname: b.groupname,
                 groupdesc: b.groupdesc.unwrap_or_default(),
             }
         }
         msgid::ADD_GROUP => Request::AddGroup {
-            groupid: typed::<GroupBody>(obj)?.groupid,
+            groupid: typed::<wire::AddGroup>(obj)?.groupid,
         },
         msgid::DEL_GROUP => Request::DelGroup {
-            groupid: typed::<GroupBody>(obj)?.groupid,
+            groupid: typed::<wire::DelGroup>(obj)?.groupid,
         },
         msgid::GROUP_CHAT => {
-            let b: GroupChatBody = typed(obj)?;
+            let b: wire::GroupChat = typed(obj)?;
             Request::GroupChat {
                 groupid: b.groupid,
                 msg: b.msg,
@@ -510,7 +470,7 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
             }
         }
         msgid::HISTORY => {
-            let b: HistoryBody = typed(obj)?;
+            let b: wire::History = typed(obj)?;
             Request::History {
                 target: target_of(b.toid, b.groupid, "history")?,
                 before: b.before,
@@ -527,8 +487,6 @@ fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
     })
 }
 
-/// The wire form of a chat message: a classic ONE_CHAT_MSG or GROUP_CHAT_MSG
-/// with `seq` and `ts` added.
 /// A conversation named by the other user (`toid`) or the group.
 fn target_of(
     toid: Option<UserId>,
@@ -563,44 +521,9 @@ fn checked_cmid(cmid: Option<String>) -> Result<Option<String>, Fail> {
     }
 }
 
-#[derive(Serialize)]
-pub struct ChatOut<'a> {
-    pub msgid: i64,
-    pub id: UserId,
-    pub name: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub toid: Option<UserId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub groupid: Option<GroupId>,
-    pub msg: &'a str,
-    pub time: String,
-    pub seq: Seq,
-    pub ts: i64,
-}
-
-impl<'a> ChatOut<'a> {
-    pub fn of(m: &'a ChatMessage) -> Self {
-        let (msgid, toid, groupid) = match m.conv {
-            Conversation::Direct { .. } => (msgid::ONE_CHAT, m.conv.peer_of(m.sender), None),
-            Conversation::Group(g) => (msgid::GROUP_CHAT, None, Some(g)),
-        };
-        ChatOut {
-            msgid,
-            id: m.sender,
-            name: &m.sender_name,
-            toid,
-            groupid,
-            msg: &m.body,
-            time: classic_time(m.ts_ms),
-            seq: m.seq,
-            ts: m.ts_ms,
-        }
-    }
-}
-
 /// Renders a stored message as the push a receiver gets.
 pub fn render_push(m: &ChatMessage) -> Bytes {
-    Bytes::from(serde_json::to_vec(&ChatOut::of(m)).unwrap_or_default())
+    Bytes::from(serde_json::to_vec(&ChatFrame::of(m)).unwrap_or_default())
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in the server's local time zone, as the original
@@ -633,6 +556,7 @@ fn format_local(ts_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Conversation;
 
     fn code(p: &Parsed) -> ErrCode {
         p.request

@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::delivery::Cursors;
@@ -10,24 +9,14 @@ use super::session::{chronological, mark_delivered};
 use super::{LoggedIn, Service, Session, invalid};
 use crate::hub::SessionHandle;
 use crate::model::{MAX_PASSWORD_BYTES, Password, UserId, UserName};
-use crate::protocol::{ErrCode, Fail, Reply, render_push};
+use crate::protocol::replies::{
+    Contact, Done, GroupEntry, LoggedIn as LoginReply, Registered, State,
+};
+use crate::protocol::{ChatFrame, ErrCode, Fail};
 use crate::store::StoreError;
 
-fn state(online: bool) -> &'static str {
-    if online { "online" } else { "offline" }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 impl Service {
-    pub(super) async fn register(
-        &self,
-        ack: i64,
-        name: &str,
-        password: &str,
-    ) -> Result<Reply, Fail> {
+    pub(super) async fn register(&self, name: &str, password: &str) -> Result<Registered, Fail> {
         let name = UserName::parse(name).map_err(invalid)?;
         let password = Password::parse(password).map_err(invalid)?;
         let hash = self.hasher.hash(password).await?;
@@ -39,17 +28,19 @@ impl Service {
             Err(e) => return Err(e.into()),
         };
         tracing::info!(user = id, name = name.as_str(), "registered");
-        Ok(Reply::ok(ack).with("id", id).with("name", name.as_str()))
+        Ok(Registered {
+            id,
+            name: name.as_str().to_owned(),
+        })
     }
 
     pub(super) async fn login(
         &self,
         s: &mut Session,
-        ack: i64,
         id: UserId,
         password: String,
         acks: bool,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<LoginReply<'static>, Fail> {
         s.logged_out()?;
         let bad = || Fail::new(ErrCode::Failed, "id or password is invalid!");
         if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
@@ -75,10 +66,11 @@ impl Service {
             i64::try_from(self.config.resume_token_ttl.as_millis()).unwrap_or(i64::MAX),
         );
         self.store.create_token(id, &token_hash, expires).await?;
-        let reply = self
+        let mut reply = self
             .open_user_session(s, id, name, token_hash, acks)
             .await?;
-        Ok(reply.with("token", token).with("msgid", ack))
+        reply.token = Some(token);
+        Ok(reply)
     }
 
     /// RESUME: a login with the token an earlier login returned, skipping
@@ -87,10 +79,9 @@ impl Service {
     pub(super) async fn resume(
         &self,
         s: &mut Session,
-        ack: i64,
         token: &str,
         acks: bool,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<LoginReply<'static>, Fail> {
         s.logged_out()?;
         let bad = || {
             Fail::new(
@@ -103,10 +94,7 @@ impl Service {
         }
         let token_hash = crate::auth::token::token_hash(token);
         let (id, name) = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;
-        let reply = self
-            .open_user_session(s, id, name, token_hash, acks)
-            .await?;
-        Ok(reply.with("msgid", ack))
+        self.open_user_session(s, id, name, token_hash, acks).await
     }
 
     /// Makes `s` the session of `id` (replacing an older one anywhere) and
@@ -118,7 +106,7 @@ impl Service {
         name: String,
         token_hash: String,
         acks: bool,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<LoginReply<'static>, Fail> {
         // Claim presence first, then read what is undelivered: a message
         // stored in between is both in the page and queued as a push, and the
         // cursors drop the second copy. The other order could miss it.
@@ -154,12 +142,7 @@ impl Service {
             Ok(reply) => {
                 tracing::info!(user = id, session = s.id, acks, "user online");
                 s.user = Some(me);
-                let reply = reply.with("id", id);
-                Ok(if acks {
-                    reply.with("acks", true)
-                } else {
-                    reply
-                })
+                Ok(reply)
             }
             Err(e) => {
                 self.hub.disconnect(id, s.id).await;
@@ -171,7 +154,7 @@ impl Service {
     /// Builds the classic LOGIN_MSG_ACK (friends, groups and offline
     /// messages, each list element a JSON string as the original client
     /// expects) and any further pages of offline messages.
-    async fn login_payload(&self, me: &mut LoggedIn) -> Result<Reply, Fail> {
+    async fn login_payload(&self, me: &mut LoggedIn) -> Result<LoginReply<'static>, Fail> {
         // One page rides in the reply. Its positions are stored only once
         // the reply is written (by the next backlog page or the session's
         // end); further pages follow one at a time through the connection.
@@ -204,50 +187,47 @@ impl Service {
             .collect();
         let is_online = |id: &UserId| online.get(id).copied().unwrap_or(false);
 
-        let mut reply = Reply::ok(0).with("name", me.name.as_str());
-        if !first.is_empty() {
-            let offline: Vec<Value> = first.iter().map(|m| text(&render_push(m)).into()).collect();
-            reply = reply.with("offlinemsg", offline);
-        }
-        if !friends.is_empty() {
-            let list: Vec<Value> = friends
+        let contact = |id, name: &str, role: Option<&str>| Contact {
+            id,
+            name: name.to_owned(),
+            state: State::of(is_online(&id)),
+            role: role.map(str::to_owned),
+        };
+        Ok(LoginReply {
+            id: me.id,
+            name: me.name.clone(),
+            offlinemsg: first
                 .iter()
-                .map(|f| {
-                    json!({"id": f.id, "name": f.name, "state": state(is_online(&f.id))})
-                        .to_string()
-                        .into()
-                })
-                .collect();
-            reply = reply.with("friends", list);
-        }
-        if !groups.is_empty() {
-            let list: Vec<Value> = groups
+                .map(|m| ChatFrame::of(m).into_owned())
+                .collect(),
+            friends: friends
                 .iter()
-                .map(|g| {
-                    let users: Vec<String> = g
+                .map(|f| contact(f.id, &f.name, None))
+                .collect(),
+            groups: groups
+                .iter()
+                .map(|g| GroupEntry {
+                    id: g.id,
+                    groupname: g.name.clone(),
+                    groupdesc: g.desc.clone(),
+                    users: g
                         .members
                         .iter()
-                        .map(|m| {
-                            json!({"id": m.id, "name": m.name, "state": state(is_online(&m.id)), "role": m.role.as_str()})
-                                .to_string()
-                        })
-                        .collect();
-                    json!({"id": g.id, "groupname": g.name, "groupdesc": g.desc, "users": users})
-                        .to_string()
-                        .into()
+                        .map(|m| contact(m.id, &m.name, Some(m.role.as_str())))
+                        .collect(),
                 })
-                .collect();
-            reply = reply.with("groups", list);
-        }
-        Ok(reply)
+                .collect(),
+            token: None,
+            acks: me.cursors.acknowledged(),
+        })
     }
 
-    pub(super) async fn logout(&self, s: &mut Session, ack: i64) -> Result<Reply, Fail> {
+    pub(super) async fn logout(&self, s: &mut Session) -> Result<Done, Fail> {
         // Logging out ends the token too; a dropped connection keeps it.
         if let Some(hash) = s.user.as_mut().and_then(|me| me.token_hash.take()) {
             self.store.revoke_token(&hash).await?;
         }
         self.end_session(s).await;
-        Ok(Reply::ok(ack))
+        Ok(Done {})
     }
 }

@@ -6,22 +6,20 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::{Service, Session, invalid};
 use crate::metrics::{METRICS, inc};
 use crate::model::{Conversation, Delivery, GroupId, NewMessage, Seq, UserId, check_body};
-use crate::protocol::{ChatOut, ErrCode, Fail, HistoryTarget, Reply, classic_time, render_push};
+use crate::protocol::replies::{HistoryPage, Sent};
+use crate::protocol::{ChatFrame, ErrCode, Fail, HistoryTarget, classic_time, render_push};
 
 impl Service {
     pub(super) async fn one_chat(
         &self,
         s: &mut Session,
-        ack: i64,
         to: UserId,
         body: String,
         cmid: Option<String>,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<Sent, Fail> {
         let me = s.me()?.id;
         if to == me {
             return Err(Fail::new(
@@ -29,18 +27,17 @@ impl Service {
                 "you cannot chat with yourself",
             ));
         }
-        self.send(s, ack, Conversation::direct(me, to), body, cmid, &[to])
+        self.send(s, Conversation::direct(me, to), body, cmid, &[to])
             .await
     }
 
     pub(super) async fn group_chat(
         &self,
         s: &mut Session,
-        ack: i64,
         group: GroupId,
         body: String,
         cmid: Option<String>,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<Sent, Fail> {
         let me = s.me()?;
         let (me, member) = (me.id, me.cursors.knows(Conversation::Group(group)));
         let members = self
@@ -57,19 +54,18 @@ impl Service {
             ));
         }
         let others: Vec<UserId> = members.iter().copied().filter(|m| *m != me).collect();
-        self.send(s, ack, Conversation::Group(group), body, cmid, &others)
+        self.send(s, Conversation::Group(group), body, cmid, &others)
             .await
     }
 
     async fn send(
         &self,
         s: &mut Session,
-        ack: i64,
         conv: Conversation,
         body: String,
         cmid: Option<String>,
         recipients: &[UserId],
-    ) -> Result<Reply, Fail> {
+    ) -> Result<Sent, Fail> {
         check_body(&body, self.config.max_message_bytes).map_err(invalid)?;
         let me = s.me_mut()?;
         let stored = self
@@ -93,10 +89,11 @@ impl Service {
         // A resend is answered and delivered as the original was (its
         // receivers drop it if they have it).
         me.cursors.record_own(conv, stored.seq);
-        let reply = Reply::ok(ack)
-            .with("seq", stored.seq)
-            .with("ts", stored.ts_ms)
-            .with("time", classic_time(stored.ts_ms));
+        let reply = Sent {
+            seq: stored.seq,
+            ts: stored.ts_ms,
+            time: classic_time(stored.ts_ms),
+        };
         inc(&METRICS.messages_stored);
         let delivery = Arc::new(Delivery {
             conv: stored.conv,
@@ -115,11 +112,10 @@ impl Service {
     pub(super) async fn history(
         &self,
         s: &mut Session,
-        ack: i64,
         target: HistoryTarget,
         before: Option<Seq>,
         limit: Option<u32>,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<HistoryPage<'static>, Fail> {
         let me = s.me()?.id;
         let conv = match target {
             HistoryTarget::User(peer) if peer == me => {
@@ -149,11 +145,12 @@ impl Service {
             Some(n) => n.min(self.config.history_max),
         };
         let messages = self.store.history(conv, before, limit).await?;
-        let list: Vec<Value> = messages
-            .iter()
-            .map(|m| serde_json::to_value(ChatOut::of(m)).unwrap_or(Value::Null))
-            .collect();
-        Ok(Reply::ok(ack).with("messages", list))
+        Ok(HistoryPage {
+            messages: messages
+                .iter()
+                .map(|m| ChatFrame::of(m).into_owned())
+                .collect(),
+        })
     }
 
     /// ACK: the client has everything up to each position. Moves the

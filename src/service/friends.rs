@@ -1,19 +1,17 @@
 //! ADD_FRIEND_MSG, DEL_FRIEND_MSG and SHOW_FRIEND_LIST_MSG. Friendship is
 //! mutual: adding or deleting changes both users' lists.
 
-use serde_json::{Value, json};
-
 use super::{Service, Session};
 use crate::model::UserId;
-use crate::protocol::{ErrCode, Fail, Reply};
+use crate::protocol::replies::{Contact, FriendChanged, FriendList, State};
+use crate::protocol::{ErrCode, Fail};
 
 impl Service {
     pub(super) async fn add_friend(
         &self,
         s: &mut Session,
-        ack: i64,
         friend: UserId,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<FriendChanged, Fail> {
         let me = s.me()?.id;
         if friend == me {
             return Err(Fail::new(
@@ -22,15 +20,14 @@ impl Service {
             ));
         }
         self.store.add_friendship(me, friend).await?;
-        Ok(Reply::ok(ack).with("friendid", friend))
+        Ok(FriendChanged { friendid: friend })
     }
 
     pub(super) async fn del_friend(
         &self,
         s: &mut Session,
-        ack: i64,
         friend: UserId,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<FriendChanged, Fail> {
         let me = s.me()?.id;
         if !self.store.remove_friendship(me, friend).await? {
             return Err(Fail::new(
@@ -38,19 +35,24 @@ impl Service {
                 format!("user {friend} is not your friend"),
             ));
         }
-        Ok(Reply::ok(ack).with("friendid", friend))
+        Ok(FriendChanged { friendid: friend })
     }
 
-    pub(super) async fn show_friends(&self, s: &mut Session, ack: i64) -> Result<Reply, Fail> {
+    pub(super) async fn show_friends(&self, s: &mut Session) -> Result<FriendList, Fail> {
         let me = s.me()?.id;
         let friends = self.store.friends(me).await?;
         let ids: Vec<UserId> = friends.iter().map(|f| f.id).collect();
         let online = self.hub.online(&ids).await?;
-        let list: Vec<Value> = friends
-            .iter()
+        let friends = friends
+            .into_iter()
             .zip(online)
-            .map(|(f, on)| json!({"id": f.id, "name": f.name, "state": if on { "online" } else { "offline" }}))
+            .map(|(f, on)| Contact {
+                id: f.id,
+                name: f.name,
+                state: State::of(on),
+                role: None,
+            })
             .collect();
-        Ok(Reply::ok(ack).with("friends", list))
+        Ok(FriendList { friends })
     }
 }

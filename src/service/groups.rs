@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{Service, Session, invalid};
 use crate::model::{Conversation, GroupDesc, GroupId, GroupName, UserId};
-use crate::protocol::{ErrCode, Fail, Reply};
+use crate::protocol::replies::{GroupChanged, GroupCreated};
+use crate::protocol::{ErrCode, Fail};
 use crate::store::{Store, StoreResult};
 
 /// Groups whose members the cache remembers at most; past this it starts over.
@@ -85,10 +86,9 @@ impl Service {
     pub(super) async fn create_group(
         &self,
         s: &mut Session,
-        ack: i64,
         name: &str,
         desc: &str,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<GroupCreated, Fail> {
         let name = GroupName::parse(name).map_err(invalid)?;
         let desc = GroupDesc::parse(desc).map_err(invalid)?;
         let me = s.me_mut()?;
@@ -99,32 +99,31 @@ impl Service {
         me.cursors.start(Conversation::Group(id), 0);
         self.groups.invalidate(id);
         self.hub.group_changed(id).await;
-        Ok(Reply::ok(ack)
-            .with("groupid", id)
-            .with("groupname", name.as_str())
-            .with("groupdesc", desc.as_str()))
+        Ok(GroupCreated {
+            groupid: id,
+            groupname: name.as_str().to_owned(),
+            groupdesc: desc.as_str().to_owned(),
+        })
     }
 
     pub(super) async fn join_group(
         &self,
         s: &mut Session,
-        ack: i64,
         group: GroupId,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<GroupChanged, Fail> {
         let me = s.me_mut()?;
         let start = self.store.join_group(me.id, group).await?;
         me.cursors.start(Conversation::Group(group), start);
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
-        Ok(Reply::ok(ack).with("groupid", group))
+        Ok(GroupChanged { groupid: group })
     }
 
     pub(super) async fn leave_group(
         &self,
         s: &mut Session,
-        ack: i64,
         group: GroupId,
-    ) -> Result<Reply, Fail> {
+    ) -> Result<GroupChanged, Fail> {
         let me = s.me_mut()?;
         if !self.store.leave_group(me.id, group).await? {
             return Err(Fail::new(
@@ -135,6 +134,6 @@ impl Service {
         me.cursors.forget(Conversation::Group(group));
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
-        Ok(Reply::ok(ack).with("groupid", group))
+        Ok(GroupChanged { groupid: group })
     }
 }

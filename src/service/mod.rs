@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::hub::{GroupChange, Hub, HubError};
 use crate::metrics::{METRICS, inc};
 use crate::model::UserId;
-use crate::protocol::{self, ErrCode, Fail, Reply, Request, msgid};
+use crate::protocol::{self, ErrCode, Fail, Reply, Request, msgid, replies};
 use crate::store::{SharedStore, StoreError};
 use groups::GroupCache;
 use session::LoggedIn;
@@ -187,40 +187,53 @@ impl Service {
             }
         }
         match req {
-            Request::Register { name, password } => self.register(ack, &name, &password).await,
+            Request::Register { name, password } => {
+                answer(ack, self.register(&name, &password).await)
+            }
             Request::Login { id, password, acks } => match self.admit(s, ack) {
                 Err(later) => Ok(later),
-                Ok(()) => counted(self.login(s, ack, id, password, acks).await),
+                Ok(()) => answer(ack, counted(self.login(s, id, password, acks).await)),
             },
             Request::Resume { token, acks } => match self.admit(s, ack) {
                 Err(later) => Ok(later),
-                Ok(()) => counted(self.resume(s, ack, &token, acks).await),
+                Ok(()) => answer(ack, counted(self.resume(s, &token, acks).await)),
             },
             // Answered by handle_frame (only when refused).
             Request::Ack { acks } => self.ack(s, &acks).map(|()| Reply::ok(ack)),
-            Request::Logout => self.logout(s, ack).await,
-            Request::AddFriend { friendid } => self.add_friend(s, ack, friendid).await,
-            Request::DelFriend { friendid } => self.del_friend(s, ack, friendid).await,
-            Request::ShowFriendList => self.show_friends(s, ack).await,
+            Request::Logout => answer(ack, self.logout(s).await),
+            Request::AddFriend { friendid } => answer(ack, self.add_friend(s, friendid).await),
+            Request::DelFriend { friendid } => answer(ack, self.del_friend(s, friendid).await),
+            Request::ShowFriendList => answer(ack, self.show_friends(s).await),
             Request::CreateGroup {
                 groupname,
                 groupdesc,
-            } => self.create_group(s, ack, &groupname, &groupdesc).await,
-            Request::AddGroup { groupid } => self.join_group(s, ack, groupid).await,
-            Request::DelGroup { groupid } => self.leave_group(s, ack, groupid).await,
-            Request::OneChat { toid, msg, cmid } => self.one_chat(s, ack, toid, msg, cmid).await,
-            Request::GroupChat { groupid, msg, cmid } => {
-                self.group_chat(s, ack, groupid, msg, cmid).await
+            } => answer(ack, self.create_group(s, &groupname, &groupdesc).await),
+            Request::AddGroup { groupid } => answer(ack, self.join_group(s, groupid).await),
+            Request::DelGroup { groupid } => answer(ack, self.leave_group(s, groupid).await),
+            Request::OneChat { toid, msg, cmid } => {
+                answer(ack, self.one_chat(s, toid, msg, cmid).await)
             }
-            Request::ServerInfo => Ok(Reply::ok(ack)
-                .with("node", self.config.node_id.as_str())
-                .with("version", env!("CARGO_PKG_VERSION"))),
-            Request::Ping => Ok(Reply::ok(ack).with("ts", crate::store::now_ms())),
+            Request::GroupChat { groupid, msg, cmid } => {
+                answer(ack, self.group_chat(s, groupid, msg, cmid).await)
+            }
+            Request::ServerInfo => answer(
+                ack,
+                Ok(replies::ServerInfo {
+                    node: self.config.node_id.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                }),
+            ),
+            Request::Ping => answer(
+                ack,
+                Ok(replies::Pong {
+                    ts: crate::store::now_ms(),
+                }),
+            ),
             Request::History {
                 target,
                 before,
                 limit,
-            } => self.history(s, ack, target, before, limit).await,
+            } => answer(ack, self.history(s, target, before, limit).await),
         }
     }
 
@@ -249,8 +262,14 @@ impl Service {
     }
 }
 
+/// A handler's typed reply in its envelope, the one place that adds it
+/// (`reqid` follows in [`Service::handle_frame`]).
+fn answer<T: serde::Serialize>(ack: i64, result: Result<T, Fail>) -> Result<Reply, Fail> {
+    result.map(|body| Reply::ok_with(ack, &body))
+}
+
 /// Counts a login or resume, and the session it opened.
-fn counted(result: Result<Reply, Fail>) -> Result<Reply, Fail> {
+fn counted<T>(result: Result<T, Fail>) -> Result<T, Fail> {
     if result.is_ok() {
         inc(&METRICS.logins);
         METRICS.sessions_online.fetch_add(1, Ordering::Relaxed);

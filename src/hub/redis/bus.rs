@@ -3,10 +3,8 @@
 //! on the header and writes the frame as it is, parsing nothing again.
 //! Payloads from nodes that send no header line (`IDS\nFRAME`) still parse.
 
-use serde_json::Value;
-
 use crate::model::{ChatMessage, Conversation, Delivery, Seq, UserId};
-use crate::protocol::msgid;
+use crate::protocol::ChatFrame;
 
 /// A message taken off the bus.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,21 +53,7 @@ pub(super) fn bus_payload(d: &Delivery) -> Vec<u8> {
 
 /// The conversation and number of a frame from a node that sends no header.
 pub(super) fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
-    let v: Value = serde_json::from_slice(frame).ok()?;
-    let sender = v.get("id")?.as_i64()?;
-    let conv = match v.get("msgid")?.as_i64()? {
-        msgid::ONE_CHAT => Conversation::direct(sender, v.get("toid")?.as_i64()?),
-        msgid::GROUP_CHAT => Conversation::Group(v.get("groupid")?.as_i64()?),
-        _ => return None,
-    };
-    Some(ChatMessage {
-        conv,
-        seq: v.get("seq")?.as_i64()?,
-        sender,
-        sender_name: v.get("name")?.as_str()?.to_owned(),
-        body: v.get("msg")?.as_str()?.to_owned(),
-        ts_ms: v.get("ts")?.as_i64()?,
-    })
+    ChatFrame::parse(frame)?.message()
 }
 
 #[cfg(test)]

@@ -1,0 +1,313 @@
+//! What a successful request answers with, as typed structs.
+//!
+//! The server's handlers return these; [`super::Reply::ok_with`] adds the
+//! envelope (`msgid`, `errno`, later `reqid`) in one place; the client
+//! library reads the same structs back ([`super::Call::Reply`]). Field
+//! names are the wire's, the original client's where it has them.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ChatMessage, Conversation, GroupId, Seq, UserId};
+
+use super::msgid;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// REG_MSG_ACK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// Whether a user is connected anywhere in the cluster, as the original
+/// client spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Online,
+    Offline,
+}
+
+impl State {
+    pub fn of(online: bool) -> Self {
+        if online {
+            State::Online
+        } else {
+            State::Offline
+        }
+    }
+}
+
+/// A friend, or a group's member (with its role).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub id: UserId,
+    pub name: String,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// A group as the login reply lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupEntry {
+    pub id: GroupId,
+    pub groupname: String,
+    #[serde(default)]
+    pub groupdesc: String,
+    /// Each member a JSON text, as the original client parses them.
+    #[serde(default, with = "json_texts")]
+    pub users: Vec<Contact>,
+}
+
+/// LOGIN_MSG_ACK, and the reply to RESUME. The three lists hold each
+/// element as a JSON text (the original client's format), and are left out
+/// when empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedIn<'a> {
+    pub id: UserId,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "json_texts")]
+    pub offlinemsg: Vec<ChatFrame<'a>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "json_texts")]
+    pub friends: Vec<Contact>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "json_texts")]
+    pub groups: Vec<GroupEntry>,
+    /// The resume token (password logins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The server stores this session's positions on its acknowledgements.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub acks: bool,
+}
+
+/// The reply to ONE_CHAT and GROUP_CHAT: the message's number and time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    pub seq: Seq,
+    pub ts: i64,
+    /// The classic rendering of `ts`.
+    #[serde(default)]
+    pub time: String,
+}
+
+/// The reply to ADD_FRIEND and DEL_FRIEND.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendChanged {
+    pub friendid: UserId,
+}
+
+/// The reply to SHOW_FRIEND_LIST (plain objects, not JSON texts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendList {
+    pub friends: Vec<Contact>,
+}
+
+/// The reply to CREATE_GROUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCreated {
+    pub groupid: GroupId,
+    pub groupname: String,
+    pub groupdesc: String,
+}
+
+/// The reply to ADD_GROUP and DEL_GROUP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChanged {
+    pub groupid: GroupId,
+}
+
+/// The reply to HISTORY: newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage<'a> {
+    pub messages: Vec<ChatFrame<'a>>,
+}
+
+/// The reply to SERVER_INFO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub node: String,
+    pub version: String,
+}
+
+/// The reply to PING: the server's clock, in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    pub ts: i64,
+}
+
+/// A reply with nothing but its envelope (LOGOUT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Done {}
+
+/// A chat message on the wire: a classic ONE_CHAT_MSG or GROUP_CHAT_MSG
+/// with `seq` and `ts` added. Pushes, offline messages and history entries
+/// all have this form. Borrows what it can when the server renders it; owns
+/// everything when a client reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatFrame<'a> {
+    pub msgid: i64,
+    /// The sender.
+    pub id: UserId,
+    pub name: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+    pub msg: Cow<'a, str>,
+    #[serde(default)]
+    pub time: Cow<'a, str>,
+    #[serde(default)]
+    pub seq: Seq,
+    #[serde(default)]
+    pub ts: i64,
+}
+
+impl<'a> ChatFrame<'a> {
+    /// The wire form of a stored message.
+    pub fn of(m: &'a ChatMessage) -> Self {
+        let (msgid, toid, groupid) = match m.conv {
+            Conversation::Direct { .. } => (msgid::ONE_CHAT, m.conv.peer_of(m.sender), None),
+            Conversation::Group(g) => (msgid::GROUP_CHAT, None, Some(g)),
+        };
+        ChatFrame {
+            msgid,
+            id: m.sender,
+            name: Cow::Borrowed(&m.sender_name),
+            toid,
+            groupid,
+            msg: Cow::Borrowed(&m.body),
+            time: Cow::Owned(super::classic_time(m.ts_ms)),
+            seq: m.seq,
+            ts: m.ts_ms,
+        }
+    }
+
+    /// The same frame, owning its text.
+    pub fn into_owned(self) -> ChatFrame<'static> {
+        ChatFrame {
+            name: Cow::Owned(self.name.into_owned()),
+            msg: Cow::Owned(self.msg.into_owned()),
+            time: Cow::Owned(self.time.into_owned()),
+            ..self
+        }
+    }
+
+    /// Parses a push; `None` for anything that is not a chat message.
+    pub fn parse(frame: &[u8]) -> Option<ChatFrame<'static>> {
+        let f: ChatFrame<'static> = serde_json::from_slice(frame).ok()?;
+        f.conversation().map(|_| f)
+    }
+
+    /// The conversation it belongs to (`None` for a frame of another kind,
+    /// or a one-to-one message without its receiver).
+    pub fn conversation(&self) -> Option<Conversation> {
+        match (self.msgid, self.toid, self.groupid) {
+            (msgid::ONE_CHAT, Some(to), _) => Some(Conversation::direct(self.id, to)),
+            (msgid::GROUP_CHAT, _, Some(g)) => Some(Conversation::Group(g)),
+            _ => None,
+        }
+    }
+
+    /// The stored message it renders.
+    pub fn message(&self) -> Option<ChatMessage> {
+        Some(ChatMessage {
+            conv: self.conversation()?,
+            seq: self.seq,
+            sender: self.id,
+            sender_name: self.name.clone().into_owned(),
+            body: self.msg.clone().into_owned(),
+            ts_ms: self.ts,
+        })
+    }
+}
+
+/// Lists whose elements travel as JSON texts (`["{\"id\":1,...}", ...]`),
+/// the original login reply's format. Plain objects are read too.
+mod json_texts {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::{Error as _, SerializeSeq};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer, T: Serialize>(items: &[T], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(items.len()))?;
+        for item in items {
+            let text = serde_json::to_string(item).map_err(S::Error::custom)?;
+            seq.serialize_element(&text)?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        Vec::<Value>::deserialize(d)?
+            .into_iter()
+            .map(|v| match v {
+                Value::String(text) => serde_json::from_str(&text),
+                other => serde_json::from_value(other),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn login_lists_travel_as_json_texts_and_read_back() {
+        let m = ChatMessage {
+            conv: Conversation::direct(5, 3),
+            seq: 9,
+            sender: 5,
+            sender_name: "bob".into(),
+            body: "你好 👋".into(),
+            ts_ms: 1_700_000_000_000,
+        };
+        let reply = LoggedIn {
+            id: 3,
+            name: "alice".into(),
+            offlinemsg: vec![ChatFrame::of(&m)],
+            friends: vec![Contact {
+                id: 5,
+                name: "bob".into(),
+                state: State::Online,
+                role: None,
+            }],
+            groups: vec![GroupEntry {
+                id: 1,
+                groupname: "g".into(),
+                groupdesc: "d".into(),
+                users: vec![Contact {
+                    id: 3,
+                    name: "alice".into(),
+                    state: State::Offline,
+                    role: Some("creator".into()),
+                }],
+            }],
+            token: None,
+            acks: false,
+        };
+        let v = serde_json::to_value(&reply).expect("serialize");
+        // what the original client parses: strings holding objects
+        let friend: Value =
+            serde_json::from_str(v["friends"][0].as_str().expect("text")).expect("json");
+        assert_eq!(friend["state"], "online");
+        let group: Value =
+            serde_json::from_str(v["groups"][0].as_str().expect("text")).expect("json");
+        assert!(group["users"][0].is_string());
+        assert!(v.get("token").is_none() && v.get("acks").is_none());
+        let back: LoggedIn<'static> = serde_json::from_value(v).expect("read back");
+        assert_eq!(back, reply);
+        assert_eq!(back.offlinemsg[0].message(), Some(m));
+    }
+}

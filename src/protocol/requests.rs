@@ -1,0 +1,229 @@
+//! The requests as the wire carries them: one struct per request type, its
+//! `msgid` and the reply it gets, in one place ([`Call`]).
+//!
+//! The server reads a frame's fields into these and checks them into a
+//! [`super::Request`]; the client library and `chatbench` write them
+//! ([`frame`]). Fields the server derives from the session (`id` after
+//! login, `name`, `time`) are not here: the server never trusts them.
+
+use serde::{Deserialize, Serialize};
+
+use super::msgid;
+use super::replies::{
+    Done, FriendChanged, FriendList, GroupChanged, GroupCreated, HistoryPage, LoggedIn, Pong,
+    Registered, Sent, ServerInfo as ServerInfoReply,
+};
+use crate::model::{GroupId, Seq, UserId};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A request type: its msgid and what a success answers with.
+pub trait Call: Serialize {
+    const MSGID: i64;
+    type Reply: serde::de::DeserializeOwned;
+}
+
+macro_rules! call {
+    ($req:ty, $msgid:expr, $reply:ty) => {
+        impl Call for $req {
+            const MSGID: i64 = $msgid;
+            type Reply = $reply;
+        }
+    };
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    pub id: UserId,
+    pub password: String,
+    /// The client acknowledges what it receives ([`Ack`]): stored positions
+    /// then move on its acknowledgements, not on writes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub acks: bool,
+}
+call!(Login, msgid::LOGIN, LoggedIn<'static>);
+
+/// Log in again with the `token` a login returned, without the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub token: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub acks: bool,
+}
+call!(Resume, msgid::RESUME, LoggedIn<'static>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Logout {}
+call!(Logout, msgid::LOGOUT, Done);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub name: String,
+    pub password: String,
+}
+call!(Register, msgid::REG, Registered);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneChat {
+    pub toid: UserId,
+    pub msg: String,
+    /// The client's id for this message: a resend with the same id is
+    /// stored once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmid: Option<String>,
+}
+call!(OneChat, msgid::ONE_CHAT, Sent);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChat {
+    pub groupid: GroupId,
+    pub msg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmid: Option<String>,
+}
+call!(GroupChat, msgid::GROUP_CHAT, Sent);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddFriend {
+    pub friendid: UserId,
+}
+call!(AddFriend, msgid::ADD_FRIEND, FriendChanged);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelFriend {
+    pub friendid: UserId,
+}
+call!(DelFriend, msgid::DEL_FRIEND, FriendChanged);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ShowFriendList {}
+call!(ShowFriendList, msgid::SHOW_FRIEND_LIST, FriendList);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateGroup {
+    pub groupname: String,
+    #[serde(default)]
+    pub groupdesc: Option<String>,
+}
+call!(CreateGroup, msgid::CREATE_GROUP, GroupCreated);
+
+/// Join a group (the original's ADD_GROUP_MSG).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddGroup {
+    pub groupid: GroupId,
+}
+call!(AddGroup, msgid::ADD_GROUP, GroupChanged);
+
+/// Leave a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelGroup {
+    pub groupid: GroupId,
+}
+call!(DelGroup, msgid::DEL_GROUP, GroupChanged);
+
+/// A page of a conversation (exactly one of `toid`, `groupid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct History {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+call!(History, msgid::HISTORY, HistoryPage<'static>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServerInfo {}
+call!(ServerInfo, msgid::SERVER_INFO, ServerInfoReply);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Ping {}
+call!(Ping, msgid::PING, Pong);
+
+/// Everything up to `seq` in each conversation has reached the client.
+/// Answered only when refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub acks: Vec<AckEntry>,
+}
+call!(Ack, msgid::ACK, Done);
+
+/// One conversation's position in an [`Ack`] (exactly one of `toid`,
+/// `groupid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+    pub seq: Seq,
+}
+
+/// The frame for request `req`, with its msgid and, when given, a reqid.
+pub fn frame<C: Call>(req: &C, reqid: Option<u64>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Framed<'a, C> {
+        msgid: i64,
+        #[serde(flatten)]
+        body: &'a C,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reqid: Option<u64>,
+    }
+    // Plain structs of numbers and strings always serialise.
+    serde_json::to_vec(&Framed {
+        msgid: C::MSGID,
+        body: req,
+        reqid,
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_written_by_clients_parse_to_the_same_request() {
+        use crate::protocol::{HistoryTarget, Request, parse};
+        let f = frame(
+            &OneChat {
+                toid: 2,
+                msg: "hi".into(),
+                cmid: Some("c1".into()),
+            },
+            Some(7),
+        );
+        let p = parse(&f);
+        assert_eq!(p.reqid, Some(7.into()));
+        assert_eq!(
+            p.request,
+            Ok(Request::OneChat {
+                toid: 2,
+                msg: "hi".into(),
+                cmid: Some("c1".into())
+            })
+        );
+        let f = frame(
+            &Ack {
+                acks: vec![AckEntry {
+                    toid: None,
+                    groupid: Some(4),
+                    seq: 9,
+                }],
+            },
+            None,
+        );
+        assert_eq!(
+            parse(&f).request,
+            Ok(Request::Ack {
+                acks: vec![(HistoryTarget::Group(4), 9)]
+            })
+        );
+        assert_eq!(parse(&frame(&Ping {}, None)).request, Ok(Request::Ping));
+    }
+}
