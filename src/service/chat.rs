@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{Service, Session, invalid};
+use super::{LoggedIn, Service, invalid};
 use crate::metrics::{METRICS, inc};
 use crate::model::{Conversation, Delivery, GroupId, NewMessage, Seq, UserId, check_body};
 use crate::protocol::replies::{HistoryPage, Sent};
@@ -15,31 +15,29 @@ use crate::protocol::{ChatFrame, ErrCode, Fail, HistoryTarget, classic_time, ren
 impl Service {
     pub(super) async fn one_chat(
         &self,
-        s: &mut Session,
+        me: &mut LoggedIn,
         to: UserId,
         body: String,
         cmid: Option<String>,
     ) -> Result<Sent, Fail> {
-        let me = s.me()?.id;
-        if to == me {
+        if to == me.id {
             return Err(Fail::new(
                 ErrCode::InvalidTarget,
                 "you cannot chat with yourself",
             ));
         }
-        self.send(s, Conversation::direct(me, to), body, cmid, &[to])
-            .await
+        let conv = Conversation::direct(me.id, to);
+        self.send(me, conv, body, cmid, &[to]).await
     }
 
     pub(super) async fn group_chat(
         &self,
-        s: &mut Session,
+        me: &mut LoggedIn,
         group: GroupId,
         body: String,
         cmid: Option<String>,
     ) -> Result<Sent, Fail> {
-        let me = s.me()?;
-        let (me, member) = (me.id, me.cursors.knows(Conversation::Group(group)));
+        let member = me.cursors.knows(Conversation::Group(group));
         let members = self
             .groups
             .members(self.store.as_ref(), group)
@@ -53,21 +51,20 @@ impl Service {
                 format!("you are not a member of group {group}"),
             ));
         }
-        let others: Vec<UserId> = members.iter().copied().filter(|m| *m != me).collect();
-        self.send(s, Conversation::Group(group), body, cmid, &others)
+        let others: Vec<UserId> = members.iter().copied().filter(|m| *m != me.id).collect();
+        self.send(me, Conversation::Group(group), body, cmid, &others)
             .await
     }
 
     async fn send(
         &self,
-        s: &mut Session,
+        me: &mut LoggedIn,
         conv: Conversation,
         body: String,
         cmid: Option<String>,
         recipients: &[UserId],
     ) -> Result<Sent, Fail> {
         check_body(&body, self.config.max_message_bytes).map_err(invalid)?;
-        let me = s.me_mut()?;
         let stored = self
             .store
             .append(NewMessage {
@@ -111,22 +108,21 @@ impl Service {
 
     pub(super) async fn history(
         &self,
-        s: &mut Session,
+        me: &LoggedIn,
         target: HistoryTarget,
         before: Option<Seq>,
         limit: Option<u32>,
     ) -> Result<HistoryPage<'static>, Fail> {
-        let me = s.me()?.id;
         let conv = match target {
-            HistoryTarget::User(peer) if peer == me => {
+            HistoryTarget::User(peer) if peer == me.id => {
                 return Err(Fail::new(
                     ErrCode::InvalidTarget,
                     "there is no conversation with yourself",
                 ));
             }
-            HistoryTarget::User(peer) => Conversation::direct(me, peer),
+            HistoryTarget::User(peer) => Conversation::direct(me.id, peer),
             HistoryTarget::Group(g) => {
-                let member = s.me()?.cursors.knows(Conversation::Group(g));
+                let member = me.cursors.knows(Conversation::Group(g));
                 if !member && self.groups.members(self.store.as_ref(), g).await?.is_none() {
                     return Err(Fail::new(ErrCode::NotFound, format!("group {g} not found")));
                 }
@@ -155,8 +151,7 @@ impl Service {
 
     /// ACK: the client has everything up to each position. Moves the
     /// positions to store, and lets the next backlog page go.
-    pub(super) fn ack(&self, s: &mut Session, acks: &[(HistoryTarget, Seq)]) -> Result<(), Fail> {
-        let me = s.me_mut()?;
+    pub(super) fn ack(&self, me: &mut LoggedIn, acks: &[(HistoryTarget, Seq)]) -> Result<(), Fail> {
         if !me.cursors.acknowledged() {
             return Err(Fail::new(
                 ErrCode::BadRequest,

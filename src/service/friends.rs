@@ -1,7 +1,7 @@
 //! ADD_FRIEND_MSG, DEL_FRIEND_MSG and SHOW_FRIEND_LIST_MSG. Friendship is
 //! mutual: adding or deleting changes both users' lists.
 
-use super::{Service, Session};
+use super::{LoggedIn, Service};
 use crate::model::UserId;
 use crate::protocol::replies::{Contact, FriendChanged, FriendList, State};
 use crate::protocol::{ErrCode, Fail};
@@ -9,27 +9,25 @@ use crate::protocol::{ErrCode, Fail};
 impl Service {
     pub(super) async fn add_friend(
         &self,
-        s: &mut Session,
+        me: &LoggedIn,
         friend: UserId,
     ) -> Result<FriendChanged, Fail> {
-        let me = s.me()?.id;
-        if friend == me {
+        if friend == me.id {
             return Err(Fail::new(
                 ErrCode::InvalidTarget,
                 "you cannot add yourself as a friend",
             ));
         }
-        self.store.add_friendship(me, friend).await?;
+        self.store.add_friendship(me.id, friend).await?;
         Ok(FriendChanged { friendid: friend })
     }
 
     pub(super) async fn del_friend(
         &self,
-        s: &mut Session,
+        me: &LoggedIn,
         friend: UserId,
     ) -> Result<FriendChanged, Fail> {
-        let me = s.me()?.id;
-        if !self.store.remove_friendship(me, friend).await? {
+        if !self.store.remove_friendship(me.id, friend).await? {
             return Err(Fail::new(
                 ErrCode::NotFound,
                 format!("user {friend} is not your friend"),
@@ -38,9 +36,8 @@ impl Service {
         Ok(FriendChanged { friendid: friend })
     }
 
-    pub(super) async fn show_friends(&self, s: &mut Session) -> Result<FriendList, Fail> {
-        let me = s.me()?.id;
-        let friends = self.store.friends(me).await?;
+    pub(super) async fn show_friends(&self, me: &LoggedIn) -> Result<FriendList, Fail> {
+        let friends = self.store.friends(me.id).await?;
         let ids: Vec<UserId> = friends.iter().map(|f| f.id).collect();
         let online = self.hub.online(&ids).await?;
         let friends = friends

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Service, Session, invalid};
+use super::{LoggedIn, Service, invalid};
 use crate::model::{Conversation, GroupDesc, GroupId, GroupName, UserId};
 use crate::protocol::replies::{GroupChanged, GroupCreated};
 use crate::protocol::{ErrCode, Fail};
@@ -85,13 +85,12 @@ impl GroupCache {
 impl Service {
     pub(super) async fn create_group(
         &self,
-        s: &mut Session,
+        me: &mut LoggedIn,
         name: &str,
         desc: &str,
     ) -> Result<GroupCreated, Fail> {
         let name = GroupName::parse(name).map_err(invalid)?;
         let desc = GroupDesc::parse(desc).map_err(invalid)?;
-        let me = s.me_mut()?;
         let id = self
             .store
             .create_group(me.id, name.as_str(), desc.as_str())
@@ -108,10 +107,9 @@ impl Service {
 
     pub(super) async fn join_group(
         &self,
-        s: &mut Session,
+        me: &mut LoggedIn,
         group: GroupId,
     ) -> Result<GroupChanged, Fail> {
-        let me = s.me_mut()?;
         let start = self.store.join_group(me.id, group).await?;
         me.cursors.start(Conversation::Group(group), start);
         self.groups.invalidate(group);
@@ -121,10 +119,9 @@ impl Service {
 
     pub(super) async fn leave_group(
         &self,
-        s: &mut Session,
+        me: &mut LoggedIn,
         group: GroupId,
     ) -> Result<GroupChanged, Fail> {
-        let me = s.me_mut()?;
         if !self.store.leave_group(me.id, group).await? {
             return Err(Fail::new(
                 ErrCode::NotFound,

@@ -170,70 +170,74 @@ impl Service {
         req: Request,
         claimed_id: Option<UserId>,
     ) -> Result<Reply, Fail> {
-        if !matches!(
-            req,
-            Request::Login { .. }
-                | Request::Register { .. }
-                | Request::ServerInfo
-                | Request::Ping
-                | Request::Resume { .. }
-        ) {
-            let me = s.me()?;
-            if let Some(claimed) = claimed_id.filter(|c| *c != me.id) {
-                return Err(Fail::new(
-                    ErrCode::IdentityMismatch,
-                    format!("id {claimed} is not the logged-in user {}", me.id),
-                ));
-            }
-        }
+        // Requests that need no login, and LOGOUT, which ends the session.
         match req {
             Request::Register { name, password } => {
-                answer(ack, self.register(&name, &password).await)
+                return answer(ack, self.register(&name, &password).await);
             }
-            Request::Login { id, password, acks } => match self.admit(s, ack) {
-                Err(later) => Ok(later),
-                Ok(()) => answer(ack, counted(self.login(s, id, password, acks).await)),
-            },
-            Request::Resume { token, acks } => match self.admit(s, ack) {
-                Err(later) => Ok(later),
-                Ok(()) => answer(ack, counted(self.resume(s, &token, acks).await)),
-            },
-            // Answered by handle_frame (only when refused).
-            Request::Ack { acks } => self.ack(s, &acks).map(|()| Reply::ok(ack)),
+            Request::Login { id, password, acks } => {
+                return match self.admit(s, ack) {
+                    Err(later) => Ok(later),
+                    Ok(()) => answer(ack, counted(self.login(s, id, password, acks).await)),
+                };
+            }
+            Request::Resume { token, acks } => {
+                return match self.admit(s, ack) {
+                    Err(later) => Ok(later),
+                    Ok(()) => answer(ack, counted(self.resume(s, &token, acks).await)),
+                };
+            }
+            Request::ServerInfo => {
+                let info = replies::ServerInfo {
+                    node: self.config.node_id.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                };
+                return answer(ack, Ok(info));
+            }
+            Request::Ping => {
+                let ts = crate::store::now_ms();
+                return answer(ack, Ok(replies::Pong { ts }));
+            }
+            _ => {}
+        }
+        // Everything else acts as the logged-in user, and only as them.
+        let me = s.me_mut()?;
+        if let Some(claimed) = claimed_id.filter(|c| *c != me.id) {
+            return Err(Fail::new(
+                ErrCode::IdentityMismatch,
+                format!("id {claimed} is not the logged-in user {}", me.id),
+            ));
+        }
+        match req {
             Request::Logout => answer(ack, self.logout(s).await),
-            Request::AddFriend { friendid } => answer(ack, self.add_friend(s, friendid).await),
-            Request::DelFriend { friendid } => answer(ack, self.del_friend(s, friendid).await),
-            Request::ShowFriendList => answer(ack, self.show_friends(s).await),
+            // Answered by handle_frame (only when refused).
+            Request::Ack { acks } => self.ack(me, &acks).map(|()| Reply::ok(ack)),
+            Request::AddFriend { friendid } => answer(ack, self.add_friend(me, friendid).await),
+            Request::DelFriend { friendid } => answer(ack, self.del_friend(me, friendid).await),
+            Request::ShowFriendList => answer(ack, self.show_friends(me).await),
             Request::CreateGroup {
                 groupname,
                 groupdesc,
-            } => answer(ack, self.create_group(s, &groupname, &groupdesc).await),
-            Request::AddGroup { groupid } => answer(ack, self.join_group(s, groupid).await),
-            Request::DelGroup { groupid } => answer(ack, self.leave_group(s, groupid).await),
+            } => answer(ack, self.create_group(me, &groupname, &groupdesc).await),
+            Request::AddGroup { groupid } => answer(ack, self.join_group(me, groupid).await),
+            Request::DelGroup { groupid } => answer(ack, self.leave_group(me, groupid).await),
             Request::OneChat { toid, msg, cmid } => {
-                answer(ack, self.one_chat(s, toid, msg, cmid).await)
+                answer(ack, self.one_chat(me, toid, msg, cmid).await)
             }
             Request::GroupChat { groupid, msg, cmid } => {
-                answer(ack, self.group_chat(s, groupid, msg, cmid).await)
+                answer(ack, self.group_chat(me, groupid, msg, cmid).await)
             }
-            Request::ServerInfo => answer(
-                ack,
-                Ok(replies::ServerInfo {
-                    node: self.config.node_id.clone(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                }),
-            ),
-            Request::Ping => answer(
-                ack,
-                Ok(replies::Pong {
-                    ts: crate::store::now_ms(),
-                }),
-            ),
             Request::History {
                 target,
                 before,
                 limit,
-            } => answer(ack, self.history(s, target, before, limit).await),
+            } => answer(ack, self.history(me, target, before, limit).await),
+            // Answered above; listed so that a new request must be placed.
+            Request::Register { .. }
+            | Request::Login { .. }
+            | Request::Resume { .. }
+            | Request::ServerInfo
+            | Request::Ping => Err(Fail::new(ErrCode::BadRequest, "handled above")),
         }
     }
 

@@ -116,12 +116,6 @@ impl Session {
         }
     }
 
-    pub(super) fn me(&self) -> Result<&LoggedIn, Fail> {
-        self.user
-            .as_ref()
-            .ok_or_else(|| Fail::new(ErrCode::NotLoggedIn, "please log in first"))
-    }
-
     pub(super) fn me_mut(&mut self) -> Result<&mut LoggedIn, Fail> {
         self.user
             .as_mut()
