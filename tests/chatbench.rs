@@ -8,8 +8,12 @@ use std::process::Command;
 
 #[test]
 fn compare_runs_both_targets_and_reports_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plot = dir.path().join("latency.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_chatbench"))
         .args(["compare", "--pairs", "2", "--repeat", "1"])
+        .arg("--plot")
+        .arg(&plot)
         .args(["--duration", "0.5", "--warmup", "0.2"])
         .args(["--server", env!("CARGO_BIN_EXE_chatserver")])
         .output()
@@ -40,6 +44,13 @@ fn compare_runs_both_targets_and_reports_them() {
         server["acked"], server["sent"],
         "every message sent to the server is acknowledged: {server}"
     );
+    // the latency picture has a line for each target
+    let svg = std::fs::read_to_string(&plot).expect("the plot was written");
+    assert!(svg.starts_with("<svg"), "{svg}");
+    for series in ["relay, 2 pairs", "chatserver, 2 pairs"] {
+        assert!(svg.contains(series), "no {series} line:\n{svg}");
+    }
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
 }
 
 #[test]

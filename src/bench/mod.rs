@@ -10,6 +10,7 @@
 //! [`crate::client::Client`]: the load generator must cost as little as
 //! possible, so that the server, not the tool, is what is measured.
 
+pub mod plot;
 pub mod relay;
 
 use std::sync::Arc;
@@ -286,6 +287,9 @@ pub struct Window {
     pub max_us: u64,
     pub server_cpu_us_per_msg: Option<f64>,
     pub server_core_share: Option<f64>,
+    /// The window's latency histogram (µs), for `--plot`.
+    #[serde(skip)]
+    pub latency: Option<Histogram<u64>>,
 }
 
 /// Closed-loop pairs running in the background; measured in windows.
@@ -475,7 +479,14 @@ impl PairsRun {
     }
 
     /// Measures while `during` runs, and returns its output with the window.
-    pub async fn measure<T>(&self, during: impl std::future::Future<Output = T>) -> (T, Window) {
+    /// On a terminal a progress bar shows the window so far (`expected`
+    /// gives its length, when known).
+    pub async fn measure<T>(
+        &self,
+        label: &str,
+        expected: Option<Duration>,
+        during: impl std::future::Future<Output = T>,
+    ) -> (T, Window) {
         if let Ok(mut hist) = self.shared.hist.lock() {
             hist.reset();
         }
@@ -483,16 +494,46 @@ impl PairsRun {
         let cpu0 = processes_cpu(&self.server_pids);
         let t0 = Instant::now();
         self.shared.measuring.store(true, Ordering::Relaxed);
-        let out = during.await;
+        let bar = progress_bar(label, expected);
+        let out = {
+            let during = std::pin::pin!(during);
+            let ticks = async {
+                let mut every = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    every.tick().await;
+                    let (secs, n) = (
+                        t0.elapsed().as_secs_f64(),
+                        self.shared.delivered.load(Ordering::Relaxed) - delivered0,
+                    );
+                    bar.tick();
+                    bar.set_position(t0.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
+                    bar.set_message(format!(
+                        "{n} delivered, {:.0} msg/s",
+                        n as f64 / secs.max(1e-3)
+                    ));
+                }
+            };
+            tokio::select! {
+                out = during => out,
+                never = ticks => never,
+            }
+        };
+        bar.finish_and_clear();
         self.shared.measuring.store(false, Ordering::Relaxed);
         let seconds = t0.elapsed().as_secs_f64();
         let cpu1 = processes_cpu(&self.server_pids);
         let delivered = self.shared.delivered.load(Ordering::Relaxed) - delivered0;
         let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
         let q = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q);
-        let (p50_us, p99_us, p999_us, max_us) = match self.shared.hist.lock() {
-            Ok(h) => (q(&h, 0.5), q(&h, 0.99), q(&h, 0.999), h.max()),
-            Err(_) => (0, 0, 0, 0),
+        let (p50_us, p99_us, p999_us, max_us, latency) = match self.shared.hist.lock() {
+            Ok(h) => (
+                q(&h, 0.5),
+                q(&h, 0.99),
+                q(&h, 0.999),
+                h.max(),
+                Some(h.clone()),
+            ),
+            Err(_) => (0, 0, 0, 0, None),
         };
         let window = Window {
             seconds,
@@ -506,6 +547,7 @@ impl PairsRun {
                 .filter(|_| delivered > 0)
                 .map(|c| c.as_secs_f64() * 1e6 / delivered as f64),
             server_core_share: cpu.map(|c| c.as_secs_f64() / seconds),
+            latency,
         };
         (out, window)
     }
@@ -538,11 +580,46 @@ impl PairsRun {
     }
 }
 
+/// A bar on stderr while a window runs; drawn only on a terminal, so logs
+/// and the JSON line on stdout stay clean.
+fn progress_bar(label: &str, expected: Option<Duration>) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = match expected {
+        Some(d) => {
+            let bar = ProgressBar::new(d.as_millis().try_into().unwrap_or(u64::MAX));
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix:>12} [{bar:30}] {elapsed_precise} {msg}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        }
+        None => {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix:>12} {spinner} {elapsed_precise} {msg}")
+            {
+                bar.set_style(style);
+            }
+            bar
+        }
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_prefix(label.to_owned());
+    bar
+}
+
 /// Runs pairs (closed or open loop) and reports what the window measured.
 pub async fn pairs(opts: &PairsOptions) -> Result<PairsReport, BenchError> {
     let run = PairsRun::start(opts).await?;
     tokio::time::sleep(opts.warmup).await;
-    let ((), w) = run.measure(tokio::time::sleep(opts.duration)).await;
+    let ((), w) = run
+        .measure(
+            "pairs",
+            Some(opts.duration),
+            tokio::time::sleep(opts.duration),
+        )
+        .await;
     let (sent, acked, refused) = run.stop().await?;
     Ok(PairsReport {
         pairs: opts.pairs,
@@ -573,8 +650,14 @@ pub async fn storm(
 ) -> Result<StormReport, BenchError> {
     let run = PairsRun::start(pairs_opts).await?;
     tokio::time::sleep(pairs_opts.warmup).await;
-    let ((), quiet) = run.measure(tokio::time::sleep(pairs_opts.duration)).await;
-    let (logins, storm_window) = run.measure(logins(storm)).await;
+    let ((), quiet) = run
+        .measure(
+            "quiet",
+            Some(pairs_opts.duration),
+            tokio::time::sleep(pairs_opts.duration),
+        )
+        .await;
+    let (logins, storm_window) = run.measure("login storm", None, logins(storm)).await;
     let (logins, held) = logins?;
     run.stop().await?;
     drop(held);

@@ -159,6 +159,9 @@ struct RunArgs {
     /// Filler bytes in each message body.
     #[arg(long, default_value_t = 32)]
     body: usize,
+    /// Also draw the delivery latency by percentile into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -212,6 +215,12 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             opts.rate = rate;
             let report = bench::pairs(&opts).await.map_err(|e| e.to_string())?;
             print_table(&[("server", &report, None)]);
+            let title = format!("{pairs} pairs against {addr}");
+            plot(
+                &run,
+                &title,
+                &[("server".into(), report.window.latency.as_ref())],
+            )?;
             println!(
                 "{}",
                 serde_json::to_string(&report).map_err(|e| e.to_string())?
@@ -325,6 +334,14 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             let r = bench::storm(&pairs_opts, &storm_opts)
                 .await
                 .map_err(|e| e.to_string())?;
+            plot(
+                &run,
+                &format!("{pairs} pairs chatting, then during {logins} logins"),
+                &[
+                    ("quiet".into(), r.quiet.latency.as_ref()),
+                    ("login storm".into(), r.storm.latency.as_ref()),
+                ],
+            )?;
             println!(
                 "{:<7} {:>8} {:>8} {:>8} {:>9}",
                 "window", "msg/s", "p50 µs", "p99 µs", "seconds"
@@ -623,6 +640,44 @@ async fn compare(
         })
         .collect();
     println!("{}", serde_json::Value::from(json));
+    // Every round's messages, merged per target and pair count.
+    let mut merged: Vec<(String, hdrhistogram::Histogram<u64>)> = Vec::new();
+    for (name, r) in &rows {
+        let Some(h) = &r.window.latency else { continue };
+        let key = format!("{name}, {} pairs", r.pairs);
+        match merged.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, m)) => {
+                let _ = m.add(h);
+            }
+            None => merged.push((key, h.clone())),
+        }
+    }
+    let series: Vec<(String, Option<&hdrhistogram::Histogram<u64>>)> =
+        merged.iter().map(|(k, h)| (k.clone(), Some(h))).collect();
+    plot(
+        &run,
+        &format!("chatserver against the bare relay (rounds: {repeat})"),
+        &series,
+    )?;
+    Ok(())
+}
+
+/// Writes the `--plot` picture, if one was asked for.
+fn plot(
+    run: &RunArgs,
+    title: &str,
+    series: &[(String, Option<&hdrhistogram::Histogram<u64>>)],
+) -> Result<(), String> {
+    let Some(path) = &run.plot else {
+        return Ok(());
+    };
+    let series: Vec<(&str, &hdrhistogram::Histogram<u64>)> = series
+        .iter()
+        .filter_map(|(name, h)| Some((name.as_str(), (*h)?)))
+        .collect();
+    std::fs::write(path, bench::plot::latency_svg(title, &series))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("latency plot written to {}", path.display());
     Ok(())
 }
 
