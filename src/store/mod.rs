@@ -16,7 +16,7 @@
 
 mod commit;
 pub mod mysql;
-mod sql;
+pub mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;

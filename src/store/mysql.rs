@@ -21,13 +21,10 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlQueryRe
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
 
 use super::commit::{BatchWriter, GroupCommit, WriteOp};
-use super::sql::{self, MsgRow, impl_store, is_unique_violation};
+use super::sql::{self, Dialect, MsgRow, SqlStore, is_unique_violation};
 use super::{StoreError, StoreResult, now_ms};
 use crate::config::PoolConfig;
-use crate::model::{
-    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, NewMessage, Seq, UserId,
-    UserSummary,
-};
+use crate::model::{ChatMessage, Conversation, NewMessage, Seq, UserId};
 
 /// Conversations the writer remembers as existing; past this it starts over.
 const MAX_KNOWN_CONVS: usize = 1 << 20;
@@ -38,31 +35,29 @@ const DEADLOCK_RETRIES: usize = 3;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 
 /// MySQL-backed [`Store`](super::Store).
-#[derive(Debug)]
-pub struct MySqlStore {
-    pool: MySqlPool,
-    commit: GroupCommit,
-}
+pub type MySqlStore = SqlStore<MySql>;
 
 fn is_deadlock(e: &sqlx::Error) -> bool {
     // 40001: deadlock / serialization failure, retrying is the remedy.
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("40001"))
 }
 
-impl MySqlStore {
-    /// Inserts both friendship rows, skipping existing ones.
-    const ADD_FRIENDS: &str =
+impl Dialect for MySql {
+    const ADD_FRIENDS: &'static str =
         "INSERT IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
+    const BEGIN_WRITE: &'static str = "BEGIN";
 
-    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, MySql>> {
-        self.pool.begin().await
+    fn rows_affected(done: &Self::QueryResult) -> u64 {
+        done.rows_affected()
     }
 
     fn inserted_id(done: &MySqlQueryResult) -> StoreResult<i64> {
         i64::try_from(done.last_insert_id())
             .map_err(|_| StoreError::Unavailable("id out of range".into()))
     }
+}
 
+impl SqlStore<MySql> {
     /// Connects to `url` (`mysql://USER:PASS@HOST:PORT/DB`) with `pool`'s
     /// settings and runs the migrations.
     pub async fn open(url: &str, pool: &PoolConfig) -> StoreResult<Self> {
@@ -79,7 +74,11 @@ impl MySqlStore {
             pool: pool.clone(),
             known: HashSet::new(),
         });
-        Ok(MySqlStore { pool, commit })
+        Ok(SqlStore {
+            pool,
+            commit,
+            fast_reads: None,
+        })
     }
 
     /// The connection pool, for operational tooling and tests.
@@ -101,17 +100,6 @@ async fn migrate(pool: &MySqlPool) -> StoreResult<()> {
         .await;
     result.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
 }
-
-impl_store!(MySqlStore {
-    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
-        let row: Option<(UserId, String)> = sqlx::query_as(sql::TOKEN_USER)
-            .bind(token_hash)
-            .bind(now_ms())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row)
-    }
-});
 
 /// Size past which a batch's messages go in another INSERT statement.
 const STATEMENT_BYTES: usize = 4 << 20;

@@ -1,13 +1,25 @@
-//! SQL text and row mapping shared by the SQLite and MySQL backends.
+//! The SQL store both backends are: [`SqlStore`], with its queries and
+//! row mapping.
 //!
 //! Both schemas have the same tables and columns, and most queries are
-//! plain SQL both dialects accept; those live here once. What differs
-//! (upserts, `INSERT OR IGNORE` against `INSERT IGNORE`, the writer) stays in
-//! each backend.
+//! plain SQL both dialects accept; those live here once, in one generic
+//! [`Store`] implementation. What differs is a [`Dialect`] (`INSERT OR
+//! IGNORE` against `INSERT IGNORE`, how a write transaction begins, the
+//! inserted id), the message writer each backend gives its [`GroupCommit`],
+//! and SQLite's [`FastReads`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::model::{ChatMessage, Conversation, GroupId, GroupInfo, GroupMember, GroupRole};
+use async_trait::async_trait;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+
+use super::commit::GroupCommit;
+use super::{SessionStart, Store, StoreError, StoreResult, now_ms};
+use crate::model::{
+    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, GroupMember, GroupRole, NewMessage,
+    Seq, UserId, UserSummary,
+};
 
 /// A message row: conv, seq, sender_id, sender_name, body, sent_at.
 pub(super) type MsgRow = (String, i64, i64, String, String, i64);
@@ -122,267 +134,370 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-/// Implements [`Store`](super::Store) for a backend type with a `pool` field
-/// and a `commit: GroupCommit` field. Every method is written here once; the
-/// backend supplies only what its dialect does differently, as inherent
-/// items: `begin_write()` (a transaction that will write), `inserted_id()`
-/// (the id of the row just inserted) and `ADD_FRIENDS` (an insert of both
-/// friendship rows that ignores existing ones).
-macro_rules! impl_store {
-    ($backend:ty { $($own:tt)* }) => {
-        #[async_trait::async_trait]
-        impl $crate::store::Store for $backend {
-            async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
-                let res = sqlx::query(sql::CREATE_USER)
-                    .bind(name)
-                    .bind(password_hash)
-                    .bind(now_ms())
-                    .execute(&self.pool)
-                    .await;
-                match res {
-                    Ok(done) => Self::inserted_id(&done),
-                    Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("name is already taken")),
-                    Err(e) => Err(e.into()),
-                }
-            }
-
-            async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
-                let mut tx = self.begin_write().await?;
-                let exists: Option<(i64,)> = sqlx::query_as(sql::USER_ID)
-                    .bind(b)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if exists.is_none() {
-                    return Err(StoreError::NotFound("user"));
-                }
-                let added = sqlx::query(Self::ADD_FRIENDS)
-                    .bind(a)
-                    .bind(b)
-                    .bind(b)
-                    .bind(a)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if added == 0 {
-                    return Err(StoreError::Conflict("already friends"));
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
-                let mut tx = self.begin_write().await?;
-                let res = sqlx::query(sql::CREATE_GROUP)
-                    .bind(name)
-                    .bind(desc)
-                    .bind(now_ms())
-                    .execute(&mut *tx)
-                    .await;
-                let id = match res {
-                    Ok(done) => Self::inserted_id(&done)?,
-                    Err(e) if is_unique_violation(&e) => {
-                        return Err(StoreError::Conflict("group name is already taken"));
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let conv = Conversation::Group(id).key();
-                sqlx::query(sql::ADD_CREATOR).bind(id).bind(creator).execute(&mut *tx).await?;
-                sqlx::query(sql::NEW_CONVERSATION).bind(&conv).execute(&mut *tx).await?;
-                sqlx::query(sql::SET_CURSOR).bind(creator).bind(&conv).bind(0_i64).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(id)
-            }
-
-            async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
-                let conv = Conversation::Group(group).key();
-                let mut tx = self.begin_write().await?;
-                let last: Option<(i64,)> = sqlx::query_as(sql::LAST_SEQ)
-                    .bind(&conv)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some((last,)) = last else {
-                    return Err(StoreError::NotFound("group"));
-                };
-                match sqlx::query(sql::ADD_MEMBER).bind(group).bind(user).execute(&mut *tx).await {
-                    Ok(_) => {}
-                    Err(e) if is_unique_violation(&e) => {
-                        return Err(StoreError::Conflict("already a member of this group"));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                // A new member starts at the present: earlier messages are
-                // history, not offline messages.
-                sqlx::query(sql::SET_CURSOR).bind(user).bind(&conv).bind(last).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(last)
-            }
-
-            async fn create_token(&self, user: UserId, token_hash: &str, expires_ms: i64) -> StoreResult<()> {
-                sqlx::query(sql::DROP_EXPIRED_TOKENS).bind(user).bind(now_ms()).execute(&self.pool).await?;
-                sqlx::query(sql::CREATE_TOKEN).bind(token_hash).bind(user).bind(expires_ms).execute(&self.pool).await?;
-                Ok(())
-            }
-
-            async fn revoke_token(&self, token_hash: &str) -> StoreResult<()> {
-                sqlx::query(sql::REVOKE_TOKEN).bind(token_hash).execute(&self.pool).await?;
-                Ok(())
-            }
-
-            async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>> {
-                let row: Option<(String, String)> = sqlx::query_as(sql::CREDENTIALS)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(row.map(|(name, password_hash)| Credentials { id, name, password_hash }))
-            }
-
-            async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool> {
-                let done = sqlx::query(sql::REMOVE_FRIENDSHIP)
-                    .bind(a)
-                    .bind(b)
-                    .bind(b)
-                    .bind(a)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            async fn friends(&self, user: UserId) -> StoreResult<Vec<UserSummary>> {
-                let rows: Vec<(i64, String)> = sqlx::query_as(sql::FRIENDS)
-                    .bind(user)
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(rows.into_iter().map(|(id, name)| UserSummary { id, name }).collect())
-            }
-
-            async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
-                let left = sqlx::query(sql::REMOVE_MEMBER)
-                    .bind(group)
-                    .bind(user)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                sqlx::query(sql::REMOVE_CURSOR)
-                    .bind(user)
-                    .bind(Conversation::Group(group).key())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(left > 0)
-            }
-
-            async fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
-                let groups: Vec<(i64, String, String)> = sqlx::query_as(sql::USER_GROUPS)
-                    .bind(user)
-                    .fetch_all(&self.pool)
-                    .await?;
-                let members: Vec<(i64, i64, String, String)> =
-                    sqlx::query_as(sql::USER_GROUPS_MEMBERS)
-                        .bind(user)
-                        .fetch_all(&self.pool)
-                        .await?;
-                Ok(sql::assemble_groups(groups, members))
-            }
-
-            async fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>> {
-                let rows: Vec<(i64,)> = sqlx::query_as(sql::GROUP_MEMBERS)
-                    .bind(group)
-                    .fetch_all(&self.pool)
-                    .await?;
-                if rows.is_empty() {
-                    let exists: Option<(i64,)> = sqlx::query_as(sql::GROUP_ID)
-                        .bind(group)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                    if exists.is_none() {
-                        return Ok(None);
-                    }
-                }
-                Ok(Some(rows.into_iter().map(|(id,)| id).collect()))
-            }
-
-            async fn append(&self, msg: NewMessage) -> StoreResult<ChatMessage> {
-                self.commit.append(msg).await
-            }
-
-            async fn advance_cursors(
-                &self,
-                user: UserId,
-                positions: Vec<(Conversation, Seq)>,
-            ) -> StoreResult<()> {
-                self.commit.advance_cursors(user, positions).await
-            }
-
-            fn queue_cursors(
-                &self,
-                user: UserId,
-                positions: Vec<(Conversation, Seq)>,
-            ) -> Result<(), Vec<(Conversation, Seq)>> {
-                self.commit.queue_cursors(user, positions)
-            }
-
-            async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
-                let rows: Vec<(String, i64)> = sqlx::query_as(sql::CURSORS)
-                    .bind(user)
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(sql::cursors(rows))
-            }
-
-            async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>> {
-                let rows: Vec<MsgRow> = sqlx::query_as(sql::UNDELIVERED)
-                    .bind(user)
-                    .bind(user)
-                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(sql::messages(rows))
-            }
-
-            async fn between(
-                &self,
-                conv: Conversation,
-                after: Seq,
-                before: Seq,
-                exclude_sender: UserId,
-            ) -> StoreResult<Vec<ChatMessage>> {
-                let rows: Vec<MsgRow> = sqlx::query_as(sql::BETWEEN)
-                    .bind(conv.key())
-                    .bind(after)
-                    .bind(before)
-                    .bind(exclude_sender)
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(sql::messages(rows))
-            }
-
-            async fn history(
-                &self,
-                conv: Conversation,
-                before: Option<Seq>,
-                limit: u32,
-            ) -> StoreResult<Vec<ChatMessage>> {
-                let rows: Vec<MsgRow> = sqlx::query_as(sql::HISTORY)
-                    .bind(conv.key())
-                    .bind(before.unwrap_or(i64::MAX))
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(sql::messages(rows))
-            }
-
-            fn pool_usage(&self) -> $crate::metrics::PoolUsage {
-                Some((self.pool.size(), self.pool.num_idle()))
-            }
-
-            async fn close(&self) {
-                self.commit.close().await;
-                self.pool.close().await;
-            }
-
-            $($own)*
-        }
-    };
+/// What one SQL dialect does its own way; everything else [`SqlStore`]
+/// writes once for both.
+pub trait Dialect: Database {
+    /// Inserts both friendship rows (`a, b, b, a`), skipping existing ones.
+    const ADD_FRIENDS: &'static str;
+    /// Begins a transaction that will write. SQLite takes the write lock up
+    /// front (`IMMEDIATE`), so that a read inside the transaction cannot
+    /// turn into a busy snapshot when the message writer commits in between.
+    const BEGIN_WRITE: &'static str;
+    /// The id of the row just inserted.
+    fn inserted_id(done: &Self::QueryResult) -> StoreResult<i64>;
+    /// How many rows a statement changed.
+    fn rows_affected(done: &Self::QueryResult) -> u64;
 }
-pub(super) use impl_store;
+
+/// Reads a backend answers its own faster way than statement by statement
+/// on the pool (SQLite: several statements in one hop to a blocking thread).
+#[async_trait]
+pub trait FastReads: std::fmt::Debug + Send + Sync + 'static {
+    /// As [`Store::token_user`].
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>>;
+    /// As [`Store::session_start`].
+    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart>;
+}
+
+/// A [`Store`] on a SQL database: the pool for reads and for the rare
+/// writes (accounts, friends, groups), a [`GroupCommit`] writer for
+/// messages and cursor moves, and optionally [`FastReads`].
+/// [`SqliteStore`](super::sqlite::SqliteStore) and
+/// [`MySqlStore`](super::mysql::MySqlStore) are this type.
+#[derive(Debug)]
+pub struct SqlStore<DB: Dialect> {
+    pub(super) pool: Pool<DB>,
+    pub(super) commit: GroupCommit,
+    pub(super) fast_reads: Option<Arc<dyn FastReads>>,
+}
+
+#[async_trait]
+impl<DB: Dialect> Store for SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'e> i64: Encode<'e, DB> + Decode<'e, DB> + Type<DB>,
+    for<'e> &'e str: Encode<'e, DB> + Type<DB>,
+    for<'e> String: Encode<'e, DB> + Decode<'e, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
+        let res = sqlx::query(CREATE_USER)
+            .bind(name)
+            .bind(password_hash)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await;
+        match res {
+            Ok(done) => DB::inserted_id(&done),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("name is already taken")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let exists: Option<(i64,)> = sqlx::query_as(USER_ID)
+            .bind(b)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        let added = DB::rows_affected(
+            &sqlx::query(DB::ADD_FRIENDS)
+                .bind(a)
+                .bind(b)
+                .bind(b)
+                .bind(a)
+                .execute(&mut *tx)
+                .await?,
+        );
+        if added == 0 {
+            return Err(StoreError::Conflict("already friends"));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let res = sqlx::query(CREATE_GROUP)
+            .bind(name)
+            .bind(desc)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await;
+        let id = match res {
+            Ok(done) => DB::inserted_id(&done)?,
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict("group name is already taken"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let conv = Conversation::Group(id).key();
+        sqlx::query(ADD_CREATOR)
+            .bind(id)
+            .bind(creator)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(NEW_CONVERSATION)
+            .bind(&conv)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(SET_CURSOR)
+            .bind(creator)
+            .bind(&conv)
+            .bind(0_i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
+        let conv = Conversation::Group(group).key();
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let last: Option<(i64,)> = sqlx::query_as(LAST_SEQ)
+            .bind(&conv)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((last,)) = last else {
+            return Err(StoreError::NotFound("group"));
+        };
+        match sqlx::query(ADD_MEMBER)
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict("already a member of this group"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // A new member starts at the present: earlier messages are
+        // history, not offline messages.
+        sqlx::query(SET_CURSOR)
+            .bind(user)
+            .bind(&conv)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    async fn create_token(
+        &self,
+        user: UserId,
+        token_hash: &str,
+        expires_ms: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(DROP_EXPIRED_TOKENS)
+            .bind(user)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(CREATE_TOKEN)
+            .bind(token_hash)
+            .bind(user)
+            .bind(expires_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_token(&self, token_hash: &str) -> StoreResult<()> {
+        sqlx::query(REVOKE_TOKEN)
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>> {
+        let row: Option<(String, String)> = sqlx::query_as(CREDENTIALS)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(name, password_hash)| Credentials {
+            id,
+            name,
+            password_hash,
+        }))
+    }
+
+    async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let done = sqlx::query(REMOVE_FRIENDSHIP)
+            .bind(a)
+            .bind(b)
+            .bind(b)
+            .bind(a)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    async fn friends(&self, user: UserId) -> StoreResult<Vec<UserSummary>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(FRIENDS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name)| UserSummary { id, name })
+            .collect())
+    }
+
+    async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let left = DB::rows_affected(
+            &sqlx::query(REMOVE_MEMBER)
+                .bind(group)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?,
+        );
+        sqlx::query(REMOVE_CURSOR)
+            .bind(user)
+            .bind(Conversation::Group(group).key())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(left > 0)
+    }
+
+    async fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
+        let groups: Vec<(i64, String, String)> = sqlx::query_as(USER_GROUPS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        let members: Vec<(i64, i64, String, String)> = sqlx::query_as(USER_GROUPS_MEMBERS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(assemble_groups(groups, members))
+    }
+
+    async fn group_members(&self, group: GroupId) -> StoreResult<Option<Vec<UserId>>> {
+        let rows: Vec<(i64,)> = sqlx::query_as(GROUP_MEMBERS)
+            .bind(group)
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.is_empty() {
+            let exists: Option<(i64,)> = sqlx::query_as(GROUP_ID)
+                .bind(group)
+                .fetch_optional(&self.pool)
+                .await?;
+            if exists.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(rows.into_iter().map(|(id,)| id).collect()))
+    }
+
+    async fn append(&self, msg: NewMessage) -> StoreResult<ChatMessage> {
+        self.commit.append(msg).await
+    }
+
+    async fn advance_cursors(
+        &self,
+        user: UserId,
+        positions: Vec<(Conversation, Seq)>,
+    ) -> StoreResult<()> {
+        self.commit.advance_cursors(user, positions).await
+    }
+
+    fn queue_cursors(
+        &self,
+        user: UserId,
+        positions: Vec<(Conversation, Seq)>,
+    ) -> Result<(), Vec<(Conversation, Seq)>> {
+        self.commit.queue_cursors(user, positions)
+    }
+
+    async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(CURSORS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(cursors(rows))
+    }
+
+    async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>> {
+        let rows: Vec<MsgRow> = sqlx::query_as(UNDELIVERED)
+            .bind(user)
+            .bind(user)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(messages(rows))
+    }
+
+    async fn between(
+        &self,
+        conv: Conversation,
+        after: Seq,
+        before: Seq,
+        exclude_sender: UserId,
+    ) -> StoreResult<Vec<ChatMessage>> {
+        let rows: Vec<MsgRow> = sqlx::query_as(BETWEEN)
+            .bind(conv.key())
+            .bind(after)
+            .bind(before)
+            .bind(exclude_sender)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(messages(rows))
+    }
+
+    async fn history(
+        &self,
+        conv: Conversation,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> StoreResult<Vec<ChatMessage>> {
+        let rows: Vec<MsgRow> = sqlx::query_as(HISTORY)
+            .bind(conv.key())
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(messages(rows))
+    }
+
+    fn pool_usage(&self) -> crate::metrics::PoolUsage {
+        Some((self.pool.size(), self.pool.num_idle()))
+    }
+
+    async fn close(&self) {
+        self.commit.close().await;
+        self.pool.close().await;
+    }
+
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
+        if let Some(fast) = &self.fast_reads {
+            return fast.token_user(token_hash).await;
+        }
+        let row: Option<(UserId, String)> = sqlx::query_as(TOKEN_USER)
+            .bind(token_hash)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row)
+    }
+
+    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart> {
+        if let Some(fast) = &self.fast_reads {
+            return fast.session_start(user, page).await;
+        }
+        Ok(SessionStart {
+            cursors: self.cursors(user).await?,
+            undelivered: self.undelivered(user, page).await?,
+            friends: self.friends(user).await?,
+            groups: self.user_groups(user).await?,
+        })
+    }
+}

@@ -11,22 +11,20 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Sqlite;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
 
 use super::commit::{BlockingBatchWriter, GroupCommit, WriteOp};
-use super::sql::{self, MsgRow, impl_store, is_unique_violation};
-use super::{StoreError, StoreResult, now_ms};
+use super::sql::{self, Dialect, FastReads, MsgRow, SqlStore};
+use super::{SessionStart, StoreError, StoreResult, now_ms};
 use crate::config::SqliteSync;
-use crate::model::{
-    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, NewMessage, Seq, UserId,
-    UserSummary,
-};
+use crate::model::{ChatMessage, Conversation, Seq, UserId, UserSummary};
 
 /// Conversations whose last sequence number the writer remembers; past this
 /// the cache is dropped and refilled from the table on demand.
@@ -35,11 +33,20 @@ const MAX_CACHED_CONVS: usize = 1 << 20;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// SQLite-backed [`Store`](super::Store).
-#[derive(Debug)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-    commit: GroupCommit,
-    readers: std::sync::Arc<Readers>,
+pub type SqliteStore = SqlStore<Sqlite>;
+
+impl Dialect for Sqlite {
+    const ADD_FRIENDS: &'static str =
+        "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
+    fn rows_affected(done: &Self::QueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn inserted_id(done: &SqliteQueryResult) -> StoreResult<i64> {
+        Ok(done.last_insert_rowid())
+    }
 }
 
 /// Read-only connections for reads that take several statements (a session
@@ -86,7 +93,7 @@ impl Readers {
         result
     }
 
-    fn session_start(&self, user: UserId, page: usize) -> StoreResult<super::SessionStart> {
+    fn start_of_session(&self, user: UserId, page: usize) -> StoreResult<SessionStart> {
         self.with(|c| {
             let cursors: Vec<(String, i64)> = c
                 .prepare_cached(sql::CURSORS)?
@@ -114,7 +121,7 @@ impl Readers {
                 .prepare_cached(sql::USER_GROUPS_MEMBERS)?
                 .query_map([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            Ok(super::SessionStart {
+            Ok(SessionStart {
                 cursors: sql::cursors(cursors),
                 undelivered: sql::messages(undelivered),
                 friends,
@@ -124,22 +131,7 @@ impl Readers {
     }
 }
 
-impl SqliteStore {
-    /// Inserts both friendship rows, skipping existing ones.
-    const ADD_FRIENDS: &str =
-        "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
-
-    /// IMMEDIATE: take the write lock up front, so that a read inside the
-    /// transaction cannot turn into a busy snapshot when the message writer
-    /// commits in between.
-    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    fn inserted_id(done: &SqliteQueryResult) -> StoreResult<i64> {
-        Ok(done.last_insert_rowid())
-    }
-
+impl SqlStore<Sqlite> {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`;
     /// not `:memory:`, since the writer needs a second connection to the
     /// same data) and runs the migrations.
@@ -166,7 +158,7 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
         let path = options.get_filename().to_owned();
-        let readers = std::sync::Arc::new(Readers {
+        let readers = Arc::new(Readers {
             path: path.clone(),
             idle: std::sync::Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(READERS),
@@ -176,17 +168,23 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("writer did not start: {e}")))??;
         let commit = GroupCommit::start_blocking(writer, "sqlite-writer")
             .map_err(|e| StoreError::Unavailable(format!("writer thread: {e}")))?;
-        Ok(SqliteStore {
+        Ok(SqlStore {
             pool,
             commit,
-            readers,
+            fast_reads: Some(Arc::new(ReadPath(readers))),
         })
     }
 }
 
-impl_store!(SqliteStore {
-    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<super::SessionStart> {
-        self.read(move |r| r.session_start(user, page)).await
+/// The read path over [`Readers`]: each call takes a permit and runs on a
+/// blocking thread.
+#[derive(Debug)]
+struct ReadPath(Arc<Readers>);
+
+#[async_trait::async_trait]
+impl FastReads for ReadPath {
+    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart> {
+        self.read(move |r| r.start_of_session(user, page)).await
     }
 
     async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
@@ -203,21 +201,21 @@ impl_store!(SqliteStore {
         })
         .await
     }
-});
+}
 
-impl SqliteStore {
+impl ReadPath {
     /// Runs `f` on a read connection, on a blocking thread.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Readers) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let _permit = self
-            .readers
+            .0
             .permits
             .acquire()
             .await
             .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
-        let readers = self.readers.clone();
+        let readers = self.0.clone();
         tokio::task::spawn_blocking(move || f(&readers))
             .await
             .map_err(|e| StoreError::Unavailable(format!("reader stopped: {e}")))?
