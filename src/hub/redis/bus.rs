@@ -1,21 +1,344 @@
-//! The bus's wire format between nodes: one line of receiver ids, one line
+//! The cluster bus: live messages, kicks and group changes between nodes,
+//! over Redis pub/sub.
+//!
+//! Each node subscribes to its own channel `P:to:NODE`, to `P:kick` and to
+//! `P:groups`. [`Bus::send`] queues a message for the publisher task, which
+//! sends everything waiting in one pipeline: per message, one script call
+//! ([`ROUTE`]) that looks up where its receivers are and publishes it once
+//! per node holding some of them. The sender's reply never waits for it.
+//!
+//! The wire format of a message: one line of receiver ids, one line
 //! `CONVERSATION SEQ`, then the ready push frame. The receiving node routes
 //! on the header and writes the frame as it is, parsing nothing again.
 //! Payloads from nodes that send no header line (`IDS\nFRAME`) still parse.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Keys, unavailable};
+use crate::hub::local::LocalHub;
+use crate::hub::{GroupChange, HubError};
 use crate::model::{ChatMessage, Conversation, Delivery, Seq, UserId};
 use crate::protocol::ChatFrame;
 
-/// A message taken off the bus.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Published<'a> {
-    pub(super) recipients: Vec<UserId>,
-    pub(super) conv: Conversation,
-    pub(super) seq: Seq,
-    pub(super) frame: &'a [u8],
+/// Publishes `ARGV[1]` (header and frame) to the channel (`ARGV[2]` .. node) of every node
+/// other than ours (`ARGV[3]`) holding one of the receivers, prefixed with
+/// those receivers' ids. `KEYS[i]` is the presence key of receiver `ARGV[3+i]`.
+const ROUTE: &str = r"
+local by_node = {}
+for i, k in ipairs(KEYS) do
+  local cur = redis.call('GET', k)
+  if cur then
+    local node = string.match(cur, '^(.-)|')
+    if node and node ~= ARGV[3] then
+      by_node[node] = (by_node[node] or '') .. ARGV[3 + i] .. ','
+    end
+  end
+end
+local n = 0
+for node, ids in pairs(by_node) do
+  redis.call('PUBLISH', ARGV[2] .. node, ids .. '\n' .. ARGV[1])
+  n = n + 1
+end
+return n
+";
+
+/// Messages the publisher sends in one pipeline (one round trip).
+const PUBLISH_BATCH: usize = 256;
+
+/// A message on its way to other nodes.
+struct Outbound {
+    payload: Vec<u8>,
+    receivers: Vec<UserId>,
 }
 
-pub(super) fn parse_published(payload: &[u8]) -> Option<Published<'_>> {
+/// This node's end of the bus.
+pub(super) struct Bus {
+    conn: ConnectionManager,
+    keys: Keys,
+    /// How long subscribing may take.
+    timeout: Duration,
+    route: Script,
+    /// Messages for receivers on other nodes, in the order they were sent,
+    /// for the publisher task.
+    outbox: mpsc::Sender<Outbound>,
+    outbox_rx: std::sync::Mutex<Option<mpsc::Receiver<Outbound>>>,
+    group_changes: broadcast::Sender<GroupChange>,
+}
+
+impl Bus {
+    pub(super) fn new(conn: ConnectionManager, keys: Keys, timeout: Duration) -> Self {
+        let (outbox, outbox_rx) = mpsc::channel(16 * PUBLISH_BATCH);
+        let (group_changes, _) = broadcast::channel(1024);
+        Bus {
+            conn,
+            keys,
+            timeout,
+            route: Script::new(ROUTE),
+            outbox,
+            outbox_rx: std::sync::Mutex::new(Some(outbox_rx)),
+            group_changes,
+        }
+    }
+
+    /// Queues a stored message for `receivers` on other nodes. Waits only
+    /// when the publisher is far behind (backpressure).
+    pub(super) async fn send(
+        &self,
+        message: &Delivery,
+        receivers: Vec<UserId>,
+    ) -> Result<(), HubError> {
+        let out = Outbound {
+            payload: bus_payload(message),
+            receivers,
+        };
+        self.outbox
+            .send(out)
+            .await
+            .map_err(|_| HubError::Unavailable("the node is shutting down".into()))
+    }
+
+    /// Tells the node running `holder` (`NODE|INCARNATION|SESSION`) to close
+    /// that session of `user`: the user logged in again elsewhere.
+    pub(super) async fn kick(&self, user: UserId, holder: &str) {
+        let mut conn = self.conn.clone();
+        let sent: Result<i64, _> = redis::AsyncCommands::publish(
+            &mut conn,
+            self.keys.kick_channel(),
+            format!("{user} {holder}"),
+        )
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(user, error = %e, "could not tell the replaced session to close");
+        }
+    }
+
+    /// Tells every node that a group's membership changed.
+    pub(super) async fn announce_group(&self, group: crate::model::GroupId) {
+        let mut conn = self.conn.clone();
+        let sent: Result<i64, _> =
+            redis::AsyncCommands::publish(&mut conn, self.keys.groups_channel(), group).await;
+        if let Err(e) = sent {
+            tracing::warn!(group, error = %e, "could not announce a group change");
+        }
+    }
+
+    /// Membership changes announced by other nodes.
+    pub(super) fn group_changes(&self) -> broadcast::Receiver<GroupChange> {
+        self.group_changes.subscribe()
+    }
+
+    /// Publishes queued messages to the nodes of their receivers, as many
+    /// as are waiting in one pipeline: one round trip to Redis for a batch,
+    /// and no sender ever waits for it (the message is stored already).
+    /// At `stop` it publishes what is queued, then returns. Runs once.
+    pub(super) async fn publisher(self: Arc<Self>, stop: CancellationToken) {
+        let taken = self
+            .outbox_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut outbox) = taken else { return };
+        let mut batch: Vec<Outbound> = Vec::with_capacity(PUBLISH_BATCH);
+        loop {
+            let first = tokio::select! {
+                biased;
+                m = outbox.recv() => m,
+                _ = stop.cancelled() => {
+                    outbox.close();
+                    outbox.recv().await
+                }
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < PUBLISH_BATCH {
+                match outbox.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut pipe = redis::pipe();
+            // Loading is cheap and makes the batch work after a Redis restart.
+            pipe.load_script(&self.route).ignore();
+            let channel_prefix = self.keys.channel_prefix();
+            for m in &batch {
+                let mut invocation = self.route.prepare_invoke();
+                for u in &m.receivers {
+                    invocation.key(self.keys.user(*u));
+                }
+                invocation
+                    .arg(m.payload.as_slice())
+                    .arg(&channel_prefix)
+                    .arg(&self.keys.node_id);
+                for u in &m.receivers {
+                    invocation.arg(*u);
+                }
+                pipe.invoke_script(&invocation).ignore();
+            }
+            let mut conn = self.conn.clone();
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => {
+                    crate::metrics::METRICS
+                        .published_remote
+                        .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // Stored already: receivers get them at their next gap
+                    // check, resync or login.
+                    let e = unavailable(e);
+                    tracing::warn!(messages = batch.len(), error = %e, "live delivery to other nodes failed");
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    /// Receives deliveries, kicks and group changes for `local`'s sessions;
+    /// resubscribes when the connection drops, then has every local session
+    /// catch up. `subscribed` is told once the first subscription stands.
+    pub(super) async fn subscriber(
+        self: Arc<Self>,
+        client: redis::Client,
+        local: Arc<LocalHub>,
+        subscribed: tokio::sync::oneshot::Sender<()>,
+        stop: CancellationToken,
+    ) {
+        let mut subscribed = Some(subscribed);
+        let own = format!("{}{}", self.keys.channel_prefix(), self.keys.node_id);
+        let groups = self.keys.groups_channel();
+        let kicks = self.keys.kick_channel();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&own).await?;
+                pubsub.subscribe(&groups).await?;
+                pubsub.subscribe(&kicks).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = tokio::time::timeout(self.timeout, attempt) => r,
+            };
+            let mut stream = match pubsub {
+                Ok(Ok(p)) => p.into_on_message(),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot subscribe to the cluster bus");
+                    pause(&stop, &mut backoff).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("subscribing to the cluster bus timed out");
+                    pause(&stop, &mut backoff).await;
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            match subscribed.take() {
+                Some(tx) => {
+                    let _ = tx.send(());
+                }
+                // Publishes may have been missed while we were away. (If
+                // Redis restarted empty, the lease keeper claims presence again.)
+                None => {
+                    tracing::info!(
+                        "resubscribed to the cluster bus; sessions catch up from the store"
+                    );
+                    let _ = self.group_changes.send(GroupChange::All);
+                    local.resync_all();
+                }
+            }
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = stream.next() => m,
+                };
+                let Some(msg) = msg else { break };
+                if msg.get_channel_name() == groups {
+                    if let Some(g) = std::str::from_utf8(msg.get_payload_bytes())
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                    {
+                        let _ = self.group_changes.send(GroupChange::Group(g));
+                    }
+                } else if msg.get_channel_name() == kicks {
+                    self.kick_replaced(&local, msg.get_payload_bytes());
+                } else {
+                    deliver_published(&local, msg.get_payload_bytes());
+                }
+            }
+            tracing::warn!("lost the cluster bus subscription; reconnecting");
+        }
+    }
+
+    /// Closes the local session named by a `USER NODE|INCARNATION|SESSION`
+    /// kick, if this process runs it: that user logged in elsewhere.
+    fn kick_replaced(&self, local: &LocalHub, payload: &[u8]) {
+        let Some((user, holder)) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|p| p.split_once(' '))
+        else {
+            return;
+        };
+        let ours = self.keys.holder_prefix();
+        let (Ok(user), Some(session)) = (user.parse(), holder.strip_prefix(&ours)) else {
+            return;
+        };
+        if let Ok(session) = session.parse() {
+            local.kick_session(user, session);
+        }
+    }
+}
+
+async fn pause(stop: &CancellationToken, backoff: &mut Duration) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+}
+
+/// Hands a message published by another node to the local sessions it
+/// names. The header says where the message belongs, so the frame is passed
+/// on as it is, never parsed here.
+fn deliver_published(local: &LocalHub, payload: &[u8]) {
+    let Some(Published {
+        recipients,
+        conv,
+        seq,
+        frame,
+    }) = parse_published(payload)
+    else {
+        tracing::warn!("undecodable message on the cluster bus");
+        return;
+    };
+    let delivery = Arc::new(Delivery {
+        conv,
+        seq,
+        frame: Bytes::copy_from_slice(frame),
+        arrived: std::time::Instant::now(),
+        remote: true,
+    });
+    local.deliver_here(&delivery, &recipients);
+}
+
+/// A message taken off the bus.
+#[derive(Debug, PartialEq, Eq)]
+struct Published<'a> {
+    recipients: Vec<UserId>,
+    conv: Conversation,
+    seq: Seq,
+    frame: &'a [u8],
+}
+
+fn parse_published(payload: &[u8]) -> Option<Published<'_>> {
     let (ids, rest) = split_line(payload)?;
     let recipients = String::from_utf8_lossy(ids)
         .split(',')
@@ -37,13 +360,13 @@ pub(super) fn parse_published(payload: &[u8]) -> Option<Published<'_>> {
 }
 
 /// Splits at the first newline.
-pub(super) fn split_line(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+fn split_line(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = bytes.iter().position(|b| *b == b'\n')?;
     Some((&bytes[..at], &bytes[at + 1..]))
 }
 
 /// The bus form of a message: its header line, then its frame.
-pub(super) fn bus_payload(d: &Delivery) -> Vec<u8> {
+fn bus_payload(d: &Delivery) -> Vec<u8> {
     let header = format!("{} {}\n", d.conv.key(), d.seq);
     let mut out = Vec::with_capacity(header.len() + d.frame.len());
     out.extend_from_slice(header.as_bytes());
@@ -52,7 +375,7 @@ pub(super) fn bus_payload(d: &Delivery) -> Vec<u8> {
 }
 
 /// The conversation and number of a frame from a node that sends no header.
-pub(super) fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
+fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
     ChatFrame::parse(frame)?.message()
 }
 
