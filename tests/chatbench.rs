@@ -1,5 +1,5 @@
-//! `chatbench compare` runs end to end: it starts the bare relay and the
-//! real server, drives both, and reports figures for each. Nothing here
+//! `chatbench compare` runs end to end: it starts the bare relay, the
+//! durable relay and the real server, drives all three, and reports figures for each. Nothing here
 //! asserts a speed (this machine is shared and noisy); it asserts that the
 //! tool works and that every message it sent the server was acknowledged
 //! and delivered.
@@ -7,7 +7,7 @@
 use std::process::Command;
 
 #[test]
-fn compare_runs_both_targets_and_reports_them() {
+fn compare_runs_every_target_and_reports_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plot = dir.path().join("latency.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_chatbench"))
@@ -27,7 +27,7 @@ fn compare_runs_both_targets_and_reports_them() {
     assert!(stdout.contains("msg/s"), "no table:\n{stdout}");
     let json = stdout.lines().last().expect("a JSON line");
     let rows: Vec<serde_json::Value> = serde_json::from_str(json).expect("JSON report");
-    for target in ["relay", "chatserver"] {
+    for target in ["relay", "durable-relay", "chatserver"] {
         let row = rows
             .iter()
             .find(|r| r["target"] == target)
@@ -35,22 +35,25 @@ fn compare_runs_both_targets_and_reports_them() {
         assert!(row["delivered"].as_u64().unwrap_or(0) > 0, "{row}");
         assert!(row["server_cpu_us_per_msg"].is_number(), "{row}");
     }
-    let server = rows
-        .iter()
-        .find(|r| r["target"] == "chatserver")
-        .expect("row");
-    assert_eq!(server["refused"], 0, "{server}");
-    assert_eq!(
-        server["acked"], server["sent"],
-        "every message sent to the server is acknowledged: {server}"
-    );
+    for target in ["durable-relay", "chatserver"] {
+        let server = rows.iter().find(|r| r["target"] == target).expect("row");
+        assert_eq!(server["refused"], 0, "{server}");
+        assert_eq!(
+            server["acked"], server["sent"],
+            "every message sent to {target} is acknowledged: {server}"
+        );
+    }
     // the latency picture has a line for each target
     let svg = std::fs::read_to_string(&plot).expect("the plot was written");
     assert!(svg.starts_with("<svg"), "{svg}");
-    for series in ["relay, 2 pairs", "chatserver, 2 pairs"] {
+    for series in [
+        "relay, 2 pairs",
+        "durable-relay, 2 pairs",
+        "chatserver, 2 pairs",
+    ] {
         assert!(svg.contains(series), "no {series} line:\n{svg}");
     }
-    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 3, "{svg}");
 }
 
 #[test]

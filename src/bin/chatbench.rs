@@ -27,6 +27,10 @@ enum Cmd {
     Relay {
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: String,
+        /// The durable relay instead: append each message to this file,
+        /// fdatasync (one per batch), then acknowledge and forward it.
+        #[arg(long)]
+        durable: Option<std::path::PathBuf>,
     },
     /// Closed-loop one-to-one pairs against a running server.
     Pairs {
@@ -193,12 +197,16 @@ fn main() -> ExitCode {
 
 async fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
-        Cmd::Relay { listen } => {
+        Cmd::Relay { listen, durable } => {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             eprintln!("relay listening on {listen}");
-            bench::relay::run(listener).await.map_err(|e| e.to_string())
+            match durable {
+                Some(log) => bench::relay::run_durable(listener, &log).await,
+                None => bench::relay::run(listener).await,
+            }
+            .map_err(|e| e.to_string())
         }
         Cmd::Pairs {
             addr,
@@ -561,6 +569,21 @@ async fn compare(
             &["relay".into(), "--listen".into(), relay_addr.clone()],
             server_cpu,
         )?;
+        let durable_addr = format!("127.0.0.1:{}", free_port()?);
+        let durable = spawn_pinned(
+            &me.to_string_lossy(),
+            &[
+                "relay".into(),
+                "--listen".into(),
+                durable_addr.clone(),
+                "--durable".into(),
+                dir.0
+                    .join(format!("relay-{pairs}.log"))
+                    .to_string_lossy()
+                    .into_owned(),
+            ],
+            server_cpu,
+        )?;
         let server_addr = format!("127.0.0.1:{}", free_port()?);
         let db = dir.0.join(format!("bench-{pairs}.db"));
         let mut args = vec![
@@ -572,12 +595,21 @@ async fn compare(
         args.extend(server_args.iter().cloned());
         let node = spawn_pinned(&server, &args, server_cpu)?;
         wait_listening(&relay_addr).await?;
+        wait_listening(&durable_addr).await?;
         wait_listening(&server_addr).await?;
         let relay_users = register(&relay_addr, pairs).await?;
+        let durable_users = register(&durable_addr, pairs).await?;
         let server_users = register(&server_addr, pairs).await?;
         for round in 1..=repeat {
             for (name, addr, child, users, acks) in [
                 ("relay", &relay_addr, &relay, &relay_users, false),
+                (
+                    "durable-relay",
+                    &durable_addr,
+                    &durable,
+                    &durable_users,
+                    true,
+                ),
                 ("chatserver", &server_addr, &node, &server_users, true),
             ] {
                 let opts = options(addr, pairs, users.clone(), vec![child.0.id()], acks, &run);
@@ -585,7 +617,7 @@ async fn compare(
                     .await
                     .map_err(|e| format!("{name}, {pairs} pairs: {e}"))?;
                 eprintln!(
-                    "round {round}/{repeat} {name:>10} {pairs:>4} pairs: {:>8.0} msg/s, {:>6.1} µs CPU/msg, p50 {} µs",
+                    "round {round}/{repeat} {name:>13} {pairs:>4} pairs: {:>8.0} msg/s, {:>6.1} µs CPU/msg, p50 {} µs",
                     report.window.msg_per_s,
                     report.window.server_cpu_us_per_msg.unwrap_or(f64::NAN),
                     report.window.p50_us
@@ -594,12 +626,13 @@ async fn compare(
             }
         }
         drop(node);
+        drop(durable);
         drop(relay);
     }
     // Medians per (target, pairs).
     let mut medians: Vec<(String, PairsReport)> = Vec::new();
     for &pairs in &pair_counts {
-        for name in ["relay", "chatserver"] {
+        for name in ["relay", "durable-relay", "chatserver"] {
             let mut runs: Vec<&PairsReport> = rows
                 .iter()
                 .filter(|(n, r)| n == name && r.pairs == pairs)
@@ -788,7 +821,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 fn print_table(rows: &[(&str, &PairsReport, Option<&PairsReport>)]) {
     println!(
-        "{:<11} {:>5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "{:<13} {:>5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "target",
         "pairs",
         "msg/s",
@@ -806,7 +839,7 @@ fn print_table(rows: &[(&str, &PairsReport, Option<&PairsReport>)]) {
             _ => "-".into(),
         };
         println!(
-            "{:<11} {:>5} {:>9.0} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            "{:<13} {:>5} {:>9.0} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}",
             name,
             r.pairs,
             r.window.msg_per_s,
