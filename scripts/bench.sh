@@ -33,7 +33,7 @@ start_node() {
     local port=$1
     shift
     taskset -c "$server_cpu" "$bin/chatserver" --listen "127.0.0.1:$port" \
-        --db "sqlite://$work/node-$port.db" "$@" >"$work/node-$port.log" 2>&1 &
+        --db "sqlite://$work/node-$port.db" --request-rate 0 "$@" >"$work/node-$port.log" 2>&1 &
     node_pid=$!
     pids+=("$node_pid")
     for _ in $(seq 100); do
@@ -59,6 +59,7 @@ single() {
 cluster() {
     echo "== cluster: 2 nodes, MariaDB, Redis, nginx; all server-side processes on core $server_cpu"
     export CHAT_CLUSTER_DIR="$work/cluster" CHAT_BIN_DIR="$bin" CHAT_BALANCE=round-robin
+    export CHAT_NODE_ARGS="--request-rate 0"
     export CHAT_LISTEN_PORT=18000 CHAT_NODE_PORT=16000 CHAT_MYSQL_PORT=16306 CHAT_REDIS_PORT=16379
     scripts/cluster.sh up 2 >&2
     local side=() p

@@ -14,6 +14,7 @@
 #   CHAT_MYSQL_PORT   MariaDB port              (default: 13306)
 #   CHAT_REDIS_PORT   Redis port                (default: 16379)
 #   CHAT_BIN_DIR      where chatserver/chathash are (default: build them, release)
+#   CHAT_NODE_ARGS    more chatserver flags for every node, split on spaces
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib/services.sh"
@@ -61,7 +62,7 @@ up() {
         mkdir -p "$dir/node$i"
         "$bin/chatserver" --listen "127.0.0.1:$port" --node-id "node$i" \
             --db "mysql://root@127.0.0.1:$mysql_port/chat" \
-            --redis "redis://127.0.0.1:$redis_port" >"$dir/node$i/log" 2>&1 &
+            --redis "redis://127.0.0.1:$redis_port" ${CHAT_NODE_ARGS:-} >"$dir/node$i/log" 2>&1 &
         echo $! >"$dir/node$i/pid"
         echo "node$i 127.0.0.1:$port" >>"$dir/nodes"
         node_args+=(--node "127.0.0.1:$port")

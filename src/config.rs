@@ -71,6 +71,124 @@ pub struct Config {
     pub pool: PoolConfig,
     /// What an acknowledged message survives on the embedded SQLite store.
     pub sqlite_sync: SqliteSync,
+    /// What one client, one address or one account may do: the defences
+    /// against hostile clients.
+    pub limits: Limits,
+}
+
+/// Limits on what one connection, source address or account may do, so that
+/// a hostile client can neither guess passwords, hold sockets, flood a
+/// bystander nor fill the store. Each limit reached is answered with an
+/// errno (README, "Limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A connection must log in (or resume) within this time of connecting,
+    /// else it is told errno 58 and closed: sockets that never log in cannot
+    /// pile up.
+    pub login_timeout: Duration,
+    /// A frame, once its first byte has arrived, must be complete within
+    /// this time, else errno 59 and the connection is closed (slowloris).
+    pub frame_timeout: Duration,
+    /// Largest frame before login: a login or registration is small, so an
+    /// anonymous connection cannot make the server hold a large buffer.
+    pub prelogin_max_frame: usize,
+    /// Connections open at once from one source address (IPv6: one /64);
+    /// more are told errno 51 and closed, so that one address cannot fill
+    /// the node's connection cap.
+    pub conns_per_addr: usize,
+    /// Loopback addresses are exempt from the per-address limits (a local
+    /// nginx, benchmarks, tests): behind a balancer every client arrives
+    /// from its address, and per-account limits still apply.
+    pub exempt_loopback: bool,
+    /// Requests per second one connection may make on average; beyond its
+    /// budget its requests wait (and it is told errno 57 once), so a flooder
+    /// slows down itself and nobody else.
+    pub request_rate: u32,
+    /// Requests one connection may make at once above the average.
+    pub request_burst: u32,
+    /// Bytes per second one connection may send on average (0: no limit).
+    pub byte_rate: u32,
+    /// Bytes one connection may send at once above the average.
+    pub byte_burst: u32,
+    /// Wrong passwords an account may take before each further login to it
+    /// must wait (1 s, doubling, up to `lockout_max`): errno 60 with
+    /// `retry_ms`.
+    pub account_free_failures: u32,
+    /// The same per source address, over all the accounts it tries.
+    pub addr_free_failures: u32,
+    /// The longest a login must wait after repeated wrong passwords.
+    pub lockout_max: Duration,
+    /// Registrations one address may make at once; then one per
+    /// `register_interval`.
+    pub register_burst: u32,
+    /// Time that earns one more registration to an address.
+    pub register_interval: Duration,
+    /// Groups one user may create or join.
+    pub groups_per_user: u32,
+    /// Friends one user may have.
+    pub friends_per_user: u32,
+    /// Members one group may have.
+    pub members_per_group: u32,
+    /// Message bytes one user may store in a day (UTC), over all its
+    /// conversations; past it chat messages get errno 61 until midnight.
+    pub bytes_per_user_day: u64,
+    /// Bytes of messages one history reply may carry; a longer page is cut
+    /// short (the client asks again from where it ended).
+    pub history_max_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            login_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(15),
+            prelogin_max_frame: 4096,
+            conns_per_addr: 64,
+            exempt_loopback: true,
+            request_rate: 200,
+            request_burst: 400,
+            byte_rate: 1 << 20,
+            byte_burst: 4 << 20,
+            account_free_failures: 5,
+            addr_free_failures: 20,
+            lockout_max: Duration::from_secs(15 * 60),
+            register_burst: 10,
+            register_interval: Duration::from_secs(60),
+            groups_per_user: 500,
+            friends_per_user: 2000,
+            members_per_group: 20_000,
+            bytes_per_user_day: 64 << 20,
+            history_max_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// No per-connection, per-address or per-account limits: for benchmarks
+    /// that drive a few connections as hard as they can.
+    pub fn unlimited() -> Self {
+        Limits {
+            login_timeout: Duration::from_secs(24 * 3600),
+            frame_timeout: Duration::from_secs(24 * 3600),
+            prelogin_max_frame: usize::MAX,
+            conns_per_addr: usize::MAX,
+            exempt_loopback: true,
+            request_rate: 0,
+            request_burst: 0,
+            byte_rate: 0,
+            byte_burst: 0,
+            account_free_failures: u32::MAX,
+            addr_free_failures: u32::MAX,
+            lockout_max: Duration::ZERO,
+            register_burst: u32::MAX,
+            register_interval: Duration::ZERO,
+            groups_per_user: u32::MAX,
+            friends_per_user: u32::MAX,
+            members_per_group: u32::MAX,
+            bytes_per_user_day: u64::MAX,
+            history_max_bytes: usize::MAX,
+        }
+    }
 }
 
 /// When SQLite makes a commit durable, and so what an acknowledged message
@@ -149,6 +267,7 @@ impl Default for Config {
             session_burst: 1000,
             pool: PoolConfig::default(),
             sqlite_sync: SqliteSync::default(),
+            limits: Limits::default(),
         }
     }
 }

@@ -35,19 +35,30 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
     let heartbeat_timeout = config.heartbeat_timeout;
     let mut last_heard = std::time::Instant::now();
     let write_timeout = config.write_timeout;
-    let mut conn = FrameStream::new(stream, config.max_frame);
+    let limits = &config.limits;
+    let mut conn = FrameStream::new(stream, config.max_frame, limits.frame_timeout);
     let peer = conn.peer_addr();
-    let mut session = service.open_session();
+    let mut session = service.open_session(peer.map(|p| p.ip()));
     let kick = session.kick_token();
     tracing::debug!(?peer, "connection opened");
+    // Logged out since (at connect, and again after a logout).
+    let mut anonymous_since = Some(std::time::Instant::now());
     loop {
         let flush_at = service.cursor_flush_due(&session);
         let silent_at = session.heartbeats().then(|| last_heard + heartbeat_timeout);
+        let login_due = if session.user_id().is_some() {
+            anonymous_since = None;
+            conn.set_max_frame(config.max_frame);
+            None
+        } else {
+            let since = *anonymous_since.get_or_insert_with(std::time::Instant::now);
+            conn.set_max_frame(limits.prelogin_max_frame.min(config.max_frame));
+            Some(since + limits.login_timeout)
+        };
         let (out, last) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
             reason = kick.kicked() => (vec![match reason {
-                KickReason::TooSlow => notice(ErrCode::TooSlow, "you are reading too slowly; reconnect to get your messages"),
                 KickReason::Replaced => notice(ErrCode::Replaced, "this account logged in elsewhere"),
             }], true),
             frame = conn.next_frame() => match frame {
@@ -68,6 +79,12 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
                     let msg = format!("frame longer than {max} bytes; closing the connection");
                     (vec![notice(ErrCode::FrameTooLong, &msg)], true)
                 }
+                Some(Err(FrameError::Stalled(t))) => {
+                    tracing::debug!(?peer, "frame stalled");
+                    crate::metrics::inc(&crate::metrics::METRICS.limited);
+                    let msg = format!("a frame was begun and not finished within {} s; closing the connection", t.as_secs_f64());
+                    (vec![notice(ErrCode::FrameTimeout, &msg)], true)
+                }
                 Some(Err(FrameError::Io(e))) => {
                     tracing::debug!(?peer, error = %e, "read failed");
                     break;
@@ -82,6 +99,12 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
                 tracing::debug!(?peer, "heartbeats stopped");
                 (vec![notice(ErrCode::HeartbeatMissed, "no heartbeat in time; closing the connection")], true)
             }
+            _ = sleep_until(login_due), if login_due.is_some() => {
+                tracing::debug!(?peer, "no login in time");
+                crate::metrics::inc(&crate::metrics::METRICS.limited);
+                let msg = format!("not logged in within {} s of connecting; closing the connection", limits.login_timeout.as_secs_f64());
+                (vec![notice(ErrCode::LoginTimeout, &msg)], true)
+            }
             // Store delivery positions even when nothing else happens.
             _ = sleep_until(flush_at), if flush_at.is_some() => (Vec::new(), false),
         };
@@ -95,6 +118,15 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
             break;
         }
         service.flush_cursors(&mut session);
+        // Over its budget: the next frame waits (and TCP pushes back on
+        // the client), so a flood slows only the flooder.
+        let delay = session.take_delay();
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
     }
     Box::pin(service.end_session(&mut session)).await;
     tracing::debug!(?peer, "connection closed");
@@ -150,13 +182,9 @@ async fn send_all(
 
 /// Tells a client the server is full, then closes. Bounded in time so a
 /// flood of refused connections cannot pile up.
-pub async fn refuse(mut stream: TcpStream) {
+pub async fn refuse(mut stream: TcpStream, why: String) {
     use tokio::io::AsyncWriteExt;
-    let mut frame = notice(
-        ErrCode::ServerFull,
-        "server is at its connection limit, try again later",
-    )
-    .to_vec();
+    let mut frame = notice(ErrCode::ServerFull, &why).to_vec();
     frame.push(b'\n');
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(&frame).await;

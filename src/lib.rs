@@ -30,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod protocol;

@@ -93,6 +93,11 @@ pub struct Metrics {
     pub published_remote: AtomicU64,
     pub redis_errors: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Pushes dropped on a full queue (the session then reads from the store).
+    pub pushes_dropped: AtomicU64,
+    /// Requests refused or delayed by a limit: throttled logins, timeouts,
+    /// budgets, quotas.
+    pub limited: AtomicU64,
     /// From a message's arrival on this node (stored, or received from the
     /// bus) to its push leaving for the receiver's socket.
     pub delivery_latency: Histogram,
@@ -116,6 +121,8 @@ pub static METRICS: Metrics = Metrics {
     published_remote: AtomicU64::new(0),
     redis_errors: AtomicU64::new(0),
     store_errors: AtomicU64::new(0),
+    pushes_dropped: AtomicU64::new(0),
+    limited: AtomicU64::new(0),
     delivery_latency: Histogram::new(SECONDS),
     store_batch_ops: Histogram::new(OPS),
     store_commit: Histogram::new(SECONDS),
@@ -133,7 +140,7 @@ impl Metrics {
     /// The text exposition, with the store's pool usage if it has a pool.
     pub fn render(&self, pool: PoolUsage) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "chat_connections_accepted_total",
                 "Connections accepted and served.",
@@ -184,6 +191,16 @@ impl Metrics {
                 "chat_store_errors_total",
                 "Failed write batches.",
                 &self.store_errors,
+            ),
+            (
+                "chat_pushes_dropped_total",
+                "Pushes dropped on a full session queue (read from the store instead).",
+                &self.pushes_dropped,
+            ),
+            (
+                "chat_limited_total",
+                "Requests or connections refused or delayed by a limit (throttles, timeouts, budgets, quotas).",
+                &self.limited,
             ),
         ];
         for (name, help, value) in counters {

@@ -22,8 +22,10 @@ use crate::connection;
 use crate::hub::Hub;
 use crate::hub::local::LocalHub;
 use crate::hub::redis::{ClusterConfig, RedisHub};
+use crate::limits::ConnsPerAddr;
 use crate::metrics::{METRICS, PoolUsage, inc};
 use crate::service::Service;
+use crate::service::guard::AddrKey;
 use crate::store::mysql::MySqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SharedStore, StoreError};
@@ -154,6 +156,8 @@ pub fn client_capacity() -> Option<usize> {
 async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &CancellationToken) {
     let config = service.config();
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let per_addr = Arc::new(ConnsPerAddr::default());
+    let limits = &config.limits;
     let grace = config.shutdown_grace;
     let sessions = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
@@ -163,8 +167,27 @@ async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let addr = AddrKey::of(peer.ip());
+                let addr_slot = if limits.exempt_loopback && addr.is_loopback() {
+                    None
+                } else {
+                    match per_addr.open(addr, limits.conns_per_addr) {
+                        Some(s) => Some(s),
+                        None => {
+                            tracing::debug!(%peer, "per-address connection limit reached");
+                            inc(&METRICS.connections_refused);
+                            inc(&METRICS.limited);
+                            let msg = format!(
+                                "too many connections from your address (at most {})",
+                                limits.conns_per_addr
+                            );
+                            sessions.spawn(connection::refuse(stream, msg));
+                            continue;
+                        }
+                    }
+                };
                 match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
                         let service = service.clone();
@@ -175,12 +198,14 @@ async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &
                             connection::serve(stream, service, shutdown).await;
                             METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
                             drop(slot);
+                            drop(addr_slot);
                         });
                     }
                     Err(_) => {
                         tracing::warn!("connection limit reached, refusing a client");
                         inc(&METRICS.connections_refused);
-                        sessions.spawn(connection::refuse(stream));
+                        let msg = "server is at its connection limit, try again later".to_owned();
+                        sessions.spawn(connection::refuse(stream, msg));
                     }
                 }
             }

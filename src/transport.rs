@@ -11,6 +11,7 @@
 //! into a write buffer.
 
 use std::io::{self, IoSlice};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -40,17 +41,32 @@ pub struct FrameStream {
     input: BytesMut,
     eof: bool,
     counts: IoCounts,
+    /// When the unfinished frame in `input` began to arrive.
+    partial_since: Option<Instant>,
+    /// How long a frame may take to arrive once begun.
+    frame_timeout: Duration,
 }
 
 impl FrameStream {
-    /// Frames on `stream`, refusing input frames longer than `max_frame`.
-    pub fn new(stream: TcpStream, max_frame: usize) -> Self {
+    /// Frames on `stream`, refusing input frames longer than `max_frame`
+    /// and frames not finished within `frame_timeout` of their first byte.
+    pub fn new(stream: TcpStream, max_frame: usize, frame_timeout: Duration) -> Self {
         FrameStream {
             stream,
             codec: FrameCodec::new(max_frame),
             input: BytesMut::new(),
             eof: false,
             counts: IoCounts::default(),
+            partial_since: None,
+            frame_timeout,
+        }
+    }
+
+    /// Changes the largest frame accepted from now on (a connection may
+    /// send larger frames once logged in).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        if self.codec.max_frame() != max_frame {
+            self.codec = FrameCodec::new(max_frame);
         }
     }
 
@@ -67,15 +83,31 @@ impl FrameStream {
                 return self.codec.decode_eof(&mut self.input).transpose();
             }
             match self.codec.decode(&mut self.input) {
-                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(Some(frame)) => {
+                    self.partial_since = None;
+                    return Some(Ok(frame));
+                }
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
-            if self.input.is_empty() {
+            let readable = if self.input.is_empty() {
                 // Nothing pending: hold no allocation while waiting.
                 self.input = BytesMut::new();
-            }
-            if let Err(e) = self.stream.readable().await {
+                self.partial_since = None;
+                self.stream.readable().await
+            } else {
+                let since = *self.partial_since.get_or_insert_with(Instant::now);
+                let due = since + self.frame_timeout;
+                match tokio::time::timeout_at(due.into(), self.stream.readable()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // What it sent so far is let go with the connection.
+                        self.input = BytesMut::new();
+                        return Some(Err(FrameError::Stalled(self.frame_timeout)));
+                    }
+                }
+            };
+            if let Err(e) = readable {
                 return Some(Err(e.into()));
             }
             if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
@@ -148,7 +180,10 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let client = TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        (FrameStream::new(server, 64), client)
+        (
+            FrameStream::new(server, 64, Duration::from_millis(200)),
+            client,
+        )
     }
 
     #[tokio::test]
@@ -186,6 +221,29 @@ mod tests {
         assert_eq!(conn.input.capacity(), 0);
         drop(peer);
         assert!(conn.next_frame().await.is_none(), "peer closed");
+    }
+
+    #[tokio::test]
+    async fn a_frame_trickled_too_slowly_is_refused() {
+        let (mut conn, mut peer) = pair().await;
+        let trickle = tokio::spawn(async move {
+            for b in b"{\"msgid\":16" {
+                if peer.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peer
+        });
+        let started = Instant::now();
+        assert!(matches!(
+            conn.next_frame().await,
+            Some(Err(FrameError::Stalled(_)))
+        ));
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(600), "{took:?}");
+        assert_eq!(conn.input.capacity(), 0, "its bytes are let go");
+        drop(trickle);
     }
 
     #[tokio::test]

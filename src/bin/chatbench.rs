@@ -591,6 +591,10 @@ async fn compare(
             server_addr.clone(),
             "--db".to_owned(),
             format!("sqlite://{}", db.display()),
+            // A few connections sending as fast as they can: the
+            // per-connection request budget would measure itself.
+            "--request-rate".to_owned(),
+            "0".to_owned(),
         ];
         args.extend(server_args.iter().cloned());
         let node = spawn_pinned(&server, &args, server_cpu)?;

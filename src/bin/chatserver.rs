@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use chat::config::{Config, PoolConfig, SqliteSync};
+use chat::config::{Config, Limits, PoolConfig, SqliteSync};
 use chat::hub::redis::ClusterConfig;
 use chat::server::Node;
 use clap::Parser;
@@ -98,6 +98,101 @@ struct Cli {
     /// Seconds a resume token from a login stays valid.
     #[arg(long, default_value_t = Config::default().resume_token_ttl.as_secs_f64())]
     token_ttl: f64,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The defences against hostile clients (README, "Limits").
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Limits")]
+struct LimitArgs {
+    /// Seconds a connection has to log in before it is closed (errno 58).
+    #[arg(long, default_value_t = Limits::default().login_timeout.as_secs_f64())]
+    login_timeout: f64,
+    /// Seconds a frame may take to arrive once begun (errno 59).
+    #[arg(long, default_value_t = Limits::default().frame_timeout.as_secs_f64())]
+    frame_timeout: f64,
+    /// Largest frame before login, in bytes.
+    #[arg(long, default_value_t = Limits::default().prelogin_max_frame)]
+    prelogin_max_frame: usize,
+    /// Connections open at once from one address (IPv6: one /64).
+    #[arg(long, default_value_t = Limits::default().conns_per_addr)]
+    conns_per_addr: usize,
+    /// Hold loopback clients to the per-address limits too (by default they
+    /// are exempt: a local nginx, benchmarks).
+    #[arg(long)]
+    limit_loopback: bool,
+    /// Requests per second per connection, on average (0: no limit); above
+    /// it requests are delayed and the client told errno 57.
+    #[arg(long, default_value_t = Limits::default().request_rate)]
+    request_rate: u32,
+    /// Requests per connection at once above the average.
+    #[arg(long, default_value_t = Limits::default().request_burst)]
+    request_burst: u32,
+    /// Bytes per second per connection, on average (0: no limit).
+    #[arg(long, default_value_t = Limits::default().byte_rate)]
+    byte_rate: u32,
+    /// Wrong passwords an account takes before logins to it must wait
+    /// (errno 60; 1 s, doubling).
+    #[arg(long, default_value_t = Limits::default().account_free_failures)]
+    account_free_failures: u32,
+    /// Wrong passwords from one address before its logins must wait.
+    #[arg(long, default_value_t = Limits::default().addr_free_failures)]
+    addr_free_failures: u32,
+    /// Longest wait after repeated wrong passwords, in seconds.
+    #[arg(long, default_value_t = Limits::default().lockout_max.as_secs_f64())]
+    lockout_max: f64,
+    /// Registrations one address may make at once (errno 62 beyond).
+    #[arg(long, default_value_t = Limits::default().register_burst)]
+    register_burst: u32,
+    /// Seconds that earn an address one more registration.
+    #[arg(long, default_value_t = Limits::default().register_interval.as_secs_f64())]
+    register_interval: f64,
+    /// Groups one user may create or join (errno 61 beyond).
+    #[arg(long, default_value_t = Limits::default().groups_per_user)]
+    max_groups: u32,
+    /// Friends one user may have.
+    #[arg(long, default_value_t = Limits::default().friends_per_user)]
+    max_friends: u32,
+    /// Members one group may have.
+    #[arg(long, default_value_t = Limits::default().members_per_group)]
+    max_members: u32,
+    /// Message bytes one user may store per day (UTC).
+    #[arg(long, default_value_t = Limits::default().bytes_per_user_day)]
+    bytes_per_day: u64,
+    /// Bytes of messages one history reply carries at most.
+    #[arg(long, default_value_t = Limits::default().history_max_bytes)]
+    history_max_bytes: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Result<Limits, String> {
+        let seconds = |what: &str, s: f64| {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| format!("--{what} must be a non-negative number of seconds"))
+        };
+        Ok(Limits {
+            login_timeout: seconds("login-timeout", self.login_timeout)?,
+            frame_timeout: seconds("frame-timeout", self.frame_timeout)?,
+            prelogin_max_frame: self.prelogin_max_frame,
+            conns_per_addr: self.conns_per_addr,
+            exempt_loopback: !self.limit_loopback,
+            request_rate: self.request_rate,
+            request_burst: self.request_burst,
+            byte_rate: self.byte_rate,
+            account_free_failures: self.account_free_failures,
+            addr_free_failures: self.addr_free_failures,
+            lockout_max: seconds("lockout-max", self.lockout_max)?,
+            register_burst: self.register_burst,
+            register_interval: seconds("register-interval", self.register_interval)?,
+            groups_per_user: self.max_groups,
+            friends_per_user: self.max_friends,
+            members_per_group: self.max_members,
+            bytes_per_user_day: self.bytes_per_day,
+            history_max_bytes: self.history_max_bytes,
+            ..Limits::default()
+        })
+    }
 }
 
 impl Cli {
@@ -168,6 +263,13 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let limits = match cli.limits.limits() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("chatserver: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Raised before anything opens files; the default cap follows from it.
     let client_capacity = chat::server::client_capacity();
     let node_id = cli.node_id.clone().unwrap_or_else(|| addr.clone());
@@ -197,6 +299,7 @@ async fn run() -> ExitCode {
         resume_token_ttl,
         session_rate: cli.session_rate,
         session_burst: cli.session_burst,
+        limits,
         ..Config::default()
     };
     let node = match Node::open(&cli.db, config, cluster).await {

@@ -12,7 +12,9 @@ use tokio::sync::mpsc::error::TrySendError;
 use super::{Hub, HubError, KickReason, SessionHandle};
 use std::sync::Arc;
 
+use crate::metrics::{METRICS, inc};
 use crate::model::{Delivery, Push, UserId};
+use std::sync::atomic::Ordering;
 
 /// Presence and delivery for one node.
 #[derive(Debug, Default)]
@@ -133,10 +135,17 @@ fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
     match handle.pushes.try_send(push) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
-            // Never block one sender on one slow reader. The message is
-            // stored; the reader gets it at its next login.
-            tracing::warn!(user, "push queue full, disconnecting slow session");
-            handle.kick.kick(KickReason::TooSlow);
+            // Never block one sender on one slow reader, and never punish
+            // the reader for a flood aimed at it: the message is stored, and
+            // the session reads what it missed from the store once it has
+            // written what is queued.
+            if !handle.lagging.swap(true, Ordering::Relaxed) {
+                tracing::debug!(
+                    user,
+                    "push queue full; the session catches up from the store"
+                );
+                inc(&METRICS.pushes_dropped);
+            }
         }
         Err(TrySendError::Closed(_)) => {}
     }

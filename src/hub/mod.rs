@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use tokio::sync::broadcast;
 
@@ -28,6 +29,10 @@ pub struct SessionHandle {
     pub session_id: u64,
     /// The session's bounded push queue.
     pub pushes: mpsc::Sender<Push>,
+    /// Set when a push found the queue full and was dropped: the session
+    /// then catches up from the store instead of being disconnected, so
+    /// that a flood aimed at a user costs that user nothing but latency.
+    pub lagging: Arc<AtomicBool>,
     /// Disconnects the session, saying why.
     pub kick: Kick,
     /// Cancelled once the session has ended and stored its positions: a
@@ -43,8 +48,6 @@ pub const REPLACED_SESSION_WAIT: std::time::Duration = std::time::Duration::from
 /// Why the hub drops a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KickReason {
-    /// Its push queue overflowed: the client reads too slowly.
-    TooSlow,
     /// The user logged in again, on this node or another (or on another
     /// node while Redis was away): the newer login wins.
     Replaced,
@@ -67,7 +70,7 @@ impl Kick {
     /// Resolves, with the reason, once the session has been asked to go.
     pub async fn kicked(&self) -> KickReason {
         self.token.cancelled().await;
-        self.reason.get().copied().unwrap_or(KickReason::TooSlow)
+        self.reason.get().copied().unwrap_or(KickReason::Replaced)
     }
 }
 

@@ -27,6 +27,10 @@ pub enum FrameError {
     /// an error reply.
     #[error("frame longer than {0} bytes")]
     TooLong(usize),
+    /// A frame was begun and not finished within this time (a client
+    /// trickling bytes to hold the connection and its buffer).
+    #[error("frame not finished within {0:?}")]
+    Stalled(std::time::Duration),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -42,6 +46,13 @@ impl FrameCodec {
             ),
             max_frame,
         }
+    }
+}
+
+impl FrameCodec {
+    /// The largest frame accepted.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 }
 

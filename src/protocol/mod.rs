@@ -111,6 +111,24 @@ pub enum ErrCode {
     /// Logins and resumes arrive faster than this node admits them; the
     /// reply's `retry_ms` says when to try again.
     TooManyLogins = 56,
+    /// This connection sends more requests or bytes than its budget: its
+    /// requests are being delayed. A notice, sent at most every 10 s.
+    SlowDown = 57,
+    /// The connection did not log in within the login timeout of
+    /// connecting, and is being closed.
+    LoginTimeout = 58,
+    /// A frame was begun and not finished within the frame timeout; the
+    /// connection is being closed.
+    FrameTimeout = 59,
+    /// Too many wrong passwords for this account or from this address: no
+    /// login to it is tried before `retry_ms` has passed.
+    LoginThrottled = 60,
+    /// A quota is reached (groups, friends, members, bytes stored today);
+    /// the message says which.
+    QuotaExceeded = 61,
+    /// Too many registrations from this address; `retry_ms` says when the
+    /// next is allowed.
+    TooManyRegistrations = 62,
 }
 
 /// A failed request: the code and a message for humans.
@@ -118,6 +136,8 @@ pub enum ErrCode {
 pub struct Fail {
     pub code: ErrCode,
     pub msg: String,
+    /// For a refusal that passes: when to try again, sent as `retry_ms`.
+    pub retry_ms: Option<u64>,
 }
 
 impl Fail {
@@ -125,6 +145,18 @@ impl Fail {
         Fail {
             code,
             msg: msg.into(),
+            retry_ms: None,
+        }
+    }
+
+    /// A refusal that passes after `wait`: the message says so in seconds
+    /// and the reply carries `retry_ms`.
+    pub fn retry_after(code: ErrCode, msg: &str, wait: std::time::Duration) -> Self {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        Fail {
+            code,
+            msg: format!("{msg}; retry in {:.1} s", ms as f64 / 1000.0),
+            retry_ms: Some(ms),
         }
     }
 }
@@ -162,6 +194,9 @@ impl Reply {
         let mut r = Reply::ok(msgid);
         r.0.insert("errno".into(), (fail.code as i64).into());
         r.0.insert("errmsg".into(), fail.msg.clone().into());
+        if let Some(ms) = fail.retry_ms {
+            r.0.insert("retry_ms".into(), ms.into());
+        }
         r
     }
 
@@ -295,6 +330,9 @@ fn typed<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, F
         .map_err(|e| Fail::new(ErrCode::BadRequest, e.to_string()))
 }
 
+/// Longest `reqid` string echoed back.
+pub const MAX_REQID_LEN: usize = 128;
+
 /// Parses one frame. Never panics; every failure is a [`Fail`] to reply with.
 pub fn parse(frame: &[u8]) -> Parsed {
     let value: Value = match serde_json::from_slice(frame) {
@@ -314,10 +352,18 @@ pub fn parse(frame: &[u8]) -> Parsed {
     };
     let reqid = match obj.remove("reqid") {
         None => None,
-        Some(r @ (Value::Number(_) | Value::String(_))) => Some(r),
+        // Echoed as it came: an integer that fits 64 bits (serde_json would
+        // turn a larger one into a float), or a short string.
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Value::Number(n)),
+        Some(Value::String(r)) if r.len() <= MAX_REQID_LEN => Some(Value::String(r)),
         Some(_) => {
             return Parsed::bare(
-                Fail::new(ErrCode::BadRequest, "reqid must be a number or a string"),
+                Fail::new(
+                    ErrCode::BadRequest,
+                    format!(
+                        "reqid must be an integer within 64 bits or a string of at most {MAX_REQID_LEN} bytes"
+                    ),
+                ),
                 None,
             );
         }
@@ -613,6 +659,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_reqid_is_echoed_exactly_or_refused() {
+        let p = parse(br#"{"msgid":16,"reqid":18446744073709551615}"#);
+        assert_eq!(p.reqid, Some(Value::from(u64::MAX)));
+        for bad in [
+            &br#"{"msgid":16,"reqid":18446744073709551616}"#[..],
+            br#"{"msgid":16,"reqid":1.5}"#,
+            br#"{"msgid":16,"reqid":[1]}"#,
+        ] {
+            let p = parse(bad);
+            assert_eq!(p.reqid, None);
+            assert_eq!(
+                p.request.map(|_| ()).map_err(|f| f.code),
+                Err(ErrCode::BadRequest)
+            );
+        }
+        let long = format!(
+            r#"{{"msgid":16,"reqid":"{}"}}"#,
+            "r".repeat(MAX_REQID_LEN + 1)
+        );
+        assert!(parse(long.as_bytes()).request.is_err());
     }
 
     #[test]

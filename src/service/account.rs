@@ -5,9 +5,11 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::mpsc;
 
 use super::delivery::Cursors;
+use super::guard::AddrKey;
 use super::session::{chronological, mark_delivered};
 use super::{LoggedIn, Service, Session, invalid};
 use crate::hub::SessionHandle;
+use crate::metrics::{METRICS, inc};
 use crate::model::{MAX_PASSWORD_BYTES, Password, UserId, UserName};
 use crate::protocol::replies::{
     Contact, Done, GroupEntry, LoggedIn as LoginReply, Registered, State,
@@ -16,9 +18,22 @@ use crate::protocol::{ChatFrame, ErrCode, Fail};
 use crate::store::StoreError;
 
 impl Service {
-    pub(super) async fn register(&self, name: &str, password: &str) -> Result<Registered, Fail> {
+    pub(super) async fn register(
+        &self,
+        from: Option<AddrKey>,
+        name: &str,
+        password: &str,
+    ) -> Result<Registered, Fail> {
         let name = UserName::parse(name).map_err(invalid)?;
         let password = Password::parse(password).map_err(invalid)?;
+        if let Err(wait) = self.guard.may_register(from) {
+            inc(&METRICS.limited);
+            return Err(Fail::retry_after(
+                ErrCode::TooManyRegistrations,
+                "too many registrations from your address",
+                wait,
+            ));
+        }
         let hash = self.hasher.hash(password).await?;
         let id = match self.store.create_user(name.as_str(), &hash).await {
             Ok(id) => id,
@@ -46,6 +61,16 @@ impl Service {
         if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
             return Err(bad());
         }
+        // Refused before any hash is computed: guessing costs the guesser
+        // time and the server nothing.
+        if let Err(wait) = self.guard.may_login(id, s.peer) {
+            inc(&METRICS.limited);
+            return Err(Fail::retry_after(
+                ErrCode::LoginThrottled,
+                "too many wrong passwords for this account or from your address",
+                wait,
+            ));
+        }
         let creds = self.store.credentials(id).await?;
         let name = creds.as_ref().map(|c| c.name.clone());
         if !self
@@ -53,9 +78,12 @@ impl Service {
             .verify(password, creds.map(|c| c.password_hash))
             .await?
         {
+            self.guard
+                .login_failed(name.is_some().then_some(id), s.peer);
             return Err(bad());
         }
         let name = name.ok_or_else(bad)?;
+        self.guard.login_succeeded(id);
         let Some((token, token_hash)) = crate::auth::token::new_token() else {
             return Err(Fail::new(
                 ErrCode::Unavailable,
@@ -112,12 +140,14 @@ impl Service {
         // cursors drop the second copy. The other order could miss it.
         let (tx, rx) = mpsc::channel(self.config.push_queue);
         let ended = tokio_util::sync::CancellationToken::new();
+        let lagging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.hub
             .connect(
                 id,
                 SessionHandle {
                     session_id: s.id,
                     pushes: tx,
+                    lagging: lagging.clone(),
                     kick: s.kick.clone(),
                     ended: ended.clone(),
                 },
@@ -127,6 +157,7 @@ impl Service {
             id,
             name,
             pushes: rx,
+            lagging,
             token_hash: Some(token_hash),
             cursors: if acks {
                 Cursors::load_acknowledged([])

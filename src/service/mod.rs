@@ -16,6 +16,7 @@ mod chat;
 pub mod delivery;
 mod friends;
 mod groups;
+pub mod guard;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -46,6 +47,8 @@ pub struct Service {
     groups: Arc<GroupCache>,
     /// Bounds how fast logins and resumes are let in.
     admission: admission::Admission,
+    /// Login throttling and registration limits.
+    guard: guard::Guard,
     next_session: AtomicU64,
     /// Background cursor writes; shutdown waits for them before closing
     /// the store.
@@ -116,6 +119,7 @@ impl Service {
             });
         }
         let admission = admission::Admission::new(config.session_rate, config.session_burst);
+        let guard = guard::Guard::new(&config.limits);
         Ok(Service {
             hasher: PasswordHasherPool::new(config.max_concurrent_hashes)?,
             store,
@@ -123,6 +127,7 @@ impl Service {
             config,
             groups,
             admission,
+            guard,
             next_session: AtomicU64::new(1),
             tasks: TaskTracker::new(),
         })
@@ -134,11 +139,26 @@ impl Service {
     }
 
     /// Handles one frame from the client; returns the frames to send back
-    /// (the reply first). Every frame gets exactly one reply.
+    /// (the reply first, then any notice). Every frame gets exactly one
+    /// reply, except an ACK that succeeds.
     pub async fn handle_frame(&self, s: &mut Session, frame: &[u8]) -> Vec<Bytes> {
         let parsed = protocol::parse(frame);
         if parsed.msgid == msgid::PING {
             s.heartbeats = true;
+        }
+        // Acknowledgements and heartbeats cost bytes but no request: a user
+        // flooded by someone else must be able to acknowledge it all.
+        let request = !matches!(parsed.msgid, msgid::ACK | msgid::PING);
+        let (delay, tell) = s.budget.charge(frame.len(), request);
+        s.delay = delay;
+        let mut out = Vec::with_capacity(2);
+        if tell {
+            inc(&METRICS.limited);
+            let fail = Fail::new(
+                ErrCode::SlowDown,
+                "you are sending faster than this server allows; your requests are being delayed",
+            );
+            out.push(Reply::fail(msgid::ERROR, &fail).to_bytes());
         }
         let ack = if parsed.msgid == msgid::ERROR {
             msgid::ERROR
@@ -153,14 +173,15 @@ impl Service {
         let reply = match result {
             // An acknowledgement is itself an answer: replying to every one
             // would double the traffic it saves.
-            Ok(_) if silent_ok => return Vec::new(),
+            Ok(_) if silent_ok => return out,
             Ok(reply) => reply,
             Err(fail) => {
                 tracing::debug!(session = s.id, msgid = parsed.msgid, errno = fail.code as i64, errmsg = %fail.msg, "request refused");
                 Reply::fail(ack, &fail)
             }
         };
-        vec![reply.reqid(parsed.reqid.as_ref()).to_bytes()]
+        out.insert(0, reply.reqid(parsed.reqid.as_ref()).to_bytes());
+        out
     }
 
     async fn dispatch(
@@ -173,7 +194,7 @@ impl Service {
         // Requests that need no login, and LOGOUT, which ends the session.
         match req {
             Request::Register { name, password } => {
-                return answer(ack, self.register(&name, &password).await);
+                return answer(ack, self.register(s.peer, &name, &password).await);
             }
             Request::Login { id, password, acks } => {
                 return match self.admit(s, ack) {

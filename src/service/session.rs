@@ -9,7 +9,8 @@
 //! it the client has acknowledged, lives in its [`Cursors`].
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,7 +18,9 @@ use tokio::sync::mpsc;
 
 use super::Service;
 use super::delivery::{Cursors, Incoming};
+use super::guard::AddrKey;
 use crate::hub::Kick;
+use crate::limits::Budget;
 use crate::metrics::{METRICS, inc};
 use crate::model::{ChatMessage, Push, UserId};
 use crate::protocol::{ErrCode, Fail, render_push};
@@ -27,6 +30,8 @@ pub(super) struct LoggedIn {
     pub(super) id: UserId,
     pub(super) name: String,
     pub(super) pushes: mpsc::Receiver<Push>,
+    /// Set by the hub when a push was dropped on a full queue.
+    pub(super) lagging: Arc<AtomicBool>,
     /// The hash of the resume token this session was given or resumed
     /// with; logout revokes it.
     pub(super) token_hash: Option<String>,
@@ -53,6 +58,12 @@ pub struct Session {
     /// The client sent a PING, so it promised heartbeats: a silence longer
     /// than the heartbeat timeout means its network or process died.
     pub(super) heartbeats: bool,
+    /// Where the connection comes from, as the limits count it.
+    pub(super) peer: Option<AddrKey>,
+    /// This connection's request and byte allowance.
+    pub(super) budget: Budget,
+    /// How long the connection waits before its next frame (over budget).
+    pub(super) delay: std::time::Duration,
 }
 
 impl std::fmt::Debug for Session {
@@ -73,9 +84,21 @@ impl Session {
     /// Waits for the next push to this session; never resolves before login.
     pub async fn next_push(&mut self) -> Option<Push> {
         match self.user.as_mut() {
-            Some(u) => u.pushes.recv().await,
+            Some(u) => {
+                // Pushes were dropped: read them from the store first.
+                if u.lagging.swap(false, Ordering::Relaxed) {
+                    return Some(Push::Resync);
+                }
+                u.pushes.recv().await
+            }
             None => std::future::pending().await,
         }
+    }
+
+    /// How long to wait before reading the next frame: nonzero when the
+    /// last one went over this connection's budget.
+    pub fn take_delay(&mut self) -> std::time::Duration {
+        std::mem::take(&mut self.delay)
     }
 
     /// Whether the client promised heartbeats (it has sent a PING).
@@ -124,13 +147,16 @@ impl Session {
 }
 
 impl Service {
-    /// A fresh, logged-out session for a new connection.
-    pub fn open_session(&self) -> Session {
+    /// A fresh, logged-out session for a new connection from `peer`.
+    pub fn open_session(&self, peer: Option<std::net::IpAddr>) -> Session {
         Session {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             user: None,
             kick: Kick::default(),
             heartbeats: false,
+            peer: peer.map(AddrKey::of),
+            budget: Budget::new(&self.config.limits),
+            delay: std::time::Duration::ZERO,
         }
     }
 

@@ -1,0 +1,218 @@
+//! What one connection and one source address may take of a node.
+//!
+//! [`Budget`] is a connection's request and byte allowance: a connection
+//! over it waits before its next frame is read (TCP pushes back on the
+//! client) and is told once that it is being slowed, so a flooder slows down
+//! itself and nobody else. [`ConnsPerAddr`] counts open connections per
+//! source address, so that idle sockets from one address cannot fill the
+//! node's connection cap and lock everyone else out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Limits;
+use crate::service::guard::AddrKey;
+
+/// A token bucket: `rate` a second, up to `burst` at once; rate 0 means no
+/// limit.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(rate).max(1));
+        Bucket {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+        }
+    }
+
+    fn refill(&mut self, elapsed: Duration) {
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
+    }
+
+    /// Takes `n` (going into debt if need be) and says how long until the
+    /// debt is paid.
+    fn take(&mut self, n: f64) -> Duration {
+        if self.rate == 0.0 {
+            return Duration::ZERO;
+        }
+        // A single frame larger than the whole burst still gets through,
+        // after the wait that its size earns.
+        self.tokens -= n;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// One connection's allowance of requests and bytes.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    requests: Bucket,
+    bytes: Bucket,
+    last: Instant,
+    /// When the client was last told it is being slowed down.
+    told: Option<Instant>,
+}
+
+/// How often at most a slowed-down client is told so again.
+const TELL_EVERY: Duration = Duration::from_secs(10);
+
+impl Budget {
+    pub fn new(limits: &Limits) -> Self {
+        Budget {
+            requests: Bucket::new(limits.request_rate, limits.request_burst),
+            bytes: Bucket::new(limits.byte_rate, limits.byte_burst),
+            last: Instant::now(),
+            told: None,
+        }
+    }
+
+    /// Charges one frame of `len` bytes (and one request, if it counts as
+    /// one); returns how long the connection must wait before its next
+    /// frame (zero within budget), and whether the client should be told it
+    /// is being slowed.
+    pub fn charge(&mut self, len: usize, request: bool) -> (Duration, bool) {
+        self.charge_at(len, request, Instant::now())
+    }
+
+    fn charge_at(&mut self, len: usize, request: bool, now: Instant) -> (Duration, bool) {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = now;
+        self.requests.refill(elapsed);
+        self.bytes.refill(elapsed);
+        let requests = if request {
+            self.requests.take(1.0)
+        } else {
+            Duration::ZERO
+        };
+        let wait = requests.max(self.bytes.take(len as f64));
+        let tell = !wait.is_zero()
+            && self
+                .told
+                .is_none_or(|t| now.saturating_duration_since(t) >= TELL_EVERY);
+        if tell {
+            self.told = Some(now);
+        }
+        (wait, tell)
+    }
+}
+
+/// Open connections per source address.
+#[derive(Debug, Default)]
+pub struct ConnsPerAddr {
+    open: Mutex<HashMap<AddrKey, usize>>,
+}
+
+/// One counted connection; uncounted when dropped.
+#[derive(Debug)]
+pub struct AddrSlot {
+    owner: Arc<ConnsPerAddr>,
+    addr: AddrKey,
+}
+
+impl ConnsPerAddr {
+    /// Counts a connection from `addr`, or refuses it if `addr` already
+    /// has `max` open.
+    pub fn open(self: &Arc<Self>, addr: AddrKey, max: usize) -> Option<AddrSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(addr).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddrSlot {
+            owner: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_over_its_request_budget_waits_and_is_told_once() {
+        let limits = Limits {
+            request_rate: 10,
+            request_burst: 20,
+            byte_rate: 0,
+            ..Limits::default()
+        };
+        let mut b = Budget::new(&limits);
+        let t0 = b.last;
+        for _ in 0..20 {
+            assert_eq!(b.charge_at(10, true, t0), (Duration::ZERO, false));
+        }
+        let (wait, tell) = b.charge_at(10, true, t0);
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        assert!(tell);
+        let (wait, tell) = b.charge_at(10, true, t0);
+        assert!((wait.as_secs_f64() - 0.2).abs() < 1e-9, "{wait:?}");
+        assert!(!tell, "told once");
+        // after paying the debt, within budget again
+        assert_eq!(
+            b.charge_at(10, true, t0 + Duration::from_millis(300)),
+            (Duration::ZERO, false)
+        );
+    }
+
+    #[test]
+    fn bytes_are_budgeted_too_and_zero_means_unlimited() {
+        let limits = Limits {
+            request_rate: 0,
+            byte_rate: 1000,
+            byte_burst: 1000,
+            ..Limits::default()
+        };
+        let mut b = Budget::new(&limits);
+        let t0 = b.last;
+        assert_eq!(b.charge_at(1000, true, t0).0, Duration::ZERO);
+        let (wait, _) = b.charge_at(500, true, t0);
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
+        let limits = Limits {
+            request_rate: 0,
+            byte_rate: 0,
+            ..Limits::default()
+        };
+        let mut b = Budget::new(&limits);
+        for _ in 0..10_000 {
+            assert_eq!(b.charge_at(1 << 20, true, t0).0, Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn connections_per_address_are_counted_until_closed() {
+        let c = Arc::new(ConnsPerAddr::default());
+        let a = AddrKey::of("203.0.113.1".parse().expect("ip"));
+        let b = AddrKey::of("203.0.113.2".parse().expect("ip"));
+        let s1 = c.open(a, 2).expect("first");
+        let _s2 = c.open(a, 2).expect("second");
+        assert!(c.open(a, 2).is_none(), "third from one address");
+        assert!(c.open(b, 2).is_some(), "another address");
+        drop(s1);
+        assert!(c.open(a, 2).is_some(), "a slot freed");
+    }
+}
