@@ -219,6 +219,14 @@ pub enum Invalid {
     Control(&'static str),
     #[error("{0} must not start or end with whitespace")]
     Padded(&'static str),
+    #[error("{0} must not contain invisible, formatting or direction-changing characters")]
+    Invisible(&'static str),
+    #[error(
+        "{0} mixes scripts in a way that can imitate another name (e.g. Cyrillic and Latin letters)"
+    )]
+    MixedScript(&'static str),
+    #[error("{0} stacks too many combining marks")]
+    StackedMarks(&'static str),
 }
 
 fn check_text(
@@ -256,12 +264,62 @@ pub const MAX_PASSWORD_BYTES: usize = 128;
 
 /// Names are unique, and databases disagree on whether trailing spaces
 /// count (MySQL's PAD SPACE collations ignore them), so names have none.
-fn check_name(what: &'static str, s: &str) -> Result<(), Invalid> {
-    check_text(what, s, MAX_NAME_CHARS, false, false)?;
-    if s.trim() != s {
+/// Checks a name and returns it in its one canonical form (NFKC), so that
+/// two names that look alike are one name: the uniqueness check of the
+/// store then refuses the look-alike. Refused outright: invisible and
+/// direction-changing characters (zero-width space, BOM, right-to-left
+/// override...), whitespace other than single inner spaces, letters mixing
+/// scripts beyond what one language writes (Latin with Han, Kana or Hangul
+/// is fine; Cyrillic А inside a Latin name is not), and stacks of combining
+/// marks.
+fn check_name(what: &'static str, s: &str) -> Result<String, Invalid> {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_security::{RestrictionLevel, RestrictionLevelDetection};
+    check_text(what, s, MAX_NAME_CHARS * 4, false, false)?;
+    if s.chars().any(invisible) {
+        return Err(Invalid::Invisible(what));
+    }
+    let name: String = s.nfkc().collect();
+    check_text(what, &name, MAX_NAME_CHARS, false, false)?;
+    if name.trim() != name {
         return Err(Invalid::Padded(what));
     }
-    Ok(())
+    // After NFKC: fullwidth and other compatibility spaces are plain spaces.
+    if name.chars().any(|c| c.is_whitespace() && c != ' ') || name.contains("  ") {
+        return Err(Invalid::Invisible(what));
+    }
+    if name.chars().any(invisible) {
+        return Err(Invalid::Invisible(what));
+    }
+    let mut marks = 0;
+    for c in name.chars() {
+        marks = if unicode_normalization::char::is_combining_mark(c) {
+            marks + 1
+        } else {
+            0
+        };
+        if marks > 2 {
+            return Err(Invalid::StackedMarks(what));
+        }
+    }
+    let letters: String = name.chars().filter(|c| c.is_alphanumeric()).collect();
+    if letters.as_str().detect_restriction_level() > RestrictionLevel::HighlyRestrictive {
+        return Err(Invalid::MixedScript(what));
+    }
+    Ok(name)
+}
+
+/// Characters that show nothing or change how the text around them shows:
+/// format characters (Unicode category Cf: zero-width space and joiners,
+/// direction marks, embeddings, overrides and isolates, BOM, invisible
+/// operators, tags), variation selectors, fillers, and line separators.
+fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x0890 | 0x0891 | 0x08E2
+        | 0x110BD | 0x110CD | 0x13430..=0x1343F)
 }
 
 /// A validated user name: 1 to 50 characters, no control characters, no
@@ -270,9 +328,9 @@ fn check_name(what: &'static str, s: &str) -> Result<(), Invalid> {
 pub struct UserName(String);
 
 impl UserName {
+    /// Validates `s` and puts it in its canonical form.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        check_name("name", s)?;
-        Ok(UserName(s.to_owned()))
+        Ok(UserName(check_name("name", s)?))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -284,9 +342,9 @@ impl UserName {
 pub struct GroupName(String);
 
 impl GroupName {
+    /// Validates `s` and puts it in its canonical form.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        check_name("groupname", s)?;
-        Ok(GroupName(s.to_owned()))
+        Ok(GroupName(check_name("groupname", s)?))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -395,5 +453,55 @@ mod tests {
         assert!(check_body("x", 0).is_err());
         assert!(check_body("bell\u{7}", 100).is_err());
         assert!(Password::parse(&"p".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn look_alike_names_are_refused_or_folded_into_one() {
+        let name = |s: &str| UserName::parse(s).map(|n| n.0);
+        // one canonical form: fullwidth letters, composed accents
+        assert_eq!(name("Ａｌｉｃｅ").as_deref(), Ok("Alice"));
+        assert_eq!(name("Jose\u{301}").as_deref(), Ok("José"));
+        assert_eq!(name("José").as_deref(), Ok("José"));
+        // invisible and direction-changing characters
+        for s in [
+            "al\u{200B}ice",
+            "\u{FEFF}alice",
+            "alice\u{202E}",
+            "a\u{2066}b",
+            "a\u{200D}b",
+        ] {
+            assert_eq!(name(s), Err(Invalid::Invisible("name")), "{s:?}");
+        }
+        assert_eq!(
+            name("a\u{A0}b").as_deref(),
+            Ok("a b"),
+            "no-break space folds"
+        );
+        assert_eq!(
+            name("a  b"),
+            Err(Invalid::Invisible("name")),
+            "double space"
+        );
+        // a Cyrillic А in a Latin name; Greek omicron in a Latin name
+        assert_eq!(name("\u{410}lice"), Err(Invalid::MixedScript("name")));
+        assert_eq!(name("b\u{3BF}b"), Err(Invalid::MixedScript("name")));
+        assert_eq!(
+            name("a\u{301}\u{302}\u{303}\u{304}"),
+            Err(Invalid::StackedMarks("name"))
+        );
+        // real names in one script, or the mixes languages write
+        for s in [
+            "Иван Петров",
+            "张三",
+            "山田 太郎",
+            "田中タロウ",
+            "김철수",
+            "Ελένη",
+            "李雷 Li Lei",
+            "user_42",
+            "O'Brien-Smith",
+        ] {
+            assert!(name(s).is_ok(), "{s:?}: {:?}", name(s));
+        }
     }
 }
