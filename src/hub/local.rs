@@ -150,3 +150,44 @@ fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
         Err(TrySendError::Closed(_)) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Conversation;
+    use std::sync::atomic::AtomicBool;
+    use tokio::sync::mpsc;
+
+    #[tokio::test]
+    async fn a_full_queue_marks_the_session_lagging_and_never_kicks_it() {
+        let hub = LocalHub::new();
+        let (tx, mut rx) = mpsc::channel(2);
+        let handle = SessionHandle {
+            session_id: 1,
+            pushes: tx,
+            lagging: Arc::new(AtomicBool::new(false)),
+            kick: super::super::Kick::default(),
+            ended: tokio_util::sync::CancellationToken::new(),
+        };
+        let (lagging, kick) = (handle.lagging.clone(), handle.kick.clone());
+        hub.connect(7, handle).await.expect("connect");
+        for seq in 1..=5 {
+            let d = Arc::new(Delivery {
+                conv: Conversation::Group(1),
+                seq,
+                frame: bytes::Bytes::new(),
+                arrived: std::time::Instant::now(),
+                remote: false,
+            });
+            hub.deliver(d, &[7]).await.expect("deliver");
+        }
+        assert!(lagging.load(Ordering::Relaxed), "three pushes were dropped");
+        let kicked = tokio::time::timeout(std::time::Duration::from_millis(20), kick.kicked());
+        assert!(kicked.await.is_err(), "the flooded session stays");
+        let mut queued = 0;
+        while rx.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 2, "the queue holds what fits, nothing more");
+    }
+}

@@ -65,6 +65,16 @@ impl Service {
         recipients: &[UserId],
     ) -> Result<Sent, Fail> {
         check_body(&body, self.config.max_message_bytes).map_err(invalid)?;
+        if !self.guard.may_store(me.id, body.len()) {
+            inc(&METRICS.limited);
+            return Err(Fail::new(
+                ErrCode::QuotaExceeded,
+                format!(
+                    "you have stored {} bytes of messages today, the most allowed; try again after midnight UTC",
+                    self.config.limits.bytes_per_user_day
+                ),
+            ));
+        }
         let stored = self
             .store
             .append(NewMessage {
@@ -140,7 +150,8 @@ impl Service {
             Some(0) => return Err(Fail::new(ErrCode::InvalidValue, "limit must be at least 1")),
             Some(n) => n.min(self.config.history_max),
         };
-        let messages = self.store.history(conv, before, limit).await?;
+        let mut messages = self.store.history(conv, before, limit).await?;
+        keep_newest_within(&mut messages, self.config.limits.history_max_bytes);
         Ok(HistoryPage {
             messages: messages
                 .iter()
@@ -167,5 +178,55 @@ impl Service {
         }
         me.awaiting_ack = false;
         Ok(())
+    }
+}
+
+/// Cuts a history page down to its newest messages that fit in `max_bytes`
+/// (at least one), so that a small request cannot ask for megabytes. The
+/// client pages on with `before` set to the oldest it got.
+fn keep_newest_within(page: &mut Vec<crate::model::ChatMessage>, max_bytes: usize) {
+    let mut newest_first: Vec<(Seq, usize)> = page
+        .iter()
+        .map(|m| (m.seq, m.body.len() + m.sender_name.len() + 64))
+        .collect();
+    newest_first.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+    let mut total = 0usize;
+    let mut oldest_kept = Seq::MIN;
+    for (i, (seq, size)) in newest_first.iter().enumerate() {
+        total = total.saturating_add(*size);
+        if total > max_bytes && i > 0 {
+            break;
+        }
+        oldest_kept = *seq;
+    }
+    page.retain(|m| m.seq >= oldest_kept);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ChatMessage;
+
+    #[test]
+    fn a_history_page_keeps_its_newest_messages_within_the_byte_limit() {
+        let msg = |seq| ChatMessage {
+            conv: Conversation::Group(1),
+            seq,
+            sender: 1,
+            sender_name: "a".into(),
+            body: "x".repeat(935),
+            ts_ms: 0,
+        };
+        let mut page: Vec<ChatMessage> = (1..=10).rev().map(msg).collect();
+        keep_newest_within(&mut page, 3000);
+        let seqs: Vec<Seq> = page.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![10, 9, 8],
+            "1000 bytes each, newest kept, order kept"
+        );
+        let mut one = vec![msg(5)];
+        keep_newest_within(&mut one, 10);
+        assert_eq!(one.len(), 1, "never empty");
     }
 }

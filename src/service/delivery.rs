@@ -116,6 +116,14 @@ impl Cursors {
         self.dirty.remove(&conv);
     }
 
+    /// How many groups the session takes part in.
+    pub fn groups(&self) -> usize {
+        self.convs
+            .keys()
+            .filter(|c| matches!(c, Conversation::Group(_)))
+            .count()
+    }
+
     /// Whether the session takes part in `conv` as far as it knows.
     pub fn knows(&self, conv: Conversation) -> bool {
         self.convs.contains_key(&conv)

@@ -18,6 +18,15 @@ impl Service {
                 "you cannot add yourself as a friend",
             ));
         }
+        let max = self.config.limits.friends_per_user as usize;
+        let friends = self.store.friends(me.id).await?;
+        if friends.len() >= max && !friends.iter().any(|f| f.id == friend) {
+            crate::metrics::inc(&crate::metrics::METRICS.limited);
+            return Err(Fail::new(
+                ErrCode::QuotaExceeded,
+                format!("you have {max} friends, the most allowed"),
+            ));
+        }
         self.store.add_friendship(me.id, friend).await?;
         Ok(FriendChanged { friendid: friend })
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::{LoggedIn, Service, invalid};
+use crate::metrics::{METRICS, inc};
 use crate::model::{Conversation, GroupDesc, GroupId, GroupName, UserId};
 use crate::protocol::replies::{GroupChanged, GroupCreated};
 use crate::protocol::{ErrCode, Fail};
@@ -91,6 +92,7 @@ impl Service {
     ) -> Result<GroupCreated, Fail> {
         let name = GroupName::parse(name).map_err(invalid)?;
         let desc = GroupDesc::parse(desc).map_err(invalid)?;
+        self.groups_quota(me)?;
         let id = self
             .store
             .create_group(me.id, name.as_str(), desc.as_str())
@@ -110,11 +112,38 @@ impl Service {
         me: &mut LoggedIn,
         group: GroupId,
     ) -> Result<GroupChanged, Fail> {
+        // (A member joining again is answered by the store as before.)
+        if !me.cursors.knows(Conversation::Group(group)) {
+            self.groups_quota(me)?;
+            let max = self.config.limits.members_per_group;
+            if let Some(members) = self.groups.members(self.store.as_ref(), group).await?
+                && members.len() >= max as usize
+            {
+                inc(&METRICS.limited);
+                return Err(Fail::new(
+                    ErrCode::QuotaExceeded,
+                    format!("group {group} has {max} members, the most allowed"),
+                ));
+            }
+        }
         let start = self.store.join_group(me.id, group).await?;
         me.cursors.start(Conversation::Group(group), start);
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
         Ok(GroupChanged { groupid: group })
+    }
+
+    /// Refuses a create or join past the groups-per-user quota.
+    fn groups_quota(&self, me: &LoggedIn) -> Result<(), Fail> {
+        let max = self.config.limits.groups_per_user;
+        if me.cursors.groups() >= max as usize {
+            inc(&METRICS.limited);
+            return Err(Fail::new(
+                ErrCode::QuotaExceeded,
+                format!("you are in {max} groups, the most allowed; leave one first"),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) async fn leave_group(

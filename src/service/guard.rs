@@ -110,6 +110,8 @@ pub struct Guard {
     accounts: Mutex<Table<UserId, Failures>>,
     addrs: Mutex<Table<AddrKey, Failures>>,
     registrations: Mutex<Table<AddrKey, Bucket>>,
+    /// Message bytes stored per user today: (UTC day number, bytes, when).
+    stored: Mutex<Table<UserId, (i64, u64, Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,6 +127,7 @@ impl Guard {
             accounts: Mutex::new(Table::new()),
             addrs: Mutex::new(Table::new()),
             registrations: Mutex::new(Table::new()),
+            stored: Mutex::new(Table::new()),
         }
     }
 
@@ -192,6 +195,30 @@ impl Guard {
     /// The right password: the account's count starts again.
     pub fn login_succeeded(&self, account: UserId) {
         lock(&self.accounts).map.remove(&account);
+    }
+
+    /// Counts `bytes` more stored by `user` today (UTC), or refuses them if
+    /// that would pass the daily quota. Per node: in a cluster a user's
+    /// sessions are on one node at a time, so this is the user's count
+    /// unless it moved nodes during the day.
+    pub fn may_store(&self, user: UserId, bytes: usize) -> bool {
+        let day = crate::store::now_ms().div_euclid(86_400_000);
+        let now = Instant::now();
+        let mut t = lock(&self.stored);
+        let used = match t.map.get(&user) {
+            Some(&(d, used, _)) if d == day => used,
+            Some(_) => 0,
+            None => {
+                t.make_room(now, |e| e.2);
+                0
+            }
+        };
+        let after = used.saturating_add(bytes as u64);
+        if after > self.limits.bytes_per_user_day {
+            return false;
+        }
+        t.map.insert(user, (day, after, now));
+        true
     }
 
     /// Takes one registration for `addr`, or says how long until one is

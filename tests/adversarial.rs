@@ -1,0 +1,389 @@
+//! Hostile clients: each attack that used to work, tried again, while a
+//! bystander pair keeps chatting. Attackers connect from their own loopback
+//! addresses (127.0.0.2 and up) and loopback is not exempt here, so the
+//! per-address limits apply to them and not to the bystanders (127.0.0.1).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chat::client::{Client, Push};
+use chat::config::{Config, Limits};
+use chat::model::UserId;
+use common::{TestServer, pw, within};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+fn config(limits: Limits) -> Config {
+    Config {
+        limits: Limits {
+            exempt_loopback: false,
+            ..limits
+        },
+        ..Config::default()
+    }
+}
+
+/// A raw connection from source address 127.0.0.`host`.
+async fn connect_from(server: SocketAddr, host: u8) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, host], 0)))
+        .expect("bind source");
+    socket.connect(server).await.expect("connect")
+}
+
+async fn client_from(server: SocketAddr, host: u8) -> Client {
+    Client::over(connect_from(server, host).await).expect("client")
+}
+
+/// Reads frames from a raw connection until it closes; returns them.
+async fn read_until_closed(mut s: TcpStream) -> Vec<Value> {
+    let mut buf = Vec::new();
+    let _ = within(s.read_to_end(&mut buf)).await;
+    buf.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect()
+}
+
+/// Two users chatting back and forth all along; `finish` checks that every
+/// message arrived, in order, and nobody was disconnected.
+struct Bystanders {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<(u32, Duration)>,
+}
+
+impl Bystanders {
+    async fn start(server: &TestServer) -> Bystanders {
+        let (mut a, _) = server.user("bystander_a").await;
+        let (mut b, b_id) = server.user("bystander_b").await;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut sent = 0u32;
+            let mut slowest = Duration::ZERO;
+            while stopped.try_recv().is_err() {
+                let text = format!("hello {sent}");
+                let t = Instant::now();
+                a.chat(b_id, &text).await.expect("bystander send");
+                let got = within(b.next_message()).await.expect("bystander closed");
+                assert_eq!(got.msg, text, "in order, nothing lost");
+                slowest = slowest.max(t.elapsed());
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (sent, slowest)
+        });
+        Bystanders { stop, task }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let (sent, slowest) = within(self.task).await.expect("bystanders failed");
+        assert!(sent > 0, "the bystanders chatted");
+        println!("bystanders: {sent} messages, slowest {slowest:?}");
+    }
+}
+
+async fn register_from(server: SocketAddr, host: u8, name: &str) -> UserId {
+    let mut c = client_from(server, host).await;
+    c.register(name, &pw(name)).await.expect("register")
+}
+
+async fn login_raw(c: &mut Client, id: UserId, password: &str) -> chat::client::Reply {
+    c.request(json!({"msgid": 1, "id": id, "password": password}))
+        .await
+        .expect("reply")
+}
+
+#[tokio::test]
+async fn password_guessing_is_throttled_per_account_and_per_address() {
+    let server = TestServer::start_with(config(Limits {
+        account_free_failures: 3,
+        addr_free_failures: 6,
+        lockout_max: Duration::from_secs(2),
+        ..Limits::default()
+    }))
+    .await;
+    let by = Bystanders::start(&server).await;
+    let victim = register_from(server.addr, 2, "victim").await;
+
+    // Three wrong guesses are answered as wrong; the fourth locks the
+    // account, and the right password is then refused until the wait ends.
+    let mut guesser = client_from(server.addr, 3).await;
+    for _ in 0..4 {
+        assert_eq!(login_raw(&mut guesser, victim, "guess").await.errno(), 1);
+    }
+    let mut owner = client_from(server.addr, 4).await;
+    let locked = login_raw(&mut owner, victim, &pw("victim")).await;
+    assert_eq!(locked.errno(), 60, "{:?}", locked.0);
+    let wait = locked.i64("retry_ms").expect("retry_ms");
+    assert!((1..=1000).contains(&wait), "first lock is 1 s: {wait}");
+    tokio::time::sleep(Duration::from_millis(wait as u64 + 50)).await;
+    let ok = login_raw(&mut owner, victim, &pw("victim")).await;
+    assert_eq!(ok.errno(), 0, "the owner gets in once the wait is over");
+
+    // One address guessing across many accounts is locked as an address:
+    // its guesses against fresh accounts are refused without a check.
+    let mut spray = client_from(server.addr, 5).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(register_from(server.addr, 10 + i, &format!("spray{i}")).await);
+    }
+    for id in &ids[..7] {
+        login_raw(&mut spray, *id, "guess").await;
+    }
+    let refused = login_raw(&mut spray, ids[7], &pw("spray7")).await;
+    assert_eq!(
+        refused.errno(),
+        60,
+        "the address is locked: {:?}",
+        refused.0
+    );
+    // Another address logs into that account at once.
+    let mut other = client_from(server.addr, 6).await;
+    assert_eq!(
+        login_raw(&mut other, ids[7], &pw("spray7")).await.errno(),
+        0
+    );
+    by.finish().await;
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_address() {
+    let server = TestServer::start_with(config(Limits {
+        register_burst: 3,
+        register_interval: Duration::from_secs(60),
+        ..Limits::default()
+    }))
+    .await;
+    let mut c = client_from(server.addr, 2).await;
+    for i in 0..3 {
+        c.register(&format!("r{i}"), "pw")
+            .await
+            .expect("within the burst");
+    }
+    let refused = c
+        .request(json!({"msgid": 4, "name": "r3", "password": "pw"}))
+        .await
+        .expect("reply");
+    assert_eq!(refused.errno(), 62, "{:?}", refused.0);
+    assert!(refused.i64("retry_ms").expect("retry_ms") > 50_000);
+    // Another address is not held back.
+    let mut other = client_from(server.addr, 3).await;
+    other.register("r3", "pw").await.expect("another address");
+}
+
+#[tokio::test]
+async fn sockets_that_never_log_in_or_trickle_a_frame_are_closed() {
+    let server = TestServer::start_with(config(Limits {
+        login_timeout: Duration::from_millis(500),
+        frame_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    }))
+    .await;
+    let by = Bystanders::start(&server).await;
+    // Idle, never logging in.
+    let idle = connect_from(server.addr, 2).await;
+    let t = Instant::now();
+    let frames = read_until_closed(idle).await;
+    assert_eq!(frames.last().and_then(|f| f["errno"].as_i64()), Some(58));
+    assert!(t.elapsed() >= Duration::from_millis(450));
+    // Slowloris: one byte at a time, never finishing the frame.
+    let mut slow = connect_from(server.addr, 3).await;
+    let trickle = async {
+        for b in br#"{"msgid":16,"reqid":1"#.iter().cycle().take(40) {
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        slow
+    };
+    let slow = within(trickle).await;
+    let frames = read_until_closed(slow).await;
+    assert_eq!(frames.last().and_then(|f| f["errno"].as_i64()), Some(59));
+    // A logged-in user is not held to the login deadline.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    by.finish().await;
+}
+
+#[tokio::test]
+async fn a_large_frame_before_login_is_refused() {
+    let server = TestServer::start_with(config(Limits {
+        prelogin_max_frame: 1024,
+        ..Limits::default()
+    }))
+    .await;
+    let mut s = connect_from(server.addr, 2).await;
+    let big = format!(
+        r#"{{"msgid":4,"name":"{}","password":"x"}}"#,
+        "n".repeat(2000)
+    );
+    s.write_all(big.as_bytes()).await.expect("write");
+    s.write_all(b"\n").await.expect("write");
+    let frames = read_until_closed(s).await;
+    assert_eq!(frames.last().and_then(|f| f["errno"].as_i64()), Some(14));
+    // Logged in, frames up to the normal limit pass.
+    let (mut c, _) = server.user("big").await;
+    let reply = c
+        .request(json!({"msgid": 16, "pad": "p".repeat(4000)}))
+        .await
+        .expect("reply");
+    assert_eq!(reply.errno(), 0);
+}
+
+#[tokio::test]
+async fn one_address_cannot_fill_the_connection_cap() {
+    let server = TestServer::start_with(Config {
+        max_connections: 50,
+        ..config(Limits {
+            conns_per_addr: 5,
+            ..Limits::default()
+        })
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect_from(server.addr, 2).await);
+    }
+    let refused = connect_from(server.addr, 2).await;
+    let frames = read_until_closed(refused).await;
+    assert_eq!(frames.last().and_then(|f| f["errno"].as_i64()), Some(51));
+    // Everybody else still gets in, and chats.
+    let by = Bystanders::start(&server).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    by.finish().await;
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_flood_slows_the_flooder_and_never_disconnects_the_flooded() {
+    let server = TestServer::start_with(Config {
+        push_queue: 16,
+        ..config(Limits {
+            request_rate: 500,
+            request_burst: 500,
+            ..Limits::default()
+        })
+    })
+    .await;
+    let by = Bystanders::start(&server).await;
+    let (mut victim, victim_id) = server.user("victim").await;
+    let flooder_id = server.register("flooder").await;
+    let mut flooder = client_from(server.addr, 2).await;
+    flooder
+        .login(flooder_id, &pw("flooder"))
+        .await
+        .expect("login");
+
+    // 1,000 messages as fast as the connection takes them, while the
+    // victim does not read at all for a while.
+    const N: usize = 1000;
+    let t = Instant::now();
+    let mut frames = Vec::new();
+    for i in 0..N {
+        frames.extend_from_slice(
+            format!(r#"{{"msgid":6,"id":{flooder_id},"toid":{victim_id},"msg":"f{i}"}}"#)
+                .as_bytes(),
+        );
+        frames.push(b'\n');
+    }
+    flooder.send_raw(&frames).await.expect("flood");
+    let mut slowed = false;
+    let mut stored = 0;
+    while stored < N {
+        match within(flooder.next_push()).await.expect("flooder closed") {
+            Push::Other(v) if v["errno"] == 57 => slowed = true,
+            Push::Other(v) if v["msgid"] == 106 && v["errno"] == 0 => stored += 1,
+            Push::Other(v) => panic!("flooder got {v}"),
+            Push::Message(_) => {}
+        }
+    }
+    let took = t.elapsed();
+    assert!(slowed, "the flooder was told to slow down");
+    assert!(
+        took >= Duration::from_millis(900),
+        "500 over the burst at 500/s take 1 s: {took:?}"
+    );
+    // The victim, reading now, gets every message once, in order, and was
+    // never disconnected (its queue overflowed; it read from the store).
+    for i in 0..N {
+        let m = within(victim.next_message())
+            .await
+            .expect("the victim was disconnected");
+        assert_eq!(m.msg, format!("f{i}"));
+    }
+    victim
+        .ping(Duration::from_secs(5))
+        .await
+        .expect("still connected");
+    by.finish().await;
+}
+
+#[tokio::test]
+async fn look_alike_names_are_refused() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    c.register("Alice", "pw").await.expect("alice");
+    for (name, errno) in [
+        ("\u{410}lice", 13),   // Cyrillic А
+        ("Al\u{200B}ice", 13), // zero-width space
+        ("ecilA\u{202E}", 13), // right-to-left override
+        ("\u{FEFF}Alice", 13), // BOM
+        ("Ａｌｉｃｅ", 1),     // fullwidth: the same name, taken
+        ("Ali\u{301}ce", 0),   // a combining accent: a new name "Alíce"
+        ("Alíce", 1),          // precomposed: the same, taken
+    ] {
+        let r = c
+            .request(json!({"msgid": 4, "name": name, "password": "pw"}))
+            .await
+            .expect("reply");
+        assert_eq!(r.errno(), errno, "{name:?}: {:?}", r.0);
+    }
+}
+
+#[tokio::test]
+async fn quotas_answer_with_errno_61() {
+    let server = TestServer::start_with(config(Limits {
+        groups_per_user: 3,
+        friends_per_user: 2,
+        bytes_per_user_day: 10_000,
+        history_max_bytes: 4000,
+        ..Limits::default()
+    }))
+    .await;
+    let (mut a, _) = server.user("quota_a").await;
+    for i in 0..3 {
+        a.create_group(&format!("g{i}"), "").await.expect("group");
+    }
+    let err = a.create_group("g3", "").await.expect_err("fourth group");
+    assert_eq!(err.errno(), Some(61));
+    let (f1, f2, f3) = (
+        server.register("f1").await,
+        server.register("f2").await,
+        server.register("f3").await,
+    );
+    a.add_friend(f1).await.expect("friend");
+    a.add_friend(f2).await.expect("friend");
+    assert_eq!(a.add_friend(f3).await.expect_err("third").errno(), Some(61));
+    // 10 messages of 900 bytes fit the day's 10,000 bytes; the 12th does not.
+    let body = "b".repeat(900);
+    for _ in 0..11 {
+        a.chat(f1, &body).await.expect("within the quota");
+    }
+    assert_eq!(a.chat(f1, &body).await.expect_err("over").errno(), Some(61));
+    // A history request asks for 50 and gets the newest that fit 4,000 bytes.
+    let page = a
+        .request(json!({"msgid": 14, "toid": f1, "limit": 50}))
+        .await
+        .expect("history");
+    let n = page
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    assert!((1..11).contains(&n), "cut short: {n} of 11");
+}
