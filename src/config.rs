@@ -23,9 +23,10 @@ pub struct Config {
     /// Stays below the process's open-file cap so the node never hits EMFILE
     /// in normal operation.
     pub max_connections: usize,
-    /// Pushes queued for one session. A session whose client reads so slowly
-    /// that this fills up is disconnected (its messages stay stored and are
-    /// delivered at its next login) instead of growing memory without bound.
+    /// Pushes queued for one session. When a client reads so slowly that
+    /// this fills up, further pushes are dropped and the session reads what
+    /// it missed from the store once it catches up: memory stays bounded and
+    /// nobody is disconnected for someone else's flood.
     pub push_queue: usize,
     /// How long one write to a client may take before the connection is
     /// considered dead.

@@ -78,7 +78,8 @@ struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
     #[arg(long, env = "CHAT_METRICS_LISTEN")]
     metrics_listen: Option<String>,
-    /// Pushes queued per session before a too-slow reader is disconnected.
+    /// Pushes queued per session; a reader this far behind catches up from
+    /// the store instead.
     #[arg(long, default_value_t = Config::default().push_queue)]
     push_queue: usize,
     /// Seconds of silence after which a connection that has sent a PING is
