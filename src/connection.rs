@@ -16,10 +16,18 @@ use crate::hub::KickReason;
 use crate::protocol::codec::FrameError;
 use crate::protocol::{ErrCode, Fail, Reply, msgid};
 use crate::service::Service;
-use crate::transport::FrameStream;
+use crate::tls::TlsAcceptor;
+use crate::transport::{FrameStream, Link};
 
-/// Serves one client until it leaves, misbehaves, or the server shuts down.
-pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: CancellationToken) {
+/// Serves one client until it leaves, misbehaves, or the server shuts down;
+/// over TLS when `tls` is given (the handshake must finish within the frame
+/// deadline, so that a stalled handshake holds nothing for long).
+pub async fn serve(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+) {
     // Chat frames are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let config = service.config();
@@ -36,7 +44,29 @@ pub async fn serve(stream: TcpStream, service: Arc<Service>, shutdown: Cancellat
     let mut last_heard = std::time::Instant::now();
     let write_timeout = config.write_timeout;
     let limits = &config.limits;
-    let mut conn = FrameStream::new(stream, config.max_frame, limits.frame_timeout);
+    let link: Link = match tls {
+        None => stream.into(),
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(limits.frame_timeout, acceptor.accept(stream));
+            let done = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                done = handshake => done,
+            };
+            match done {
+                Ok(Ok(tls)) => tls.into(),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    crate::metrics::inc(&crate::metrics::METRICS.limited);
+                    return;
+                }
+            }
+        }
+    };
+    let mut conn = FrameStream::new(link, config.max_frame, limits.frame_timeout);
     let peer = conn.peer_addr();
     let mut session = service.open_session(peer.map(|p| p.ip()));
     let kick = session.kick_token();

@@ -6,7 +6,8 @@
 //! * [`protocol`]: frames on the wire ([`protocol::codec`]) and the JSON
 //!   messages inside them (msgids, requests, replies, error codes).
 //! * [`transport`]: frames over one TCP connection, holding no buffer while
-//!   idle and writing everything ready in one system call.
+//!   idle and writing everything ready in one system call; [`tls`] for
+//!   the TLS listener and TLS clients.
 //! * [`server`] and [`connection`]: the accept loop (connection cap, back-off,
 //!   graceful shutdown) and the per-connection task that joins a socket to a
 //!   session.
@@ -38,4 +39,5 @@ pub mod ring;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod transport;

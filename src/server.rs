@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +29,7 @@ use crate::service::guard::AddrKey;
 use crate::store::mysql::MySqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SharedStore, StoreError};
+use crate::tls::TlsAcceptor;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +114,20 @@ impl Node {
     /// Serves `listener` until `shutdown` is cancelled, then shuts down
     /// gracefully.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
-        accept_loop(&listener, &self.service, &shutdown).await;
+        self.serve_with_tls(listener, None, shutdown).await;
+    }
+
+    /// Serves plain TCP on `listener` and, if given, TLS on a second
+    /// listener, both under one connection cap, until `shutdown`.
+    pub async fn serve_with_tls(
+        self,
+        listener: TcpListener,
+        tls: Option<(TcpListener, TlsAcceptor)>,
+        shutdown: CancellationToken,
+    ) {
+        accept_loop(&listener, tls.as_ref(), &self.service, &shutdown).await;
         drop(listener);
+        drop(tls);
         self.service.drain().await;
         self.hub.shutdown().await;
         self.store.close().await;
@@ -153,7 +166,29 @@ pub fn client_capacity() -> Option<usize> {
     None
 }
 
-async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &CancellationToken) {
+/// Accepts from the plain listener, or the TLS one.
+async fn accept_either(
+    plain: &TcpListener,
+    tls: Option<&(TcpListener, TlsAcceptor)>,
+) -> (
+    std::io::Result<(TcpStream, std::net::SocketAddr)>,
+    Option<TlsAcceptor>,
+) {
+    match tls {
+        None => (plain.accept().await, None),
+        Some((listener, acceptor)) => tokio::select! {
+            r = plain.accept() => (r, None),
+            r = listener.accept() => (r, Some(acceptor.clone())),
+        },
+    }
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    tls: Option<&(TcpListener, TlsAcceptor)>,
+    service: &Arc<Service>,
+    shutdown: &CancellationToken,
+) {
     let config = service.config();
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let per_addr = Arc::new(ConnsPerAddr::default());
@@ -162,9 +197,9 @@ async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &
     let sessions = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     loop {
-        let accepted = tokio::select! {
+        let (accepted, acceptor) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
+            r = accept_either(listener, tls) => r,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -183,7 +218,9 @@ async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &
                                 "too many connections from your address (at most {})",
                                 limits.conns_per_addr
                             );
-                            sessions.spawn(connection::refuse(stream, msg));
+                            if acceptor.is_none() {
+                                sessions.spawn(connection::refuse(stream, msg));
+                            }
                             continue;
                         }
                     }
@@ -195,7 +232,7 @@ async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &
                         inc(&METRICS.connections_accepted);
                         METRICS.connections_open.fetch_add(1, Ordering::Relaxed);
                         sessions.spawn(async move {
-                            connection::serve(stream, service, shutdown).await;
+                            connection::serve(stream, acceptor, service, shutdown).await;
                             METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
                             drop(slot);
                             drop(addr_slot);
@@ -205,7 +242,11 @@ async fn accept_loop(listener: &TcpListener, service: &Arc<Service>, shutdown: &
                         tracing::warn!("connection limit reached, refusing a client");
                         inc(&METRICS.connections_refused);
                         let msg = "server is at its connection limit, try again later".to_owned();
-                        sessions.spawn(connection::refuse(stream, msg));
+                        // A TLS client cannot read a plain notice: it is
+                        // only closed (no handshake spent on it).
+                        if acceptor.is_none() {
+                            sessions.spawn(connection::refuse(stream, msg));
+                        }
                     }
                 }
             }

@@ -9,12 +9,17 @@
 //! the frame limit). Writes go straight from the frames to the socket:
 //! everything ready is handed to the kernel in one `writev`, with no copy
 //! into a write buffer.
+//!
+//! Over TLS the same holds for frames; rustls keeps its own record buffers
+//! per connection, so a TLS connection costs more memory than a plain one.
 
 use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Decoder;
 
 use crate::protocol::codec::{FrameCodec, FrameError};
@@ -32,10 +37,26 @@ pub struct IoCounts {
     pub writes: u64,
 }
 
+/// The byte stream under the frames.
+#[derive(Debug)]
+pub enum Link {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Link {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Link::Plain(s) => s,
+            Link::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
 /// One client connection speaking newline- or NUL-terminated frames.
 #[derive(Debug)]
 pub struct FrameStream {
-    stream: TcpStream,
+    stream: Link,
     codec: FrameCodec,
     /// Unhandled input; empty (and unallocated) between messages.
     input: BytesMut,
@@ -50,7 +71,8 @@ pub struct FrameStream {
 impl FrameStream {
     /// Frames on `stream`, refusing input frames longer than `max_frame`
     /// and frames not finished within `frame_timeout` of their first byte.
-    pub fn new(stream: TcpStream, max_frame: usize, frame_timeout: Duration) -> Self {
+    pub fn new(stream: impl Into<Link>, max_frame: usize, frame_timeout: Duration) -> Self {
+        let stream = stream.into();
         FrameStream {
             stream,
             codec: FrameCodec::new(max_frame),
@@ -90,34 +112,58 @@ impl FrameStream {
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
-            let readable = if self.input.is_empty() {
+            let due = if self.input.is_empty() {
                 // Nothing pending: hold no allocation while waiting.
                 self.input = BytesMut::new();
                 self.partial_since = None;
-                self.stream.readable().await
+                None
             } else {
                 let since = *self.partial_since.get_or_insert_with(Instant::now);
-                let due = since + self.frame_timeout;
-                match tokio::time::timeout_at(due.into(), self.stream.readable()).await {
+                Some(since + self.frame_timeout)
+            };
+            let read = match due {
+                None => self.read_some().await,
+                Some(due) => match tokio::time::timeout_at(due.into(), self.read_some()).await {
                     Ok(r) => r,
                     Err(_) => {
                         // What it sent so far is let go with the connection.
                         self.input = BytesMut::new();
                         return Some(Err(FrameError::Stalled(self.frame_timeout)));
                     }
-                }
+                },
             };
-            if let Err(e) = readable {
-                return Some(Err(e.into()));
-            }
-            if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
-                self.input.reserve(READ_CHUNK);
-            }
-            match self.stream.try_read_buf(&mut self.input) {
-                Ok(0) => self.eof = true,
-                Ok(_) => self.counts.reads += 1,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            match read {
+                Ok(Some(0)) => self.eof = true,
+                Ok(Some(_)) => self.counts.reads += 1,
+                Ok(None) => {}
                 Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// Reads what has arrived into `input`: `Some(0)` at end of stream,
+    /// `None` when a readiness wake-up found nothing. Cancel-safe.
+    async fn read_some(&mut self) -> io::Result<Option<usize>> {
+        match &mut self.stream {
+            Link::Plain(tcp) => {
+                // Wait with no buffer; allocate only once bytes are there.
+                tcp.readable().await?;
+                if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+                    self.input.reserve(READ_CHUNK);
+                }
+                match tcp.try_read_buf(&mut self.input) {
+                    Ok(n) => Ok(Some(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Link::Tls(tls) => {
+                // rustls may hold decrypted bytes the socket no longer
+                // shows as readable, so read through it.
+                if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+                    self.input.reserve(READ_CHUNK);
+                }
+                tls.read_buf(&mut self.input).await.map(Some)
             }
         }
     }
@@ -132,12 +178,30 @@ impl FrameStream {
         }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         // The socket is non-blocking: nothing to read is WouldBlock.
-        matches!(socket2::SockRef::from(&self.stream).peek(&mut probe), Ok(0))
+        matches!(
+            socket2::SockRef::from(self.stream.tcp()).peek(&mut probe),
+            Ok(0)
+        )
     }
 
     /// Writes every frame, each followed by a newline, in as few system
     /// calls as the kernel allows (one, unless its send buffer fills).
     pub async fn write_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        let tcp = match &mut self.stream {
+            Link::Plain(tcp) => tcp,
+            Link::Tls(tls) => {
+                // One TLS record run for everything ready, then flushed.
+                let mut out = BytesMut::with_capacity(frames.iter().map(|f| f.len() + 1).sum());
+                for f in frames {
+                    out.extend_from_slice(f);
+                    out.extend_from_slice(b"\n");
+                }
+                tls.write_all(&out).await?;
+                tls.flush().await?;
+                self.counts.writes += 1;
+                return Ok(());
+            }
+        };
         for chunk in frames.chunks(FRAMES_PER_WRITE) {
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * chunk.len());
             for f in chunk {
@@ -146,14 +210,14 @@ impl FrameStream {
             }
             let mut rest = &mut slices[..];
             while !rest.is_empty() {
-                match self.stream.try_write_vectored(rest) {
+                match tcp.try_write_vectored(rest) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         self.counts.writes += 1;
                         IoSlice::advance_slices(&mut rest, n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.stream.writable().await?;
+                        tcp.writable().await?;
                     }
                     Err(e) => return Err(e),
                 }
@@ -164,7 +228,19 @@ impl FrameStream {
 
     /// The peer's address, for logs.
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        self.stream.peer_addr().ok()
+        self.stream.tcp().peer_addr().ok()
+    }
+}
+
+impl From<TcpStream> for Link {
+    fn from(s: TcpStream) -> Self {
+        Link::Plain(s)
+    }
+}
+
+impl From<TlsStream<TcpStream>> for Link {
+    fn from(s: TlsStream<TcpStream>) -> Self {
+        Link::Tls(Box::new(s))
     }
 }
 

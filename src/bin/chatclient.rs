@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chat::client::command::{self, Command, HELP};
 use chat::client::reliable::{Event, Options, Reliable};
-use chat::client::{Client, ClientError, LoginInfo};
+use chat::client::{Client, ClientError, Endpoint, LoginInfo};
 use chat::protocol::HistoryTarget;
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
@@ -28,6 +28,14 @@ struct Cli {
     /// Server address as HOST:PORT; overrides IP and PORT.
     #[arg(long)]
     server: Option<String>,
+    /// Speak TLS, trusting the certificate (or authority) in this PEM file
+    /// (the server's `--tls-listen` port).
+    #[arg(long, env = "CHAT_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry (default: the host of
+    /// the server address).
+    #[arg(long, requires = "tls_ca")]
+    tls_name: Option<String>,
 }
 
 type Input = Lines<BufReader<Stdin>>;
@@ -59,7 +67,24 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut client = match Client::connect(&addr).await {
+    let tls = match &cli.tls_ca {
+        None => None,
+        Some(ca) => {
+            let name = cli
+                .tls_name
+                .clone()
+                .unwrap_or_else(|| chat::tls::host_of(&addr).to_owned());
+            match chat::tls::TlsClient::new(ca, &name) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("TLS: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let endpoint = Endpoint { addr, tls };
+    let mut client = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("connect server error: {e}");
@@ -93,7 +118,7 @@ async fn main() -> ExitCode {
                 };
                 // The session gets a connection of its own that outlives
                 // network trouble: it reconnects, resumes and resends.
-                match Reliable::login(&addr, id, &password, Options::default()).await {
+                match Reliable::login(endpoint.clone(), id, &password, Options::default()).await {
                     Ok((mut session, info)) => {
                         show_login(&info);
                         match chat_loop(&mut session, &mut input).await {

@@ -28,6 +28,16 @@ struct Cli {
     /// Address to listen on, as IP:PORT; overrides IP and PORT.
     #[arg(long)]
     listen: Option<String>,
+    /// Also serve TLS on this address (IP:PORT), with --tls-cert and
+    /// --tls-key; the plain listener stays for the original client.
+    #[arg(long, env = "CHAT_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<String>,
+    /// The TLS certificate chain, PEM (this server's certificate first).
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_listen")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The TLS private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_listen")]
+    tls_key: Option<std::path::PathBuf>,
     /// Database URL: sqlite://PATH (created if missing) or
     /// mysql://USER:PASS@HOST:PORT/DB (MySQL or MariaDB; needed for a cluster).
     #[arg(long, env = "CHAT_DB", default_value = "sqlite://chatserver.db")]
@@ -271,6 +281,16 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let acceptor = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => match chat::tls::acceptor(cert, key) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("chatserver: TLS: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     // Raised before anything opens files; the default cap follows from it.
     let client_capacity = chat::server::client_capacity();
     let node_id = cli.node_id.clone().unwrap_or_else(|| addr.clone());
@@ -317,6 +337,20 @@ async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = match (&cli.tls_listen, acceptor) {
+        (Some(tls_addr), Some(acceptor)) => match TcpListener::bind(tls_addr).await {
+            Ok(l) => {
+                let local = l.local_addr().map(|a| a.to_string());
+                tracing::info!(listen = %local.unwrap_or_else(|_| tls_addr.clone()), "TLS listener ready");
+                Some((l, acceptor))
+            }
+            Err(e) => {
+                eprintln!("chatserver: cannot listen on {tls_addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
     tracing::info!(listen = %local, db = %cli.db, "chatserver ready");
     let shutdown = CancellationToken::new();
@@ -333,7 +367,7 @@ async fn run() -> ExitCode {
         }
     }
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    node.serve(listener, shutdown).await;
+    node.serve_with_tls(listener, tls, shutdown).await;
     ExitCode::SUCCESS
 }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -26,6 +26,7 @@ use crate::model::{GroupId, Seq, UserId};
 use crate::protocol::codec::FrameCodec;
 use crate::protocol::requests::{self as wire, Call};
 use crate::protocol::{ChatFrame, HistoryTarget, msgid, replies};
+use crate::tls::TlsClient;
 
 pub use crate::protocol::replies::Sent;
 
@@ -226,13 +227,64 @@ fn lock(p: &Pending) -> std::sync::MutexGuard<'_, Waiters> {
     p.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The write half of a plain or TLS connection.
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where a client connects: an address, plain or over TLS.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: String,
+    pub tls: Option<TlsClient>,
+}
+
+impl Endpoint {
+    /// Plain TCP to `addr`.
+    pub fn plain(addr: &str) -> Endpoint {
+        Endpoint {
+            addr: addr.to_owned(),
+            tls: None,
+        }
+    }
+
+    /// Connects (and runs the TLS handshake, if any).
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        match &self.tls {
+            None => Client::connect(self.addr.as_str()).await,
+            Some(tls) => {
+                let tcp = TcpStream::connect(self.addr.as_str()).await?;
+                tcp.set_nodelay(true)?;
+                Ok(Client::over_io(tls.connect(tcp).await?))
+            }
+        }
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(addr: &str) -> Self {
+        Endpoint::plain(addr)
+    }
+}
+
+impl From<&String> for Endpoint {
+    fn from(addr: &String) -> Self {
+        Endpoint::plain(addr)
+    }
+}
+
 /// A connection to a chat server.
-#[derive(Debug)]
 pub struct Client {
-    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    writer: FramedWrite<Writer, FrameCodec>,
     pending: Pending,
     pushes: mpsc::Receiver<Push>,
     next_reqid: AtomicU64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("next_reqid", &self.next_reqid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl From<replies::Contact> for Contact {
@@ -279,7 +331,13 @@ impl Client {
     /// chosen source address, say).
     pub fn over(stream: TcpStream) -> Result<Client, ClientError> {
         stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+        Ok(Self::over_io(stream))
+    }
+
+    /// Speaks the protocol over any byte stream (a TLS stream, say).
+    pub fn over_io(stream: impl AsyncRead + AsyncWrite + Send + 'static) -> Client {
+        let (read, write) = tokio::io::split(stream);
+        let write: Writer = Box::new(write);
         let pending: Pending = Arc::default();
         let (push_tx, pushes) = mpsc::channel(4096);
         let mut reader = FramedRead::new(read, FrameCodec::new(MAX_INCOMING_FRAME));
@@ -313,12 +371,12 @@ impl Client {
             waiters.closed = true;
             waiters.by_reqid.clear();
         });
-        Ok(Client {
+        Client {
             writer: FramedWrite::new(write, FrameCodec::new(MAX_INCOMING_FRAME)),
             pending,
             pushes,
             next_reqid: AtomicU64::new(1),
-        })
+        }
     }
 
     /// Sends a request object (a `reqid` is added) and waits for its reply.

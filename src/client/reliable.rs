@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Client, ClientError, LoginInfo, Message, Push, Sent};
+use super::{Client, ClientError, Endpoint, LoginInfo, Message, Push, Sent};
 use crate::model::{Seq, UserId};
 use crate::protocol::HistoryTarget;
 
@@ -90,7 +90,7 @@ pub struct Stats {
 /// A logged-in client that reconnects by itself.
 #[derive(Debug)]
 pub struct Reliable {
-    addr: String,
+    endpoint: Endpoint,
     id: UserId,
     password: String,
     token: Option<String>,
@@ -113,19 +113,21 @@ pub struct Reliable {
 }
 
 impl Reliable {
-    /// Connects to `addr` and logs in as `id`.
+    /// Connects to `endpoint` (an address, or an [`Endpoint`] with TLS)
+    /// and logs in as `id`.
     pub async fn login(
-        addr: &str,
+        endpoint: impl Into<Endpoint>,
         id: UserId,
         password: &str,
         options: Options,
     ) -> Result<(Reliable, LoginInfo), ClientError> {
-        let mut conn = Client::connect(addr).await?;
+        let endpoint = endpoint.into();
+        let mut conn = endpoint.connect().await?;
         let info = conn.login_acking(id, password).await?;
         let mut prefix = [0_u8; 8];
         getrandom::fill(&mut prefix).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut me = Reliable {
-            addr: addr.to_owned(),
+            endpoint,
             id,
             password: password.to_owned(),
             token: info.token.clone(),
@@ -339,7 +341,7 @@ impl Reliable {
     async fn try_login(&mut self) -> Result<(Client, LoginInfo), ClientError> {
         let timeout = self.options.answer_timeout;
         let attempt = async {
-            let mut conn = Client::connect(self.addr.as_str()).await?;
+            let mut conn = self.endpoint.connect().await?;
             if let Some(token) = self.token.clone() {
                 match conn.resume_acking(&token).await {
                     Ok(info) => return Ok((conn, info)),
