@@ -172,4 +172,88 @@ mod tests {
             .expect("encode");
         assert_eq!(&out[..], b"{}\n");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const MAX: usize = 64;
+
+        /// A frame's body: no terminator inside, not only whitespace.
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(
+                any::<u8>().prop_filter("no terminator", |b| *b != b'\n' && *b != 0),
+                1..MAX,
+            )
+            .prop_filter("not blank", |v| !v.iter().all(u8::is_ascii_whitespace))
+        }
+
+        /// Feeds `input` to a codec in pieces cut at `cuts`; returns the
+        /// frames, the first error if any, and the longest unfinished frame
+        /// the codec kept waiting for its terminator.
+        fn feed(input: &[u8], cuts: &[usize]) -> (Vec<Bytes>, Option<FrameError>, usize) {
+            let mut codec = FrameCodec::new(MAX);
+            let mut buf = BytesMut::new();
+            let (mut frames, mut held) = (Vec::new(), 0);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.push(input.len());
+            points.sort_unstable();
+            let mut at = 0;
+            for p in points {
+                buf.extend_from_slice(&input[at..p]);
+                at = p;
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(f)) => frames.push(f),
+                        Ok(None) => {
+                            held = held.max(buf.len());
+                            break;
+                        }
+                        Err(e) => return (frames, Some(e), held),
+                    }
+                }
+            }
+            (frames, None, held)
+        }
+
+        proptest! {
+            /// However the stream is cut into reads, the frames come out
+            /// whole, in order, whichever terminator each one has.
+            #[test]
+            fn frames_survive_any_split(
+                frames in proptest::collection::vec((body(), any::<bool>()), 0..20),
+                cuts in proptest::collection::vec(any::<usize>(), 0..30),
+            ) {
+                let mut input = Vec::new();
+                for (f, nul) in &frames {
+                    input.extend_from_slice(f);
+                    input.push(if *nul { 0 } else { b'\n' });
+                }
+                let (got, err, _) = feed(&input, &cuts);
+                prop_assert!(err.is_none());
+                let want: Vec<&[u8]> = frames.iter().map(|(f, _)| f.as_slice()).collect();
+                let got: Vec<&[u8]> = got.iter().map(|f| f.as_ref()).collect();
+                prop_assert_eq!(got, want);
+            }
+
+            /// Any bytes at all: never a panic, never a frame over the limit
+            /// or with a terminator inside, and an unfinished frame is never
+            /// kept beyond the limit (it is an error instead).
+            #[test]
+            fn arbitrary_input_is_bounded(
+                input in proptest::collection::vec(any::<u8>(), 0..1024),
+                cuts in proptest::collection::vec(any::<usize>(), 0..30),
+            ) {
+                let (got, err, held) = feed(&input, &cuts);
+                for f in &got {
+                    prop_assert!(f.len() <= MAX);
+                    prop_assert!(!f.contains(&b'\n') && !f.contains(&0));
+                }
+                if let Some(e) = err {
+                    prop_assert!(matches!(e, FrameError::TooLong(MAX)));
+                }
+                prop_assert!(held <= MAX, "kept {} bytes of an unfinished frame", held);
+            }
+        }
+    }
 }
