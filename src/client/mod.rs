@@ -277,6 +277,9 @@ pub struct Client {
     pending: Pending,
     pushes: mpsc::Receiver<Push>,
     next_reqid: AtomicU64,
+    /// Stops the reader task when the client is dropped: the task owns the
+    /// read half, and the connection closes only once both halves are gone.
+    _reader: tokio_util::sync::DropGuard,
 }
 
 impl std::fmt::Debug for Client {
@@ -342,8 +345,17 @@ impl Client {
         let (push_tx, pushes) = mpsc::channel(4096);
         let mut reader = FramedRead::new(read, FrameCodec::new(MAX_INCOMING_FRAME));
         let table = pending.clone();
+        let dropped = tokio_util::sync::CancellationToken::new();
+        let guard = dropped.clone().drop_guard();
         tokio::spawn(async move {
-            while let Some(Ok(frame)) = reader.next().await {
+            loop {
+                let frame = tokio::select! {
+                    _ = dropped.cancelled() => break,
+                    frame = reader.next() => match frame {
+                        Some(Ok(frame)) => frame,
+                        _ => break,
+                    },
+                };
                 let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(&frame) else {
                     continue;
                 };
@@ -376,6 +388,7 @@ impl Client {
             pending,
             pushes,
             next_reqid: AtomicU64::new(1),
+            _reader: guard,
         }
     }
 
