@@ -133,6 +133,10 @@ pub struct Limits {
     /// Message bytes one user may store in a day (UTC), over all its
     /// conversations; past it chat messages get errno 61 until midnight.
     pub bytes_per_user_day: u64,
+    /// Messages one sender may leave unread for one receiver (in their
+    /// direct conversation); past it the sender gets errno 61 until the
+    /// receiver reads some, so nobody can bury another's offline backlog.
+    pub unread_per_sender: u64,
     /// Bytes of messages one history reply may carry; a longer page is cut
     /// short (the client asks again from where it ended).
     pub history_max_bytes: usize,
@@ -159,6 +163,7 @@ impl Default for Limits {
             friends_per_user: 2000,
             members_per_group: 20_000,
             bytes_per_user_day: 64 << 20,
+            unread_per_sender: 10_000,
             history_max_bytes: 256 * 1024,
         }
     }
@@ -187,6 +192,7 @@ impl Limits {
             friends_per_user: u32::MAX,
             members_per_group: u32::MAX,
             bytes_per_user_day: u64::MAX,
+            unread_per_sender: u64::MAX,
             history_max_bytes: usize::MAX,
         }
     }

@@ -387,3 +387,43 @@ async fn quotas_answer_with_errno_61() {
         .map_or(0, Vec::len);
     assert!((1..11).contains(&n), "cut short: {n} of 11");
 }
+
+#[tokio::test]
+async fn one_sender_cannot_bury_an_offline_receiver() {
+    let server = TestServer::start_with(config(Limits {
+        unread_per_sender: 5,
+        ..Limits::default()
+    }))
+    .await;
+    let by = Bystanders::start(&server).await;
+    let (mut a, _) = server.user("unread_a").await;
+    let (mut c, _) = server.user("unread_c").await;
+    let b = server.register("unread_b").await;
+    for i in 0..5 {
+        a.chat(b, &format!("m{i}")).await.expect("within the quota");
+    }
+    let err = a.chat(b, "one too many").await.expect_err("over");
+    assert_eq!(err.errno(), Some(61), "{err}");
+    // Someone else may still write to the receiver.
+    c.chat(b, "from c").await.expect("another sender");
+
+    // The receiver reads its backlog; then the sender may write again.
+    let mut rb = server.client().await;
+    let info = rb.login(b, &pw("unread_b")).await.expect("login");
+    let got: Vec<_> = info.offline.iter().map(|m| m.msg.as_str()).collect();
+    assert_eq!(got, ["m0", "m1", "m2", "m3", "m4", "from c"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The receiver's position is stored right after its first page.
+        match a.chat(b, "after reading").await {
+            Ok(_) => break,
+            Err(e) if e.errno() == Some(61) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("still refused after the receiver read: {e}"),
+        }
+    }
+    let m = within(rb.next_message()).await.expect("live");
+    assert_eq!(m.msg, "after reading");
+    by.finish().await;
+}

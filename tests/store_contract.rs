@@ -179,11 +179,11 @@ async fn contract(store: SharedStore, backend: &str) {
         got,
         [
             (direct, 1, "d1"),
+            (gconv, 2, "g2"),
             (direct, 2, "d2"),
             (direct, 3, "d3"),
-            (gconv, 2, "g2")
         ],
-        "{backend}: his own d4 and g1 from before he joined are not his"
+        "{backend}: round robin over conversations; his own d4 and g1 from before he joined are not his"
     );
     assert_eq!(
         store.undelivered(bob, 2).await.expect("read").len(),
@@ -265,6 +265,73 @@ async fn contract(store: SharedStore, backend: &str) {
     );
     assert_eq!(start.groups.len(), 1);
     assert_eq!(start.groups[0].members.len(), 2);
+
+    // a flooded conversation does not hold back another, and a run of
+    // one's own messages longer than a page does not hide what follows it
+    let dave = store.create_user("dave", "hash-d").await.expect("dave");
+    let erin = store.create_user("erin", "hash-e").await.expect("erin");
+    let flood = Conversation::direct(alice, dave);
+    let quiet = Conversation::direct(erin, dave);
+    for _ in 0..10 {
+        store
+            .append(message(flood, alice, "flood"))
+            .await
+            .expect("flood");
+    }
+    store
+        .append(message(quiet, erin, "hello"))
+        .await
+        .expect("hello");
+    let page: Vec<_> = store
+        .undelivered(dave, 4)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| (m.conv, m.seq))
+        .collect();
+    assert_eq!(page.len(), 4, "{backend}");
+    assert!(page.contains(&(quiet, 1)), "{backend}: {page:?}");
+    let flood_part: Vec<_> = page
+        .iter()
+        .filter(|(c, _)| *c == flood)
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(flood_part, [1, 2, 3], "{backend}: a prefix of the flood");
+    for _ in 0..5 {
+        store
+            .append(message(quiet, dave, "mine"))
+            .await
+            .expect("mine");
+    }
+    store
+        .append(message(quiet, erin, "after"))
+        .await
+        .expect("after");
+    store
+        .advance_cursors(dave, vec![(flood, 10), (quiet, 1)])
+        .await
+        .expect("advance");
+    let page: Vec<_> = store
+        .undelivered(dave, 3)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| (m.conv, m.seq, m.body.clone()))
+        .collect();
+    assert_eq!(page, [(quiet, 7, "after".to_owned())], "{backend}");
+    assert_eq!(
+        store.cursor(dave, quiet).await.expect("read"),
+        1,
+        "{backend}"
+    );
+    assert_eq!(
+        store
+            .cursor(dave, Conversation::direct(dave, carol))
+            .await
+            .expect("read"),
+        0,
+        "{backend}: no row"
+    );
 
     // leaving: membership and its cursor go
     assert!(store.leave_group(bob, g).await.expect("leave"));

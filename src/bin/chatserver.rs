@@ -171,6 +171,9 @@ struct LimitArgs {
     /// Message bytes one user may store per day (UTC).
     #[arg(long, default_value_t = Limits::default().bytes_per_user_day)]
     bytes_per_day: u64,
+    /// Messages one sender may leave unread for one receiver.
+    #[arg(long, default_value_t = Limits::default().unread_per_sender)]
+    max_unread: u64,
     /// Bytes of messages one history reply carries at most.
     #[arg(long, default_value_t = Limits::default().history_max_bytes)]
     history_max_bytes: usize,
@@ -200,6 +203,7 @@ impl LimitArgs {
             friends_per_user: self.max_friends,
             members_per_group: self.max_members,
             bytes_per_user_day: self.bytes_per_day,
+            unread_per_sender: self.max_unread,
             history_max_bytes: self.history_max_bytes,
             ..Limits::default()
         })

@@ -168,6 +168,7 @@ impl Service {
             last_flush: std::time::Instant::now(),
             backlog: false,
             awaiting_ack: false,
+            unread_sent: HashMap::new(),
         };
         match self.login_payload(&mut me).await {
             Ok(reply) => {
@@ -197,7 +198,9 @@ impl Service {
             Cursors::load(start.cursors)
         };
         let first = start.undelivered;
-        me.backlog = first.len() == page_size;
+        // A page is cut short by its per-conversation window too, so only
+        // an empty one says that nothing is left.
+        me.backlog = !first.is_empty();
         me.awaiting_ack = me.backlog && me.cursors.acknowledged();
         mark_delivered(me, &first);
         let first = chronological(first);

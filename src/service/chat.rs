@@ -12,6 +12,9 @@ use crate::model::{Conversation, Delivery, GroupId, NewMessage, Seq, UserId, che
 use crate::protocol::replies::{HistoryPage, Sent};
 use crate::protocol::{ChatFrame, ErrCode, Fail, HistoryTarget, classic_time, render_push};
 
+/// Direct conversations whose unread count one session tracks at most.
+const UNREAD_TRACKED: usize = 4096;
+
 impl Service {
     pub(super) async fn one_chat(
         &self,
@@ -27,7 +30,47 @@ impl Service {
             ));
         }
         let conv = Conversation::direct(me.id, to);
-        self.send(me, conv, body, cmid, &[to]).await
+        self.check_unread(me, conv, to).await?;
+        let sent = self.send(me, conv, body, cmid, &[to]).await?;
+        if me.unread_sent.len() >= UNREAD_TRACKED && !me.unread_sent.contains_key(&conv) {
+            // Forgetting only costs a store read at the next message.
+            me.unread_sent.clear();
+        }
+        let entry = me.unread_sent.entry(conv).or_insert((0, 0));
+        entry.0 = entry.0.max(sent.seq);
+        Ok(sent)
+    }
+
+    /// The unread quota: one sender may leave at most
+    /// `limits.unread_per_sender` messages unread for one receiver. The
+    /// receiver's position is read from the store only when the last known
+    /// one says the limit may be reached, so a normal chat costs nothing.
+    async fn check_unread(
+        &self,
+        me: &mut LoggedIn,
+        conv: Conversation,
+        to: UserId,
+    ) -> Result<(), Fail> {
+        let max = Seq::try_from(self.config.limits.unread_per_sender).unwrap_or(Seq::MAX);
+        let Some(&(last, seen)) = me.unread_sent.get(&conv) else {
+            return Ok(());
+        };
+        if last.saturating_sub(seen) < max {
+            return Ok(());
+        }
+        let seen = self.store.cursor(to, conv).await?;
+        me.unread_sent.insert(conv, (last, seen));
+        let unread = last.saturating_sub(seen);
+        if unread < max {
+            return Ok(());
+        }
+        inc(&METRICS.limited);
+        Err(Fail::new(
+            ErrCode::QuotaExceeded,
+            format!(
+                "user {to} has not read the last {unread} messages of your conversation, the most allowed; wait until they read some"
+            ),
+        ))
     }
 
     pub(super) async fn group_chat(

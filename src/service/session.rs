@@ -22,7 +22,7 @@ use super::guard::AddrKey;
 use crate::hub::Kick;
 use crate::limits::Budget;
 use crate::metrics::{METRICS, inc};
-use crate::model::{ChatMessage, Push, UserId};
+use crate::model::{ChatMessage, Push, Seq, UserId};
 use crate::protocol::{ErrCode, Fail, render_push};
 
 /// A logged-in user's side of a session.
@@ -47,6 +47,11 @@ pub(super) struct LoggedIn {
     /// waits for its acknowledgement (else the store, still at the old
     /// positions, would offer the same page again).
     pub(super) awaiting_ack: bool,
+    /// Per direct conversation this session sent to: the last sequence
+    /// number it sent there and the receiver's stored position when last
+    /// looked up, so that the unread quota costs a store read only near
+    /// the limit.
+    pub(super) unread_sent: HashMap<crate::model::Conversation, (Seq, Seq)>,
 }
 
 /// One connection's state.
@@ -290,7 +295,9 @@ impl Service {
                 return Vec::new();
             }
         };
-        me.backlog = page.len() == page_size;
+        // Only an empty page says that nothing is left (see
+        // `Store::undelivered`).
+        me.backlog = !page.is_empty();
         me.awaiting_ack = me.backlog && me.cursors.acknowledged();
         // Pushes may have delivered some of these meanwhile.
         let fresh: Vec<ChatMessage> = page

@@ -128,8 +128,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), Vec<(Conversation, Seq)>>;
     /// Every conversation `user` takes part in, with the delivered position.
     async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>>;
-    /// Up to `limit` messages past `user`'s cursors, sent by others, ordered
-    /// by conversation and sequence (so each conversation's part is a prefix).
+    /// `user`'s stored position in one conversation (0 if none).
+    async fn cursor(&self, user: UserId, conv: Conversation) -> StoreResult<Seq>;
+    /// Up to `limit` messages past `user`'s cursors, sent by others, a fair
+    /// share of each conversation (round robin over their backlogs, at most
+    /// `limit` sequence numbers into each); each conversation's part is a
+    /// prefix of its backlog. Fewer than `limit` does not mean nothing is
+    /// left: only an empty page does.
     async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>>;
     /// What a new session reads, all at once (`page` messages at most). A
     /// backend may answer it in one trip instead of five.

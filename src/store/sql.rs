@@ -73,10 +73,26 @@ pub(super) const SENT_ID: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_na
 pub(super) const INSERT_SENT_ID: &str =
     "INSERT INTO sent_ids (sender_id, client_id, conv, seq) VALUES (?, ?, ?, ?)";
 pub(super) const CURSORS: &str = "SELECT conv, delivered_seq FROM cursors WHERE user_id = ?";
+pub(super) const CURSOR: &str = "SELECT delivered_seq FROM cursors WHERE user_id = ? AND conv = ?";
+/// A page of undelivered messages that takes its fair share of each
+/// conversation: the first of each, then the second of each, and so on, so
+/// that one flooded conversation cannot hold back the others. Within a
+/// conversation the page is always a prefix of its backlog (cursors stay
+/// right). The window (`seq <= delivered + ?`, the page size) keeps the sort
+/// to at most a page per conversation; a page cut short by it just means
+/// another page is read. A window can hold only the user's own messages (a
+/// long run of them past a cursor that a crash left behind), so an empty
+/// fair page is followed by [`UNDELIVERED_ANY`] before the backlog counts as
+/// empty.
+pub(super) const UNDELIVERED: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+     FROM cursors c JOIN messages m ON m.conv = c.conv AND m.seq > c.delivered_seq \
+     AND m.seq <= c.delivered_seq + ? \
+     WHERE c.user_id = ? AND m.sender_id <> ? ORDER BY m.seq - c.delivered_seq, m.conv, m.seq LIMIT ?";
 /// Each cursor row joins the messages past it; ordering by (conv, seq) makes
 /// every conversation's share of a page a prefix, so moving the cursors to a
-/// page's last positions never skips a message.
-pub(super) const UNDELIVERED: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+/// page's last positions never skips a message. Unfair, but it finds
+/// whatever lies past any window.
+pub(super) const UNDELIVERED_ANY: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
      FROM cursors c JOIN messages m ON m.conv = c.conv AND m.seq > c.delivered_seq \
      WHERE c.user_id = ? AND m.sender_id <> ? ORDER BY m.conv, m.seq LIMIT ?";
 pub(super) const BETWEEN: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
@@ -418,6 +434,15 @@ where
         self.commit.queue_cursors(user, positions)
     }
 
+    async fn cursor(&self, user: UserId, conv: Conversation) -> StoreResult<Seq> {
+        let row: Option<(i64,)> = sqlx::query_as(CURSOR)
+            .bind(user)
+            .bind(conv.key())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |r| r.0))
+    }
+
     async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(CURSORS)
             .bind(user)
@@ -427,10 +452,21 @@ where
     }
 
     async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<MsgRow> = sqlx::query_as(UNDELIVERED)
+            .bind(limit)
             .bind(user)
             .bind(user)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        if !rows.is_empty() {
+            return Ok(messages(rows));
+        }
+        let rows: Vec<MsgRow> = sqlx::query_as(UNDELIVERED_ANY)
+            .bind(user)
+            .bind(user)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
         Ok(messages(rows))

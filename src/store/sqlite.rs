@@ -100,10 +100,16 @@ impl Readers {
                 .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let limit = i64::try_from(page).unwrap_or(i64::MAX);
-            let undelivered: Vec<MsgRow> = c
+            let mut undelivered: Vec<MsgRow> = c
                 .prepare_cached(sql::UNDELIVERED)?
-                .query_map(rusqlite::params![user, user, limit], msg_row)?
+                .query_map(rusqlite::params![limit, user, user, limit], msg_row)?
                 .collect::<rusqlite::Result<_>>()?;
+            if undelivered.is_empty() {
+                undelivered = c
+                    .prepare_cached(sql::UNDELIVERED_ANY)?
+                    .query_map(rusqlite::params![user, user, limit], msg_row)?
+                    .collect::<rusqlite::Result<_>>()?;
+            }
             let friends: Vec<UserSummary> = c
                 .prepare_cached(sql::FRIENDS)?
                 .query_map([user], |r| {
