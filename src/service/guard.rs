@@ -110,8 +110,42 @@ pub struct Guard {
     accounts: Mutex<Table<UserId, Failures>>,
     addrs: Mutex<Table<AddrKey, Failures>>,
     registrations: Mutex<Table<AddrKey, Bucket>>,
-    /// Message bytes stored per user today: (UTC day number, bytes, when).
-    stored: Mutex<Table<UserId, (i64, u64, Instant)>>,
+    stored: Mutex<DailyBytes>,
+}
+
+/// Message bytes stored per user on one UTC day. Counts are kept until the
+/// day ends, however long a user pauses; a new day starts every count at
+/// zero. Bounded: when full, the quarter with the smallest counts is
+/// forgotten, so what an eviction hands back is the least quota possible.
+#[derive(Debug, Default)]
+struct DailyBytes {
+    day: i64,
+    used: HashMap<UserId, u64>,
+}
+
+impl DailyBytes {
+    fn add(&mut self, user: UserId, bytes: u64, day: i64, max: u64) -> bool {
+        if day != self.day {
+            self.day = day;
+            self.used.clear();
+        }
+        if self.used.len() >= MAX_ENTRIES && !self.used.contains_key(&user) {
+            // Exactly a quarter, whatever the ties.
+            let mut counts: Vec<(u64, UserId)> = self.used.iter().map(|(u, v)| (*v, *u)).collect();
+            let cut = counts.len() / 4;
+            counts.select_nth_unstable(cut);
+            for (_, u) in &counts[..cut] {
+                self.used.remove(u);
+            }
+        }
+        let used = self.used.get(&user).copied().unwrap_or(0);
+        let after = used.saturating_add(bytes);
+        if after > max {
+            return false;
+        }
+        self.used.insert(user, after);
+        true
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,7 +161,7 @@ impl Guard {
             accounts: Mutex::new(Table::new()),
             addrs: Mutex::new(Table::new()),
             registrations: Mutex::new(Table::new()),
-            stored: Mutex::new(Table::new()),
+            stored: Mutex::new(DailyBytes::default()),
         }
     }
 
@@ -203,22 +237,7 @@ impl Guard {
     /// unless it moved nodes during the day.
     pub fn may_store(&self, user: UserId, bytes: usize) -> bool {
         let day = crate::store::now_ms().div_euclid(86_400_000);
-        let now = Instant::now();
-        let mut t = lock(&self.stored);
-        let used = match t.map.get(&user) {
-            Some(&(d, used, _)) if d == day => used,
-            Some(_) => 0,
-            None => {
-                t.make_room(now, |e| e.2);
-                0
-            }
-        };
-        let after = used.saturating_add(bytes as u64);
-        if after > self.limits.bytes_per_user_day {
-            return false;
-        }
-        t.map.insert(user, (day, after, now));
-        true
+        lock(&self.stored).add(user, bytes as u64, day, self.limits.bytes_per_user_day)
     }
 
     /// Takes one registration for `addr`, or says how long until one is
@@ -402,6 +421,22 @@ mod tests {
         assert!((wait.as_secs_f64() - 10.0).abs() < 1e-6, "{wait:?}");
         assert!(g.may_register_at(addr("203.0.113.6"), t0).is_ok());
         assert!(g.may_register_at(a, t0 + Duration::from_secs(10)).is_ok());
+    }
+
+    #[test]
+    fn daily_bytes_last_the_day_and_stay_bounded() {
+        let mut d = DailyBytes::default();
+        assert!(d.add(1, 600, 10, 1000));
+        assert!(!d.add(1, 600, 10, 1000), "over the day's quota");
+        // However many others store meanwhile (past the table's size),
+        // the heavy user's count stays: the light ones are forgotten first.
+        for u in 2..(MAX_ENTRIES as UserId + 10) {
+            assert!(d.add(u, 1, 10, 1000));
+        }
+        assert!(d.used.len() <= MAX_ENTRIES);
+        assert!(!d.add(1, 600, 10, 1000), "still counted");
+        assert!(d.add(1, 600, 11, 1000), "a new day");
+        assert_eq!(d.used.len(), 1);
     }
 
     #[test]
