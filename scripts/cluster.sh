@@ -62,7 +62,7 @@ up() {
         mkdir -p "$dir/node$i"
         "$bin/chatserver" --listen "127.0.0.1:$port" --node-id "node$i" \
             --db "mysql://root@127.0.0.1:$mysql_port/chat" \
-            --redis "redis://127.0.0.1:$redis_port" ${CHAT_NODE_ARGS:-} >"$dir/node$i/log" 2>&1 &
+            --redis "redis://127.0.0.1:$redis_port" --proxy-protocol ${CHAT_NODE_ARGS:-} >"$dir/node$i/log" 2>&1 &
         echo $! >"$dir/node$i/pid"
         echo "node$i 127.0.0.1:$port" >>"$dir/nodes"
         node_args+=(--node "127.0.0.1:$port")
@@ -72,7 +72,7 @@ up() {
     done
     mkdir -p "$dir/nginx"
     "$bin/chathash" nginx-conf --listen "127.0.0.1:$listen_port" --balance "$balance" \
-        --prefix "$dir/nginx" "${node_args[@]}" >"$dir/nginx/nginx.conf"
+        --prefix "$dir/nginx" --proxy-protocol "${node_args[@]}" >"$dir/nginx/nginx.conf"
     start_nginx "$dir/nginx"
     wait_port "$listen_port" || { cat "$dir/nginx/logs/stdout.log" >&2; exit 1; }
     echo "cluster up: $nodes nodes behind nginx ($balance) at 127.0.0.1:$listen_port" >&2

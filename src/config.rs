@@ -75,6 +75,9 @@ pub struct Config {
     /// What one client, one address or one account may do: the defences
     /// against hostile clients.
     pub limits: Limits,
+    /// Balancers whose PROXY protocol header names the real client (for
+    /// the per-address limits); none by default.
+    pub proxy: crate::proxy::ProxyTrust,
 }
 
 /// Limits on what one connection, source address or account may do, so that
@@ -275,6 +278,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             sqlite_sync: SqliteSync::default(),
             limits: Limits::default(),
+            proxy: crate::proxy::ProxyTrust::default(),
         }
     }
 }

@@ -19,11 +19,13 @@ use crate::service::Service;
 use crate::tls::TlsAcceptor;
 use crate::transport::{FrameStream, Link};
 
-/// Serves one client until it leaves, misbehaves, or the server shuts down;
+/// Serves one client (`peer`: its address, from a PROXY header if a trusted
+/// balancer sent one) until it leaves, misbehaves, or the server shuts down;
 /// over TLS when `tls` is given (the handshake must finish within the frame
 /// deadline, so that a stalled handshake holds nothing for long).
 pub async fn serve(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     tls: Option<TlsAcceptor>,
     service: Arc<Service>,
     shutdown: CancellationToken,
@@ -67,8 +69,7 @@ pub async fn serve(
         }
     };
     let mut conn = FrameStream::new(link, config.max_frame, limits.frame_timeout);
-    let peer = conn.peer_addr();
-    let mut session = service.open_session(peer.map(|p| p.ip()));
+    let mut session = service.open_session(Some(peer.ip()));
     let kick = session.kick_token();
     tracing::debug!(?peer, "connection opened");
     // Logged out since (at connect, and again after a logout).

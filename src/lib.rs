@@ -35,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
+pub mod proxy;
 pub mod ring;
 pub mod server;
 pub mod service;

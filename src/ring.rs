@@ -443,6 +443,10 @@ pub struct NginxConf {
     pub prefix: Option<String>,
     /// The stream module to load; [`STREAM_MODULE`] if `None`.
     pub module: Option<String>,
+    /// Send each node a PROXY protocol header naming the client (nodes run
+    /// with `--proxy-protocol`), so their per-address limits see clients,
+    /// not nginx.
+    pub proxy_protocol: bool,
 }
 
 impl NginxConf {
@@ -454,6 +458,7 @@ impl NginxConf {
             nodes,
             prefix: None,
             module: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -518,6 +523,13 @@ pub fn nginx_conf(conf: &NginxConf) -> Result<String, RingError> {
     let _ = writeln!(w, "    server {{");
     let _ = writeln!(w, "        listen {};", conf.listen);
     let _ = writeln!(w, "        proxy_pass chat;");
+    if conf.proxy_protocol {
+        let _ = writeln!(
+            w,
+            "        # Nodes learn each client's address (chatserver --proxy-protocol)."
+        );
+        let _ = writeln!(w, "        proxy_protocol on;");
+    }
     let _ = writeln!(w, "        proxy_connect_timeout 1s;");
     let _ = writeln!(
         w,
@@ -766,6 +778,11 @@ mod tests {
         assert!(!text.contains("hash $remote_addr"));
         assert!(text.contains("pid /tmp/chat-nginx.pid;"));
         assert!(text.contains("        listen 8000;"));
+        assert!(!text.contains("proxy_protocol"));
+        let mut proxying = conf.clone();
+        proxying.proxy_protocol = true;
+        let text = nginx_conf(&proxying).unwrap();
+        assert!(text.lines().any(|l| l == "        proxy_protocol on;"));
 
         let bad_listen = NginxConf::new("8000; evil", Balance::Hash, nodes.clone());
         assert!(nginx_conf(&bad_listen).is_err());

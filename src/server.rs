@@ -22,7 +22,7 @@ use crate::connection;
 use crate::hub::Hub;
 use crate::hub::local::LocalHub;
 use crate::hub::redis::{ClusterConfig, RedisHub};
-use crate::limits::ConnsPerAddr;
+use crate::limits::{AddrSlot, ConnsPerAddr};
 use crate::metrics::{METRICS, PoolUsage, inc};
 use crate::service::Service;
 use crate::service::guard::AddrKey;
@@ -166,6 +166,77 @@ pub fn client_capacity() -> Option<usize> {
     None
 }
 
+/// Counts a connection from `ip` against its address's cap, or says why
+/// not. Loopback is exempt unless the limits say otherwise.
+fn addr_slot(
+    per_addr: &Arc<ConnsPerAddr>,
+    limits: &crate::config::Limits,
+    ip: std::net::IpAddr,
+) -> Result<Option<AddrSlot>, String> {
+    let addr = AddrKey::of(ip);
+    if limits.exempt_loopback && addr.is_loopback() {
+        return Ok(None);
+    }
+    match per_addr.open(addr, limits.conns_per_addr) {
+        Some(s) => Ok(Some(s)),
+        None => {
+            tracing::debug!(%ip, "per-address connection limit reached");
+            inc(&METRICS.connections_refused);
+            inc(&METRICS.limited);
+            Err(format!(
+                "too many connections from your address (at most {})",
+                limits.conns_per_addr
+            ))
+        }
+    }
+}
+
+/// One accepted connection: learns the client's address (from a trusted
+/// balancer's PROXY header, within the frame deadline) and holds it to the
+/// per-address cap unless `counted` already did, then serves it.
+async fn admit(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    counted: Option<AddrSlot>,
+    acceptor: Option<TlsAcceptor>,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+    per_addr: &Arc<ConnsPerAddr>,
+) {
+    let config = service.config();
+    let limits = &config.limits;
+    let mut _addr_slot = counted;
+    let mut client = peer;
+    if config.proxy.trusts(peer.ip()) {
+        let read =
+            crate::proxy::client_addr(&mut stream, peer, &config.proxy, limits.frame_timeout);
+        client = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = read => match r {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "no usable PROXY header; closing");
+                    inc(&METRICS.limited);
+                    return;
+                }
+            },
+        };
+        match addr_slot(per_addr, limits, client.ip()) {
+            Ok(s) => _addr_slot = s,
+            Err(msg) => {
+                if acceptor.is_none() {
+                    connection::refuse(stream, msg).await;
+                }
+                return;
+            }
+        }
+    }
+    inc(&METRICS.connections_accepted);
+    METRICS.connections_open.fetch_add(1, Ordering::Relaxed);
+    connection::serve(stream, client, acceptor, service, shutdown).await;
+    METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
 /// Accepts from the plain listener, or the TLS one.
 async fn accept_either(
     plain: &TcpListener,
@@ -192,7 +263,6 @@ async fn accept_loop(
     let config = service.config();
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let per_addr = Arc::new(ConnsPerAddr::default());
-    let limits = &config.limits;
     let grace = config.shutdown_grace;
     let sessions = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
@@ -204,20 +274,26 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let addr = AddrKey::of(peer.ip());
-                let addr_slot = if limits.exempt_loopback && addr.is_loopback() {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!("connection limit reached, refusing a client");
+                    inc(&METRICS.connections_refused);
+                    let msg = "server is at its connection limit, try again later".to_owned();
+                    // A TLS client cannot read a plain notice: it is
+                    // only closed (no handshake spent on it).
+                    if acceptor.is_none() {
+                        sessions.spawn(connection::refuse(stream, msg));
+                    }
+                    continue;
+                };
+                // A direct client is counted against its address at once,
+                // in accept order; a balancer's client once its PROXY
+                // header has named it.
+                let counted = if config.proxy.trusts(peer.ip()) {
                     None
                 } else {
-                    match per_addr.open(addr, limits.conns_per_addr) {
-                        Some(s) => Some(s),
-                        None => {
-                            tracing::debug!(%peer, "per-address connection limit reached");
-                            inc(&METRICS.connections_refused);
-                            inc(&METRICS.limited);
-                            let msg = format!(
-                                "too many connections from your address (at most {})",
-                                limits.conns_per_addr
-                            );
+                    match addr_slot(&per_addr, &config.limits, peer.ip()) {
+                        Ok(s) => s,
+                        Err(msg) => {
                             if acceptor.is_none() {
                                 sessions.spawn(connection::refuse(stream, msg));
                             }
@@ -225,30 +301,16 @@ async fn accept_loop(
                         }
                     }
                 };
-                match slots.clone().try_acquire_owned() {
-                    Ok(slot) => {
-                        let service = service.clone();
-                        let shutdown = shutdown.clone();
-                        inc(&METRICS.connections_accepted);
-                        METRICS.connections_open.fetch_add(1, Ordering::Relaxed);
-                        sessions.spawn(async move {
-                            connection::serve(stream, acceptor, service, shutdown).await;
-                            METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
-                            drop(slot);
-                            drop(addr_slot);
-                        });
-                    }
-                    Err(_) => {
-                        tracing::warn!("connection limit reached, refusing a client");
-                        inc(&METRICS.connections_refused);
-                        let msg = "server is at its connection limit, try again later".to_owned();
-                        // A TLS client cannot read a plain notice: it is
-                        // only closed (no handshake spent on it).
-                        if acceptor.is_none() {
-                            sessions.spawn(connection::refuse(stream, msg));
-                        }
-                    }
-                }
+                let service = service.clone();
+                let shutdown = shutdown.clone();
+                let per_addr = per_addr.clone();
+                sessions.spawn(async move {
+                    admit(
+                        stream, peer, counted, acceptor, service, shutdown, &per_addr,
+                    )
+                    .await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 // EMFILE and friends: wait for descriptors to free up, and

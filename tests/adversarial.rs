@@ -484,3 +484,97 @@ async fn one_sender_cannot_bury_an_offline_receiver() {
     assert_eq!(m.msg, "after reading");
     by.finish().await;
 }
+
+/// SERVER_INFO's view of where a raw connection comes from.
+async fn client_seen(s: &mut TcpStream) -> Value {
+    s.write_all(b"{\"msgid\":15}\n").await.expect("write");
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\n") {
+        let mut byte = [0u8; 1];
+        let n = within(s.read(&mut byte)).await.expect("read");
+        assert!(n > 0, "closed before the reply");
+        buf.push(byte[0]);
+    }
+    serde_json::from_slice(&buf).expect("json")
+}
+
+#[tokio::test]
+async fn behind_a_trusted_balancer_the_limits_count_real_clients() {
+    let server = TestServer::start_with(Config {
+        proxy: chat::proxy::ProxyTrust {
+            from: vec!["127.0.0.3".parse().expect("ip")],
+        },
+        ..config(Limits {
+            conns_per_addr: 2,
+            frame_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        })
+    })
+    .await;
+    let by = Bystanders::start(&server).await;
+    let v1 = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 40000 8000\r\n");
+
+    // The balancer connects from 127.0.0.3 (the bystanders, from
+    // 127.0.0.1, keep clear of the cap of 2 counted here).
+    // A v1 header from the trusted balancer names the client.
+    let mut a = connect_from(server.addr, 3).await;
+    a.write_all(v1("203.0.113.7").as_bytes()).await.expect("v1");
+    assert_eq!(client_seen(&mut a).await["client"], "203.0.113.7");
+    // So does a v2 one.
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&[198, 51, 100, 9, 127, 0, 0, 1, 0x10, 0x92, 0x1f, 0x40]);
+    let mut b = connect_from(server.addr, 3).await;
+    b.write_all(&header).await.expect("v2");
+    assert_eq!(client_seen(&mut b).await["client"], "198.51.100.9");
+    // A direct client on the balancer's address needs no header.
+    let mut direct = connect_from(server.addr, 3).await;
+    let seen = client_seen(&mut direct).await;
+    assert_eq!(seen["client"], "127.0.0.3", "{seen}");
+
+    // The per-address cap counts the named client, not the balancer.
+    let mut second = connect_from(server.addr, 3).await;
+    second
+        .write_all(v1("203.0.113.7").as_bytes())
+        .await
+        .expect("v1");
+    assert_eq!(client_seen(&mut second).await["client"], "203.0.113.7");
+    let mut third = connect_from(server.addr, 3).await;
+    third
+        .write_all(v1("203.0.113.7").as_bytes())
+        .await
+        .expect("v1");
+    let frames = read_until_closed(third).await;
+    assert_eq!(frames.last().and_then(|f| f["errno"].as_i64()), Some(51));
+    let mut other = connect_from(server.addr, 3).await;
+    other
+        .write_all(v1("203.0.113.8").as_bytes())
+        .await
+        .expect("v1");
+    assert_eq!(client_seen(&mut other).await["client"], "203.0.113.8");
+
+    // Anyone else's header is not believed: it is just a bad frame.
+    let mut liar = connect_from(server.addr, 2).await;
+    liar.write_all(v1("203.0.113.9").replace("\r\n", "\n").as_bytes())
+        .await
+        .expect("v1");
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\n") {
+        let mut byte = [0u8; 1];
+        assert!(within(liar.read(&mut byte)).await.expect("read") > 0);
+        buf.push(byte[0]);
+    }
+    let refused: Value = serde_json::from_slice(&buf).expect("json");
+    assert_ne!(refused["errno"], 0, "{refused}");
+    assert_eq!(client_seen(&mut liar).await["client"], "127.0.0.2");
+
+    // A header that never finishes is dropped within the frame deadline.
+    let mut stalled = connect_from(server.addr, 3).await;
+    stalled
+        .write_all(b"PROXY TCP4 203.0")
+        .await
+        .expect("partial");
+    let t = Instant::now();
+    let _ = read_until_closed(stalled).await;
+    assert!(t.elapsed() <= Duration::from_secs(3), "{:?}", t.elapsed());
+    by.finish().await;
+}

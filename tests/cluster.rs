@@ -33,7 +33,9 @@ async fn env(presence_ttl: f64) -> Env {
             redis_url,
             prefix: services::unique("chat"),
             presence_ttl,
-            extra_args: Vec::new(),
+            // Clients through nginx are named by its PROXY header; direct
+            // ones (most tests here) send none.
+            extra_args: vec!["--proxy-protocol".into()],
         },
         _mysql: mysql,
         _redis: redis,
@@ -427,7 +429,7 @@ async fn three_nodes(e: &Env) -> ([NodeProcess; 3], Vec<Node>) {
 async fn through_nginx_clients_spread_over_nodes_and_chat_works() {
     let e = env(10.0).await;
     let (_nodes, servers) = three_nodes(&e).await;
-    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let nginx = Nginx::start_proxying(Balance::RoundRobin, servers).await;
 
     // many clients through one address, landing on every node
     let mut users = Vec::new();
@@ -473,7 +475,7 @@ async fn with_consistent_hashing_each_client_lands_where_the_ring_says() {
     let e = env(10.0).await;
     let (nodes, servers) = three_nodes(&e).await;
     let ring = Ring::with_nodes(servers.clone()).expect("ring");
-    let nginx = Nginx::start(Balance::Hash, servers).await;
+    let nginx = Nginx::start_proxying(Balance::Hash, servers).await;
     let id_of: HashMap<&str, &str> = nodes
         .iter()
         .map(|n| (n.addr.as_str(), n.id.as_str()))
@@ -487,6 +489,15 @@ async fn with_consistent_hashing_each_client_lands_where_the_ring_says() {
             .expect("bind source address");
         let stream = within(socket.connect(nginx.addr)).await.expect("connect");
         let mut c = Client::over(stream).expect("client");
+        let info = c
+            .request(serde_json::json!({"msgid": 15}))
+            .await
+            .expect("server info");
+        assert_eq!(
+            info.get("client").and_then(|v| v.as_str()),
+            Some(from.to_string().as_str()),
+            "the node sees the client's address, not nginx's"
+        );
         let landed = node_of(&mut c).await;
         let predicted = ring
             .get(&from.to_string())

@@ -70,6 +70,10 @@ enum Command {
         /// Path of the stream module to load.
         #[arg(long, value_name = "FILE", default_value = chat::ring::STREAM_MODULE)]
         module: String,
+        /// Send nodes a PROXY protocol header with each client's address
+        /// (run the nodes with --proxy-protocol).
+        #[arg(long)]
+        proxy_protocol: bool,
     },
 }
 
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
             nodes,
             prefix,
             module,
+            proxy_protocol,
         } => {
             let conf = NginxConf {
                 listen,
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
                 nodes,
                 prefix,
                 module: Some(module),
+                proxy_protocol,
             };
             nginx_conf(&conf)
                 .map_err(Failure::from)

@@ -38,6 +38,15 @@ struct Cli {
     /// The TLS private key, PEM (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_listen")]
     tls_key: Option<std::path::PathBuf>,
+    /// Read the PROXY protocol header (v1 or v2) that a balancer such as
+    /// nginx (`proxy_protocol on;`) sends first, so that the per-address
+    /// limits count real clients; believed only from --proxy-from.
+    #[arg(long, env = "CHAT_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+    /// Balancer addresses whose PROXY header is believed (default:
+    /// 127.0.0.1 and ::1); clients there may still connect without one.
+    #[arg(long, value_delimiter = ',', requires = "proxy_protocol")]
+    proxy_from: Vec<std::net::IpAddr>,
     /// Database URL: sqlite://PATH (created if missing) or
     /// mysql://USER:PASS@HOST:PORT/DB (MySQL or MariaDB; needed for a cluster).
     #[arg(long, env = "CHAT_DB", default_value = "sqlite://chatserver.db")]
@@ -325,6 +334,13 @@ async fn run() -> ExitCode {
         session_rate: cli.session_rate,
         session_burst: cli.session_burst,
         limits,
+        proxy: match (cli.proxy_protocol, cli.proxy_from.is_empty()) {
+            (false, _) => chat::proxy::ProxyTrust::default(),
+            (true, true) => chat::proxy::ProxyTrust::loopback(),
+            (true, false) => chat::proxy::ProxyTrust {
+                from: cli.proxy_from.iter().map(|ip| ip.to_canonical()).collect(),
+            },
+        },
         ..Config::default()
     };
     let node = match Node::open(&cli.db, config, cluster).await {

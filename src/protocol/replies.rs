@@ -133,6 +133,10 @@ pub struct HistoryPage<'a> {
 pub struct ServerInfo {
     pub node: String,
     pub version: String,
+    /// The client's address as this node sees it (behind a balancer that
+    /// sends the PROXY protocol, the client's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// The reply to PING: the server's clock, in ms since the epoch.

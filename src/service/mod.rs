@@ -212,6 +212,7 @@ impl Service {
                 let info = replies::ServerInfo {
                     node: self.config.node_id.clone(),
                     version: env!("CARGO_PKG_VERSION").to_owned(),
+                    client: s.ip.map(|ip| ip.to_canonical().to_string()),
                 };
                 return answer(ack, Ok(info));
             }

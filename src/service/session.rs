@@ -65,6 +65,8 @@ pub struct Session {
     pub(super) heartbeats: bool,
     /// Where the connection comes from, as the limits count it.
     pub(super) peer: Option<AddrKey>,
+    /// The client's address (told to it by SERVER_INFO).
+    pub(super) ip: Option<std::net::IpAddr>,
     /// This connection's request and byte allowance.
     pub(super) budget: Budget,
     /// How long the connection waits before its next frame (over budget).
@@ -160,6 +162,7 @@ impl Service {
             kick: Kick::default(),
             heartbeats: false,
             peer: peer.map(AddrKey::of),
+            ip: peer,
             budget: Budget::new(&self.config.limits),
             delay: std::time::Duration::ZERO,
         }

@@ -292,6 +292,16 @@ pub struct Nginx {
 
 impl Nginx {
     pub async fn start(balance: Balance, nodes: Vec<Node>) -> Nginx {
+        Self::start_with(balance, nodes, false).await
+    }
+
+    /// nginx that sends each node a PROXY protocol header naming the client
+    /// (the nodes run with `--proxy-protocol`).
+    pub async fn start_proxying(balance: Balance, nodes: Vec<Node>) -> Nginx {
+        Self::start_with(balance, nodes, true).await
+    }
+
+    async fn start_with(balance: Balance, nodes: Vec<Node>, proxy_protocol: bool) -> Nginx {
         assert!(
             Path::new(NGINX).exists() && Path::new(STREAM_MODULE).exists(),
             "nginx with the stream module is missing ({NGINX}, {STREAM_MODULE}); \
@@ -307,6 +317,7 @@ impl Nginx {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut conf = NginxConf::new(&addr.to_string(), balance, nodes);
         conf.prefix = Some(prefix);
+        conf.proxy_protocol = proxy_protocol;
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, nginx_conf(&conf).expect("nginx.conf")).expect("write conf");
         let stderr = File::create(dir.path().join("stderr.log")).expect("stderr.log");
