@@ -173,6 +173,30 @@ async fn tls_and_plain_clients_chat_and_strangers_are_turned_away() {
     let m = within(bob.next_message()).await.expect("message");
     assert_eq!((m.from, m.msg.as_str()), (dave, "from chatclient over TLS"));
 
+    // `chatbench --tls-ca` runs its pairs over TLS, every message acked.
+    let out = Command::new(env!("CARGO_BIN_EXE_chatbench"))
+        .args([
+            "pairs", "--addr", &tls_addr, "--pairs", "2", "--rate", "100",
+        ])
+        .args(["--duration", "1", "--warmup", "0.2", "--tls-ca"])
+        .arg(&cert)
+        .output()
+        .await
+        .expect("run chatbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chatbench over TLS failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON report");
+    assert!(
+        report["delivered"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
+    assert_eq!(report["acked"], report["sent"], "{report}");
+
     // Everyone still served: the plain user chats on.
     bob.chat(alice_id, "still here").await.expect("chat");
     let m = next_message(&mut carol).await;

@@ -21,12 +21,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::FramedRead;
 
-use crate::client::Client;
 use crate::model::UserId;
 use crate::protocol::codec::FrameCodec;
 use crate::protocol::msgid;
@@ -45,8 +43,30 @@ pub enum BenchError {
     Refused { errno: i64, frame: String },
 }
 
+/// The reading half of a connection, plain or TLS.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a connection, plain or TLS.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 /// The reading side of a logged-in connection.
-pub type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
+pub type Reader = FramedRead<ReadHalf, FrameCodec>;
+
+/// Set once by the tool: every connection it opens afterwards speaks TLS.
+static TLS: std::sync::OnceLock<crate::tls::TlsClient> = std::sync::OnceLock::new();
+
+/// Makes every connection the load tool opens from now on run a TLS
+/// handshake first (the server's `--tls-listen`). Once per process: false
+/// if it was already set.
+pub fn use_tls(tls: crate::tls::TlsClient) -> bool {
+    TLS.set(tls).is_ok()
+}
+
+/// Where the tool's `Client`s connect (plain, or TLS after [`use_tls`]).
+fn endpoint(addr: &str) -> crate::client::Endpoint {
+    crate::client::Endpoint {
+        addr: addr.to_owned(),
+        tls: TLS.get().cloned(),
+    }
+}
 
 /// The few fields the tool reads from a frame.
 #[derive(Deserialize)]
@@ -105,7 +125,7 @@ pub async fn register_users(
             next.clone(),
         );
         tasks.spawn(async move {
-            let mut client = Client::connect(addr.as_str()).await?;
+            let mut client = endpoint(&addr).connect().await?;
             let mut mine = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -135,7 +155,7 @@ pub async fn login_raw(
     addr: &str,
     id: UserId,
     password: &str,
-) -> Result<(Reader, OwnedWriteHalf), BenchError> {
+) -> Result<(Reader, WriteHalf), BenchError> {
     request_raw(
         connect_from(addr, None).await?,
         &login_request(id, password),
@@ -145,11 +165,12 @@ pub async fn login_raw(
 
 /// Connects to `addr`, from `source` (an IP on this machine) if given:
 /// spreading connections over loopback sources lifts the limit of about
-/// 28,000 ephemeral ports per source address.
+/// 28,000 ephemeral ports per source address. Runs the TLS handshake if
+/// [`use_tls`] was called.
 pub async fn connect_from(
     addr: &str,
     source: Option<std::net::IpAddr>,
-) -> Result<TcpStream, BenchError> {
+) -> Result<(ReadHalf, WriteHalf), BenchError> {
     let stream = match source {
         None => TcpStream::connect(addr)
             .await
@@ -172,17 +193,29 @@ pub async fn connect_from(
         }
     };
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    match TLS.get() {
+        None => {
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        Some(tls) => {
+            let tls = tls
+                .connect(stream)
+                .await
+                .map_err(|e| BenchError::Io("TLS handshake", e))?;
+            let (r, w) = tokio::io::split(tls);
+            Ok((Box::new(r), Box::new(w)))
+        }
+    }
 }
 
 /// Sends one request frame and reads until the reply `want` arrives.
 /// A refusal notice (msgid 100, e.g. errno 51 at the connection cap) or an
 /// error reply is an error.
 pub async fn request_raw<C: Call>(
-    stream: TcpStream,
+    (r, mut w): (ReadHalf, WriteHalf),
     request: &C,
-) -> Result<(Reader, OwnedWriteHalf), BenchError> {
-    let (r, mut w) = stream.into_split();
+) -> Result<(Reader, WriteHalf), BenchError> {
     let mut reader = FramedRead::new(r, FrameCodec::new(64 << 20));
     exchange(&mut reader, &mut w, request).await?;
     Ok((reader, w))
@@ -295,7 +328,7 @@ pub struct Window {
 /// Closed-loop pairs running in the background; measured in windows.
 pub struct PairsRun {
     shared: Arc<Shared>,
-    tasks: tokio::task::JoinSet<Result<OwnedWriteHalf, BenchError>>,
+    tasks: tokio::task::JoinSet<Result<WriteHalf, BenchError>>,
     /// Acknowledgement counters and, in an open loop, the receivers.
     readers: tokio::task::JoinSet<()>,
     server_pids: Vec<u32>,
@@ -724,7 +757,7 @@ pub struct LoginsReport {
 /// holding them.
 pub async fn logins(
     opts: &LoginsOptions,
-) -> Result<(LoginsReport, Vec<(Reader, OwnedWriteHalf)>), BenchError> {
+) -> Result<(LoginsReport, Vec<(Reader, WriteHalf)>), BenchError> {
     let rss_before = opts.server_pid.and_then(process_rss);
     let started = Instant::now();
     let mut held = Vec::with_capacity(opts.users.len());
@@ -802,7 +835,7 @@ pub async fn resumes(
     let started = Instant::now();
     let tokens: Vec<Result<String, BenchError>> =
         futures_util::stream::iter(users.iter().map(|&id| async move {
-            let (r, mut w) = connect_from(addr, None).await?.into_split();
+            let (r, mut w) = connect_from(addr, None).await?;
             let mut reader = FramedRead::new(r, FrameCodec::new(64 << 20));
             let reply = exchange(&mut reader, &mut w, &login_request(id, password)).await?;
             reply
@@ -876,7 +909,7 @@ async fn resume_all(
 /// skipped); returns the reply, typed.
 pub async fn exchange<C: Call>(
     reader: &mut Reader,
-    writer: &mut OwnedWriteHalf,
+    writer: &mut WriteHalf,
     request: &C,
 ) -> Result<C::Reply, BenchError> {
     let want = msgid::ack_for(C::MSGID);

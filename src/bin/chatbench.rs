@@ -19,6 +19,13 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Speak TLS to the server (its --tls-listen port), trusting the
+    /// certificates in this PEM file.
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry.
+    #[arg(long, global = true, default_value = "localhost", requires = "tls_ca")]
+    tls_name: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +193,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(ca) = &cli.tls_ca {
+        match chat::tls::TlsClient::new(ca, &cli.tls_name) {
+            Ok(tls) => {
+                bench::use_tls(tls);
+            }
+            Err(e) => {
+                eprintln!("chatbench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match rt.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
