@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the cluster and its tests need, when missing: MariaDB, Redis,
-# nginx with the stream module. Debian/Ubuntu (apt-get); run as root.
+# nginx with the stream module, Chromium and its WebDriver. Debian/Ubuntu
+# (apt-get); run as root.
 # The tests start their own private instances of these programs on loopback,
 # so nothing here needs to be running, only installed.
 set -euo pipefail
@@ -11,6 +12,12 @@ command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+# The web client's tests drive a real headless Chromium through WebDriver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# CJK and emoji in the web client's screenshots.
+[ -e /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "provision: installing ${need[*]}" >&2

@@ -42,9 +42,6 @@ pub async fn serve(
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "could not turn on TCP keepalive");
     }
-    let heartbeat_timeout = config.heartbeat_timeout;
-    let mut last_heard = std::time::Instant::now();
-    let write_timeout = config.write_timeout;
     let limits = &config.limits;
     let link: Link = match tls {
         None => stream.into(),
@@ -68,7 +65,77 @@ pub async fn serve(
             }
         }
     };
-    let mut conn = FrameStream::new(link, config.max_frame, limits.frame_timeout);
+    let conn = FrameStream::new(link, config.max_frame, limits.frame_timeout);
+    run(Frames::Stream(conn), peer, service, shutdown).await;
+}
+
+/// A WebSocket client (`/ws` on the web listener): the same session as over
+/// TCP, one text message per frame.
+pub async fn serve_ws(
+    socket: axum::extract::ws::WebSocket,
+    peer: std::net::SocketAddr,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+) {
+    let max_frame = service.config().max_frame;
+    run(
+        Frames::Ws(crate::web::WsFrames::new(socket, max_frame)),
+        peer,
+        service,
+        shutdown,
+    )
+    .await;
+}
+
+/// The frames of one connection, whatever carries them.
+enum Frames {
+    Stream(FrameStream),
+    Ws(crate::web::WsFrames),
+}
+
+impl Frames {
+    async fn next_frame(&mut self) -> Option<Result<Bytes, FrameError>> {
+        match self {
+            Frames::Stream(s) => s.next_frame().await,
+            Frames::Ws(w) => w.next_frame().await,
+        }
+    }
+
+    fn set_max_frame(&mut self, max: usize) {
+        match self {
+            Frames::Stream(s) => s.set_max_frame(max),
+            Frames::Ws(w) => w.set_max_frame(max),
+        }
+    }
+
+    fn peer_closed(&mut self) -> bool {
+        match self {
+            Frames::Stream(s) => s.peer_closed(),
+            // A WebSocket's close arrives as a frame of its own.
+            Frames::Ws(_) => false,
+        }
+    }
+
+    async fn write_frames(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
+        match self {
+            Frames::Stream(s) => s.write_frames(frames).await,
+            Frames::Ws(w) => w.write_frames(frames).await,
+        }
+    }
+}
+
+/// The session loop of one connection, over either transport.
+async fn run(
+    mut conn: Frames,
+    peer: std::net::SocketAddr,
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+) {
+    let config = service.config();
+    let limits = &config.limits;
+    let heartbeat_timeout = config.heartbeat_timeout;
+    let write_timeout = config.write_timeout;
+    let mut last_heard = std::time::Instant::now();
     let mut session = service.open_session(Some(peer.ip()));
     let kick = session.kick_token();
     tracing::debug!(?peer, "connection opened");
@@ -186,7 +253,7 @@ fn notice(code: ErrCode, msg: &str) -> Bytes {
 /// Writes `frames`, giving up after `timeout`, or one second into a
 /// shutdown (so that shutdown never waits on a client that does not read).
 async fn send_all(
-    conn: &mut FrameStream,
+    conn: &mut Frames,
     frames: Vec<Bytes>,
     timeout: Duration,
     shutdown: &CancellationToken,

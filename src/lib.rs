@@ -42,3 +42,4 @@ pub mod service;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod web;

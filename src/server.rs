@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -125,9 +125,56 @@ impl Node {
         tls: Option<(TcpListener, TlsAcceptor)>,
         shutdown: CancellationToken,
     ) {
-        accept_loop(&listener, tls.as_ref(), &self.service, &shutdown).await;
-        drop(listener);
-        drop(tls);
+        self.serve_all(
+            Listeners {
+                plain: listener,
+                tls,
+                web: None,
+            },
+            shutdown,
+        )
+        .await;
+    }
+
+    /// Serves every listener given, all under one connection cap, until
+    /// `shutdown`; then lets the sessions end and closes the node.
+    pub async fn serve_all(self, listeners: Listeners, shutdown: CancellationToken) {
+        let config = self.service.config();
+        let gate = Gate::new(config.max_connections);
+        let sessions = TaskTracker::new();
+        let web = listeners.web.map(|l| {
+            tokio::spawn(crate::web::serve(
+                l,
+                self.service.clone(),
+                gate.clone(),
+                sessions.clone(),
+                shutdown.clone(),
+            ))
+        });
+        accept_loop(
+            &listeners.plain,
+            listeners.tls.as_ref(),
+            &self.service,
+            &gate,
+            &sessions,
+            &shutdown,
+        )
+        .await;
+        if let Some(web) = web {
+            let _ = web.await;
+        }
+        sessions.close();
+        if tokio::time::timeout(config.shutdown_grace, sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = sessions.len(),
+                "sessions did not finish within the grace period"
+            );
+        }
+        drop(listeners.plain);
+        drop(listeners.tls);
         self.service.drain().await;
         self.hub.shutdown().await;
         self.store.close().await;
@@ -164,6 +211,50 @@ pub fn client_capacity() -> Option<usize> {
     }
     #[cfg(not(unix))]
     None
+}
+
+/// What a node listens on: plain TCP always; TLS and the web listener
+/// (web client and WebSocket) if configured.
+pub struct Listeners {
+    pub plain: TcpListener,
+    pub tls: Option<(TcpListener, TlsAcceptor)>,
+    pub web: Option<TcpListener>,
+}
+
+/// The node's connection cap and per-address counts, shared by every
+/// listener so that no transport can get round them.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    slots: Arc<Semaphore>,
+    per_addr: Arc<ConnsPerAddr>,
+}
+
+impl Gate {
+    fn new(max_connections: usize) -> Gate {
+        Gate {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            per_addr: Arc::new(ConnsPerAddr::default()),
+        }
+    }
+
+    /// A place under the node's cap, or why not.
+    fn slot(&self) -> Result<OwnedSemaphorePermit, String> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!("connection limit reached, refusing a client");
+            inc(&METRICS.connections_refused);
+            "server is at its connection limit, try again later".to_owned()
+        })
+    }
+
+    /// A place under the node's cap and one under `ip`'s, or why not.
+    pub fn admit(
+        &self,
+        limits: &crate::config::Limits,
+        ip: std::net::IpAddr,
+    ) -> Result<(OwnedSemaphorePermit, Option<AddrSlot>), String> {
+        let slot = self.slot()?;
+        Ok((slot, addr_slot(&self.per_addr, limits, ip)?))
+    }
 }
 
 /// Counts a connection from `ip` against its address's cap, or says why
@@ -258,13 +349,11 @@ async fn accept_loop(
     listener: &TcpListener,
     tls: Option<&(TcpListener, TlsAcceptor)>,
     service: &Arc<Service>,
+    gate: &Gate,
+    sessions: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
     let config = service.config();
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    let per_addr = Arc::new(ConnsPerAddr::default());
-    let grace = config.shutdown_grace;
-    let sessions = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     loop {
         let (accepted, acceptor) = tokio::select! {
@@ -274,16 +363,16 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!("connection limit reached, refusing a client");
-                    inc(&METRICS.connections_refused);
-                    let msg = "server is at its connection limit, try again later".to_owned();
-                    // A TLS client cannot read a plain notice: it is
-                    // only closed (no handshake spent on it).
-                    if acceptor.is_none() {
-                        sessions.spawn(connection::refuse(stream, msg));
+                let slot = match gate.slot() {
+                    Ok(slot) => slot,
+                    Err(msg) => {
+                        // A TLS client cannot read a plain notice: it is
+                        // only closed (no handshake spent on it).
+                        if acceptor.is_none() {
+                            sessions.spawn(connection::refuse(stream, msg));
+                        }
+                        continue;
                     }
-                    continue;
                 };
                 // A direct client is counted against its address at once,
                 // in accept order; a balancer's client once its PROXY
@@ -291,7 +380,7 @@ async fn accept_loop(
                 let counted = if config.proxy.trusts(peer.ip()) {
                     None
                 } else {
-                    match addr_slot(&per_addr, &config.limits, peer.ip()) {
+                    match addr_slot(&gate.per_addr, &config.limits, peer.ip()) {
                         Ok(s) => s,
                         Err(msg) => {
                             if acceptor.is_none() {
@@ -303,7 +392,7 @@ async fn accept_loop(
                 };
                 let service = service.clone();
                 let shutdown = shutdown.clone();
-                let per_addr = per_addr.clone();
+                let per_addr = gate.per_addr.clone();
                 sessions.spawn(async move {
                     admit(
                         stream, peer, counted, acceptor, service, shutdown, &per_addr,
@@ -323,12 +412,5 @@ async fn accept_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
-    }
-    sessions.close();
-    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-        tracing::warn!(
-            remaining = sessions.len(),
-            "sessions did not finish within the grace period"
-        );
     }
 }

@@ -47,6 +47,10 @@ struct Cli {
     /// 127.0.0.1 and ::1); clients there may still connect without one.
     #[arg(long, value_delimiter = ',', requires = "proxy_protocol")]
     proxy_from: Vec<std::net::IpAddr>,
+    /// Also serve the web client at http://ADDR/ and the chat protocol over
+    /// WebSocket at /ws (IP:PORT), under the same limits and connection cap.
+    #[arg(long, env = "CHAT_WS_LISTEN")]
+    ws_listen: Option<String>,
     /// Database URL: sqlite://PATH (created if missing) or
     /// mysql://USER:PASS@HOST:PORT/DB (MySQL or MariaDB; needed for a cluster).
     #[arg(long, env = "CHAT_DB", default_value = "sqlite://chatserver.db")]
@@ -371,6 +375,20 @@ async fn run() -> ExitCode {
         },
         _ => None,
     };
+    let web = match &cli.ws_listen {
+        None => None,
+        Some(web_addr) => match TcpListener::bind(web_addr).await {
+            Ok(l) => {
+                let local = l.local_addr().map(|a| a.to_string());
+                tracing::info!(listen = %local.unwrap_or_else(|_| web_addr.clone()), "web listener ready (web client at /, WebSocket at /ws)");
+                Some(l)
+            }
+            Err(e) => {
+                eprintln!("chatserver: cannot listen on {web_addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
     tracing::info!(listen = %local, db = %cli.db, "chatserver ready");
     let shutdown = CancellationToken::new();
@@ -387,7 +405,15 @@ async fn run() -> ExitCode {
         }
     }
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    node.serve_with_tls(listener, tls, shutdown).await;
+    node.serve_all(
+        chat::server::Listeners {
+            plain: listener,
+            tls,
+            web,
+        },
+        shutdown,
+    )
+    .await;
     ExitCode::SUCCESS
 }
 

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 /// A running server and the directory of its database.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The web listener: the web client at `/`, WebSocket at `/ws`.
+    pub web: SocketAddr,
     pub dir: Arc<TempDir>,
     pub config: Config,
     pub db_url: String,
@@ -63,10 +65,20 @@ impl TestServer {
             .expect("open node");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let web_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let web = web_listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(node.serve(listener, shutdown.clone()));
+        let task = tokio::spawn(node.serve_all(
+            chat::server::Listeners {
+                plain: listener,
+                tls: None,
+                web: Some(web_listener),
+            },
+            shutdown.clone(),
+        ));
         TestServer {
             addr,
+            web,
             dir,
             config,
             db_url,

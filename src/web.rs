@@ -1,0 +1,216 @@
+//! The web listener (`--ws-listen`): the web client at `/`, and the chat
+//! protocol over WebSocket at `/ws`, one JSON frame per text message.
+//!
+//! A WebSocket connection runs the very session loop a TCP connection runs
+//! ([`crate::connection::serve_ws`]): the same limits, identity rules,
+//! acknowledgements and resume, and the same connection cap, counted
+//! together with the TCP listeners. The client's files are compiled into the
+//! binary, so there is nothing to build or install beside it.
+//!
+//! Behind a balancer the client's address comes from the last entry of
+//! `X-Forwarded-For`, believed only from the balancers the node trusts
+//! (`--proxy-from`), as with the PROXY protocol on TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::{METRICS, inc};
+use crate::protocol::codec::FrameError;
+use crate::server::Gate;
+use crate::service::Service;
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+const APP_JS: &str = include_str!("../web/app.js");
+const STYLE_CSS: &str = include_str!("../web/style.css");
+
+/// Frames over one WebSocket: each text (or binary) message is one frame.
+pub struct WsFrames {
+    socket: WebSocket,
+    max_frame: usize,
+}
+
+impl WsFrames {
+    pub fn new(socket: WebSocket, max_frame: usize) -> Self {
+        WsFrames { socket, max_frame }
+    }
+
+    /// Frames longer than `max_frame` are refused from now on (before login
+    /// the limit is lower, as on TCP).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
+    /// The next frame; `None` once the client closed.
+    pub async fn next_frame(&mut self) -> Option<Result<Bytes, FrameError>> {
+        loop {
+            let message = match self.socket.recv().await? {
+                Ok(m) => m,
+                Err(e) => return Some(Err(FrameError::Io(std::io::Error::other(e)))),
+            };
+            let frame: Bytes = match message {
+                Message::Text(text) => text.into(),
+                Message::Binary(bytes) => bytes,
+                Message::Close(_) => return None,
+                // Answered by the WebSocket layer itself.
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            if frame.len() > self.max_frame {
+                return Some(Err(FrameError::TooLong(self.max_frame)));
+            }
+            return Some(Ok(frame));
+        }
+    }
+
+    /// Writes `frames`, one text message each, flushed together.
+    pub async fn write_frames(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
+        for frame in frames {
+            let text = Utf8Bytes::try_from(frame.clone()).map_err(std::io::Error::other)?;
+            self.socket
+                .feed(Message::Text(text))
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        self.socket.flush().await.map_err(std::io::Error::other)
+    }
+}
+
+#[derive(Clone)]
+struct Web {
+    service: Arc<Service>,
+    gate: Gate,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Serves the web client and `/ws` on `listener` until `shutdown`. WebSocket
+/// sessions are tracked in `sessions`, so the node's graceful shutdown
+/// waits for them as for TCP ones.
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<Service>,
+    gate: Gate,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let web = Web {
+        service,
+        gate,
+        sessions,
+        shutdown: shutdown.clone(),
+    };
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/ws", get(ws))
+        .with_state(web);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "web listener failed");
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            // Only our own script and style, and WebSockets to this server.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'self'; style-src 'self'; \
+                     connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; \
+                     form-action 'none'; frame-ancestors 'none'",
+                ),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn style_css() -> Response {
+    asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+/// The client's address: the last `X-Forwarded-For` entry if `peer` is a
+/// trusted balancer (the one the balancer itself added), else `peer`.
+fn client_addr(web: &Web, peer: SocketAddr, headers: &HeaderMap) -> SocketAddr {
+    if !web.service.config().proxy.trusts(peer.ip()) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map_or(peer, |ip| SocketAddr::new(ip, 0))
+}
+
+async fn ws(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let client = client_addr(&web, peer, &headers);
+    let max_frame = web.service.config().max_frame;
+    let (slot, addr_slot) = match web.gate.admit(&web.service.config().limits, client.ip()) {
+        Ok(slots) => slots,
+        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    };
+    let Web {
+        service,
+        sessions,
+        shutdown,
+        ..
+    } = web;
+    upgrade
+        .max_message_size(max_frame)
+        .on_upgrade(move |socket| {
+            sessions.track_future(async move {
+                inc(&METRICS.connections_accepted);
+                METRICS
+                    .connections_open
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::connection::serve_ws(socket, client, service, shutdown).await;
+                METRICS
+                    .connections_open
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                drop(slot);
+                drop(addr_slot);
+            })
+        })
+}

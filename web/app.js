@@ -1,0 +1,603 @@
+// The web client: the chat protocol (docs/protocol.md) over a WebSocket to
+// /ws, one JSON frame per message. No build step and no dependencies: the
+// server serves this file as it is.
+//
+// What it keeps a user from losing:
+// - it acknowledges what it has shown (LOGIN/RESUME with "acks": true), so
+//   what never reached the page comes again after a reconnect;
+// - every message it sends carries a client message id (cmid); one resent
+//   after a network loss is stored once, and the reply says where;
+// - the resume token lives in sessionStorage, so a reload or a dropped
+//   network resumes the session without the password.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = 'chat.token';
+const HISTORY_PAGE = 50;
+const REQUEST_TIMEOUT_MS = 10000;
+const PING_EVERY_MS = 15000;
+
+const state = {
+  ws: null,
+  ready: false,       // logged in on the current socket
+  reqid: 0,
+  pending: new Map(), // reqid -> {resolve, reject, timer}
+  me: null,           // {id, name}
+  friends: new Map(), // id -> {id, name, state, stranger?}
+  groups: new Map(),  // id -> {id, groupname, groupdesc, users: [...]}
+  convs: new Map(),   // 'u:ID' | 'g:ID' -> conversation
+  current: null,
+  outbox: new Map(),  // cmid -> {cmid, key, text, state, error?}
+  ackDue: new Map(),  // key -> highest seq to acknowledge
+  ackTimer: null,
+  pingTimer: null,
+  backoff: 500,
+  replaced: false,
+};
+
+// ---- connection -----------------------------------------------------------
+
+function setStatus(kind, text) {
+  const el = $('status');
+  el.dataset.state = kind;
+  el.textContent = text || kind;
+}
+
+function connect() {
+  const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+  const ws = new WebSocket(scheme + location.host + '/ws');
+  state.ws = ws;
+  setStatus('connecting', 'connecting…');
+  ws.onopen = () => {
+    state.backoff = 500;
+    startPing();
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) {
+      resume(token);
+    } else {
+      setStatus('connected', 'not logged in');
+      showAuth();
+    }
+  };
+  ws.onmessage = (e) => {
+    let frame;
+    try {
+      frame = JSON.parse(e.data);
+    } catch (_) {
+      return;
+    }
+    onFrame(frame);
+  };
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.ready = false;
+    stopPing();
+    for (const [, p] of state.pending) {
+      clearTimeout(p.timer);
+      p.reject(new Error('disconnected'));
+    }
+    state.pending.clear();
+    if (state.replaced) {
+      setStatus('offline', 'logged in elsewhere; reload to continue here');
+      return;
+    }
+    setStatus('offline', 'offline, reconnecting…');
+    const wait = state.backoff * (0.75 + Math.random() / 2);
+    state.backoff = Math.min(state.backoff * 2, 10000);
+    setTimeout(connect, wait);
+  };
+}
+
+function send(frame) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify(frame));
+    return true;
+  }
+  return false;
+}
+
+/** Sends a request and resolves with its reply (matched by reqid). */
+function request(frame, timeout = REQUEST_TIMEOUT_MS) {
+  return new Promise((resolve, reject) => {
+    const reqid = ++state.reqid;
+    frame.reqid = reqid;
+    if (!send(frame)) {
+      reject(new Error('disconnected'));
+      return;
+    }
+    const timer = setTimeout(() => {
+      state.pending.delete(reqid);
+      reject(new Error('timeout'));
+    }, timeout);
+    state.pending.set(reqid, { resolve, reject, timer });
+  });
+}
+
+function startPing() {
+  stopPing();
+  state.pingTimer = setInterval(() => {
+    // An unanswered ping means the network is gone: reconnect.
+    request({ msgid: 16 }).catch((e) => {
+      if (e.message === 'timeout' && state.ws) state.ws.close();
+    });
+  }, PING_EVERY_MS);
+}
+
+function stopPing() {
+  if (state.pingTimer) clearInterval(state.pingTimer);
+  state.pingTimer = null;
+}
+
+function onFrame(f) {
+  if (f.reqid !== undefined && state.pending.has(f.reqid)) {
+    const p = state.pending.get(f.reqid);
+    state.pending.delete(f.reqid);
+    clearTimeout(p.timer);
+    p.resolve(f);
+    return;
+  }
+  switch (f.msgid) {
+    case 6:
+    case 10:
+      receive(f, true);
+      render();
+      break;
+    case 19:
+      presence(f);
+      break;
+    case 100:
+      if (f.errno === 54) state.replaced = true;
+      if (f.errmsg) setStatus(state.ready ? 'online' : 'offline', f.errmsg);
+      break;
+    default:
+      break;
+  }
+}
+
+// ---- session --------------------------------------------------------------
+
+async function login(id, password) {
+  const r = await request({ msgid: 1, id, password, acks: true });
+  if (r.errno !== 0) throw new Error(r.errmsg || 'login failed');
+  if (r.token) sessionStorage.setItem(TOKEN_KEY, r.token);
+  startSession(r);
+}
+
+async function resume(token) {
+  let r;
+  try {
+    r = await request({ msgid: 17, token, acks: true });
+  } catch (_) {
+    return; // the socket dropped; the next one tries again
+  }
+  if (r.errno !== 0) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    setStatus('connected', 'not logged in');
+    showAuth(r.errmsg);
+    return;
+  }
+  startSession(r);
+}
+
+function decodeList(list) {
+  return (list || []).map((s) => (typeof s === 'string' ? JSON.parse(s) : s));
+}
+
+function startSession(r) {
+  if (state.me && state.me.id !== r.id) resetData();
+  state.me = { id: r.id, name: r.name };
+  state.ready = true;
+  state.replaced = false;
+  for (const f of decodeList(r.friends)) state.friends.set(f.id, f);
+  for (const g of decodeList(r.groups)) {
+    g.users = decodeList(g.users);
+    state.groups.set(g.id, g);
+  }
+  for (const m of decodeList(r.offlinemsg)) receive(m, true);
+  $('me').textContent = `${r.name} (id ${r.id})`;
+  setStatus('online', 'online');
+  showApp();
+  // What was being sent when the network went goes again, with its cmid:
+  // if the server stored it already, it answers with the same seq.
+  for (const entry of state.outbox.values()) {
+    if (entry.state === 'sending') transmit(entry);
+  }
+  render();
+}
+
+function resetData() {
+  state.friends.clear();
+  state.groups.clear();
+  state.convs.clear();
+  state.outbox.clear();
+  state.ackDue.clear();
+  state.current = null;
+}
+
+async function logout() {
+  try {
+    await request({ msgid: 3 });
+  } catch (_) {
+    // offline: the token is forgotten anyway
+  }
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.me = null;
+  state.ready = false;
+  resetData();
+  $('me').textContent = '';
+  setStatus('connected', 'not logged in');
+  showAuth();
+}
+
+// ---- conversations --------------------------------------------------------
+
+function conv(key) {
+  let c = state.convs.get(key);
+  if (!c) {
+    c = { key, messages: new Map(), unread: 0, firstUnread: null, loaded: false, complete: false };
+    state.convs.set(key, c);
+  }
+  return c;
+}
+
+function keyOf(m) {
+  if (m.msgid === 10) return 'g:' + m.groupid;
+  return 'u:' + (m.id === state.me.id ? m.toid : m.id);
+}
+
+/** A message from the server (push, offline page or history). */
+function receive(m, live) {
+  const key = keyOf(m);
+  const c = conv(key);
+  if (m.msgid === 6 && m.id !== state.me.id && !state.friends.has(m.id)) {
+    state.friends.set(m.id, { id: m.id, name: m.name, state: '', stranger: true });
+  }
+  const fresh = !c.messages.has(m.seq);
+  c.messages.set(m.seq, m);
+  if (!live) return;
+  if (fresh && m.id !== state.me.id && (key !== state.current || document.hidden)) {
+    c.unread += 1;
+    if (c.firstUnread === null) c.firstUnread = m.seq;
+  }
+  queueAck(key, m.seq);
+}
+
+function queueAck(key, seq) {
+  state.ackDue.set(key, Math.max(seq, state.ackDue.get(key) || 0));
+  if (!state.ackTimer) state.ackTimer = setTimeout(flushAcks, 200);
+}
+
+function flushAcks() {
+  state.ackTimer = null;
+  if (!state.ready || state.ackDue.size === 0) return;
+  const acks = [];
+  for (const [key, seq] of state.ackDue) {
+    const id = Number(key.slice(2));
+    acks.push(key[0] === 'u' ? { toid: id, seq } : { groupid: id, seq });
+  }
+  if (send({ msgid: 18, acks })) state.ackDue.clear();
+}
+
+function presence(p) {
+  const f = state.friends.get(p.id);
+  if (f) f.state = p.state;
+  for (const g of state.groups.values()) {
+    for (const u of g.users) if (u.id === p.id) u.state = p.state;
+  }
+  render();
+}
+
+async function openConversation(key) {
+  if (state.current && state.current !== key) conv(state.current).firstUnread = null;
+  const c = conv(key);
+  state.current = key;
+  c.unread = 0;
+  $('app').classList.add('in-conversation');
+  render();
+  $('message-input').focus();
+  if (!c.loaded) await loadHistory(key);
+}
+
+async function loadHistory(key) {
+  const c = conv(key);
+  const id = Number(key.slice(2));
+  const req = { msgid: 14, limit: HISTORY_PAGE };
+  if (key[0] === 'u') req.toid = id; else req.groupid = id;
+  const oldest = c.messages.size ? Math.min(...c.messages.keys()) : null;
+  if (c.loaded && oldest !== null) req.before = oldest;
+  let r;
+  try {
+    r = await request(req);
+  } catch (_) {
+    return;
+  }
+  if (r.errno !== 0) {
+    $('sidebar-error').textContent = r.errmsg || 'could not read the history';
+    return;
+  }
+  const list = $('messages');
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  const page = decodeList(r.messages);
+  for (const m of page) receive(m, false);
+  c.loaded = true;
+  const lowest = page.length ? Math.min(...page.map((m) => m.seq)) : 1;
+  if (page.length === 0 || lowest <= 1) c.complete = true;
+  render();
+  if (req.before !== undefined) list.scrollTop = list.scrollHeight - fromBottom;
+}
+
+// ---- sending --------------------------------------------------------------
+
+function newCmid() {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return 'w' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function sendMessage(text) {
+  if (!state.current || !text.trim()) return;
+  const entry = { cmid: newCmid(), key: state.current, text, state: 'sending' };
+  state.outbox.set(entry.cmid, entry);
+  render();
+  transmit(entry);
+}
+
+async function transmit(entry) {
+  entry.state = 'sending';
+  entry.error = null;
+  const id = Number(entry.key.slice(2));
+  const direct = entry.key[0] === 'u';
+  const frame = direct
+    ? { msgid: 6, toid: id, msg: entry.text, cmid: entry.cmid }
+    : { msgid: 10, groupid: id, msg: entry.text, cmid: entry.cmid };
+  let r;
+  try {
+    r = await request(frame);
+  } catch (e) {
+    // Disconnected: stays 'sending' and goes again after the resume.
+    // Timed out: the user decides.
+    if (e.message === 'timeout') entry.state = 'failed';
+    entry.error = e.message === 'timeout' ? 'no answer from the server' : null;
+    render();
+    return;
+  }
+  if (r.errno !== 0) {
+    entry.state = 'failed';
+    entry.error = r.errmsg || `refused (errno ${r.errno})`;
+    render();
+    return;
+  }
+  state.outbox.delete(entry.cmid);
+  const stored = {
+    msgid: direct ? 6 : 10, id: state.me.id, name: state.me.name, msg: entry.text,
+    seq: r.seq, ts: r.ts, time: r.time,
+  };
+  if (direct) stored.toid = id; else stored.groupid = id;
+  receive(stored, false);
+  render();
+}
+
+// ---- rendering ------------------------------------------------------------
+
+function showAuth(error) {
+  $('auth').hidden = false;
+  $('app').hidden = true;
+  $('logout').hidden = true;
+  $('auth-error').textContent = error || '';
+}
+
+function showApp() {
+  $('auth').hidden = true;
+  $('app').hidden = false;
+  $('logout').hidden = false;
+}
+
+function convButton(key, label, online, unread) {
+  const li = document.createElement('li');
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.dataset.conv = key;
+  if (key === state.current) b.setAttribute('aria-current', 'true');
+  const dot = document.createElement('span');
+  dot.className = 'dot' + (online ? ' online' : '');
+  dot.setAttribute('aria-hidden', 'true');
+  const name = document.createElement('span');
+  name.textContent = label;
+  b.append(dot, name);
+  let aria = label + (online ? ', online' : '');
+  if (unread > 0) {
+    const badge = document.createElement('span');
+    badge.className = 'unread';
+    badge.textContent = String(unread);
+    b.append(badge);
+    aria += `, ${unread} unread`;
+  }
+  b.setAttribute('aria-label', aria);
+  b.addEventListener('click', () => openConversation(key));
+  li.append(b);
+  return li;
+}
+
+function render() {
+  if (!state.me) return;
+  const friends = $('friends');
+  friends.replaceChildren(...[...state.friends.values()].map((f) =>
+    convButton('u:' + f.id, `${f.name} (${f.id})`, f.state === 'online', conv('u:' + f.id).unread)));
+  const groups = $('groups');
+  groups.replaceChildren(...[...state.groups.values()].map((g) =>
+    convButton('g:' + g.id, `${g.groupname} (#${g.id})`, false, conv('g:' + g.id).unread)));
+  renderConversation();
+}
+
+function titleOf(key) {
+  const id = Number(key.slice(2));
+  if (key[0] === 'u') {
+    const f = state.friends.get(id);
+    return f ? `${f.name} (${f.id})` : `user ${id}`;
+  }
+  const g = state.groups.get(id);
+  return g ? `${g.groupname} (#${g.id})` : `group ${id}`;
+}
+
+function renderConversation() {
+  const key = state.current;
+  $('composer').hidden = !key;
+  if (!key) return;
+  const c = conv(key);
+  $('conv-title').textContent = titleOf(key);
+  const g = key[0] === 'g' ? state.groups.get(Number(key.slice(2))) : null;
+  $('conv-members').textContent = g
+    ? g.users.map((u) => `${u.name}${u.state === 'online' ? ' ●' : ''}`).join(', ')
+    : '';
+  $('older').hidden = !c.loaded || c.complete;
+  const list = $('messages');
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const items = [...c.messages.values()].sort((a, b) => a.seq - b.seq).map((m) => {
+    const mine = m.id === state.me.id;
+    return messageItem(m.msg, mine, mine ? 'stored' : 'received',
+      `${mine ? 'you' : m.name} · ${m.time || ''}${mine ? ' · stored' : ''}`, m.seq, c.firstUnread === m.seq);
+  });
+  for (const entry of state.outbox.values()) {
+    if (entry.key !== key) continue;
+    const note = entry.state === 'sending' ? 'sending…' : `not sent: ${entry.error || 'failed'}`;
+    const li = messageItem(entry.text, true, entry.state, `you · ${note}`, null, false);
+    if (entry.state === 'failed') {
+      const retry = document.createElement('button');
+      retry.type = 'button';
+      retry.className = 'retry';
+      retry.textContent = 'Retry';
+      retry.setAttribute('aria-label', 'Retry sending this message');
+      retry.addEventListener('click', () => { transmit(entry); render(); });
+      li.querySelector('.meta').append(retry);
+    }
+    items.push(li);
+  }
+  list.replaceChildren(...items);
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function messageItem(text, mine, kind, meta, seq, firstUnread) {
+  const li = document.createElement('li');
+  li.className = (mine ? 'mine ' : '') + 'state-' + kind + (firstUnread ? ' first-unread' : '');
+  li.dataset.state = kind;
+  if (seq !== null) li.dataset.seq = String(seq);
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  const m = document.createElement('span');
+  m.className = 'meta';
+  m.textContent = (firstUnread ? 'new · ' : '') + meta;
+  li.append(body, m);
+  return li;
+}
+
+// ---- wiring ---------------------------------------------------------------
+
+function formError(where, e) {
+  $(where).textContent = e.message === 'disconnected' ? 'not connected; try again in a moment' : e.message;
+}
+
+window.addEventListener('DOMContentLoaded', () => {
+  $('login-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    $('auth-error').textContent = '';
+    try {
+      await login(Number($('login-id').value), $('login-password').value);
+    } catch (err) {
+      formError('auth-error', err);
+    }
+  });
+  $('register-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    $('auth-error').textContent = '';
+    try {
+      const r = await request({ msgid: 4, name: $('register-name').value, password: $('register-password').value });
+      if (r.errno !== 0) throw new Error(r.errmsg || 'registration failed');
+      $('registered').textContent = `Registered: your user id is ${r.id}. Log in with it.`;
+      $('registered').dataset.id = String(r.id);
+      $('login-id').value = String(r.id);
+      $('login-password').focus();
+    } catch (err) {
+      formError('auth-error', err);
+    }
+  });
+  $('add-friend-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    $('sidebar-error').textContent = '';
+    try {
+      const id = Number($('add-friend-id').value);
+      const r = await request({ msgid: 7, friendid: id });
+      if (r.errno !== 0) throw new Error(r.errmsg || 'could not add the friend');
+      const list = await request({ msgid: 13 });
+      for (const f of decodeList(list.friends)) state.friends.set(f.id, f);
+      $('add-friend-id').value = '';
+      render();
+    } catch (err) {
+      formError('sidebar-error', err);
+    }
+  });
+  $('create-group-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    $('sidebar-error').textContent = '';
+    try {
+      const r = await request({ msgid: 8, groupname: $('create-group-name').value, groupdesc: '' });
+      if (r.errno !== 0) throw new Error(r.errmsg || 'could not create the group');
+      state.groups.set(r.groupid, {
+        id: r.groupid, groupname: r.groupname, groupdesc: r.groupdesc || '',
+        users: [{ id: state.me.id, name: state.me.name, role: 'creator', state: 'online' }],
+      });
+      $('create-group-name').value = '';
+      render();
+    } catch (err) {
+      formError('sidebar-error', err);
+    }
+  });
+  $('join-group-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    $('sidebar-error').textContent = '';
+    try {
+      const id = Number($('join-group-id').value);
+      const r = await request({ msgid: 9, groupid: id });
+      if (r.errno !== 0) throw new Error(r.errmsg || 'could not join the group');
+      // The group's name and members come with the next session start;
+      // until then it is listed by its id.
+      if (!state.groups.has(id)) {
+        state.groups.set(id, { id, groupname: `group ${id}`, groupdesc: '', users: [] });
+      }
+      $('join-group-id').value = '';
+      render();
+    } catch (err) {
+      formError('sidebar-error', err);
+    }
+  });
+  $('composer').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const input = $('message-input');
+    sendMessage(input.value);
+    input.value = '';
+  });
+  $('message-input').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $('composer').requestSubmit();
+    }
+  });
+  $('older').addEventListener('click', () => state.current && loadHistory(state.current));
+  $('messages').addEventListener('scroll', () => {
+    const c = state.current && conv(state.current);
+    if (c && c.loaded && !c.complete && $('messages').scrollTop === 0) loadHistory(state.current);
+  });
+  $('back').addEventListener('click', () => {
+    $('app').classList.remove('in-conversation');
+    state.current = null;
+    render();
+  });
+  $('logout').addEventListener('click', logout);
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && state.current) {
+      conv(state.current).unread = 0;
+      render();
+    }
+  });
+  connect();
+});
