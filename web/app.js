@@ -278,6 +278,13 @@ function flushAcks() {
   if (send({ msgid: 18, acks })) state.ackDue.clear();
 }
 
+async function refreshFriends() {
+  const list = await request({ msgid: 13 });
+  if (list.errno !== 0) return;
+  for (const f of decodeList(list.friends)) state.friends.set(f.id, f);
+  render();
+}
+
 function presence(p) {
   const f = state.friends.get(p.id);
   if (f) f.state = p.state;
@@ -527,9 +534,9 @@ window.addEventListener('DOMContentLoaded', () => {
     try {
       const id = Number($('add-friend-id').value);
       const r = await request({ msgid: 7, friendid: id });
-      if (r.errno !== 0) throw new Error(r.errmsg || 'could not add the friend');
-      const list = await request({ msgid: 13 });
-      for (const f of decodeList(list.friends)) state.friends.set(f.id, f);
+      // Friendship is mutual: someone who added us is a friend already.
+      await refreshFriends();
+      if (r.errno !== 0 && !state.friends.has(id)) throw new Error(r.errmsg || 'could not add the friend');
       $('add-friend-id').value = '';
       render();
     } catch (err) {

@@ -1,0 +1,376 @@
+//! The web client in a real headless Chromium, driven through WebDriver
+//! (Debian's chromium and chromium-driver, installed by
+//! `scripts/provision.sh`): two browser users chat, one reloads and still
+//! sees the history, one leaves, messages arrive meanwhile and it sees them
+//! when it comes back, a dropped connection is resumed without losing or
+//! doubling a message, and a browser user and a TCP user chat. The run saves
+//! a screenshot of the conversation view to `target/screenshots/`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, pw, within};
+use fantoccini::{Client as Browser, ClientBuilder, Locator, key::Key};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A chromedriver of our own on a free port, killed with the test.
+struct Driver {
+    _child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        assert!(
+            Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+            "chromium and chromium-driver are missing; run ./scripts/provision.sh as root"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn chromedriver");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Driver {
+            _child: child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// A browser of its own (own profile, so its own session storage).
+    async fn browser(&self, width: u32, height: u32) -> Browser {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", format!("--window-size={width},{height}"),
+                         "--lang=en-US"],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("browser session")
+    }
+}
+
+/// Polls `expr` (JavaScript) in the page until it is truthy; returns it.
+async fn until(b: &Browser, what: &str, expr: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = b
+            .execute(&format!("return ({expr});"), vec![])
+            .await
+            .unwrap_or(Value::Null);
+        let truthy = match &v {
+            Value::Null | Value::Bool(false) => false,
+            Value::Array(a) => !a.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if truthy {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            let page = b
+                .execute(
+                    "return [...document.querySelectorAll('.error, #status, #registered')].map(e => e.id + ': ' + e.textContent).join(' | ');",
+                    vec![],
+                )
+                .await
+                .unwrap_or(Value::Null);
+            panic!("timed out waiting for {what}; the page says {page}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The texts of the open conversation, in order.
+const TEXTS: &str = "[...document.querySelectorAll('#messages li .text')].map(e => e.textContent)";
+
+async fn type_into(b: &Browser, css: &str, text: &str) {
+    let el = b.find(Locator::Css(css)).await.expect(css);
+    el.clear().await.expect("clear");
+    el.send_keys(text).await.expect("type");
+}
+
+async fn log_in(b: &Browser, web: SocketAddr, id: i64, password: &str) {
+    b.goto(&format!("http://{web}/"))
+        .await
+        .expect("open the page");
+    until(
+        b,
+        "the login form",
+        "!document.getElementById('auth').hidden",
+    )
+    .await;
+    type_into(b, "#login-id", &id.to_string()).await;
+    type_into(b, "#login-password", password).await;
+    b.find(Locator::Css("#login-button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    until(
+        b,
+        "the app after login",
+        "!document.getElementById('app').hidden",
+    )
+    .await;
+}
+
+async fn open(b: &Browser, conv: &str) {
+    b.find(Locator::Css(&format!("button[data-conv='{conv}']")))
+        .await
+        .unwrap_or_else(|_| panic!("conversation {conv} listed"))
+        .click()
+        .await
+        .expect("click");
+    until(
+        b,
+        "the conversation open",
+        &format!("document.querySelector(\"button[data-conv='{conv}']\").getAttribute('aria-current') === 'true'"),
+    )
+    .await;
+}
+
+/// Types `text` and presses Enter, as a user does.
+async fn say(b: &Browser, text: &str) {
+    let input = b.find(Locator::Css("#message-input")).await.expect("input");
+    input.send_keys(text).await.expect("type");
+    input.send_keys(&Key::Enter).await.expect("enter");
+}
+
+/// Sends `text` with the Send button after setting it directly (WebDriver
+/// cannot type characters outside the BMP, such as emoji).
+async fn say_exactly(b: &Browser, text: &str) {
+    b.execute(
+        "document.getElementById('message-input').value = arguments[0];",
+        vec![json!(text)],
+    )
+    .await
+    .expect("set");
+    b.find(Locator::Css("#send-button"))
+        .await
+        .expect("send")
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn stored(b: &Browser, text: &str) {
+    until(
+        b,
+        &format!("{text:?} stored"),
+        &format!(
+            "[...document.querySelectorAll('#messages li[data-state=stored] .text')].some(e => e.textContent === {})",
+            json!(text)
+        ),
+    )
+    .await;
+}
+
+async fn shown(b: &Browser, text: &str) {
+    until(
+        b,
+        &format!("{text:?} shown"),
+        &format!("{TEXTS}.includes({})", json!(text)),
+    )
+    .await;
+}
+
+async fn texts(b: &Browser) -> Vec<String> {
+    let v = b
+        .execute(&format!("return {TEXTS};"), vec![])
+        .await
+        .expect("texts");
+    serde_json::from_value(v).expect("strings")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_chat_from_browsers_and_with_tcp_users() {
+    let server = TestServer::start().await;
+    let driver = Driver::start().await;
+    let web = server.web;
+    let alice = server.register("alice").await;
+    let (mut carol, carol_id) = server.user("carol").await;
+
+    // Bob registers in the page, then logs in with the id it shows.
+    let b = driver.browser(420, 760).await;
+    b.goto(&format!("http://{web}/"))
+        .await
+        .expect("open the page");
+    until(
+        &b,
+        "the register form",
+        "!document.getElementById('auth').hidden",
+    )
+    .await;
+    type_into(&b, "#register-name", "bob").await;
+    type_into(&b, "#register-password", &pw("bob")).await;
+    b.find(Locator::Css("#register-button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    let bob: i64 = until(
+        &b,
+        "the new id",
+        "document.getElementById('registered').dataset.id",
+    )
+    .await
+    .as_str()
+    .and_then(|s| s.parse().ok())
+    .expect("an id");
+    log_in(&b, web, bob, &pw("bob")).await;
+
+    let a = driver.browser(1000, 700).await;
+    log_in(&a, web, alice, &pw("alice")).await;
+
+    // They befriend each other and see each other online.
+    type_into(&a, "#add-friend-id", &bob.to_string()).await;
+    a.find(Locator::Css("#add-friend-button"))
+        .await
+        .expect("add")
+        .click()
+        .await
+        .expect("click");
+    until(
+        &a,
+        "bob listed online",
+        &format!("document.querySelector(\"button[data-conv='u:{bob}'] .dot.online\")"),
+    )
+    .await;
+    type_into(&b, "#add-friend-id", &alice.to_string()).await;
+    b.find(Locator::Css("#add-friend-button"))
+        .await
+        .expect("add")
+        .click()
+        .await
+        .expect("click");
+    until(
+        &b,
+        "alice listed",
+        &format!("document.querySelector(\"button[data-conv='u:{alice}']\")"),
+    )
+    .await;
+
+    // Two browser users chat; CJK and emoji intact.
+    open(&a, &format!("u:{bob}")).await;
+    say(&a, "hi Bob, 你好").await;
+    stored(&a, "hi Bob, 你好").await;
+    until(
+        &b,
+        "an unread marker",
+        &format!("document.querySelector(\"button[data-conv='u:{alice}'] .unread\")"),
+    )
+    .await;
+    open(&b, &format!("u:{alice}")).await;
+    shown(&b, "hi Bob, 你好").await;
+    say_exactly(&b, "hello Alice 👋🏽").await;
+    stored(&b, "hello Alice 👋🏽").await;
+    shown(&a, "hello Alice 👋🏽").await;
+
+    // Alice reloads the page: still logged in, the history is there.
+    a.refresh().await.expect("reload");
+    until(
+        &a,
+        "the app after reload",
+        "!document.getElementById('app').hidden",
+    )
+    .await;
+    open(&a, &format!("u:{bob}")).await;
+    shown(&a, "hello Alice 👋🏽").await;
+    assert_eq!(texts(&a).await, ["hi Bob, 你好", "hello Alice 👋🏽"]);
+
+    // Bob leaves the page; messages arrive meanwhile; he comes back and
+    // sees them, once each, in order.
+    b.goto("about:blank").await.expect("leave");
+    say(&a, "are you there?").await;
+    stored(&a, "are you there?").await;
+    say(&a, "call me").await;
+    stored(&a, "call me").await;
+    b.goto(&format!("http://{web}/")).await.expect("come back");
+    until(
+        &b,
+        "the app on return",
+        "!document.getElementById('app').hidden",
+    )
+    .await;
+    open(&b, &format!("u:{alice}")).await;
+    shown(&b, "call me").await;
+    assert_eq!(
+        texts(&b).await,
+        [
+            "hi Bob, 你好",
+            "hello Alice 👋🏽",
+            "are you there?",
+            "call me"
+        ]
+    );
+
+    // The connection drops while Bob sends: the message waits, goes again
+    // after the resume, and is stored and delivered exactly once.
+    b.execute("state.ws.close();", vec![]).await.expect("drop");
+    say(&b, "back online").await;
+    stored(&b, "back online").await;
+    shown(&a, "back online").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = texts(&a).await;
+    assert_eq!(
+        seen.iter().filter(|t| *t == "back online").count(),
+        1,
+        "{seen:?}"
+    );
+
+    // A browser user and a TCP user chat.
+    carol.chat(alice, "from the terminal").await.expect("chat");
+    until(
+        &a,
+        "carol listed",
+        &format!("document.querySelector(\"button[data-conv='u:{carol_id}']\")"),
+    )
+    .await;
+    open(&a, &format!("u:{carol_id}")).await;
+    shown(&a, "from the terminal").await;
+    say(&a, "from the browser").await;
+    let m = within(carol.next_message()).await.expect("message");
+    assert_eq!((m.from, m.msg.as_str()), (alice, "from the browser"));
+
+    // The conversation view, for the README.
+    open(&a, &format!("u:{bob}")).await;
+    shown(&a, "back online").await;
+    let png = a.screenshot().await.expect("screenshot");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    std::fs::write(dir.join("conversation.png"), &png).expect("save screenshot");
+    let phone = b.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join("conversation-phone.png"), &phone).expect("save screenshot");
+
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}
