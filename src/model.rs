@@ -143,6 +143,9 @@ pub enum Push {
     /// Live delivery may have missed something (the node's subscription to
     /// the cluster bus was down): catch up from the store.
     Resync,
+    /// A frame to write as it is, stored nowhere (a contact came online or
+    /// went offline); dropped rather than queued when the session lags.
+    Notice(bytes::Bytes),
 }
 
 /// A user as others see them.

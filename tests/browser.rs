@@ -96,7 +96,7 @@ async fn until(b: &Browser, what: &str, expr: &str) -> Value {
         if Instant::now() >= deadline {
             let page = b
                 .execute(
-                    "return [...document.querySelectorAll('.error, #status, #registered')].map(e => e.id + ': ' + e.textContent).join(' | ');",
+                    "return [...document.querySelectorAll('.error, #status, #registered')].map(e => e.id + ': ' + e.textContent).join(' | ') + ' | friends: ' + JSON.stringify([...state.friends.values()]);",
                     vec![],
                 )
                 .await
@@ -310,6 +310,12 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     // Bob leaves the page; messages arrive meanwhile; he comes back and
     // sees them, once each, in order.
     b.goto("about:blank").await.expect("leave");
+    until(
+        &a,
+        "bob shown offline, live",
+        &format!("!document.querySelector(\"button[data-conv='u:{bob}'] .dot.online\")"),
+    )
+    .await;
     say(&a, "are you there?").await;
     stored(&a, "are you there?").await;
     say(&a, "call me").await;
@@ -319,6 +325,12 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
         &b,
         "the app on return",
         "!document.getElementById('app').hidden",
+    )
+    .await;
+    until(
+        &a,
+        "bob shown online again",
+        &format!("document.querySelector(\"button[data-conv='u:{bob}'] .dot.online\")"),
     )
     .await;
     open(&b, &format!("u:{alice}")).await;

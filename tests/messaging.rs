@@ -373,3 +373,70 @@ async fn a_backlog_larger_than_a_page_arrives_in_order_exactly_once() {
     assert!(info.offline.is_empty(), "{:?}", info.offline);
     assert_quiet(&mut b).await;
 }
+
+/// The next PRESENCE push (msgid 19), skipping chat messages.
+async fn next_presence(c: &mut chat::client::Client) -> serde_json::Value {
+    loop {
+        match within(c.next_push()).await.expect("closed") {
+            chat::client::Push::Other(v) if v["msgid"] == 19 => return v,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_and_small_groups_hear_when_someone_comes_and_goes() {
+    let server = TestServer::start().await;
+    let (mut bob, bob_id) = server.user("presence_bob").await;
+    let (mut carol, _) = server.user("presence_carol").await;
+    let alice = server.register("presence_alice").await;
+    let mut a = server.client().await;
+    a.login(alice, &pw("presence_alice")).await.expect("login");
+    // A new friend hears at once that alice is online.
+    a.add_friend(bob_id).await.expect("friend");
+    let p = next_presence(&mut bob).await;
+    assert_eq!(
+        (p["id"].as_i64(), p["state"].as_str()),
+        (Some(alice), Some("online"))
+    );
+    let g = a.create_group("presence", "").await.expect("group");
+    carol.join_group(g).await.expect("join");
+    // Contacts are read again at logout: carol, who joined since, hears too.
+    a.logout().await.expect("logout");
+    for c in [&mut bob, &mut carol] {
+        let p = next_presence(c).await;
+        assert_eq!(
+            (p["id"].as_i64(), p["name"].as_str(), p["state"].as_str()),
+            (Some(alice), Some("presence_alice"), Some("offline"))
+        );
+    }
+    // Logging in again tells both.
+    let mut a = server.client().await;
+    a.login(alice, &pw("presence_alice")).await.expect("login");
+    for c in [&mut bob, &mut carol] {
+        assert_eq!(next_presence(c).await["state"], "online");
+    }
+    // A newer login replacing the session is no departure.
+    let mut again = server.client().await;
+    again
+        .login(alice, &pw("presence_alice"))
+        .await
+        .expect("login");
+    for c in [&mut bob, &mut carol] {
+        assert_eq!(next_presence(c).await["state"], "online");
+    }
+    drop(a);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    while let Some(p) = bob.try_push() {
+        if let chat::client::Push::Other(v) = p {
+            assert_ne!(
+                v["state"], "offline",
+                "the replaced session is not a logout: {v}"
+            );
+        }
+    }
+    again.logout().await.expect("logout");
+    for c in [&mut bob, &mut carol] {
+        assert_eq!(next_presence(c).await["state"], "offline");
+    }
+}

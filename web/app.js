@@ -33,6 +33,7 @@ const state = {
   pingTimer: null,
   backoff: 500,
   replaced: false,
+  away: false,        // the page is hidden in the back/forward cache
 };
 
 // ---- connection -----------------------------------------------------------
@@ -81,6 +82,7 @@ function connect() {
       setStatus('offline', 'logged in elsewhere; reload to continue here');
       return;
     }
+    if (state.away) return;
     setStatus('offline', 'offline, reconnecting…');
     const wait = state.backoff * (0.75 + Math.random() / 2);
     state.backoff = Math.min(state.backoff * 2, 10000);
@@ -288,6 +290,9 @@ async function refreshFriends() {
 function presence(p) {
   const f = state.friends.get(p.id);
   if (f) f.state = p.state;
+  const member = [...state.groups.values()].some((g) => g.users.some((u) => u.id === p.id));
+  // Someone we do not know of: a new friend (friendship is mutual).
+  if (!f && !member) refreshFriends().catch(() => {});
   for (const g of state.groups.values()) {
     for (const u of g.users) if (u.id === p.id) u.state = p.state;
   }
@@ -605,6 +610,19 @@ window.addEventListener('DOMContentLoaded', () => {
       conv(state.current).unread = 0;
       render();
     }
+  });
+  // A page kept in the back/forward cache must not stay online, frozen:
+  // its messages go to the store, and it resumes when shown again.
+  window.addEventListener('pagehide', (e) => {
+    if (!e.persisted || !state.ws) return;
+    state.away = true;
+    flushAcks();
+    state.ws.close();
+  });
+  window.addEventListener('pageshow', (e) => {
+    if (!e.persisted || !state.away) return;
+    state.away = false;
+    connect();
   });
   connect();
 });

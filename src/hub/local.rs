@@ -41,6 +41,22 @@ impl LocalHub {
         elsewhere
     }
 
+    /// Queues a notice for the sessions of `recipients` on this node;
+    /// returns the recipients that have none here. A full queue drops it.
+    pub fn notify_here(&self, frame: &bytes::Bytes, recipients: &[UserId]) -> Vec<UserId> {
+        let sessions = self.read();
+        let mut elsewhere = Vec::new();
+        for user in recipients {
+            match sessions.get(user) {
+                Some(handle) => {
+                    let _ = handle.pushes.try_send(Push::Notice(frame.clone()));
+                }
+                None => elsewhere.push(*user),
+            }
+        }
+        elsewhere
+    }
+
     /// Tells every session on this node to catch up from the store.
     pub fn resync_all(&self) {
         for (user, handle) in self.read().iter() {
@@ -122,6 +138,10 @@ impl Hub for LocalHub {
     async fn deliver(&self, message: Arc<Delivery>, recipients: &[UserId]) -> Result<(), HubError> {
         self.deliver_here(&message, recipients);
         Ok(())
+    }
+
+    async fn notify(&self, frame: bytes::Bytes, recipients: &[UserId]) {
+        self.notify_here(&frame, recipients);
     }
 
     async fn group_changed(&self, _group: crate::model::GroupId) {}

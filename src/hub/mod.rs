@@ -102,6 +102,10 @@ pub trait Hub: Send + Sync + 'static {
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, HubError>;
     /// Hands a stored message to every online receiver among `recipients`.
     async fn deliver(&self, message: Arc<Delivery>, recipients: &[UserId]) -> Result<(), HubError>;
+    /// Hands `frame` (a notice, stored nowhere) to every online session
+    /// among `recipients`, on this node or another. Best effort: a notice
+    /// that cannot go is dropped.
+    async fn notify(&self, frame: bytes::Bytes, recipients: &[UserId]);
     /// Tells every node that a group's membership changed (so that cached
     /// member lists are dropped).
     async fn group_changed(&self, group: GroupId);

@@ -52,6 +52,8 @@ pub mod msgid {
     /// A receiver's acknowledgement of what it has, per conversation
     /// (sessions that declared `acks` at login). Answered only when refused.
     pub const ACK: i64 = 18;
+    /// Push: a contact came online or went offline (`id`, `name`, `state`).
+    pub const PRESENCE: i64 = 19;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;

@@ -169,10 +169,12 @@ impl Service {
             backlog: false,
             awaiting_ack: false,
             unread_sent: HashMap::new(),
+            contacts: Vec::new(),
         };
         match self.login_payload(&mut me).await {
-            Ok(reply) => {
+            Ok((reply, online_contacts)) => {
                 tracing::info!(user = id, session = s.id, acks, "user online");
+                self.announce(id, &me.name, true, &online_contacts).await;
                 s.user = Some(me);
                 Ok(reply)
             }
@@ -186,7 +188,37 @@ impl Service {
     /// Builds the classic LOGIN_MSG_ACK (friends, groups and offline
     /// messages, each list element a JSON string as the original client
     /// expects) and any further pages of offline messages.
-    async fn login_payload(&self, me: &mut LoggedIn) -> Result<LoginReply<'static>, Fail> {
+    /// Tells `contacts` (those online get it) that `user` came online or
+    /// went offline: PRESENCE (msgid 19), stored nowhere. The original
+    /// client ignores it.
+    pub(super) async fn announce(
+        &self,
+        user: UserId,
+        name: &str,
+        online: bool,
+        contacts: &[UserId],
+    ) {
+        if contacts.is_empty() {
+            return;
+        }
+        let frame = serde_json::json!({
+            "msgid": crate::protocol::msgid::PRESENCE,
+            "id": user,
+            "name": name,
+            "state": if online { "online" } else { "offline" },
+        });
+        let Ok(frame) = serde_json::to_vec(&frame) else {
+            return;
+        };
+        self.hub.notify(bytes::Bytes::from(frame), contacts).await;
+    }
+
+    /// The login reply, and which of the user's contacts are online (to be
+    /// told that the user is, too).
+    async fn login_payload(
+        &self,
+        me: &mut LoggedIn,
+    ) -> Result<(LoginReply<'static>, Vec<UserId>), Fail> {
         // One page rides in the reply. Its positions are stored only once
         // the reply is written (by the next backlog page or the session's
         // end); further pages follow one at a time through the connection.
@@ -220,6 +252,13 @@ impl Service {
             .zip(self.hub.online(&ids).await?)
             .collect();
         let is_online = |id: &UserId| online.get(id).copied().unwrap_or(false);
+        me.contacts = contacts_of(me.id, &friends, &groups);
+        let online_contacts: Vec<UserId> = me
+            .contacts
+            .iter()
+            .copied()
+            .filter(|id| is_online(id))
+            .collect();
 
         let contact = |id, name: &str, role: Option<&str>| Contact {
             id,
@@ -227,7 +266,7 @@ impl Service {
             state: State::of(is_online(&id)),
             role: role.map(str::to_owned),
         };
-        Ok(LoginReply {
+        let reply = LoginReply {
             id: me.id,
             name: me.name.clone(),
             offlinemsg: first
@@ -253,7 +292,8 @@ impl Service {
                 .collect(),
             token: None,
             acks: me.cursors.acknowledged(),
-        })
+        };
+        Ok((reply, online_contacts))
     }
 
     pub(super) async fn logout(&self, s: &mut Session) -> Result<Done, Fail> {
@@ -264,4 +304,30 @@ impl Service {
         self.end_session(s).await;
         Ok(Done {})
     }
+}
+
+/// Groups up to this size share their members' comings and goings.
+const PRESENCE_GROUP_MAX: usize = 200;
+/// Contacts one user's presence is told to at most.
+const PRESENCE_CONTACTS_MAX: usize = 1000;
+
+/// Who is told when `me` comes and goes: friends first, then members of
+/// groups small enough that a login is not a broadcast to thousands.
+pub(super) fn contacts_of(
+    me: UserId,
+    friends: &[crate::model::UserSummary],
+    groups: &[crate::model::GroupInfo],
+) -> Vec<UserId> {
+    let mut seen = HashSet::from([me]);
+    let small = groups
+        .iter()
+        .filter(|g| g.members.len() <= PRESENCE_GROUP_MAX)
+        .flat_map(|g| g.members.iter().map(|m| m.id));
+    friends
+        .iter()
+        .map(|f| f.id)
+        .chain(small)
+        .filter(|id| seen.insert(*id))
+        .take(PRESENCE_CONTACTS_MAX)
+        .collect()
 }

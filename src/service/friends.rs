@@ -9,7 +9,7 @@ use crate::protocol::{ErrCode, Fail};
 impl Service {
     pub(super) async fn add_friend(
         &self,
-        me: &LoggedIn,
+        me: &mut LoggedIn,
         friend: UserId,
     ) -> Result<FriendChanged, Fail> {
         if friend == me.id {
@@ -28,6 +28,11 @@ impl Service {
             ));
         }
         self.store.add_friendship(me.id, friend).await?;
+        // The new friend hears of us from now on, starting now.
+        if !me.contacts.contains(&friend) {
+            me.contacts.push(friend);
+        }
+        self.announce(me.id, &me.name, true, &[friend]).await;
         Ok(FriendChanged { friendid: friend })
     }
 

@@ -25,6 +25,9 @@ use crate::metrics::{METRICS, inc};
 use crate::model::{ChatMessage, Push, Seq, UserId};
 use crate::protocol::{ErrCode, Fail, render_push};
 
+/// How long the end of a session waits at most to tell contacts.
+const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A logged-in user's side of a session.
 pub(super) struct LoggedIn {
     pub(super) id: UserId,
@@ -52,6 +55,9 @@ pub(super) struct LoggedIn {
     /// looked up, so that the unread quota costs a store read only near
     /// the limit.
     pub(super) unread_sent: HashMap<crate::model::Conversation, (Seq, Seq)>,
+    /// Who hears when this user comes and goes: friends, and members of
+    /// its small groups (see [`Service::announce`]).
+    pub(super) contacts: Vec<UserId>,
 }
 
 /// One connection's state.
@@ -215,9 +221,32 @@ impl Service {
                 tracing::warn!(user = me.id, error = %e, "could not store delivery cursors");
             }
             self.hub.disconnect(me.id, s.id).await;
+            // Presence is best effort: it never holds up the end of a
+            // session by more than a moment, even with Redis or the
+            // database down.
+            let _ = tokio::time::timeout(PRESENCE_WAIT, self.announce_offline(&me)).await;
             METRICS.sessions_online.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(user = me.id, session = s.id, "user offline");
         }
+    }
+
+    /// Tells the user's contacts that it went offline, unless a newer
+    /// session replaced this one (then it is still online).
+    async fn announce_offline(&self, me: &LoggedIn) {
+        let Ok(on) = self.hub.online(&[me.id]).await else {
+            return;
+        };
+        if on.first() != Some(&false) {
+            return;
+        }
+        // Read again: friendships and groups may have changed since login,
+        // made by others too.
+        let contacts =
+            match tokio::try_join!(self.store.friends(me.id), self.store.user_groups(me.id)) {
+                Ok((friends, groups)) => super::account::contacts_of(me.id, &friends, &groups),
+                Err(_) => me.contacts.clone(),
+            };
+        self.announce(me.id, &me.name, false, &contacts).await;
     }
 
     /// Turns a push for this session into the frames to write: nothing for a
@@ -233,6 +262,7 @@ impl Service {
                 me.backlog = true;
                 return Vec::new();
             }
+            Push::Notice(frame) => return vec![frame],
         };
         let m = &*d;
         match me.cursors.classify(m.conv, m.seq) {

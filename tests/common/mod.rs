@@ -180,6 +180,8 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
 pub async fn next_other(c: &mut Client) -> Value {
     loop {
         match within(c.next_push()).await.expect("connection closed") {
+            // Presence (msgid 19) comes and goes with other users.
+            Push::Other(v) if v["msgid"] == 19 => continue,
             Push::Other(v) => return v,
             Push::Message(_) => continue,
         }

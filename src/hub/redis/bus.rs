@@ -50,6 +50,9 @@ end
 return n
 ";
 
+/// The header line of a notice on the bus, in place of `CONVERSATION SEQ`.
+const NOTICE_HEADER: &[u8] = b"notice\n";
+
 /// Messages the publisher sends in one pipeline (one round trip).
 const PUBLISH_BATCH: usize = 256;
 
@@ -103,6 +106,16 @@ impl Bus {
             .send(out)
             .await
             .map_err(|_| HubError::Unavailable("the node is shutting down".into()))
+    }
+
+    /// Queues a notice for the nodes holding some of `receivers`. Never
+    /// waits: while the bus is backed up (Redis slow or gone) notices are
+    /// dropped, so that no login or logout waits on one.
+    pub(super) fn send_notice(&self, frame: &[u8], receivers: Vec<UserId>) {
+        let mut payload = Vec::with_capacity(NOTICE_HEADER.len() + frame.len());
+        payload.extend_from_slice(NOTICE_HEADER);
+        payload.extend_from_slice(frame);
+        let _ = self.outbox.try_send(Outbound { payload, receivers });
     }
 
     /// Tells the node running `holder` (`NODE|INCARNATION|SESSION`) to close
@@ -309,6 +322,16 @@ async fn pause(stop: &CancellationToken, backoff: &mut Duration) {
 /// names. The header says where the message belongs, so the frame is passed
 /// on as it is, never parsed here.
 fn deliver_published(local: &LocalHub, payload: &[u8]) {
+    if let Some((ids, rest)) = split_line(payload)
+        && let Some(frame) = rest.strip_prefix(NOTICE_HEADER)
+    {
+        let recipients: Vec<UserId> = String::from_utf8_lossy(ids)
+            .split(',')
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        local.notify_here(&Bytes::copy_from_slice(frame), &recipients);
+        return;
+    }
     let Some(Published {
         recipients,
         conv,

@@ -292,6 +292,13 @@ impl Hub for RedisHub {
         self.bus.send(&message, elsewhere).await
     }
 
+    async fn notify(&self, frame: bytes::Bytes, recipients: &[UserId]) {
+        let elsewhere = self.local.notify_here(&frame, recipients);
+        if !elsewhere.is_empty() {
+            self.bus.send_notice(&frame, elsewhere);
+        }
+    }
+
     async fn group_changed(&self, group: GroupId) {
         self.bus.announce_group(group).await;
     }
