@@ -11,6 +11,8 @@
 #   CHAT_BALANCE      hash | round-robin        (default: hash)
 #   CHAT_LISTEN_PORT  nginx port for clients    (default: 8000)
 #   CHAT_NODE_PORT    first node port           (default: 6000; nodes use the next ones)
+#   CHAT_WEB_PORT     nginx port for browsers   (default: 8080; web client and WebSocket)
+#   CHAT_WEB_NODE_PORT first node web port      (default: 6100; nodes use the next ones)
 #   CHAT_MYSQL_PORT   MariaDB port              (default: 13306)
 #   CHAT_REDIS_PORT   Redis port                (default: 16379)
 #   CHAT_BIN_DIR      where chatserver/chathash are (default: build them, release)
@@ -23,6 +25,8 @@ dir=${CHAT_CLUSTER_DIR:-/tmp/chat-cluster}
 balance=${CHAT_BALANCE:-hash}
 listen_port=${CHAT_LISTEN_PORT:-8000}
 node_port=${CHAT_NODE_PORT:-6000}
+web_port=${CHAT_WEB_PORT:-8080}
+web_node_port=${CHAT_WEB_NODE_PORT:-6100}
 mysql_port=${CHAT_MYSQL_PORT:-13306}
 redis_port=${CHAT_REDIS_PORT:-16379}
 
@@ -43,7 +47,8 @@ up() {
         echo "a cluster is already up in $dir (scripts/cluster.sh down first)" >&2
         exit 1
     fi
-    for p in "$listen_port" "$mysql_port" "$redis_port" $(seq "$node_port" $((node_port + nodes - 1))); do
+    for p in "$listen_port" "$web_port" "$mysql_port" "$redis_port" \
+        $(seq "$node_port" $((node_port + nodes - 1))) $(seq "$web_node_port" $((web_node_port + nodes - 1))); do
         port_free "$p" || { echo "port $p is in use; set the CHAT_*_PORT variables" >&2; exit 1; }
     done
     local bin
@@ -55,28 +60,32 @@ up() {
         "$bin/chatserver" --help >/dev/null # (mariadb client missing: the node creates tables, not the database)
     echo "starting Redis on 127.0.0.1:$redis_port" >&2
     start_redis "$dir/redis" "$redis_port"
-    local node_args=()
+    local node_args=() web_args=()
     : >"$dir/nodes"
     for i in $(seq 1 "$nodes"); do
-        local port=$((node_port + i - 1))
+        local port=$((node_port + i - 1)) wport=$((web_node_port + i - 1))
         mkdir -p "$dir/node$i"
-        "$bin/chatserver" --listen "127.0.0.1:$port" --node-id "node$i" \
+        "$bin/chatserver" --listen "127.0.0.1:$port" --ws-listen "127.0.0.1:$wport" --node-id "node$i" \
             --db "mysql://root@127.0.0.1:$mysql_port/chat" \
             --redis "redis://127.0.0.1:$redis_port" --proxy-protocol ${CHAT_NODE_ARGS:-} >"$dir/node$i/log" 2>&1 &
         echo $! >"$dir/node$i/pid"
         echo "node$i 127.0.0.1:$port" >>"$dir/nodes"
         node_args+=(--node "127.0.0.1:$port")
+        web_args+=(--web-node "127.0.0.1:$wport")
     done
     for i in $(seq 1 "$nodes"); do
         wait_port $((node_port + i - 1)) || { cat "$dir/node$i/log" >&2; exit 1; }
     done
     mkdir -p "$dir/nginx"
     "$bin/chathash" nginx-conf --listen "127.0.0.1:$listen_port" --balance "$balance" \
-        --prefix "$dir/nginx" --proxy-protocol "${node_args[@]}" >"$dir/nginx/nginx.conf"
+        --prefix "$dir/nginx" --proxy-protocol "${node_args[@]}" \
+        --web-listen "127.0.0.1:$web_port" "${web_args[@]}" >"$dir/nginx/nginx.conf"
     start_nginx "$dir/nginx"
     wait_port "$listen_port" || { cat "$dir/nginx/logs/stdout.log" >&2; exit 1; }
+    wait_port "$web_port" || { cat "$dir/nginx/logs/stdout.log" >&2; exit 1; }
     echo "cluster up: $nodes nodes behind nginx ($balance) at 127.0.0.1:$listen_port" >&2
     echo "  chatclient 127.0.0.1 $listen_port" >&2
+    echo "  web client: http://127.0.0.1:$web_port/" >&2
     echo "  logs: $dir/node*/log; stop with: scripts/cluster.sh down" >&2
 }
 

@@ -447,6 +447,18 @@ pub struct NginxConf {
     /// with `--proxy-protocol`), so their per-address limits see clients,
     /// not nginx.
     pub proxy_protocol: bool,
+    /// Also balance the nodes' web listeners (`--ws-listen`): nginx serves
+    /// HTTP and WebSocket on `listen`, to these node addresses.
+    pub web: Option<WebConf>,
+}
+
+/// The web side of [`NginxConf`].
+#[derive(Debug, Clone)]
+pub struct WebConf {
+    /// The `listen` address browsers connect to, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    /// Each node's web listener, in node order.
+    pub nodes: Vec<String>,
 }
 
 impl NginxConf {
@@ -459,6 +471,7 @@ impl NginxConf {
             prefix: None,
             module: None,
             proxy_protocol: false,
+            web: None,
         }
     }
 }
@@ -539,7 +552,67 @@ pub fn nginx_conf(conf: &NginxConf) -> Result<String, RingError> {
     let _ = writeln!(w, "        tcp_nodelay on;");
     let _ = writeln!(w, "    }}");
     let _ = writeln!(w, "}}");
+    if let Some(web) = &conf.web {
+        write_web(w, web, conf.balance, dir)?;
+    }
     Ok(out)
+}
+
+/// The `http` block for the web listeners: the web client and WebSocket
+/// upgrades to `/ws`, the client's address in `X-Forwarded-For` (nodes
+/// believe it from trusted balancers, `--proxy-from`).
+fn write_web(w: &mut String, web: &WebConf, balance: Balance, dir: &str) -> Result<(), RingError> {
+    if web.nodes.is_empty() {
+        return Err(RingError::NoNodes);
+    }
+    check_setting("web listen address", &web.listen, false)?;
+    for node in &web.nodes {
+        check_setting("web node address", node, false)?;
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "http {{");
+    let _ = writeln!(w, "    access_log off;");
+    for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        let _ = writeln!(w, "    {temp}_temp_path {dir}/{temp}_temp;");
+    }
+    let _ = writeln!(w, "    map $http_upgrade $connection_upgrade {{");
+    let _ = writeln!(w, "        default upgrade;");
+    let _ = writeln!(w, "        '' close;");
+    let _ = writeln!(w, "    }}");
+    let _ = writeln!(w, "    upstream chat_web {{");
+    if balance == Balance::Hash {
+        let _ = writeln!(w, "        hash $remote_addr consistent;");
+    }
+    for node in &web.nodes {
+        let _ = writeln!(w, "        server {node} max_fails=3 fail_timeout=30s;");
+    }
+    let _ = writeln!(w, "    }}");
+    let _ = writeln!(w, "    server {{");
+    let _ = writeln!(w, "        listen {};", web.listen);
+    let _ = writeln!(w, "        location / {{");
+    let _ = writeln!(w, "            proxy_pass http://chat_web;");
+    let _ = writeln!(w, "            proxy_http_version 1.1;");
+    let _ = writeln!(w, "            proxy_set_header Host $host;");
+    let _ = writeln!(w, "            proxy_set_header Upgrade $http_upgrade;");
+    let _ = writeln!(
+        w,
+        "            proxy_set_header Connection $connection_upgrade;"
+    );
+    let _ = writeln!(
+        w,
+        "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+    );
+    let _ = writeln!(w, "            proxy_connect_timeout 1s;");
+    let _ = writeln!(
+        w,
+        "            # WebSocket sessions idle for long stretches between messages."
+    );
+    let _ = writeln!(w, "            proxy_read_timeout 24h;");
+    let _ = writeln!(w, "            proxy_send_timeout 24h;");
+    let _ = writeln!(w, "        }}");
+    let _ = writeln!(w, "    }}");
+    let _ = writeln!(w, "}}");
+    Ok(())
 }
 
 /// Refuses settings that would break out of their directive.
@@ -783,6 +856,27 @@ mod tests {
         proxying.proxy_protocol = true;
         let text = nginx_conf(&proxying).unwrap();
         assert!(text.lines().any(|l| l == "        proxy_protocol on;"));
+        assert!(!text.contains("http {"));
+        let mut web = conf.clone();
+        web.web = Some(WebConf {
+            listen: "127.0.0.1:8080".into(),
+            nodes: vec!["127.0.0.1:6100".into(), "127.0.0.1:6101".into()],
+        });
+        let text = nginx_conf(&web).unwrap();
+        for line in [
+            "http {",
+            "        server 127.0.0.1:6101 max_fails=3 fail_timeout=30s;",
+            "        listen 127.0.0.1:8080;",
+            "            proxy_set_header Upgrade $http_upgrade;",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+        }
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+        web.web = Some(WebConf {
+            listen: "8080; evil".into(),
+            nodes: vec!["127.0.0.1:6100".into()],
+        });
+        assert!(nginx_conf(&web).is_err());
 
         let bad_listen = NginxConf::new("8000; evil", Balance::Hash, nodes.clone());
         assert!(nginx_conf(&bad_listen).is_err());

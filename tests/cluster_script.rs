@@ -40,16 +40,19 @@ async fn cluster_script_brings_up_a_working_cluster_and_takes_it_down() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("cluster");
     let listen = free_port();
-    // two consecutive free node ports
-    let node = loop {
+    // two consecutive free node ports, for TCP and for the web
+    let two = || loop {
         let p = free_port();
         if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
             break p;
         }
     };
+    let (node, web_node, web) = (two(), two(), free_port());
     let ports = [
         ("CHAT_LISTEN_PORT", listen),
         ("CHAT_NODE_PORT", node),
+        ("CHAT_WEB_PORT", web),
+        ("CHAT_WEB_NODE_PORT", web_node),
         ("CHAT_MYSQL_PORT", free_port()),
         ("CHAT_REDIS_PORT", free_port()),
     ];
@@ -86,7 +89,32 @@ async fn cluster_script_brings_up_a_working_cluster_and_takes_it_down() {
         a.chat(bob, "hello through the local cluster")
             .await
             .expect("send");
-        within(b.next_message()).await.expect("message").msg
+        let got = within(b.next_message()).await.expect("message").msg;
+
+        // A browser's WebSocket through nginx's web port chats with them.
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{web}/ws"))
+            .await
+            .expect("websocket via nginx");
+        use futures_util::SinkExt;
+        let carol = b.register("carol", &pw("carol")).await.expect("register");
+        let login = serde_json::json!({"msgid": 1, "id": carol, "password": pw("carol")});
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            login.to_string(),
+        ))
+        .await
+        .expect("login");
+        let chat = serde_json::json!({"msgid": 6, "toid": bob, "msg": "from a browser via nginx"});
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            chat.to_string(),
+        ))
+        .await
+        .expect("chat");
+        let m = within(b.next_message()).await.expect("message");
+        assert_eq!(
+            (m.from, m.msg.as_str()),
+            (carol, "from a browser via nginx")
+        );
+        got
     }
     .await;
 

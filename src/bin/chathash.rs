@@ -74,6 +74,13 @@ enum Command {
         /// (run the nodes with --proxy-protocol).
         #[arg(long)]
         proxy_protocol: bool,
+        /// Also serve the nodes' web listeners (web client and WebSocket)
+        /// on this address, e.g. 127.0.0.1:8080.
+        #[arg(long, requires = "web_nodes")]
+        web_listen: Option<String>,
+        /// A node's web listener (chatserver --ws-listen), in node order.
+        #[arg(long = "web-node", value_name = "ADDR")]
+        web_nodes: Vec<String>,
     },
 }
 
@@ -91,6 +98,8 @@ fn main() -> ExitCode {
             prefix,
             module,
             proxy_protocol,
+            web_listen,
+            web_nodes,
         } => {
             let conf = NginxConf {
                 listen,
@@ -99,6 +108,10 @@ fn main() -> ExitCode {
                 prefix,
                 module: Some(module),
                 proxy_protocol,
+                web: web_listen.map(|listen| chat::ring::WebConf {
+                    listen,
+                    nodes: web_nodes,
+                }),
             };
             nginx_conf(&conf)
                 .map_err(Failure::from)
