@@ -373,6 +373,54 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     let m = within(carol.next_message()).await.expect("message");
     assert_eq!((m.from, m.msg.as_str()), (alice, "from the browser"));
 
+    // A group: alice creates it, bob joins by its id and sees its members
+    // at once, and they chat in it.
+    type_into(&a, "#create-group-name", "team 团队").await;
+    a.find(Locator::Css("#create-group-button"))
+        .await
+        .expect("create")
+        .click()
+        .await
+        .expect("click");
+    let group = until(
+        &a,
+        "the new group listed",
+        "document.querySelector(\"#groups button[data-conv^='g:']\")?.dataset.conv",
+    )
+    .await;
+    let group = group.as_str().expect("conv key").to_owned();
+    // On his phone-sized screen bob goes back to the list first.
+    b.find(Locator::Css("#back"))
+        .await
+        .expect("back")
+        .click()
+        .await
+        .expect("click");
+    type_into(&b, "#join-group-id", &group[2..]).await;
+    b.find(Locator::Css("#join-group-button"))
+        .await
+        .expect("join")
+        .click()
+        .await
+        .expect("click");
+    until(
+        &b,
+        "the joined group listed by name",
+        &format!("document.querySelector(\"button[data-conv='{group}']\")?.textContent.includes('team 团队')"),
+    )
+    .await;
+    open(&b, &group).await;
+    until(
+        &b,
+        "its members shown",
+        "document.getElementById('conv-members').textContent.includes('alice')",
+    )
+    .await;
+    open(&a, &group).await;
+    say(&a, "welcome to the team").await;
+    stored(&a, "welcome to the team").await;
+    shown(&b, "welcome to the team").await;
+
     // The conversation view, for the README.
     open(&a, &format!("u:{bob}")).await;
     shown(&a, "back online").await;

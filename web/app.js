@@ -204,6 +204,7 @@ function startSession(r) {
   for (const entry of state.outbox.values()) {
     if (entry.state === 'sending') transmit(entry);
   }
+  flushAcks();
   render();
 }
 
@@ -571,11 +572,9 @@ window.addEventListener('DOMContentLoaded', () => {
       const id = Number($('join-group-id').value);
       const r = await request({ msgid: 9, groupid: id });
       if (r.errno !== 0) throw new Error(r.errmsg || 'could not join the group');
-      // The group's name and members come with the next session start;
-      // until then it is listed by its id.
-      if (!state.groups.has(id)) {
-        state.groups.set(id, { id, groupname: `group ${id}`, groupdesc: '', users: [] });
-      }
+      state.groups.set(id, {
+        id, groupname: r.groupname || `group ${id}`, groupdesc: r.groupdesc || '', users: r.users || [],
+      });
       $('join-group-id').value = '';
       render();
     } catch (err) {

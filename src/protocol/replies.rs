@@ -116,6 +116,17 @@ pub struct GroupCreated {
     pub groupdesc: String,
 }
 
+/// The reply to ADD_GROUP: the classic `groupid`, plus what a client needs
+/// to show the group it joined at once (the original client ignores them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupJoined {
+    pub groupid: GroupId,
+    pub groupname: String,
+    pub groupdesc: String,
+    /// The members, as objects (not the login reply's strings).
+    pub users: Vec<Contact>,
+}
+
 /// The reply to ADD_GROUP and DEL_GROUP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupChanged {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{LoggedIn, Service, invalid};
 use crate::metrics::{METRICS, inc};
 use crate::model::{Conversation, GroupDesc, GroupId, GroupName, UserId};
-use crate::protocol::replies::{GroupChanged, GroupCreated};
+use crate::protocol::replies::{Contact, GroupChanged, GroupCreated, GroupJoined, State};
 use crate::protocol::{ErrCode, Fail};
 use crate::store::{Store, StoreResult};
 
@@ -111,7 +111,7 @@ impl Service {
         &self,
         me: &mut LoggedIn,
         group: GroupId,
-    ) -> Result<GroupChanged, Fail> {
+    ) -> Result<GroupJoined, Fail> {
         // (A member joining again is answered by the store as before.)
         if !me.cursors.knows(Conversation::Group(group)) {
             self.groups_quota(me)?;
@@ -130,7 +130,39 @@ impl Service {
         me.cursors.start(Conversation::Group(group), start);
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
-        Ok(GroupChanged { groupid: group })
+        let info = self
+            .store
+            .user_groups(me.id)
+            .await?
+            .into_iter()
+            .find(|g| g.id == group);
+        let Some(info) = info else {
+            // Left again meanwhile (another session): just the id.
+            return Ok(GroupJoined {
+                groupid: group,
+                groupname: String::new(),
+                groupdesc: String::new(),
+                users: Vec::new(),
+            });
+        };
+        let ids: Vec<UserId> = info.members.iter().map(|m| m.id).collect();
+        let online = self.hub.online(&ids).await?;
+        Ok(GroupJoined {
+            groupid: group,
+            groupname: info.name,
+            groupdesc: info.desc,
+            users: info
+                .members
+                .into_iter()
+                .zip(online)
+                .map(|(m, on)| Contact {
+                    id: m.id,
+                    name: m.name,
+                    state: State::of(on),
+                    role: Some(m.role.as_str().to_owned()),
+                })
+                .collect(),
+        })
     }
 
     /// Refuses a create or join past the groups-per-user quota.
