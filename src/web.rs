@@ -94,9 +94,15 @@ struct Web {
     shutdown: CancellationToken,
 }
 
-/// Serves the web client and `/ws` on `listener` until `shutdown`. WebSocket
-/// sessions are tracked in `sessions`, so the node's graceful shutdown
-/// waits for them as for TCP ones.
+/// Serves the web client and `/ws` on `listener` until `shutdown`.
+///
+/// The accept loop is ours rather than `axum::serve`'s, for what a server on
+/// the internet needs: every HTTP connection holds a place under the node's
+/// connection cap and its address's, request headers must arrive within the
+/// frame deadline (hyper's timer; `axum::serve` sets none, so a slow client
+/// could hold a connection forever), and accept errors back off. WebSocket
+/// sessions are tracked in `sessions`, so the node's graceful shutdown waits
+/// for them as for TCP ones.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<Service>,
@@ -104,10 +110,11 @@ pub async fn serve(
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let header_timeout = service.config().limits.frame_timeout;
     let web = Web {
         service,
-        gate,
-        sessions,
+        gate: gate.clone(),
+        sessions: sessions.clone(),
         shutdown: shutdown.clone(),
     };
     let app = Router::new()
@@ -115,15 +122,49 @@ pub async fn serve(
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         .route("/ws", get(ws))
-        .with_state(web);
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await;
-    if let Err(e) = served {
-        tracing::warn!(error = %e, "web listener failed");
+        .with_state(web.clone());
+    let mut backoff = std::time::Duration::from_millis(5);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?backoff, "web accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = std::time::Duration::from_millis(5);
+        let Ok(places) = gate.admit(&web.service.config().limits, peer.ip()) else {
+            continue;
+        };
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            let hyper_service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), hyper_service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
+                }
+            }
+            drop(places);
+        });
     }
 }
 

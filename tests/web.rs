@@ -173,3 +173,27 @@ async fn a_large_frame_before_login_closes_a_websocket_too() {
     // Others are still served.
     let (_, _) = server.user("still_fine").await;
 }
+
+#[tokio::test]
+async fn a_slow_http_client_is_closed_within_the_frame_deadline() {
+    let server = TestServer::start_with(chat::config::Config {
+        limits: chat::config::Limits {
+            frame_timeout: Duration::from_secs(1),
+            ..chat::config::Limits::default()
+        },
+        ..chat::config::Config::default()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(server.web)
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let t = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = within(s.read_to_end(&mut out)).await;
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    // The page is still served to others.
+    assert!(http_get(&server, "/").await.starts_with("HTTP/1.1 200"));
+}

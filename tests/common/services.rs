@@ -20,7 +20,28 @@ use tempfile::TempDir;
 use tokio::net::TcpStream;
 
 /// A port nothing listens on right now.
+///
+/// Chosen below the kernel's ephemeral range (32768 and up), so that no
+/// outgoing connection (a node's to MariaDB or Redis, say) takes it before
+/// the program meant for it binds it, and never the same twice in one test
+/// process.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed)
+        .ok();
+    for _ in 0..200 {
+        // 20000..32000, stepping through it from a per-process start.
+        let n = NEXT.fetch_add(7, Ordering::Relaxed);
+        let port = 20_000 + (n % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
