@@ -485,17 +485,23 @@ async fn one_sender_cannot_bury_an_offline_receiver() {
     by.finish().await;
 }
 
-/// SERVER_INFO's view of where a raw connection comes from.
-async fn client_seen(s: &mut TcpStream) -> Value {
-    s.write_all(b"{\"msgid\":15}\n").await.expect("write");
+/// The next frame on a raw connection, read a byte at a time so that
+/// nothing after it is consumed.
+async fn read_frame(s: &mut TcpStream) -> Value {
     let mut buf = Vec::new();
     while !buf.ends_with(b"\n") {
         let mut byte = [0u8; 1];
         let n = within(s.read(&mut byte)).await.expect("read");
-        assert!(n > 0, "closed before the reply");
+        assert!(n > 0, "closed before a whole frame");
         buf.push(byte[0]);
     }
     serde_json::from_slice(&buf).expect("json")
+}
+
+/// SERVER_INFO's view of where a raw connection comes from.
+async fn client_seen(s: &mut TcpStream) -> Value {
+    s.write_all(b"{\"msgid\":15}\n").await.expect("write");
+    read_frame(s).await
 }
 
 #[tokio::test]
@@ -557,13 +563,7 @@ async fn behind_a_trusted_balancer_the_limits_count_real_clients() {
     liar.write_all(v1("203.0.113.9").replace("\r\n", "\n").as_bytes())
         .await
         .expect("v1");
-    let mut buf = Vec::new();
-    while !buf.ends_with(b"\n") {
-        let mut byte = [0u8; 1];
-        assert!(within(liar.read(&mut byte)).await.expect("read") > 0);
-        buf.push(byte[0]);
-    }
-    let refused: Value = serde_json::from_slice(&buf).expect("json");
+    let refused = read_frame(&mut liar).await;
     assert_ne!(refused["errno"], 0, "{refused}");
     assert_eq!(client_seen(&mut liar).await["client"], "127.0.0.2");
 

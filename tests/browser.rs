@@ -107,8 +107,32 @@ async fn until(b: &Browser, what: &str, expr: &str) -> Value {
     }
 }
 
+/// The page shows the app (logged in), not the login form.
+const APP_SHOWN: &str = "!document.getElementById('app').hidden";
+
 /// The texts of the open conversation, in order.
 const TEXTS: &str = "[...document.querySelectorAll('#messages li .text')].map(e => e.textContent)";
+
+async fn click(b: &Browser, css: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .expect(css)
+        .click()
+        .await
+        .expect("click");
+}
+
+/// Waits until the sidebar lists conversation `conv` (`u:ID` or `g:ID`),
+/// and, if `online`, shows it online.
+async fn listed(b: &Browser, what: &str, conv: &str, online: bool) {
+    let dot = if online { " .dot.online" } else { "" };
+    until(
+        b,
+        what,
+        &format!("document.querySelector(\"button[data-conv='{conv}']{dot}\")"),
+    )
+    .await;
+}
 
 async fn type_into(b: &Browser, css: &str, text: &str) {
     let el = b.find(Locator::Css(css)).await.expect(css);
@@ -128,18 +152,8 @@ async fn log_in(b: &Browser, web: SocketAddr, id: i64, password: &str) {
     .await;
     type_into(b, "#login-id", &id.to_string()).await;
     type_into(b, "#login-password", password).await;
-    b.find(Locator::Css("#login-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
-    until(
-        b,
-        "the app after login",
-        "!document.getElementById('app').hidden",
-    )
-    .await;
+    click(b, "#login-button").await;
+    until(b, "the app after login", APP_SHOWN).await;
 }
 
 async fn open(b: &Browser, conv: &str) {
@@ -173,12 +187,7 @@ async fn say_exactly(b: &Browser, text: &str) {
     )
     .await
     .expect("set");
-    b.find(Locator::Css("#send-button"))
-        .await
-        .expect("send")
-        .click()
-        .await
-        .expect("click");
+    click(b, "#send-button").await;
 }
 
 async fn stored(b: &Browser, text: &str) {
@@ -231,12 +240,7 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     .await;
     type_into(&b, "#register-name", "bob").await;
     type_into(&b, "#register-password", &pw("bob")).await;
-    b.find(Locator::Css("#register-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    click(&b, "#register-button").await;
     let bob: i64 = until(
         &b,
         "the new id",
@@ -253,31 +257,11 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
 
     // They befriend each other and see each other online.
     type_into(&a, "#add-friend-id", &bob.to_string()).await;
-    a.find(Locator::Css("#add-friend-button"))
-        .await
-        .expect("add")
-        .click()
-        .await
-        .expect("click");
-    until(
-        &a,
-        "bob listed online",
-        &format!("document.querySelector(\"button[data-conv='u:{bob}'] .dot.online\")"),
-    )
-    .await;
+    click(&a, "#add-friend-button").await;
+    listed(&a, "bob listed online", &format!("u:{bob}"), true).await;
     type_into(&b, "#add-friend-id", &alice.to_string()).await;
-    b.find(Locator::Css("#add-friend-button"))
-        .await
-        .expect("add")
-        .click()
-        .await
-        .expect("click");
-    until(
-        &b,
-        "alice listed",
-        &format!("document.querySelector(\"button[data-conv='u:{alice}']\")"),
-    )
-    .await;
+    click(&b, "#add-friend-button").await;
+    listed(&b, "alice listed", &format!("u:{alice}"), false).await;
 
     // Two browser users chat; CJK and emoji intact.
     open(&a, &format!("u:{bob}")).await;
@@ -297,12 +281,7 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
 
     // Alice reloads the page: still logged in, the history is there.
     a.refresh().await.expect("reload");
-    until(
-        &a,
-        "the app after reload",
-        "!document.getElementById('app').hidden",
-    )
-    .await;
+    until(&a, "the app after reload", APP_SHOWN).await;
     open(&a, &format!("u:{bob}")).await;
     shown(&a, "hello Alice 👋🏽").await;
     assert_eq!(texts(&a).await, ["hi Bob, 你好", "hello Alice 👋🏽"]);
@@ -321,18 +300,8 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     say(&a, "call me").await;
     stored(&a, "call me").await;
     b.goto(&format!("http://{web}/")).await.expect("come back");
-    until(
-        &b,
-        "the app on return",
-        "!document.getElementById('app').hidden",
-    )
-    .await;
-    until(
-        &a,
-        "bob shown online again",
-        &format!("document.querySelector(\"button[data-conv='u:{bob}'] .dot.online\")"),
-    )
-    .await;
+    until(&b, "the app on return", APP_SHOWN).await;
+    listed(&a, "bob shown online again", &format!("u:{bob}"), true).await;
     open(&b, &format!("u:{alice}")).await;
     shown(&b, "call me").await;
     assert_eq!(
@@ -361,12 +330,7 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
 
     // A browser user and a TCP user chat.
     carol.chat(alice, "from the terminal").await.expect("chat");
-    until(
-        &a,
-        "carol listed",
-        &format!("document.querySelector(\"button[data-conv='u:{carol_id}']\")"),
-    )
-    .await;
+    listed(&a, "carol listed", &format!("u:{carol_id}"), false).await;
     open(&a, &format!("u:{carol_id}")).await;
     shown(&a, "from the terminal").await;
     say(&a, "from the browser").await;
@@ -376,12 +340,7 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     // A group: alice creates it, bob joins by its id and sees its members
     // at once, and they chat in it.
     type_into(&a, "#create-group-name", "team 团队").await;
-    a.find(Locator::Css("#create-group-button"))
-        .await
-        .expect("create")
-        .click()
-        .await
-        .expect("click");
+    click(&a, "#create-group-button").await;
     let group = until(
         &a,
         "the new group listed",
@@ -390,19 +349,9 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     .await;
     let group = group.as_str().expect("conv key").to_owned();
     // On his phone-sized screen bob goes back to the list first.
-    b.find(Locator::Css("#back"))
-        .await
-        .expect("back")
-        .click()
-        .await
-        .expect("click");
+    click(&b, "#back").await;
     type_into(&b, "#join-group-id", &group[2..]).await;
-    b.find(Locator::Css("#join-group-button"))
-        .await
-        .expect("join")
-        .click()
-        .await
-        .expect("click");
+    click(&b, "#join-group-button").await;
     until(
         &b,
         "the joined group listed by name",

@@ -63,7 +63,7 @@ impl Service {
         }
         // Refused before any hash is computed: guessing costs the guesser
         // time and the server nothing.
-        if let Err(wait) = self.guard.may_login(id, s.peer) {
+        if let Err(wait) = self.guard.may_login(id, s.peer()) {
             inc(&METRICS.limited);
             return Err(Fail::retry_after(
                 ErrCode::LoginThrottled,
@@ -79,7 +79,7 @@ impl Service {
             .await?
         {
             self.guard
-                .login_failed(name.is_some().then_some(id), s.peer);
+                .login_failed(name.is_some().then_some(id), s.peer());
             return Err(bad());
         }
         let name = name.ok_or_else(bad)?;

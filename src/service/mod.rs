@@ -194,7 +194,7 @@ impl Service {
         // Requests that need no login, and LOGOUT, which ends the session.
         match req {
             Request::Register { name, password } => {
-                return answer(ack, self.register(s.peer, &name, &password).await);
+                return answer(ack, self.register(s.peer(), &name, &password).await);
             }
             Request::Login { id, password, acks } => {
                 return match self.admit(s, ack) {

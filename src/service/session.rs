@@ -69,9 +69,8 @@ pub struct Session {
     /// The client sent a PING, so it promised heartbeats: a silence longer
     /// than the heartbeat timeout means its network or process died.
     pub(super) heartbeats: bool,
-    /// Where the connection comes from, as the limits count it.
-    pub(super) peer: Option<AddrKey>,
-    /// The client's address (told to it by SERVER_INFO).
+    /// The client's address (from a PROXY header behind a trusted
+    /// balancer); SERVER_INFO tells it, the limits count it ([`Session::peer`]).
     pub(super) ip: Option<std::net::IpAddr>,
     /// This connection's request and byte allowance.
     pub(super) budget: Budget,
@@ -89,6 +88,11 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// Where the connection comes from, as the limits count it.
+    pub(super) fn peer(&self) -> Option<AddrKey> {
+        self.ip.map(AddrKey::of)
+    }
+
     /// The logged-in user, if any.
     pub fn user_id(&self) -> Option<UserId> {
         self.user.as_ref().map(|u| u.id)
@@ -167,7 +171,6 @@ impl Service {
             user: None,
             kick: Kick::default(),
             heartbeats: false,
-            peer: peer.map(AddrKey::of),
             ip: peer,
             budget: Budget::new(&self.config.limits),
             delay: std::time::Duration::ZERO,
