@@ -196,7 +196,15 @@ impl Bus {
                 pipe.invoke_script(&invocation).ignore();
             }
             let mut conn = self.conn.clone();
-            match pipe.query_async::<()>(&mut conn).await {
+            let mut sent = pipe.query_async::<()>(&mut conn).await;
+            if sent.is_err() {
+                // After Redis restarted, a node that has not published since
+                // finds its connection broken on first use; the manager has
+                // reconnected by now, so once more. (A batch sent twice is
+                // harmless: sessions drop what they already have.)
+                sent = pipe.query_async::<()>(&mut conn).await;
+            }
+            match sent {
                 Ok(()) => {
                     crate::metrics::METRICS
                         .published_remote
