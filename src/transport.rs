@@ -225,11 +225,6 @@ impl FrameStream {
         }
         Ok(())
     }
-
-    /// The peer's address, for logs.
-    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        self.stream.tcp().peer_addr().ok()
-    }
 }
 
 impl From<TcpStream> for Link {
