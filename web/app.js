@@ -506,80 +506,63 @@ function messageItem(text, mine, kind, meta, seq, firstUnread) {
 
 // ---- wiring ---------------------------------------------------------------
 
-function formError(where, e) {
-  $(where).textContent = e.message === 'disconnected' ? 'not connected; try again in a moment' : e.message;
+/** Runs `action` when form `form` is submitted; its failure is shown in `errorId`. */
+function onSubmit(form, errorId, action) {
+  $(form).addEventListener('submit', async (e) => {
+    e.preventDefault();
+    $(errorId).textContent = '';
+    try {
+      await action();
+    } catch (err) {
+      $(errorId).textContent = err.message === 'disconnected' ? 'not connected; try again in a moment' : err.message;
+    }
+  });
+}
+
+/** Sends `frame`; resolves with the reply, or throws its errmsg (or `otherwise`). */
+async function ask(frame, otherwise) {
+  const r = await request(frame);
+  if (r.errno !== 0) throw new Error(r.errmsg || otherwise);
+  return r;
 }
 
 window.addEventListener('DOMContentLoaded', () => {
-  $('login-form').addEventListener('submit', async (e) => {
-    e.preventDefault();
-    $('auth-error').textContent = '';
-    try {
-      await login(Number($('login-id').value), $('login-password').value);
-    } catch (err) {
-      formError('auth-error', err);
-    }
+  onSubmit('login-form', 'auth-error', () => login(Number($('login-id').value), $('login-password').value));
+  onSubmit('register-form', 'auth-error', async () => {
+    const r = await ask({ msgid: 4, name: $('register-name').value, password: $('register-password').value },
+      'registration failed');
+    $('registered').textContent = `Registered: your user id is ${r.id}. Log in with it.`;
+    $('registered').dataset.id = String(r.id);
+    $('login-id').value = String(r.id);
+    $('login-password').focus();
   });
-  $('register-form').addEventListener('submit', async (e) => {
-    e.preventDefault();
-    $('auth-error').textContent = '';
-    try {
-      const r = await request({ msgid: 4, name: $('register-name').value, password: $('register-password').value });
-      if (r.errno !== 0) throw new Error(r.errmsg || 'registration failed');
-      $('registered').textContent = `Registered: your user id is ${r.id}. Log in with it.`;
-      $('registered').dataset.id = String(r.id);
-      $('login-id').value = String(r.id);
-      $('login-password').focus();
-    } catch (err) {
-      formError('auth-error', err);
-    }
+  onSubmit('add-friend-form', 'sidebar-error', async () => {
+    const id = Number($('add-friend-id').value);
+    const r = await request({ msgid: 7, friendid: id });
+    // Friendship is mutual: someone who added us is a friend already.
+    await refreshFriends();
+    if (r.errno !== 0 && !state.friends.has(id)) throw new Error(r.errmsg || 'could not add the friend');
+    $('add-friend-id').value = '';
+    render();
   });
-  $('add-friend-form').addEventListener('submit', async (e) => {
-    e.preventDefault();
-    $('sidebar-error').textContent = '';
-    try {
-      const id = Number($('add-friend-id').value);
-      const r = await request({ msgid: 7, friendid: id });
-      // Friendship is mutual: someone who added us is a friend already.
-      await refreshFriends();
-      if (r.errno !== 0 && !state.friends.has(id)) throw new Error(r.errmsg || 'could not add the friend');
-      $('add-friend-id').value = '';
-      render();
-    } catch (err) {
-      formError('sidebar-error', err);
-    }
+  onSubmit('create-group-form', 'sidebar-error', async () => {
+    const r = await ask({ msgid: 8, groupname: $('create-group-name').value, groupdesc: '' },
+      'could not create the group');
+    state.groups.set(r.groupid, {
+      id: r.groupid, groupname: r.groupname, groupdesc: r.groupdesc || '',
+      users: [{ id: state.me.id, name: state.me.name, role: 'creator', state: 'online' }],
+    });
+    $('create-group-name').value = '';
+    render();
   });
-  $('create-group-form').addEventListener('submit', async (e) => {
-    e.preventDefault();
-    $('sidebar-error').textContent = '';
-    try {
-      const r = await request({ msgid: 8, groupname: $('create-group-name').value, groupdesc: '' });
-      if (r.errno !== 0) throw new Error(r.errmsg || 'could not create the group');
-      state.groups.set(r.groupid, {
-        id: r.groupid, groupname: r.groupname, groupdesc: r.groupdesc || '',
-        users: [{ id: state.me.id, name: state.me.name, role: 'creator', state: 'online' }],
-      });
-      $('create-group-name').value = '';
-      render();
-    } catch (err) {
-      formError('sidebar-error', err);
-    }
-  });
-  $('join-group-form').addEventListener('submit', async (e) => {
-    e.preventDefault();
-    $('sidebar-error').textContent = '';
-    try {
-      const id = Number($('join-group-id').value);
-      const r = await request({ msgid: 9, groupid: id });
-      if (r.errno !== 0) throw new Error(r.errmsg || 'could not join the group');
-      state.groups.set(id, {
-        id, groupname: r.groupname || `group ${id}`, groupdesc: r.groupdesc || '', users: r.users || [],
-      });
-      $('join-group-id').value = '';
-      render();
-    } catch (err) {
-      formError('sidebar-error', err);
-    }
+  onSubmit('join-group-form', 'sidebar-error', async () => {
+    const id = Number($('join-group-id').value);
+    const r = await ask({ msgid: 9, groupid: id }, 'could not join the group');
+    state.groups.set(id, {
+      id, groupname: r.groupname || `group ${id}`, groupdesc: r.groupdesc || '', users: r.users || [],
+    });
+    $('join-group-id').value = '';
+    render();
   });
   $('composer').addEventListener('submit', (e) => {
     e.preventDefault();
