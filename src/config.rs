@@ -31,6 +31,17 @@ pub struct Config {
     /// How long one write to a client may take before the connection is
     /// considered dead.
     pub write_timeout: Duration,
+    /// Time between two frames to a classic session (the original client,
+    /// which reads one frame per `recv`): frames that left together would
+    /// arrive in one read, which it cannot parse. See `docs/protocol.md`,
+    /// "Compatibility with the original client".
+    pub classic_spacing: Duration,
+    /// How long a classic session's connection must stay open after a
+    /// message was written (and its bytes acknowledged by the client's TCP)
+    /// before the message counts as read: the original client sends no
+    /// acknowledgements, and one that crashes on a frame closes within
+    /// milliseconds of reading it.
+    pub classic_read_grace: Duration,
     /// Offline messages per page at login; the first page rides in the login
     /// reply, later pages follow as ordinary pushes.
     pub offline_page: usize,
@@ -86,10 +97,22 @@ pub struct Config {
 /// errno (README, "Limits").
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// A connection must log in (or resume) within this time of connecting,
-    /// else it is told errno 58 and closed: sockets that never log in cannot
-    /// pile up.
+    /// A connection must log in (or resume) within this time of connecting
+    /// (or of its last logout), else it is told errno 58 and closed. Long,
+    /// because the original client connects first and then shows its menu:
+    /// a person typing an id and password, or pausing after a logout, is
+    /// left alone. Sockets that never log in are held to
+    /// `login_timeout_pressed` instead when they press on the node.
     pub login_timeout: Duration,
+    /// The login deadline under pressure: when the node is near its
+    /// connection cap, when the connection's address holds more than
+    /// `anonymous_per_addr` connections not logged in, or when the
+    /// connection has sent nothing but refused frames, it is closed this
+    /// long after connecting (errno 58).
+    pub login_timeout_pressed: Duration,
+    /// Connections not logged in that one address (IPv6: one /64) may hold
+    /// before they are held to `login_timeout_pressed`.
+    pub anonymous_per_addr: usize,
     /// A frame, once its first byte has arrived, must be complete within
     /// this time, else errno 59 and the connection is closed (slowloris).
     pub frame_timeout: Duration,
@@ -148,7 +171,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            login_timeout: Duration::from_secs(30),
+            login_timeout: Duration::from_secs(15 * 60),
+            login_timeout_pressed: Duration::from_secs(30),
+            anonymous_per_addr: 8,
             frame_timeout: Duration::from_secs(15),
             prelogin_max_frame: 4096,
             conns_per_addr: 64,
@@ -178,6 +203,8 @@ impl Limits {
     pub fn unlimited() -> Self {
         Limits {
             login_timeout: Duration::from_secs(24 * 3600),
+            login_timeout_pressed: Duration::from_secs(24 * 3600),
+            anonymous_per_addr: usize::MAX,
             frame_timeout: Duration::from_secs(24 * 3600),
             prelogin_max_frame: usize::MAX,
             conns_per_addr: usize::MAX,
@@ -261,6 +288,8 @@ impl Default for Config {
             max_connections: 16_000,
             push_queue: 1024,
             write_timeout: Duration::from_secs(30),
+            classic_spacing: Duration::from_millis(5),
+            classic_read_grace: Duration::from_secs(2),
             offline_page: 500,
             history_max: 200,
             history_default: 20,

@@ -1,9 +1,15 @@
 //! One task per connection: read frames, feed the session, write back.
 //!
-//! The task waits on four things at once: a frame from the client, a push
-//! for the logged-in user, the hub's request to drop a too-slow session, and
-//! server shutdown. Writes are bounded in time, so a client that stops
-//! reading cannot hold a task forever.
+//! The task waits on several things at once: a frame from the client, a
+//! push for the logged-in user, a newer login replacing this one, its
+//! deadlines, and server shutdown. Writes are bounded in time, so a client
+//! that stops reading cannot hold a task forever.
+//!
+//! A session that may be the original client ([`Session::classic`]) gets
+//! its frames one at a time, `classic_spacing` apart and each cut to its
+//! 1024-byte read, and what it was given counts as read only after a grace
+//! period with the connection still open (`docs/protocol.md`,
+//! "Compatibility with the original client").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +18,13 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Limits;
 use crate::hub::KickReason;
+use crate::limits::Gate;
 use crate::protocol::codec::FrameError;
-use crate::protocol::{ErrCode, Fail, Reply, msgid};
-use crate::service::Service;
+use crate::protocol::{ErrCode, Fail, Reply, classic, msgid};
+use crate::service::guard::AddrKey;
+use crate::service::{Service, Session};
 use crate::tls::TlsAcceptor;
 use crate::transport::{FrameStream, Link};
 
@@ -28,6 +37,7 @@ pub async fn serve(
     peer: std::net::SocketAddr,
     tls: Option<TlsAcceptor>,
     service: Arc<Service>,
+    gate: Gate,
     shutdown: CancellationToken,
 ) {
     // Chat frames are small and latency matters more than packet count.
@@ -43,6 +53,8 @@ pub async fn serve(
         tracing::debug!(error = %e, "could not turn on TCP keepalive");
     }
     let limits = &config.limits;
+    // The original client speaks plain TCP only.
+    let classic_possible = tls.is_none();
     let link: Link = match tls {
         None => stream.into(),
         Some(acceptor) => {
@@ -66,7 +78,15 @@ pub async fn serve(
         }
     };
     let conn = FrameStream::new(link, config.max_frame, limits.frame_timeout);
-    run(Frames::Stream(conn), peer, service, shutdown).await;
+    run(
+        Frames::Stream(conn),
+        peer,
+        classic_possible,
+        service,
+        gate,
+        shutdown,
+    )
+    .await;
 }
 
 /// A WebSocket client (`/ws` on the web listener): the same session as over
@@ -75,13 +95,16 @@ pub async fn serve_ws(
     socket: axum::extract::ws::WebSocket,
     peer: std::net::SocketAddr,
     service: Arc<Service>,
+    gate: Gate,
     shutdown: CancellationToken,
 ) {
     let max_frame = service.config().max_frame;
     run(
         Frames::Ws(crate::web::WsFrames::new(socket, max_frame)),
         peer,
+        false,
         service,
+        gate,
         shutdown,
     )
     .await;
@@ -122,36 +145,125 @@ impl Frames {
             Frames::Ws(w) => w.write_frames(frames).await,
         }
     }
+
+    fn bytes_written(&self) -> u64 {
+        match self {
+            Frames::Stream(s) => s.bytes_written(),
+            Frames::Ws(_) => 0,
+        }
+    }
+
+    fn bytes_acknowledged(&self) -> Option<u64> {
+        match self {
+            Frames::Stream(s) => s.bytes_acknowledged(),
+            Frames::Ws(_) => None,
+        }
+    }
+}
+
+/// A connection not logged in: since when, and when to look again at
+/// whether it presses on the node.
+struct Anonymous {
+    since: std::time::Instant,
+    /// Counts it among its address's connections not logged in.
+    _counted: crate::limits::Anonymous,
+}
+
+impl Anonymous {
+    /// Why the connection must close now, if it must: the login deadline
+    /// passed, or the short one did while the connection presses on the
+    /// node (near the cap, a crowded address) or has sent nothing but
+    /// refused frames.
+    fn expired(
+        &self,
+        session: &Session,
+        gate: &Gate,
+        limits: &Limits,
+        addr: AddrKey,
+        now: std::time::Instant,
+    ) -> Option<String> {
+        let age = now.saturating_duration_since(self.since);
+        if age >= limits.login_timeout {
+            return Some(format!(
+                "not logged in within {} s of connecting or of the last logout; closing the connection",
+                limits.login_timeout.as_secs_f64()
+            ));
+        }
+        if age < limits.login_timeout_pressed {
+            return None;
+        }
+        let why = if session.noisy() {
+            "this connection sent nothing but refused requests"
+        } else {
+            gate.pressure(limits, Some(addr))?
+        };
+        Some(format!(
+            "not logged in within {} s while {why}; closing the connection",
+            limits.login_timeout_pressed.as_secs_f64()
+        ))
+    }
+
+    /// When to look at [`Anonymous::expired`] again, if nothing else
+    /// happens first.
+    fn next_check(&self, limits: &Limits, now: std::time::Instant) -> std::time::Instant {
+        let pressed = self.since + limits.login_timeout_pressed;
+        let next = if now < pressed {
+            pressed
+        } else {
+            // Pressure comes and goes: look again now and then.
+            now + (limits.login_timeout_pressed / 4).max(Duration::from_millis(100))
+        };
+        next.min(self.since + limits.login_timeout)
+    }
 }
 
 /// The session loop of one connection, over either transport.
 async fn run(
     mut conn: Frames,
     peer: std::net::SocketAddr,
+    classic_possible: bool,
     service: Arc<Service>,
+    gate: Gate,
     shutdown: CancellationToken,
 ) {
     let config = service.config();
     let limits = &config.limits;
     let heartbeat_timeout = config.heartbeat_timeout;
     let write_timeout = config.write_timeout;
+    let addr = AddrKey::of(peer.ip());
     let mut last_heard = std::time::Instant::now();
-    let mut session = service.open_session(Some(peer.ip()));
+    let mut session = service.open_session(Some(peer.ip()), classic_possible);
     let kick = session.kick_token();
     tracing::debug!(?peer, "connection opened");
-    // Logged out since (at connect, and again after a logout).
-    let mut anonymous_since = Some(std::time::Instant::now());
+    // Not logged in (at connect, and again after a logout).
+    let mut anonymous: Option<Anonymous> = None;
+    // When the next frame may leave for the original client.
+    let mut next_write = std::time::Instant::now();
     loop {
+        let now = std::time::Instant::now();
         let flush_at = service.cursor_flush_due(&session);
+        let confirm_at = session.next_confirm_due();
         let silent_at = session.heartbeats().then(|| last_heard + heartbeat_timeout);
-        let login_due = if session.user_id().is_some() {
-            anonymous_since = None;
+        let login_check = if session.user_id().is_some() {
+            anonymous = None;
             conn.set_max_frame(config.max_frame);
             None
         } else {
-            let since = *anonymous_since.get_or_insert_with(std::time::Instant::now);
+            let anon = anonymous.get_or_insert_with(|| Anonymous {
+                since: now,
+                _counted: gate.anonymous(limits, Some(addr)),
+            });
             conn.set_max_frame(limits.prelogin_max_frame.min(config.max_frame));
-            Some(since + limits.login_timeout)
+            // Checked here, before anything else, so that no stream of
+            // frames can outrun the deadline.
+            if let Some(why) = anon.expired(&session, &gate, limits, addr, now) {
+                tracing::debug!(?peer, %why, "no login in time");
+                crate::metrics::inc(&crate::metrics::METRICS.limited);
+                let out = vec![notice(ErrCode::LoginTimeout, &why)];
+                let _ = Box::pin(send_all(&mut conn, out, write_timeout, &shutdown)).await;
+                break;
+            }
+            Some(anon.next_check(limits, now))
         };
         let (out, last) = tokio::select! {
             biased;
@@ -197,20 +309,30 @@ async fn run(
                 tracing::debug!(?peer, "heartbeats stopped");
                 (vec![notice(ErrCode::HeartbeatMissed, "no heartbeat in time; closing the connection")], true)
             }
-            _ = sleep_until(login_due), if login_due.is_some() => {
-                tracing::debug!(?peer, "no login in time");
-                crate::metrics::inc(&crate::metrics::METRICS.limited);
-                let msg = format!("not logged in within {} s of connecting; closing the connection", limits.login_timeout.as_secs_f64());
-                (vec![notice(ErrCode::LoginTimeout, &msg)], true)
+            // The top of the loop decides.
+            _ = sleep_until(login_check), if login_check.is_some() => (Vec::new(), false),
+            _ = sleep_until(confirm_at), if confirm_at.is_some() => {
+                service.confirm_reads(&mut session, conn.bytes_acknowledged());
+                (Vec::new(), false)
             }
             // Store delivery positions even when nothing else happens.
             _ = sleep_until(flush_at), if flush_at.is_some() => (Vec::new(), false),
         };
-        if let Err(e) = Box::pin(send_all(&mut conn, out, write_timeout, &shutdown)).await {
+        let wrote = !out.is_empty();
+        let sent = if session.classic() {
+            let spacing = config.classic_spacing;
+            Box::pin(send_spaced(&mut conn, out, spacing, &mut next_write, write_timeout, &shutdown)).await
+        } else {
+            Box::pin(send_all(&mut conn, out, write_timeout, &shutdown)).await
+        };
+        if let Err(e) = sent {
             tracing::debug!(?peer, error = %e, "write failed");
             // What could not be written stays past the cursors.
             session.forget_unsaved_deliveries();
             break;
+        }
+        if wrote {
+            service.frames_written(&mut session, conn.bytes_written());
         }
         if last {
             break;
@@ -276,6 +398,29 @@ async fn send_all(
         r = tokio::time::timeout(timeout, work) => r.unwrap_or_else(|_| Err(timed_out())),
         _ = shutdown_grace => Err(timed_out()),
     }
+}
+
+/// Writes `frames` to the original client: each cut to its one read
+/// ([`classic::fit`]) and leaving `spacing` after the one before, so that
+/// its one-read-per-frame reader sees them one at a time. Shutdown skips
+/// the waits.
+async fn send_spaced(
+    conn: &mut Frames,
+    frames: Vec<Bytes>,
+    spacing: Duration,
+    next_write: &mut std::time::Instant,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), FrameError> {
+    for frame in frames.into_iter().flat_map(classic::fit) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep_until((*next_write).into()) => {}
+        }
+        send_all(conn, vec![frame], timeout, shutdown).await?;
+        *next_write = std::time::Instant::now() + spacing;
+    }
+    Ok(())
 }
 
 /// Tells a client the server is full, then closes. Bounded in time so a

@@ -5,13 +5,18 @@
 //! client) and is told once that it is being slowed, so a flooder slows down
 //! itself and nobody else. [`ConnsPerAddr`] counts open connections per
 //! source address, so that idle sockets from one address cannot fill the
-//! node's connection cap and lock everyone else out.
+//! node's connection cap and lock everyone else out. [`Gate`] holds both
+//! for every listener, and says when the node is under pressure, so that
+//! connections that have not logged in are closed early only then.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::config::Limits;
+use crate::metrics::{METRICS, inc};
 use crate::service::guard::AddrKey;
 
 /// A token bucket: `rate` a second, up to `burst` at once; rate 0 means no
@@ -121,6 +126,12 @@ pub struct AddrSlot {
 }
 
 impl ConnsPerAddr {
+    /// How many are counted for `addr`.
+    pub fn count(&self, addr: AddrKey) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&addr).copied().unwrap_or(0)
+    }
+
     /// Counts a connection from `addr`, or refuses it if `addr` already
     /// has `max` open.
     pub fn open(self: &Arc<Self>, addr: AddrKey, max: usize) -> Option<AddrSlot> {
@@ -145,6 +156,107 @@ impl Drop for AddrSlot {
             if *n == 0 {
                 open.remove(&self.addr);
             }
+        }
+    }
+}
+
+/// The node's connection cap and per-address counts, shared by every
+/// listener so that no transport can get round them; and the count of
+/// connections not logged in per address, which tells when anonymous
+/// sockets press on the node.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    slots: Arc<Semaphore>,
+    max: usize,
+    per_addr: Arc<ConnsPerAddr>,
+    anonymous: Arc<ConnsPerAddr>,
+}
+
+/// One connection counted as not logged in; uncounted when dropped (at
+/// login, or when the connection ends).
+#[derive(Debug)]
+pub struct Anonymous(#[allow(dead_code)] Option<AddrSlot>);
+
+impl Gate {
+    /// A gate admitting at most `max_connections` at once.
+    pub fn new(max_connections: usize) -> Gate {
+        Gate {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max: max_connections,
+            per_addr: Arc::new(ConnsPerAddr::default()),
+            anonymous: Arc::new(ConnsPerAddr::default()),
+        }
+    }
+
+    /// The per-address counts of open connections.
+    pub fn per_addr(&self) -> &Arc<ConnsPerAddr> {
+        &self.per_addr
+    }
+
+    /// A place under the node's cap, or why not.
+    pub fn slot(&self) -> Result<OwnedSemaphorePermit, String> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!("connection limit reached, refusing a client");
+            inc(&METRICS.connections_refused);
+            "server is at its connection limit, try again later".to_owned()
+        })
+    }
+
+    /// A place under the node's cap and one under `ip`'s, or why not.
+    pub fn admit(
+        &self,
+        limits: &Limits,
+        ip: std::net::IpAddr,
+    ) -> Result<(OwnedSemaphorePermit, Option<AddrSlot>), String> {
+        let slot = self.slot()?;
+        Ok((slot, addr_slot(&self.per_addr, limits, ip)?))
+    }
+
+    /// Counts a connection from `addr` as not logged in (loopback only
+    /// if the limits do not exempt it).
+    pub fn anonymous(&self, limits: &Limits, addr: Option<AddrKey>) -> Anonymous {
+        Anonymous(
+            addr.filter(|a| !(limits.exempt_loopback && a.is_loopback()))
+                .and_then(|a| self.anonymous.open(a, usize::MAX)),
+        )
+    }
+
+    /// Why connections that have not logged in should make room now, if
+    /// they should: the node is near its connection cap (nine tenths of
+    /// it in use), or `addr` holds more anonymous connections than
+    /// `limits.anonymous_per_addr`.
+    pub fn pressure(&self, limits: &Limits, addr: Option<AddrKey>) -> Option<&'static str> {
+        let in_use = self.max.saturating_sub(self.slots.available_permits());
+        if self.max >= 10 && in_use >= self.max - self.max / 10 {
+            return Some("the server is near its connection limit");
+        }
+        let addr = addr.filter(|a| !(limits.exempt_loopback && a.is_loopback()))?;
+        (self.anonymous.count(addr) > limits.anonymous_per_addr)
+            .then_some("your address holds many connections that have not logged in")
+    }
+}
+
+/// Counts a connection from `ip` against its address's cap, or says why
+/// not. Loopback is exempt unless the limits say otherwise.
+pub fn addr_slot(
+    per_addr: &Arc<ConnsPerAddr>,
+    limits: &Limits,
+    ip: std::net::IpAddr,
+) -> Result<Option<AddrSlot>, String> {
+    let addr = AddrKey::of(ip);
+    if limits.exempt_loopback && addr.is_loopback() {
+        return Ok(None);
+    }
+    match per_addr.open(addr, limits.conns_per_addr) {
+        Some(s) => Ok(Some(s)),
+        None => {
+            tracing::debug!(%ip, "per-address connection limit reached");
+            inc(&METRICS.connections_refused);
+            inc(&METRICS.limited);
+            Err(format!(
+                "too many connections from your address (at most {})",
+                limits.conns_per_addr
+            ))
         }
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,10 +21,9 @@ use crate::connection;
 use crate::hub::Hub;
 use crate::hub::local::LocalHub;
 use crate::hub::redis::{ClusterConfig, RedisHub};
-use crate::limits::{AddrSlot, ConnsPerAddr};
+use crate::limits::{AddrSlot, Gate, addr_slot};
 use crate::metrics::{METRICS, PoolUsage, inc};
 use crate::service::Service;
-use crate::service::guard::AddrKey;
 use crate::store::mysql::MySqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SharedStore, StoreError};
@@ -221,67 +219,6 @@ pub struct Listeners {
     pub web: Option<TcpListener>,
 }
 
-/// The node's connection cap and per-address counts, shared by every
-/// listener so that no transport can get round them.
-#[derive(Debug, Clone)]
-pub struct Gate {
-    slots: Arc<Semaphore>,
-    per_addr: Arc<ConnsPerAddr>,
-}
-
-impl Gate {
-    fn new(max_connections: usize) -> Gate {
-        Gate {
-            slots: Arc::new(Semaphore::new(max_connections)),
-            per_addr: Arc::new(ConnsPerAddr::default()),
-        }
-    }
-
-    /// A place under the node's cap, or why not.
-    fn slot(&self) -> Result<OwnedSemaphorePermit, String> {
-        self.slots.clone().try_acquire_owned().map_err(|_| {
-            tracing::warn!("connection limit reached, refusing a client");
-            inc(&METRICS.connections_refused);
-            "server is at its connection limit, try again later".to_owned()
-        })
-    }
-
-    /// A place under the node's cap and one under `ip`'s, or why not.
-    pub fn admit(
-        &self,
-        limits: &crate::config::Limits,
-        ip: std::net::IpAddr,
-    ) -> Result<(OwnedSemaphorePermit, Option<AddrSlot>), String> {
-        let slot = self.slot()?;
-        Ok((slot, addr_slot(&self.per_addr, limits, ip)?))
-    }
-}
-
-/// Counts a connection from `ip` against its address's cap, or says why
-/// not. Loopback is exempt unless the limits say otherwise.
-fn addr_slot(
-    per_addr: &Arc<ConnsPerAddr>,
-    limits: &crate::config::Limits,
-    ip: std::net::IpAddr,
-) -> Result<Option<AddrSlot>, String> {
-    let addr = AddrKey::of(ip);
-    if limits.exempt_loopback && addr.is_loopback() {
-        return Ok(None);
-    }
-    match per_addr.open(addr, limits.conns_per_addr) {
-        Some(s) => Ok(Some(s)),
-        None => {
-            tracing::debug!(%ip, "per-address connection limit reached");
-            inc(&METRICS.connections_refused);
-            inc(&METRICS.limited);
-            Err(format!(
-                "too many connections from your address (at most {})",
-                limits.conns_per_addr
-            ))
-        }
-    }
-}
-
 /// One accepted connection: learns the client's address (from a trusted
 /// balancer's PROXY header, within the frame deadline) and holds it to the
 /// per-address cap unless `counted` already did, then serves it.
@@ -292,7 +229,7 @@ async fn admit(
     acceptor: Option<TlsAcceptor>,
     service: Arc<Service>,
     shutdown: CancellationToken,
-    per_addr: &Arc<ConnsPerAddr>,
+    gate: Gate,
 ) {
     let config = service.config();
     let limits = &config.limits;
@@ -312,7 +249,7 @@ async fn admit(
                 }
             },
         };
-        match addr_slot(per_addr, limits, client.ip()) {
+        match addr_slot(gate.per_addr(), limits, client.ip()) {
             Ok(s) => _addr_slot = s,
             Err(msg) => {
                 if acceptor.is_none() {
@@ -324,7 +261,7 @@ async fn admit(
     }
     inc(&METRICS.connections_accepted);
     METRICS.connections_open.fetch_add(1, Ordering::Relaxed);
-    connection::serve(stream, client, acceptor, service, shutdown).await;
+    connection::serve(stream, client, acceptor, service, gate, shutdown).await;
     METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -380,7 +317,7 @@ async fn accept_loop(
                 let counted = if config.proxy.trusts(peer.ip()) {
                     None
                 } else {
-                    match addr_slot(&gate.per_addr, &config.limits, peer.ip()) {
+                    match addr_slot(gate.per_addr(), &config.limits, peer.ip()) {
                         Ok(s) => s,
                         Err(msg) => {
                             if acceptor.is_none() {
@@ -392,12 +329,9 @@ async fn accept_loop(
                 };
                 let service = service.clone();
                 let shutdown = shutdown.clone();
-                let per_addr = gate.per_addr.clone();
+                let gate = gate.clone();
                 sessions.spawn(async move {
-                    admit(
-                        stream, peer, counted, acceptor, service, shutdown, &per_addr,
-                    )
-                    .await;
+                    admit(stream, peer, counted, acceptor, service, shutdown, gate).await;
                     drop(slot);
                 });
             }

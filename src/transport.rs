@@ -66,6 +66,8 @@ pub struct FrameStream {
     partial_since: Option<Instant>,
     /// How long a frame may take to arrive once begun.
     frame_timeout: Duration,
+    /// Bytes written so far (frames and their newlines).
+    written: u64,
 }
 
 impl FrameStream {
@@ -81,6 +83,7 @@ impl FrameStream {
             counts: IoCounts::default(),
             partial_since: None,
             frame_timeout,
+            written: 0,
         }
     }
 
@@ -95,6 +98,22 @@ impl FrameStream {
     /// System calls made so far.
     pub fn counts(&self) -> IoCounts {
         self.counts
+    }
+
+    /// Bytes written so far, frames and newlines.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Bytes written so far that the peer's TCP has acknowledged: what has
+    /// reached the client's machine, though not necessarily its program.
+    /// `None` over TLS (records and handshake bytes muddle the count) or
+    /// where the kernel does not say.
+    pub fn bytes_acknowledged(&self) -> Option<u64> {
+        let Link::Plain(tcp) = &self.stream else {
+            return None;
+        };
+        unacknowledged(tcp).map(|pending| self.written.saturating_sub(pending))
     }
 
     /// The next frame; `None` once the peer has closed and nothing is left.
@@ -199,6 +218,7 @@ impl FrameStream {
                 tls.write_all(&out).await?;
                 tls.flush().await?;
                 self.counts.writes += 1;
+                self.written += out.len() as u64;
                 return Ok(());
             }
         };
@@ -214,6 +234,7 @@ impl FrameStream {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         self.counts.writes += 1;
+                        self.written += n as u64;
                         IoSlice::advance_slices(&mut rest, n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -225,6 +246,26 @@ impl FrameStream {
         }
         Ok(())
     }
+}
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer.
+#[cfg(target_os = "linux")]
+fn unacknowledged(tcp: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut pending: libc::c_int = 0;
+    // SAFETY: on a TCP socket, TIOCOUTQ (SIOCOUTQ) writes one int, the
+    // bytes sent but not yet acknowledged plus those not yet sent, into the
+    // int we pass; the descriptor stays open for the borrow's length.
+    let rc = unsafe { libc::ioctl(tcp.as_raw_fd(), libc::TIOCOUTQ, &mut pending) };
+    if rc != 0 {
+        return None;
+    }
+    u64::try_from(pending).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unacknowledged(_tcp: &TcpStream) -> Option<u64> {
+    None
 }
 
 impl From<TcpStream> for Link {
@@ -315,6 +356,25 @@ mod tests {
         assert!(took < Duration::from_millis(600), "{took:?}");
         assert_eq!(conn.input.capacity(), 0, "its bytes are let go");
         drop(trickle);
+    }
+
+    #[tokio::test]
+    async fn written_bytes_are_counted_and_acknowledged_by_the_peer() {
+        let (mut conn, mut peer) = pair().await;
+        conn.write_frames(&[Bytes::from_static(b"{\"n\":1}")])
+            .await
+            .expect("write");
+        assert_eq!(conn.bytes_written(), 8);
+        let mut got = [0u8; 8];
+        peer.read_exact(&mut got).await.expect("read");
+        // Loopback acknowledges at once; allow the kernel a moment.
+        for _ in 0..100 {
+            if conn.bytes_acknowledged() == Some(8) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("not acknowledged: {:?}", conn.bytes_acknowledged());
     }
 
     #[tokio::test]

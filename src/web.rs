@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::{METRICS, inc};
 use crate::protocol::codec::FrameError;
-use crate::server::Gate;
+use crate::limits::Gate;
 use crate::service::Service;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -236,7 +236,7 @@ async fn ws(
         service,
         sessions,
         shutdown,
-        ..
+        gate,
     } = web;
     upgrade
         .max_message_size(max_frame)
@@ -246,7 +246,7 @@ async fn ws(
                 METRICS
                     .connections_open
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                crate::connection::serve_ws(socket, client, service, shutdown).await;
+                crate::connection::serve_ws(socket, client, service, gate, shutdown).await;
                 METRICS
                     .connections_open
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

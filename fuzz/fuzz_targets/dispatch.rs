@@ -40,7 +40,7 @@ fn world() -> &'static World {
                 ..Config::default()
             };
             let service = Service::new(store, hub, Arc::new(config)).expect("service");
-            let mut s = service.open_session(None);
+            let mut s = service.open_session(None, true);
             let mut alice = 0;
             for name in ["alice", "bob"] {
                 let reg = format!(r#"{{"msgid":4,"name":"{name}","password":"pw"}}"#);
@@ -65,7 +65,7 @@ fn world() -> &'static World {
 fuzz_target!(|data: &[u8]| {
     let w = world();
     w.rt.block_on(async {
-        let mut s = w.service.open_session(None);
+        let mut s = w.service.open_session(None, true);
         let login = format!(r#"{{"msgid":1,"id":{},"password":"pw"}}"#, w.alice);
         w.service.handle_frame(&mut s, login.as_bytes()).await;
         for frame in data.split(|b| *b == b'\n').take(64) {

@@ -913,7 +913,10 @@ pub async fn exchange<C: Call>(
     request: &C,
 ) -> Result<C::Reply, BenchError> {
     let want = msgid::ack_for(C::MSGID);
-    let mut frame = wire::frame(request, None);
+    // A reqid declares the session ours, not the original client's: it
+    // gets every reply, at full speed (the original client's frames are
+    // spaced; `docs/protocol.md`).
+    let mut frame = wire::frame(request, Some(1));
     frame.push(0);
     writer
         .write_all(&frame)

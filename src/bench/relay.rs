@@ -166,6 +166,7 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                             groups: Vec::new(),
                             token: None,
                             acks: false,
+                            more: false,
                         };
                         Some(Reply::ok_with(msgid::LOGIN_ACK, &reply))
                     }

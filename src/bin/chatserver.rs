@@ -109,6 +109,15 @@ struct Cli {
     /// closed (errno 55) and its user goes offline.
     #[arg(long, default_value_t = Config::default().heartbeat_timeout.as_secs_f64())]
     heartbeat_timeout: f64,
+    /// Milliseconds between two frames to a session of the original client
+    /// (one that declares none of our extensions), which reads one frame
+    /// per `recv` and cannot parse two at once.
+    #[arg(long, default_value_t = Config::default().classic_spacing.as_secs_f64() * 1000.0)]
+    classic_spacing_ms: f64,
+    /// Seconds a message written to the original client waits, its
+    /// connection still open, before it counts as read.
+    #[arg(long, default_value_t = Config::default().classic_read_grace.as_secs_f64())]
+    classic_read_grace: f64,
     /// Seconds of silence before TCP keepalive starts probing a peer.
     #[arg(long, default_value_t = Config::default().keepalive_idle.as_secs_f64())]
     keepalive: f64,
@@ -130,9 +139,21 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Limits")]
 struct LimitArgs {
-    /// Seconds a connection has to log in before it is closed (errno 58).
+    /// Seconds a connection has to log in (or after a logout, to log in
+    /// again) before it is closed (errno 58). Long: the original client
+    /// connects first and then waits at its menu.
     #[arg(long, default_value_t = Limits::default().login_timeout.as_secs_f64())]
     login_timeout: f64,
+    /// The login deadline, in seconds, for connections that press on the
+    /// node: when it is near its connection cap, when their address holds
+    /// too many connections not logged in, or when they sent nothing but
+    /// refused frames.
+    #[arg(long, default_value_t = Limits::default().login_timeout_pressed.as_secs_f64())]
+    login_timeout_pressed: f64,
+    /// Connections not logged in one address may hold before they are held
+    /// to --login-timeout-pressed.
+    #[arg(long, default_value_t = Limits::default().anonymous_per_addr)]
+    anonymous_per_addr: usize,
     /// Seconds a frame may take to arrive once begun (errno 59).
     #[arg(long, default_value_t = Limits::default().frame_timeout.as_secs_f64())]
     frame_timeout: f64,
@@ -200,6 +221,8 @@ impl LimitArgs {
         };
         Ok(Limits {
             login_timeout: seconds("login-timeout", self.login_timeout)?,
+            login_timeout_pressed: seconds("login-timeout-pressed", self.login_timeout_pressed)?,
+            anonymous_per_addr: self.anonymous_per_addr,
             frame_timeout: seconds("frame-timeout", self.frame_timeout)?,
             prelogin_max_frame: self.prelogin_max_frame,
             conns_per_addr: self.conns_per_addr,
@@ -275,6 +298,8 @@ async fn run() -> ExitCode {
             seconds("heartbeat-timeout", cli.heartbeat_timeout)?,
             seconds("keepalive", cli.keepalive)?,
             seconds("token-ttl", cli.token_ttl)?,
+            seconds("classic-spacing-ms", cli.classic_spacing_ms / 1000.0)?,
+            seconds("classic-read-grace", cli.classic_read_grace)?,
         ))
     })();
     let (
@@ -284,6 +309,8 @@ async fn run() -> ExitCode {
         heartbeat_timeout,
         keepalive_idle,
         resume_token_ttl,
+        classic_spacing,
+        classic_read_grace,
     ) = match durations {
         Ok(d) => d,
         Err(e) => {
@@ -331,6 +358,8 @@ async fn run() -> ExitCode {
             .or(client_capacity)
             .unwrap_or(Config::default().max_connections),
         push_queue: cli.push_queue,
+        classic_spacing,
+        classic_read_grace,
         sqlite_sync: cli.sync,
         heartbeat_timeout,
         keepalive_idle,

@@ -9,6 +9,7 @@
 //! `docs/protocol.md` is the reference for users of the protocol; keep the two
 //! in step.
 
+pub mod classic;
 pub mod codec;
 pub mod replies;
 pub mod requests;

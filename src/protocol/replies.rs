@@ -84,6 +84,10 @@ pub struct LoggedIn<'a> {
     /// The server stores this session's positions on its acknowledgements.
     #[serde(default, skip_serializing_if = "is_false")]
     pub acks: bool,
+    /// Some friends, groups or members were left out so that the reply
+    /// fits the original client's one read (see [`super::classic`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
 }
 
 /// The reply to ONE_CHAT and GROUP_CHAT: the message's number and time.
@@ -311,6 +315,7 @@ mod tests {
             }],
             token: None,
             acks: false,
+            more: false,
         };
         let v = serde_json::to_value(&reply).expect("serialize");
         // what the original client parses: strings holding objects

@@ -14,7 +14,8 @@ use crate::model::{MAX_PASSWORD_BYTES, Password, UserId, UserName};
 use crate::protocol::replies::{
     Contact, Done, GroupEntry, LoggedIn as LoginReply, Registered, State,
 };
-use crate::protocol::{ChatFrame, ErrCode, Fail};
+use crate::protocol::{ChatFrame, ErrCode, Fail, render_push};
+use bytes::Bytes;
 use crate::store::StoreError;
 
 impl Service {
@@ -84,6 +85,10 @@ impl Service {
         }
         let name = name.ok_or_else(bad)?;
         self.guard.login_succeeded(id);
+        if s.classic {
+            // The original client cannot resume: no token, and none stored.
+            return self.open_user_session(s, id, name, None, acks).await;
+        }
         let Some((token, token_hash)) = crate::auth::token::new_token() else {
             return Err(Fail::new(
                 ErrCode::Unavailable,
@@ -95,7 +100,7 @@ impl Service {
         );
         self.store.create_token(id, &token_hash, expires).await?;
         let mut reply = self
-            .open_user_session(s, id, name, token_hash, acks)
+            .open_user_session(s, id, name, Some(token_hash), acks)
             .await?;
         reply.token = Some(token);
         Ok(reply)
@@ -122,7 +127,8 @@ impl Service {
         }
         let token_hash = crate::auth::token::token_hash(token);
         let (id, name) = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;
-        self.open_user_session(s, id, name, token_hash, acks).await
+        self.open_user_session(s, id, name, Some(token_hash), acks)
+            .await
     }
 
     /// Makes `s` the session of `id` (replacing an older one anywhere) and
@@ -132,7 +138,7 @@ impl Service {
         s: &mut Session,
         id: UserId,
         name: String,
-        token_hash: String,
+        token_hash: Option<String>,
         acks: bool,
     ) -> Result<LoginReply<'static>, Fail> {
         // Claim presence first, then read what is undelivered: a message
@@ -158,12 +164,16 @@ impl Service {
             name,
             pushes: rx,
             lagging,
-            token_hash: Some(token_hash),
-            cursors: if acks {
+            token_hash,
+            // The original client's positions move as its writes are
+            // confirmed by time, which the cursors take as acknowledgements.
+            cursors: if acks || s.classic {
                 Cursors::load_acknowledged([])
             } else {
                 Cursors::default()
             },
+            acks_declared: acks,
+            implicit_reads: s.classic && !acks,
             _ended: ended.drop_guard(),
             last_flush: std::time::Instant::now(),
             backlog: false,
@@ -171,11 +181,12 @@ impl Service {
             unread_sent: HashMap::new(),
             contacts: Vec::new(),
         };
-        match self.login_payload(&mut me).await {
-            Ok((reply, online_contacts)) => {
-                tracing::info!(user = id, session = s.id, acks, "user online");
+        match self.login_payload(&mut me, s.classic).await {
+            Ok((reply, online_contacts, rest)) => {
+                tracing::info!(user = id, session = s.id, acks, classic = s.classic, "user online");
                 self.announce(id, &me.name, true, &online_contacts).await;
                 s.user = Some(me);
+                s.after_reply = rest;
                 Ok(reply)
             }
             Err(e) => {
@@ -213,12 +224,15 @@ impl Service {
         self.hub.notify(bytes::Bytes::from(frame), contacts).await;
     }
 
-    /// The login reply, and which of the user's contacts are online (to be
-    /// told that the user is, too).
+    /// The login reply, which of the user's contacts are online (to be
+    /// told that the user is, too), and the offline messages that follow
+    /// the reply as pushes (for the original client, those the reply has
+    /// no room for).
     async fn login_payload(
         &self,
         me: &mut LoggedIn,
-    ) -> Result<(LoginReply<'static>, Vec<UserId>), Fail> {
+        classic: bool,
+    ) -> Result<(LoginReply<'static>, Vec<UserId>, Vec<Bytes>), Fail> {
         // One page rides in the reply. Its positions are stored only once
         // the reply is written (by the next backlog page or the session's
         // end); further pages follow one at a time through the connection.
@@ -266,13 +280,17 @@ impl Service {
             state: State::of(is_online(&id)),
             role: role.map(str::to_owned),
         };
-        let reply = LoginReply {
+        let mut reply = LoginReply {
             id: me.id,
             name: me.name.clone(),
-            offlinemsg: first
-                .iter()
-                .map(|m| ChatFrame::of(m).into_owned())
-                .collect(),
+            offlinemsg: if classic {
+                Vec::new()
+            } else {
+                first
+                    .iter()
+                    .map(|m| ChatFrame::of(m).into_owned())
+                    .collect()
+            },
             friends: friends
                 .iter()
                 .map(|f| contact(f.id, &f.name, None))
@@ -291,9 +309,16 @@ impl Service {
                 })
                 .collect(),
             token: None,
-            acks: me.cursors.acknowledged(),
+            acks: me.acks_declared,
+            more: false,
         };
-        Ok((reply, online_contacts))
+        let rest = if classic {
+            let carried = crate::protocol::classic::fit_login(&mut reply, &first);
+            first.get(carried..).unwrap_or_default().iter().map(render_push).collect()
+        } else {
+            Vec::new()
+        };
+        Ok((reply, online_contacts, rest))
     }
 
     pub(super) async fn logout(&self, s: &mut Session) -> Result<Done, Fail> {

@@ -206,7 +206,7 @@ impl Service {
     /// ACK: the client has everything up to each position. Moves the
     /// positions to store, and lets the next backlog page go.
     pub(super) fn ack(&self, me: &mut LoggedIn, acks: &[(HistoryTarget, Seq)]) -> Result<(), Fail> {
-        if !me.cursors.acknowledged() {
+        if !me.acks_declared {
             return Err(Fail::new(
                 ErrCode::BadRequest,
                 "this session did not declare `acks` when it logged in",

@@ -16,10 +16,16 @@
 //! written but never acknowledged (lost with a broken connection, say) is
 //! delivered again to the next session, and the client drops what it
 //! already had.
+//!
+//! The original client cannot acknowledge, and crashes on frames it cannot
+//! parse, so for its sessions what was written is acknowledged on its
+//! behalf, later ([`Unconfirmed`]): once the client's TCP has acknowledged
+//! the bytes and the connection stayed open a grace period after the write.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
-use crate::model::{Conversation, Seq};
+use crate::model::{Conversation, Seq, UserId};
 
 /// What to do with an incoming message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +205,15 @@ impl Cursors {
         }
     }
 
+    /// Positions delivered but not acknowledged yet, per conversation.
+    pub fn unacknowledged(&self) -> Vec<(Conversation, Seq)> {
+        self.convs
+            .iter()
+            .filter(|(_, c)| c.delivered > c.acked)
+            .map(|(conv, c)| (*conv, c.delivered))
+            .collect()
+    }
+
     /// Whether some delivered positions are not stored yet.
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
@@ -248,11 +263,152 @@ impl Cursors {
     }
 }
 
+/// Writes within this time of an entry's first write join that entry, so
+/// a busy session keeps a few entries, not one per frame.
+const MERGE_WINDOW: Duration = Duration::from_millis(100);
+/// How soon an entry whose bytes the client's TCP has not acknowledged yet
+/// is looked at again.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// Deliveries written to a client that cannot acknowledge them, waiting to
+/// be counted as read: each once the connection has stayed open `grace`
+/// after its write and the client's TCP has acknowledged every byte up to
+/// it. A client that crashes on a frame closes its connection within
+/// milliseconds, and a network that drops the connection leaves bytes
+/// unacknowledged, so neither counts what it lost as read; the session
+/// stores only what was confirmed, and the rest is delivered again.
+///
+/// Entries name their user: a confirmation that comes due after a logout
+/// still counts, as the connection that carried it is still open.
+#[derive(Debug, Default)]
+pub struct Unconfirmed {
+    entries: VecDeque<Written>,
+}
+
+#[derive(Debug)]
+struct Written {
+    user: UserId,
+    first: Instant,
+    due: Instant,
+    /// Bytes written on the connection up to and including this write.
+    bytes: u64,
+    positions: Vec<(Conversation, Seq)>,
+}
+
+impl Unconfirmed {
+    /// `user`'s delivered positions are `positions` after a write that
+    /// brought the connection's bytes written to `bytes`.
+    pub fn written(
+        &mut self,
+        user: UserId,
+        positions: Vec<(Conversation, Seq)>,
+        bytes: u64,
+        now: Instant,
+        grace: Duration,
+    ) {
+        if positions.is_empty() {
+            return;
+        }
+        if let Some(last) = self.entries.back_mut()
+            && last.user == user
+            && now.saturating_duration_since(last.first) < MERGE_WINDOW
+        {
+            // Later positions cover earlier ones of the same session.
+            for (conv, seq) in positions {
+                match last.positions.iter_mut().find(|(c, _)| *c == conv) {
+                    Some(p) => p.1 = p.1.max(seq),
+                    None => last.positions.push((conv, seq)),
+                }
+            }
+            last.bytes = bytes;
+            last.due = now + grace;
+            return;
+        }
+        self.entries.push_back(Written {
+            user,
+            first: now,
+            due: now + grace,
+            bytes,
+            positions,
+        });
+    }
+
+    /// When the next entry may be confirmed.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.entries.front().map(|e| e.due)
+    }
+
+    /// Takes the entries due by `now` whose bytes the client's TCP has
+    /// acknowledged (`acked`: bytes written less those still unacknowledged;
+    /// `None` when that cannot be known, and then the grace alone counts).
+    pub fn confirm(
+        &mut self,
+        acked: Option<u64>,
+        now: Instant,
+    ) -> Vec<(UserId, Vec<(Conversation, Seq)>)> {
+        let mut out = Vec::new();
+        while let Some(first) = self.entries.front_mut() {
+            if first.due > now {
+                break;
+            }
+            if acked.is_some_and(|a| a < first.bytes) {
+                // Later entries wrote later bytes: none can be ready either.
+                first.due = now + RECHECK;
+                break;
+            }
+            if let Some(e) = self.entries.pop_front() {
+                out.push((e.user, e.positions));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const G: Conversation = Conversation::Group(1);
+
+    #[test]
+    fn written_deliveries_are_confirmed_after_the_grace_once_tcp_has_them() {
+        let grace = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let mut u = Unconfirmed::default();
+        let d = Conversation::direct(1, 2);
+        u.written(7, vec![(G, 3)], 100, t0, grace);
+        // joins the first entry: within the merge window
+        u.written(7, vec![(G, 4), (d, 1)], 150, t0 + Duration::from_millis(50), grace);
+        u.written(7, vec![(G, 5)], 200, t0 + Duration::from_millis(500), grace);
+        u.written(7, Vec::new(), 300, t0 + Duration::from_millis(600), grace);
+        assert_eq!(u.next_due(), Some(t0 + Duration::from_millis(2050)));
+        assert!(u.confirm(Some(1000), t0 + grace).is_empty(), "not yet");
+        // due, but the client's TCP has only the first 120 bytes
+        let late = t0 + Duration::from_secs(3);
+        assert!(u.confirm(Some(120), late).is_empty());
+        assert_eq!(u.next_due(), Some(late + RECHECK));
+        let got = u.confirm(Some(150), late + RECHECK);
+        assert_eq!(got, vec![(7, vec![(G, 4), (d, 1)])]);
+        let got = u.confirm(None, late + 2 * RECHECK);
+        assert_eq!(got, vec![(7, vec![(G, 5)])], "no TCP figure: grace alone");
+        assert_eq!(u.next_due(), None);
+        // another user on the same connection (after a logout and login)
+        u.written(7, vec![(G, 6)], 400, late, grace);
+        u.written(8, vec![(d, 9)], 450, late + Duration::from_millis(10), grace);
+        let got = u.confirm(Some(450), late + grace + Duration::from_millis(10));
+        assert_eq!(got, vec![(7, vec![(G, 6)]), (8, vec![(d, 9)])]);
+    }
+
+    #[test]
+    fn unacknowledged_positions_are_what_was_delivered_beyond_the_acks() {
+        let d = Conversation::direct(1, 2);
+        let mut c = Cursors::load_acknowledged([(G, 5), (d, 0)]);
+        assert!(c.unacknowledged().is_empty());
+        c.delivered(G, 7);
+        assert_eq!(c.unacknowledged(), vec![(G, 7)]);
+        c.ack(G, 7);
+        assert!(c.unacknowledged().is_empty());
+    }
 
     #[test]
     fn in_order_duplicates_and_gaps() {

@@ -165,22 +165,47 @@ impl Service {
         } else {
             msgid::ack_for(parsed.msgid)
         };
-        let silent_ok = matches!(parsed.request, Ok(Request::Ack { .. }));
+        if s.classic && declares_extension(&parsed) {
+            s.classic = false;
+        }
+        if s.user.is_none()
+            && matches!(
+                parsed.request,
+                Ok(Request::Register { .. } | Request::Login { .. } | Request::Resume { .. })
+            )
+        {
+            s.useful = true;
+        }
+        // An acknowledgement is itself an answer: replying to every one
+        // would double the traffic it saves. The original client gets no
+        // reply where the original server sent none: one it cannot use
+        // could share a read with a message and crash it.
+        let silent_ok = matches!(parsed.request, Ok(Request::Ack { .. }))
+            || (s.classic && unanswered_in_classic(parsed.msgid));
         let result = match parsed.request {
             Err(fail) => Err(fail),
             Ok(req) => self.dispatch(s, ack, req, parsed.claimed_id).await,
         };
         let reply = match result {
-            // An acknowledgement is itself an answer: replying to every one
-            // would double the traffic it saves.
-            Ok(_) if silent_ok => return out,
-            Ok(reply) => reply,
+            Ok(_) if silent_ok => None,
+            Ok(reply) => Some(reply),
             Err(fail) => {
                 tracing::debug!(session = s.id, msgid = parsed.msgid, errno = fail.code as i64, errmsg = %fail.msg, "request refused");
-                Reply::fail(ack, &fail)
+                if s.user.is_none() {
+                    s.refused = s.refused.saturating_add(1);
+                }
+                Some(Reply::fail(ack, &fail))
             }
         };
-        out.insert(0, reply.reqid(parsed.reqid.as_ref()).to_bytes());
+        if s.user.is_some() {
+            // A fresh start for the login deadline's bookkeeping after a
+            // later logout.
+            (s.useful, s.refused) = (false, 0);
+        }
+        if let Some(reply) = reply {
+            out.insert(0, reply.reqid(parsed.reqid.as_ref()).to_bytes());
+        }
+        out.append(&mut s.after_reply);
         out
     }
 
@@ -286,6 +311,38 @@ impl Service {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// Whether a frame declares one of our extensions, so that its sender is
+/// not the original client: a `reqid`, a `cmid`, `acks` at login, or one of
+/// the requests the original never sent.
+fn declares_extension(parsed: &protocol::Parsed) -> bool {
+    parsed.reqid.is_some()
+        || matches!(
+            parsed.msgid,
+            msgid::HISTORY | msgid::SERVER_INFO | msgid::PING | msgid::RESUME | msgid::ACK
+        )
+        || matches!(
+            parsed.request,
+            Ok(Request::Login { acks: true, .. }
+                | Request::OneChat { cmid: Some(_), .. }
+                | Request::GroupChat { cmid: Some(_), .. })
+        )
+}
+
+/// Requests the original server never answered: a classic session gets no
+/// reply to them when they succeed (a refusal is still answered, with a
+/// msgid the original client ignores).
+fn unanswered_in_classic(msgid: i64) -> bool {
+    matches!(
+        msgid,
+        msgid::LOGOUT
+            | msgid::ONE_CHAT
+            | msgid::ADD_FRIEND
+            | msgid::CREATE_GROUP
+            | msgid::ADD_GROUP
+            | msgid::GROUP_CHAT
+    )
 }
 
 /// A handler's typed reply in its envelope, the one place that adds it

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::Service;
-use super::delivery::{Cursors, Incoming};
+use super::delivery::{Cursors, Incoming, Unconfirmed};
 use super::guard::AddrKey;
 use crate::hub::Kick;
 use crate::limits::Budget;
@@ -39,6 +39,11 @@ pub(super) struct LoggedIn {
     /// with; logout revokes it.
     pub(super) token_hash: Option<String>,
     pub(super) cursors: Cursors,
+    /// The client declared `acks` at login: it may send ACK.
+    pub(super) acks_declared: bool,
+    /// Logged in as the original client: positions move on writes
+    /// confirmed by time ([`Unconfirmed`]), not on acknowledgements.
+    pub(super) implicit_reads: bool,
     /// Tells a newer login replacing this one that this one has ended
     /// (fires when dropped, after [`Service::end_session`] stored positions).
     pub(super) _ended: tokio_util::sync::DropGuard,
@@ -76,6 +81,22 @@ pub struct Session {
     pub(super) budget: Budget,
     /// How long the connection waits before its next frame (over budget).
     pub(super) delay: std::time::Duration,
+    /// Whether this may be the original client: a plain TCP connection
+    /// that has declared none of our extensions (`reqid`, `cmid`, `acks`,
+    /// our own requests). Such a session gets only what the original
+    /// server sent, in frames its one-read-per-frame reader can parse.
+    pub(super) classic: bool,
+    /// Frames that follow the reply to the current request (the offline
+    /// messages a classic login reply had no room for).
+    pub(super) after_reply: Vec<Bytes>,
+    /// What was written to the original client and is not yet counted as
+    /// read.
+    pub(super) unconfirmed: Unconfirmed,
+    /// Before login: the connection has sent a registration, login or
+    /// resume (a person at a menu), not only frames that were refused.
+    pub(super) useful: bool,
+    /// Before login: frames refused since connecting or the last logout.
+    pub(super) refused: u32,
 }
 
 impl std::fmt::Debug for Session {
@@ -123,6 +144,25 @@ impl Session {
         self.heartbeats
     }
 
+    /// Whether this may be the original client, whose reader takes one
+    /// frame per `recv` of at most 1024 bytes: frames to it must leave one
+    /// at a time, spaced, and each fit that read
+    /// ([`crate::protocol::classic`]).
+    pub fn classic(&self) -> bool {
+        self.classic
+    }
+
+    /// Not logged in, and has sent nothing but frames that were refused: a
+    /// socket with no person behind it, held to the short login deadline.
+    pub fn noisy(&self) -> bool {
+        self.user.is_none() && !self.useful && self.refused > 0
+    }
+
+    /// When the next write to the original client may be counted as read.
+    pub fn next_confirm_due(&self) -> Option<Instant> {
+        self.unconfirmed.next_due()
+    }
+
     /// Cancelled when the hub asks for this session to be dropped.
     pub fn kick_token(&self) -> Kick {
         self.kick.clone()
@@ -164,8 +204,14 @@ impl Session {
 }
 
 impl Service {
-    /// A fresh, logged-out session for a new connection from `peer`.
-    pub fn open_session(&self, peer: Option<std::net::IpAddr>) -> Session {
+    /// A fresh, logged-out session for a new connection from `peer`;
+    /// `classic_possible` for a plain TCP connection, where the original
+    /// client may be on the other end.
+    pub fn open_session(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        classic_possible: bool,
+    ) -> Session {
         Session {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             user: None,
@@ -174,6 +220,55 @@ impl Service {
             ip: peer,
             budget: Budget::new(&self.config.limits),
             delay: std::time::Duration::ZERO,
+            classic: classic_possible,
+            after_reply: Vec::new(),
+            unconfirmed: Unconfirmed::default(),
+            useful: false,
+            refused: 0,
+        }
+    }
+
+    /// Frames were written to the connection, which has now had `bytes`
+    /// written in all: what the original client was given starts its
+    /// grace period ([`Unconfirmed`]).
+    pub fn frames_written(&self, s: &mut Session, bytes: u64) {
+        let Some(me) = s.user.as_ref().filter(|me| me.implicit_reads) else {
+            return;
+        };
+        let positions = me.cursors.unacknowledged();
+        s.unconfirmed.written(
+            me.id,
+            positions,
+            bytes,
+            Instant::now(),
+            self.config.classic_read_grace,
+        );
+    }
+
+    /// Counts as read what the original client was given at least a grace
+    /// period ago, if its TCP has acknowledged the bytes (`acked`: bytes
+    /// written less those unacknowledged; `None` if unknown).
+    pub fn confirm_reads(&self, s: &mut Session, acked: Option<u64>) {
+        for (user, positions) in s.unconfirmed.confirm(acked, Instant::now()) {
+            match s.user.as_mut() {
+                Some(me) if me.id == user => {
+                    for (conv, seq) in positions {
+                        me.cursors.ack(conv, seq);
+                    }
+                    // The next backlog page may go.
+                    me.awaiting_ack = false;
+                }
+                // Logged out (or in as someone else) since: store it
+                // directly, the connection that carried it is still open.
+                _ => {
+                    let store = self.store.clone();
+                    self.tasks.spawn(async move {
+                        if let Err(e) = store.advance_cursors(user, positions).await {
+                            tracing::warn!(user, error = %e, "could not store delivery cursors");
+                        }
+                    });
+                }
+            }
         }
     }
 
@@ -265,6 +360,8 @@ impl Service {
                 me.backlog = true;
                 return Vec::new();
             }
+            // Presence is ours; the original server never sent it.
+            Push::Notice(_) if s.classic => return Vec::new(),
             Push::Notice(frame) => return vec![frame],
         };
         let m = &*d;

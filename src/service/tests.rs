@@ -29,7 +29,7 @@ async fn call(svc: &Service, s: &mut Session, frame: &str) -> Value {
 
 /// Registers and logs in `name` on a fresh session.
 async fn user(svc: &Service, name: &str) -> (Session, i64) {
-    let mut s = svc.open_session(None);
+    let mut s = svc.open_session(None, false);
     let r = call(
         svc,
         &mut s,
@@ -50,7 +50,7 @@ async fn user(svc: &Service, name: &str) -> (Session, i64) {
 #[tokio::test]
 async fn requests_before_login_and_in_another_name_are_refused() {
     let (svc, _dir) = service().await;
-    let mut anon = svc.open_session(None);
+    let mut anon = svc.open_session(None, false);
     let r = call(&svc, &mut anon, r#"{"msgid":13,"reqid":"x"}"#).await;
     assert_eq!(
         (
