@@ -286,8 +286,10 @@ async fn a_flood_slows_the_flooder_and_never_disconnects_the_flooded() {
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     let victim = socket.connect(server.addr).await.expect("connect");
     let mut victim = tokio::io::BufReader::new(victim);
+    // (Its reqid declares it one of ours, not the original client, whose
+    // frames would be cut to 1 KB and spaced.)
     let login = format!(
-        r#"{{"msgid":1,"id":{victim_id},"password":"{}"}}"#,
+        r#"{{"msgid":1,"reqid":1,"id":{victim_id},"password":"{}"}}"#,
         pw("victim")
     );
     victim

@@ -1070,3 +1070,154 @@ pub async fn fanout(opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
             .map(|c| c.as_secs_f64() * 1e3 / opts.messages as f64),
     })
 }
+
+/// Readers that read as the original client does, each sent a burst by
+/// several senders at once: how many of its reads it could not have parsed.
+#[derive(Debug, Clone)]
+pub struct ClassicOptions {
+    pub addr: String,
+    /// `readers` reader ids, then `senders` sender ids per reader.
+    pub users: Vec<UserId>,
+    pub password: String,
+    pub readers: usize,
+    pub senders: usize,
+    /// Messages each sender sends its reader, all in one write.
+    pub messages: usize,
+    /// What the reader spends per read (the original prints each frame).
+    pub pause: Duration,
+}
+
+/// What [`classic`] measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassicReport {
+    pub readers: usize,
+    pub senders: usize,
+    pub messages: usize,
+    /// Messages that reached the readers (in readable reads or not).
+    pub delivered: u64,
+    pub reads: u64,
+    /// Reads holding more than one frame, part of one, or a full buffer:
+    /// each would have crashed the original client.
+    pub unreadable: u64,
+    /// Time from the burst until a reader had all of its messages.
+    pub all_ms_p50: f64,
+    pub all_ms_max: f64,
+}
+
+/// Runs the classic-reader workload (`chatbench classic`).
+pub async fn classic(opts: &ClassicOptions) -> Result<ClassicReport, BenchError> {
+    use tokio::io::AsyncReadExt;
+    let need = opts.readers * (1 + opts.senders);
+    if opts.users.len() < need {
+        return Err(BenchError::Protocol(format!(
+            "{need} users needed, got {}",
+            opts.users.len()
+        )));
+    }
+    let expected = opts.senders * opts.messages;
+    let reads = Arc::new(AtomicU64::new(0));
+    let unreadable = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(tokio::sync::Notify::new());
+    let t0 = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let mut readers = tokio::task::JoinSet::new();
+    let mut senders = Vec::new();
+    for r in 0..opts.readers {
+        // The reader logs in exactly as the original does: no reqid.
+        let (mut rd, mut wr) = connect_from(&opts.addr, None).await?;
+        let mut login = wire::frame(&login_request(opts.users[r], &opts.password), None);
+        login.push(0);
+        wr.write_all(&login)
+            .await
+            .map_err(|e| BenchError::Io("login", e))?;
+        let mut buf = [0u8; 1024];
+        let n = rd
+            .read(&mut buf)
+            .await
+            .map_err(|e| BenchError::Io("login reply", e))?;
+        match head(&buf[..n]) {
+            Some(h) if h.msgid == msgid::LOGIN_ACK && h.errno == 0 => {}
+            _ => {
+                return Err(BenchError::Protocol(format!(
+                    "classic login: {}",
+                    String::from_utf8_lossy(&buf[..n])
+                )));
+            }
+        }
+        for s in 0..opts.senders {
+            let id = opts.users[opts.readers + r * opts.senders + s];
+            senders.push((login_raw(&opts.addr, id, &opts.password).await?, opts.users[r]));
+        }
+        let (reads, unreadable, delivered, t0) = (
+            reads.clone(),
+            unreadable.clone(),
+            delivered.clone(),
+            t0.clone(),
+        );
+        let pause = opts.pause;
+        readers.spawn(async move {
+            let _wr = wr;
+            let mut mine = 0;
+            while mine < expected {
+                let mut buf = [0u8; 1024];
+                let read = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf));
+                let n = match read.await {
+                    Ok(Ok(0) | Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => n,
+                };
+                reads.fetch_add(1, Ordering::Relaxed);
+                let chats = buf[..n]
+                    .windows(9)
+                    .filter(|w| w == b"\"msgid\":6")
+                    .count();
+                let whole = n < buf.len()
+                    && serde_json::from_slice::<serde_json::Value>(&buf[..n]).is_ok();
+                if !whole {
+                    unreadable.fetch_add(1, Ordering::Relaxed);
+                }
+                mine += chats;
+                delivered.fetch_add(chats as u64, Ordering::Relaxed);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            t0.get().map(|t| t.elapsed())
+        });
+    }
+    // Every sender writes its whole burst at the same moment.
+    let mut bursts = tokio::task::JoinSet::new();
+    for (k, ((mut replies, mut out), to)) in senders.into_iter().enumerate() {
+        let start = start.clone();
+        let frames: Vec<u8> = (0..opts.messages)
+            .flat_map(|i| chat_frame(to, format!("{k}-{i}")))
+            .collect();
+        bursts.spawn(async move {
+            start.notified().await;
+            out.write_all(&frames).await.map_err(|e| BenchError::Io("send", e))?;
+            // Drain the send replies until the readers are done.
+            while let Some(Ok(_)) = replies.next().await {}
+            Ok::<_, BenchError>(())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = t0.set(Instant::now());
+    start.notify_waiters();
+    let mut times = Vec::new();
+    while let Some(done) = readers.join_next().await {
+        if let Ok(Some(t)) = done {
+            times.push(t.as_secs_f64() * 1000.0);
+        }
+    }
+    bursts.abort_all();
+    times.sort_by(f64::total_cmp);
+    Ok(ClassicReport {
+        readers: opts.readers,
+        senders: opts.senders,
+        messages: opts.messages,
+        delivered: delivered.load(Ordering::Relaxed),
+        reads: reads.load(Ordering::Relaxed),
+        unreadable: unreadable.load(Ordering::Relaxed),
+        all_ms_p50: times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
+        all_ms_max: times.last().copied().unwrap_or(f64::NAN),
+    })
+}

@@ -133,6 +133,24 @@ enum Cmd {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// Readers that read as the original client does (one `recv` of at
+    /// most 1024 bytes per frame), each sent a burst by several senders at
+    /// once: reads it could not have parsed, and how long the burst took.
+    Classic {
+        #[arg(long, default_value = "127.0.0.1:6000")]
+        addr: String,
+        #[arg(long, default_value_t = 20)]
+        readers: usize,
+        /// Senders per reader, writing at the same moment.
+        #[arg(long, default_value_t = 3)]
+        senders: usize,
+        /// Messages each sender sends in its burst.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Microseconds each reader spends per read (printing it).
+        #[arg(long, default_value_t = 1000)]
+        pause_us: u64,
+    },
     /// Starts the relay and chatserver on one core, drives both from another,
     /// and prints medians side by side.
     Compare {
@@ -415,6 +433,42 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 r.half_p50_ms,
                 r.server_cpu_ms_per_message
                     .map_or("-".into(), |c| format!("{c:.1} ms"))
+            );
+            println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Cmd::Classic {
+            addr,
+            readers,
+            senders,
+            messages,
+            pause_us,
+        } => {
+            let n = readers * (1 + senders);
+            let mut users = register(&addr, n.div_ceil(2)).await?;
+            users.truncate(n);
+            let r = bench::classic(&bench::ClassicOptions {
+                addr,
+                users,
+                password: PASSWORD.to_owned(),
+                readers,
+                senders,
+                messages,
+                pause: Duration::from_micros(pause_us),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            println!(
+                "{} classic readers, {} senders each sending {} at once: {} of {} messages in {} reads, {} unreadable; a reader had all after {:.1} ms (median), {:.1} ms (worst)",
+                r.readers,
+                r.senders,
+                r.messages,
+                r.delivered,
+                r.readers * r.senders * r.messages,
+                r.reads,
+                r.unreadable,
+                r.all_ms_p50,
+                r.all_ms_max
             );
             println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
             Ok(())
