@@ -321,7 +321,15 @@ async fn run(
         let wrote = !out.is_empty();
         let sent = if session.classic() {
             let spacing = config.classic_spacing;
-            Box::pin(send_spaced(&mut conn, out, spacing, &mut next_write, write_timeout, &shutdown)).await
+            Box::pin(send_spaced(
+                &mut conn,
+                out,
+                spacing,
+                &mut next_write,
+                write_timeout,
+                &shutdown,
+            ))
+            .await
         } else {
             Box::pin(send_all(&mut conn, out, write_timeout, &shutdown)).await
         };

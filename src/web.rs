@@ -26,9 +26,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::Gate;
 use crate::metrics::{METRICS, inc};
 use crate::protocol::codec::FrameError;
-use crate::limits::Gate;
 use crate::service::Service;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");

@@ -211,6 +211,166 @@ async fn sockets_that_never_log_in_or_trickle_a_frame_are_closed() {
     by.finish().await;
 }
 
+/// Whether `s` is still open and silent after `wait`.
+async fn still_open(s: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(wait, s.read(&mut buf)).await.is_err()
+}
+
+/// Reads `s` until it closes (an error counts: a reset may beat the
+/// notice); returns when, and the frames that came.
+async fn until_closed(mut s: impl tokio::io::AsyncRead + Unpin) -> (Instant, Vec<Value>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match within(s.read(&mut chunk)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let frames = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    (Instant::now(), frames)
+}
+
+fn pressed(limits: Limits) -> Limits {
+    Limits {
+        login_timeout: Duration::from_secs(60),
+        login_timeout_pressed: Duration::from_millis(400),
+        ..limits
+    }
+}
+
+/// A connection that has not logged in is left alone for minutes (a person
+/// at the original client's menu) unless it presses on the node: its
+/// address holds too many such connections, or the node is near its cap.
+/// Then the short deadline applies, and only as far as needed.
+#[tokio::test]
+async fn anonymous_sockets_are_closed_early_only_under_pressure() {
+    let server = TestServer::start_with(Config {
+        max_connections: 20,
+        ..config(pressed(Limits {
+            anonymous_per_addr: 3,
+            ..Limits::default()
+        }))
+    })
+    .await;
+    let by = Bystanders::start(&server).await;
+    let mut lone = connect_from(server.addr, 3).await;
+    let mut crowd = Vec::new();
+    for _ in 0..3 {
+        crowd.push(connect_from(server.addr, 2).await);
+    }
+    // Within the address's allowance, past the short deadline: kept.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for s in &mut crowd {
+        assert!(still_open(s, Duration::from_millis(20)).await);
+    }
+    // One more from that address: some of its older ones make room.
+    crowd.push(connect_from(server.addr, 2).await);
+    let t = Instant::now();
+    let mut closed = 0;
+    let mut kept = Vec::new();
+    for mut s in crowd.drain(..3) {
+        if still_open(&mut s, Duration::from_millis(800)).await {
+            kept.push(s);
+        } else {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "the crowded address shed a connection");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // The other address is not crowded: its socket stays.
+    assert!(still_open(&mut lone, Duration::from_millis(20)).await);
+
+    // Near the cap (9 of 10 places taken), anonymous sockets old enough
+    // make room wherever they come from; logged-in users stay.
+    drop((kept, crowd, lone));
+    let mut many = Vec::new();
+    for host in 10..26 {
+        many.push(connect_from(server.addr, host).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut open = 0;
+    for s in &mut many {
+        if still_open(s, Duration::from_millis(20)).await {
+            open += 1;
+        }
+    }
+    assert!(open < many.len(), "some made room");
+    assert!(open >= 10, "only as many as needed: {open} still open");
+    by.finish().await;
+}
+
+/// Frames cannot outrun the login deadline, and a socket that sends
+/// nothing but refused frames gets the short one.
+#[tokio::test]
+async fn floods_before_login_do_not_hold_the_connection() {
+    let server = TestServer::start_with(config(Limits {
+        login_timeout: Duration::from_secs(2),
+        login_timeout_pressed: Duration::from_millis(400),
+        ..Limits::default()
+    }))
+    .await;
+    let by = Bystanders::start(&server).await;
+    // Garbage only: closed at the short deadline.
+    let noisy = connect_from(server.addr, 4).await;
+    let (mut noisy_r, mut noisy_w) = noisy.into_split();
+    let t = Instant::now();
+    let writer = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if noisy_w.write_all(b"garbage\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut buf = [0u8; 4096];
+    loop {
+        match within(noisy_r.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1800),
+        "{took:?}"
+    );
+    writer.abort();
+
+    // A registration first (a person), then a 200 KB burst of invalid
+    // frames: the burst waits under the request budget, but the login
+    // deadline still closes the connection on time.
+    let mut s = connect_from(server.addr, 5).await;
+    s.write_all(br#"{"msgid":4,"name":"menu_user","password":"pw"}"#)
+        .await
+        .expect("register");
+    s.write_all(b"\0").await.expect("register");
+    let t = Instant::now();
+    let (r, mut w) = s.into_split();
+    let burst = tokio::spawn(async move {
+        let _ = w.write_all(&b"x\n".repeat(100_000)).await;
+        w
+    });
+    let (closed, frames) = within(until_closed(r)).await;
+    let took = closed.duration_since(t);
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(
+        frames.first().and_then(|f| f["msgid"].as_i64()),
+        Some(5),
+        "registered"
+    );
+    burst.abort();
+    by.finish().await;
+}
+
 #[tokio::test]
 async fn a_large_frame_before_login_is_refused() {
     let server = TestServer::start_with(config(Limits {

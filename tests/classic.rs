@@ -49,7 +49,9 @@ impl Original {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 if n == buf.len() {
                     // No NUL left in the buffer: the parser runs off its end.
-                    bad2.lock().expect("lock").push(format!("full buffer: {text}"));
+                    bad2.lock()
+                        .expect("lock")
+                        .push(format!("full buffer: {text}"));
                     continue;
                 }
                 match serde_json::from_slice::<Value>(&buf[..n]) {
@@ -96,7 +98,11 @@ impl Original {
         self.send(json!({"msgid": 1, "id": id, "password": pw(name)}))
             .await;
         let r = self.next().await;
-        assert_eq!((r["msgid"].as_i64(), r["errno"].as_i64()), (Some(2), Some(0)), "{r}");
+        assert_eq!(
+            (r["msgid"].as_i64(), r["errno"].as_i64()),
+            (Some(2), Some(0)),
+            "{r}"
+        );
         r
     }
 
@@ -109,7 +115,10 @@ impl Original {
 
     fn assert_all_parsed(&self) {
         let bad = self.bad.lock().expect("lock");
-        assert!(bad.is_empty(), "reads the original could not parse: {bad:#?}");
+        assert!(
+            bad.is_empty(),
+            "reads the original could not parse: {bad:#?}"
+        );
     }
 }
 
@@ -150,9 +159,16 @@ async fn twenty_offline_messages_arrive_at_login_each_read_whole() {
     }
     let mut b = Original::connect(&s).await;
     let reply = b.login(bob, "bob").await;
-    assert!(reply.get("token").is_none(), "no token for a client that cannot resume");
+    assert!(
+        reply.get("token").is_none(),
+        "no token for a client that cannot resume"
+    );
     let mut got = offline(&reply);
-    assert!(!got.is_empty() && got.len() < 20, "{} in the reply", got.len());
+    assert!(
+        !got.is_empty() && got.len() < 20,
+        "{} in the reply",
+        got.len()
+    );
     let rest = 20 - got.len();
     got.extend(b.messages(rest).await);
     assert_eq!(texts(&got), sent, "all twenty, in order, once");
@@ -212,11 +228,16 @@ async fn several_senders_at_once_reach_the_original_client_one_read_each() {
     for name in ["alice", "bob", "dave"] {
         senders.push(s.user(name).await);
     }
-    let group = senders[0].0.create_group("team", "all of us").await.expect("group");
+    let group = senders[0]
+        .0
+        .create_group("team", "all of us")
+        .await
+        .expect("group");
     for (client, _) in senders.iter_mut().skip(1) {
         client.join_group(group).await.expect("join");
     }
-    c.send(json!({"msgid": 9, "id": carol, "groupid": group})).await;
+    c.send(json!({"msgid": 9, "id": carol, "groupid": group}))
+        .await;
 
     // Two, then three senders writing to carol at the same moment.
     for n in [2usize, 3] {
@@ -226,7 +247,10 @@ async fn several_senders_at_once_reach_the_original_client_one_read_each() {
             tasks.push(tokio::spawn(async move {
                 if active {
                     for i in 0..10 {
-                        client.chat(carol, &format!("{id}:{i}")).await.expect("send");
+                        client
+                            .chat(carol, &format!("{id}:{i}"))
+                            .await
+                            .expect("send");
                     }
                 }
                 (client, id)
@@ -254,7 +278,10 @@ async fn several_senders_at_once_reach_the_original_client_one_read_each() {
     for (mut client, id) in senders.drain(..) {
         tasks.push(tokio::spawn(async move {
             for i in 0..10 {
-                client.group_chat(group, &format!("g{id}:{i}")).await.expect("send");
+                client
+                    .group_chat(group, &format!("g{id}:{i}"))
+                    .await
+                    .expect("send");
             }
             (client, id)
         }));
@@ -267,7 +294,10 @@ async fn several_senders_at_once_reach_the_original_client_one_read_each() {
     for t in tasks {
         senders.push(t.await.expect("sender"));
     }
-    assert!(got.iter().all(|m| m["msgid"] == 10 && m["groupid"] == group));
+    assert!(
+        got.iter()
+            .all(|m| m["msgid"] == 10 && m["groupid"] == group)
+    );
     assert_eq!(got.iter().filter(|m| m["id"] == carol).count(), 0);
     // The others hear carol's ten.
     let (alice, _) = &mut senders[0];
@@ -278,7 +308,10 @@ async fn several_senders_at_once_reach_the_original_client_one_read_each() {
             hers.push(m.msg);
         }
     }
-    assert_eq!(hers, (0..10).map(|i| format!("carol {i}")).collect::<Vec<_>>());
+    assert_eq!(
+        hers,
+        (0..10).map(|i| format!("carol {i}")).collect::<Vec<_>>()
+    );
     c.quiet(Duration::from_millis(200)).await;
     c.assert_all_parsed();
 }
@@ -290,7 +323,11 @@ async fn a_long_message_reaches_the_original_client_whole_in_parts() {
     let bob = s.register("bob").await;
     let mut b = Original::connect(&s).await;
     b.login(bob, "bob").await;
-    let long: String = "长消息 long message 👋 ".chars().cycle().take(1500).collect();
+    let long: String = "长消息 long message 👋 "
+        .chars()
+        .cycle()
+        .take(1500)
+        .collect();
     alice.chat(bob, &long).await.expect("send");
     let first = b.next().await;
     let total: usize = first["msg"]
@@ -306,7 +343,11 @@ async fn a_long_message_reaches_the_original_client_whole_in_parts() {
         .enumerate()
         .map(|(k, p)| {
             let prefix = format!("({}/{total}) ", k + 1);
-            p["msg"].as_str().and_then(|m| m.strip_prefix(&prefix)).expect("part").to_owned()
+            p["msg"]
+                .as_str()
+                .and_then(|m| m.strip_prefix(&prefix))
+                .expect("part")
+                .to_owned()
         })
         .collect();
     assert_eq!(whole, long);
@@ -320,11 +361,19 @@ async fn a_person_at_the_menu_is_left_alone() {
     let s = TestServer::start().await;
     let (mut alice, _) = s.user("alice").await;
     let mut c = Original::connect(&s).await;
-    c.send(json!({"msgid": 4, "name": "carol", "password": pw("carol")})).await;
+    c.send(json!({"msgid": 4, "name": "carol", "password": pw("carol")}))
+        .await;
     let r = c.next().await;
-    assert_eq!((r["msgid"].as_i64(), r["errno"].as_i64()), (Some(5), Some(0)), "{r}");
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(5), Some(0)),
+        "{r}"
+    );
     let carol = r["id"].as_i64().expect("id");
-    alice.chat(carol, "while you were away").await.expect("send");
+    alice
+        .chat(carol, "while you were away")
+        .await
+        .expect("send");
     // A minute at the menu, then the login.
     c.quiet(Duration::from_secs(60)).await;
     let reply = c.login(carol, "carol").await;

@@ -1146,7 +1146,10 @@ pub async fn classic(opts: &ClassicOptions) -> Result<ClassicReport, BenchError>
         }
         for s in 0..opts.senders {
             let id = opts.users[opts.readers + r * opts.senders + s];
-            senders.push((login_raw(&opts.addr, id, &opts.password).await?, opts.users[r]));
+            senders.push((
+                login_raw(&opts.addr, id, &opts.password).await?,
+                opts.users[r],
+            ));
         }
         let (reads, unreadable, delivered, t0) = (
             reads.clone(),
@@ -1166,12 +1169,9 @@ pub async fn classic(opts: &ClassicOptions) -> Result<ClassicReport, BenchError>
                     Ok(Ok(n)) => n,
                 };
                 reads.fetch_add(1, Ordering::Relaxed);
-                let chats = buf[..n]
-                    .windows(9)
-                    .filter(|w| w == b"\"msgid\":6")
-                    .count();
-                let whole = n < buf.len()
-                    && serde_json::from_slice::<serde_json::Value>(&buf[..n]).is_ok();
+                let chats = buf[..n].windows(9).filter(|w| w == b"\"msgid\":6").count();
+                let whole =
+                    n < buf.len() && serde_json::from_slice::<serde_json::Value>(&buf[..n]).is_ok();
                 if !whole {
                     unreadable.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1193,7 +1193,9 @@ pub async fn classic(opts: &ClassicOptions) -> Result<ClassicReport, BenchError>
             .collect();
         bursts.spawn(async move {
             start.notified().await;
-            out.write_all(&frames).await.map_err(|e| BenchError::Io("send", e))?;
+            out.write_all(&frames)
+                .await
+                .map_err(|e| BenchError::Io("send", e))?;
             // Drain the send replies until the readers are done.
             while let Some(Ok(_)) = replies.next().await {}
             Ok::<_, BenchError>(())

@@ -214,7 +214,13 @@ mod tests {
 
     #[test]
     fn escaped_lengths_match_what_serde_json_writes() {
-        for s in ["plain", "引号\"和\\反斜杠", "tab\tnew\nline\u{1}", "emoji 👋🏽", ""] {
+        for s in [
+            "plain",
+            "引号\"和\\反斜杠",
+            "tab\tnew\nline\u{1}",
+            "emoji 👋🏽",
+            "",
+        ] {
             let written = serde_json::to_string(s).expect("json");
             assert_eq!(escaped_len(s) + 2, written.len(), "{s:?}");
         }
@@ -261,7 +267,10 @@ mod tests {
         let blob = serde_json::json!({"msgid": 115, "errno": 0, "node": "n".repeat(2000)});
         let cut = fit(Bytes::from(serde_json::to_vec(&blob).expect("json")));
         let v: Value = serde_json::from_slice(&cut[0]).expect("json");
-        assert_eq!((v["msgid"].as_i64(), v["errno"].as_i64()), (Some(100), Some(14)));
+        assert_eq!(
+            (v["msgid"].as_i64(), v["errno"].as_i64()),
+            (Some(100), Some(14))
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::protocol::replies::{
     Contact, Done, GroupEntry, LoggedIn as LoginReply, Registered, State,
 };
 use crate::protocol::{ChatFrame, ErrCode, Fail, render_push};
-use bytes::Bytes;
 use crate::store::StoreError;
+use bytes::Bytes;
 
 impl Service {
     pub(super) async fn register(
@@ -183,7 +183,13 @@ impl Service {
         };
         match self.login_payload(&mut me, s.classic).await {
             Ok((reply, online_contacts, rest)) => {
-                tracing::info!(user = id, session = s.id, acks, classic = s.classic, "user online");
+                tracing::info!(
+                    user = id,
+                    session = s.id,
+                    acks,
+                    classic = s.classic,
+                    "user online"
+                );
                 self.announce(id, &me.name, true, &online_contacts).await;
                 s.user = Some(me);
                 s.after_reply = rest;
@@ -314,7 +320,12 @@ impl Service {
         };
         let rest = if classic {
             let carried = crate::protocol::classic::fit_login(&mut reply, &first);
-            first.get(carried..).unwrap_or_default().iter().map(render_push).collect()
+            first
+                .get(carried..)
+                .unwrap_or_default()
+                .iter()
+                .map(render_push)
+                .collect()
         } else {
             Vec::new()
         };

@@ -378,7 +378,13 @@ mod tests {
         let d = Conversation::direct(1, 2);
         u.written(7, vec![(G, 3)], 100, t0, grace);
         // joins the first entry: within the merge window
-        u.written(7, vec![(G, 4), (d, 1)], 150, t0 + Duration::from_millis(50), grace);
+        u.written(
+            7,
+            vec![(G, 4), (d, 1)],
+            150,
+            t0 + Duration::from_millis(50),
+            grace,
+        );
         u.written(7, vec![(G, 5)], 200, t0 + Duration::from_millis(500), grace);
         u.written(7, Vec::new(), 300, t0 + Duration::from_millis(600), grace);
         assert_eq!(u.next_due(), Some(t0 + Duration::from_millis(2050)));
@@ -394,7 +400,13 @@ mod tests {
         assert_eq!(u.next_due(), None);
         // another user on the same connection (after a logout and login)
         u.written(7, vec![(G, 6)], 400, late, grace);
-        u.written(8, vec![(d, 9)], 450, late + Duration::from_millis(10), grace);
+        u.written(
+            8,
+            vec![(d, 9)],
+            450,
+            late + Duration::from_millis(10),
+            grace,
+        );
         let got = u.confirm(Some(450), late + grace + Duration::from_millis(10));
         assert_eq!(got, vec![(7, vec![(G, 6)]), (8, vec![(d, 9)])]);
     }

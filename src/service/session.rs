@@ -207,11 +207,7 @@ impl Service {
     /// A fresh, logged-out session for a new connection from `peer`;
     /// `classic_possible` for a plain TCP connection, where the original
     /// client may be on the other end.
-    pub fn open_session(
-        &self,
-        peer: Option<std::net::IpAddr>,
-        classic_possible: bool,
-    ) -> Session {
+    pub fn open_session(&self, peer: Option<std::net::IpAddr>, classic_possible: bool) -> Session {
         Session {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             user: None,
