@@ -7,6 +7,8 @@
 #   scripts/bench.sh memory    RSS after 1,000 logins held at once
 #   scripts/bench.sh storm     chat latency during 500 concurrent password logins
 #   scripts/bench.sh fanout    a group message to 1,000 online members (MEMBERS=10000 ...)
+#   scripts/bench.sh classic   readers that read as the original client, under bursts,
+#                              at frame spacings of 0 to 10 ms (PAUSE_US per read)
 #   scripts/bench.sh all       all of the above
 #
 # Server-side processes run on core 0 (SERVER_CPU), the load generator on
@@ -105,8 +107,24 @@ fanout() {
         --server-pid "$node_pid"
 }
 
+classic() {
+    echo "== the original client's reads: 20 readers, 3 senders each, 20 messages each at once"
+    local port=17004
+    for spacing in 0 0.5 1 2 5 10; do
+        for _ in 1 2 3; do
+            start_node "$port" --classic-spacing-ms "$spacing"
+            echo -n "spacing $spacing ms: "
+            bench classic --addr "127.0.0.1:$port" --readers 20 --senders 3 --messages 20 \
+                --pause-us "${PAUSE_US:-1000}" | head -1
+            kill "$node_pid"
+            wait "$node_pid" 2>/dev/null || true
+            port=$((port + 1))
+        done
+    done
+}
+
 case "${1:-}" in
-    single | cluster | memory | storm | fanout) "$1" ;;
-    all) single; cluster; memory; storm; fanout ;;
-    *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    single | cluster | memory | storm | fanout | classic) "$1" ;;
+    all) single; cluster; memory; storm; fanout; classic ;;
+ *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
