@@ -19,14 +19,12 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
-use crate::hub::KickReason;
-use crate::limits::Gate;
+use crate::limits::{AddrKey, Gate};
 use crate::protocol::codec::FrameError;
 use crate::protocol::{ErrCode, Fail, Reply, classic, msgid};
-use crate::service::guard::AddrKey;
 use crate::service::{Service, Session};
 use crate::tls::TlsAcceptor;
-use crate::transport::{FrameStream, Link};
+use crate::transport::{FrameStream, Frames, Link, WsFrames};
 
 /// Serves one client (`peer`: its address, from a PROXY header if a trusted
 /// balancer sent one) until it leaves, misbehaves, or the server shuts down;
@@ -100,7 +98,7 @@ pub async fn serve_ws(
 ) {
     let max_frame = service.config().max_frame;
     run(
-        Frames::Ws(crate::web::WsFrames::new(socket, max_frame)),
+        Frames::Ws(WsFrames::new(socket, max_frame)),
         peer,
         false,
         service,
@@ -108,57 +106,6 @@ pub async fn serve_ws(
         shutdown,
     )
     .await;
-}
-
-/// The frames of one connection, whatever carries them.
-enum Frames {
-    Stream(FrameStream),
-    Ws(crate::web::WsFrames),
-}
-
-impl Frames {
-    async fn next_frame(&mut self) -> Option<Result<Bytes, FrameError>> {
-        match self {
-            Frames::Stream(s) => s.next_frame().await,
-            Frames::Ws(w) => w.next_frame().await,
-        }
-    }
-
-    fn set_max_frame(&mut self, max: usize) {
-        match self {
-            Frames::Stream(s) => s.set_max_frame(max),
-            Frames::Ws(w) => w.set_max_frame(max),
-        }
-    }
-
-    fn peer_closed(&mut self) -> bool {
-        match self {
-            Frames::Stream(s) => s.peer_closed(),
-            // A WebSocket's close arrives as a frame of its own.
-            Frames::Ws(_) => false,
-        }
-    }
-
-    async fn write_frames(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
-        match self {
-            Frames::Stream(s) => s.write_frames(frames).await,
-            Frames::Ws(w) => w.write_frames(frames).await,
-        }
-    }
-
-    fn bytes_written(&self) -> u64 {
-        match self {
-            Frames::Stream(s) => s.bytes_written(),
-            Frames::Ws(_) => 0,
-        }
-    }
-
-    fn bytes_acknowledged(&self) -> Option<u64> {
-        match self {
-            Frames::Stream(s) => s.bytes_acknowledged(),
-            Frames::Ws(_) => None,
-        }
-    }
 }
 
 /// A connection not logged in: since when, and when to look again at
@@ -268,9 +215,7 @@ async fn run(
         let (out, last) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
-            reason = kick.kicked() => (vec![match reason {
-                KickReason::Replaced => notice(ErrCode::Replaced, "this account logged in elsewhere"),
-            }], true),
+            _ = kick.kicked() => (vec![notice(ErrCode::Replaced, "this account logged in elsewhere")], true),
             frame = conn.next_frame() => match frame {
                 None => break,
                 // Boxed, like the other handlers: their state lives on the heap only

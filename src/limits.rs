@@ -10,6 +10,7 @@
 //! connections that have not logged in are closed early only then.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,31 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Limits;
 use crate::metrics::{METRICS, inc};
-use crate::service::guard::AddrKey;
+
+/// The source address as the limits count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddrKey(IpAddr);
+
+impl AddrKey {
+    /// The key for `ip`: IPv4 as is (also when mapped into IPv6), IPv6 by
+    /// its /64.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => AddrKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddrKey(IpAddr::V4(v4)),
+                None => {
+                    let mask = !0u128 << 64;
+                    AddrKey(IpAddr::V6((u128::from(v6) & mask).into()))
+                }
+            },
+        }
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        self.0.is_loopback()
+    }
+}
 
 /// A token bucket: `rate` a second, up to `burst` at once; rate 0 means no
 /// limit.

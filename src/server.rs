@@ -1,7 +1,7 @@
 //! A node: the accept loop, and the lifecycle from open to graceful shutdown.
 //!
-//! [`Node::serve`] takes an already-bound listener, so tests bind port 0 and
-//! run the real server. The accept loop caps connections (refusing extra ones
+//! [`Node::serve_all`] takes already-bound listeners, so tests bind port 0
+//! and run the real server. The accept loop caps connections (refusing extra ones
 //! with a `ServerFull` notice instead of running out of file descriptors),
 //! backs off on accept errors without ever giving up, and on shutdown stops
 //! accepting, lets every session end (users marked offline, cursors stored),
@@ -107,31 +107,6 @@ impl Node {
     pub fn pool_usage(&self) -> impl Fn() -> PoolUsage + Send + Sync + 'static {
         let store = self.store.clone();
         move || store.pool_usage()
-    }
-
-    /// Serves `listener` until `shutdown` is cancelled, then shuts down
-    /// gracefully.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
-        self.serve_with_tls(listener, None, shutdown).await;
-    }
-
-    /// Serves plain TCP on `listener` and, if given, TLS on a second
-    /// listener, both under one connection cap, until `shutdown`.
-    pub async fn serve_with_tls(
-        self,
-        listener: TcpListener,
-        tls: Option<(TcpListener, TlsAcceptor)>,
-        shutdown: CancellationToken,
-    ) {
-        self.serve_all(
-            Listeners {
-                plain: listener,
-                tls,
-                web: None,
-            },
-            shutdown,
-        )
-        .await;
     }
 
     /// Serves every listener given, all under one connection cap, until

@@ -9,7 +9,7 @@ use std::sync::RwLock;
 use async_trait::async_trait;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::{Hub, HubError, KickReason, SessionHandle};
+use super::{Hub, HubError, SessionHandle};
 use std::sync::Arc;
 
 use crate::metrics::{METRICS, inc};
@@ -67,7 +67,7 @@ impl LocalHub {
     /// Disconnects `user`'s session on this node, if any.
     pub fn kick(&self, user: UserId) {
         if let Some(h) = self.read().get(&user) {
-            h.kick.kick(KickReason::Replaced);
+            h.kick.kick();
         }
     }
 
@@ -79,13 +79,8 @@ impl LocalHub {
             .get(&user)
             .filter(|h| h.session_id == session_id)
         {
-            h.kick.kick(KickReason::Replaced);
+            h.kick.kick();
         }
-    }
-
-    /// Whether `user` has a session on this node.
-    pub fn is_here(&self, user: UserId) -> bool {
-        self.read().contains_key(&user)
     }
 
     /// The users with a session on this node and their session ids.
@@ -114,7 +109,7 @@ impl Hub for LocalHub {
         // whose network died silently, say) is told why and closed.
         let old = self.write().insert(user, handle);
         if let Some(old) = old {
-            old.kick.kick(KickReason::Replaced);
+            old.kick.kick();
             let _ = tokio::time::timeout(super::REPLACED_SESSION_WAIT, old.ended.cancelled()).await;
         }
         Ok(())

@@ -45,32 +45,23 @@ pub struct SessionHandle {
 /// positions; past that it goes on (at worst delivering some messages again).
 pub const REPLACED_SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Why the hub drops a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KickReason {
-    /// The user logged in again, on this node or another (or on another
-    /// node while Redis was away): the newer login wins.
-    Replaced,
-}
-
-/// A request, from the hub to a session, to disconnect.
+/// A request, from the hub to a session, to disconnect: the user logged in
+/// again, on this node or another (or on another node while Redis was
+/// away), and the newer login wins.
 #[derive(Debug, Clone, Default)]
 pub struct Kick {
     token: CancellationToken,
-    reason: Arc<std::sync::OnceLock<KickReason>>,
 }
 
 impl Kick {
-    /// Asks the session to go; the first reason given is the one reported.
-    pub fn kick(&self, reason: KickReason) {
-        let _ = self.reason.set(reason);
+    /// Asks the session to go.
+    pub fn kick(&self) {
         self.token.cancel();
     }
 
-    /// Resolves, with the reason, once the session has been asked to go.
-    pub async fn kicked(&self) -> KickReason {
+    /// Resolves once the session has been asked to go.
+    pub async fn kicked(&self) {
         self.token.cancelled().await;
-        self.reason.get().copied().unwrap_or(KickReason::Replaced)
     }
 }
 

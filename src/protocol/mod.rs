@@ -102,8 +102,6 @@ pub enum ErrCode {
     Unavailable = 50,
     /// The server is at its connection limit.
     ServerFull = 51,
-    /// This connection read too slowly and is being closed.
-    TooSlow = 52,
     ShuttingDown = 53,
     /// This session was closed because the account logged in again, on
     /// another connection or node: the newer login wins.
@@ -223,10 +221,6 @@ impl Reply {
         Bytes::from(serde_json::to_vec(&self.0).unwrap_or_default())
     }
 
-    /// The fields, for tests and the client.
-    pub fn into_map(self) -> Map<String, Value> {
-        self.0
-    }
 }
 
 /// A conversation as a client names it: the other user, or the group

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::mpsc;
 
 use super::delivery::Cursors;
-use super::guard::AddrKey;
+use crate::limits::AddrKey;
 use super::session::{chronological, mark_delivered};
 use super::{LoggedIn, Service, Session, invalid};
 use crate::hub::SessionHandle;
@@ -202,34 +202,6 @@ impl Service {
         }
     }
 
-    /// Builds the classic LOGIN_MSG_ACK (friends, groups and offline
-    /// messages, each list element a JSON string as the original client
-    /// expects) and any further pages of offline messages.
-    /// Tells `contacts` (those online get it) that `user` came online or
-    /// went offline: PRESENCE (msgid 19), stored nowhere. The original
-    /// client ignores it.
-    pub(super) async fn announce(
-        &self,
-        user: UserId,
-        name: &str,
-        online: bool,
-        contacts: &[UserId],
-    ) {
-        if contacts.is_empty() {
-            return;
-        }
-        let frame = serde_json::json!({
-            "msgid": crate::protocol::msgid::PRESENCE,
-            "id": user,
-            "name": name,
-            "state": if online { "online" } else { "offline" },
-        });
-        let Ok(frame) = serde_json::to_vec(&frame) else {
-            return;
-        };
-        self.hub.notify(bytes::Bytes::from(frame), contacts).await;
-    }
-
     /// The login reply, which of the user's contacts are online (to be
     /// told that the user is, too), and the offline messages that follow
     /// the reply as pushes (for the original client, those the reply has
@@ -272,7 +244,7 @@ impl Service {
             .zip(self.hub.online(&ids).await?)
             .collect();
         let is_online = |id: &UserId| online.get(id).copied().unwrap_or(false);
-        me.contacts = contacts_of(me.id, &friends, &groups);
+        me.contacts = super::presence::contacts_of(me.id, &friends, &groups);
         let online_contacts: Vec<UserId> = me
             .contacts
             .iter()
@@ -340,30 +312,4 @@ impl Service {
         self.end_session(s).await;
         Ok(Done {})
     }
-}
-
-/// Groups up to this size share their members' comings and goings.
-const PRESENCE_GROUP_MAX: usize = 200;
-/// Contacts one user's presence is told to at most.
-const PRESENCE_CONTACTS_MAX: usize = 1000;
-
-/// Who is told when `me` comes and goes: friends first, then members of
-/// groups small enough that a login is not a broadcast to thousands.
-pub(super) fn contacts_of(
-    me: UserId,
-    friends: &[crate::model::UserSummary],
-    groups: &[crate::model::GroupInfo],
-) -> Vec<UserId> {
-    let mut seen = HashSet::from([me]);
-    let small = groups
-        .iter()
-        .filter(|g| g.members.len() <= PRESENCE_GROUP_MAX)
-        .flat_map(|g| g.members.iter().map(|m| m.id));
-    friends
-        .iter()
-        .map(|f| f.id)
-        .chain(small)
-        .filter(|id| seen.insert(*id))
-        .take(PRESENCE_CONTACTS_MAX)
-        .collect()
 }

@@ -15,42 +15,17 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
+use crate::limits::AddrKey;
 use crate::model::UserId;
 
 /// Entries one table keeps at most (about 64 bytes each).
 const MAX_ENTRIES: usize = 100_000;
 /// How long a table entry outlives its last event.
 const FORGET_AFTER: Duration = Duration::from_secs(30 * 60);
-
-/// The source address as the limits count it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AddrKey(IpAddr);
-
-impl AddrKey {
-    /// The key for `ip`: IPv4 as is (also when mapped into IPv6), IPv6 by
-    /// its /64.
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => AddrKey(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => AddrKey(IpAddr::V4(v4)),
-                None => {
-                    let mask = !0u128 << 64;
-                    AddrKey(IpAddr::V6((u128::from(v6) & mask).into()))
-                }
-            },
-        }
-    }
-
-    pub fn is_loopback(&self) -> bool {
-        self.0.is_loopback()
-    }
-}
 
 /// Wrong passwords counted for one key.
 #[derive(Debug, Clone, Copy)]
@@ -444,7 +419,7 @@ mod tests {
         let g = Guard::new(&limits());
         let t0 = Instant::now();
         for i in 0..(MAX_ENTRIES as u32 + 5000) {
-            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             g.login_failed_at(None, Some(AddrKey::of(ip)), t0);
         }
         assert!(lock(&g.addrs).map.len() <= MAX_ENTRIES);

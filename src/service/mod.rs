@@ -17,6 +17,7 @@ pub mod delivery;
 mod friends;
 mod groups;
 pub mod guard;
+mod presence;
 mod session;
 #[cfg(test)]
 mod tests;

@@ -18,15 +18,12 @@ use tokio::sync::mpsc;
 
 use super::Service;
 use super::delivery::{Cursors, Incoming, Unconfirmed};
-use super::guard::AddrKey;
 use crate::hub::Kick;
-use crate::limits::Budget;
+use crate::limits::{AddrKey, Budget};
 use crate::metrics::{METRICS, inc};
 use crate::model::{ChatMessage, Push, Seq, UserId};
 use crate::protocol::{ErrCode, Fail, render_push};
 
-/// How long the end of a session waits at most to tell contacts.
-const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A logged-in user's side of a session.
 pub(super) struct LoggedIn {
@@ -69,7 +66,7 @@ pub(super) struct LoggedIn {
 pub struct Session {
     pub(super) id: u64,
     pub(super) user: Option<LoggedIn>,
-    /// Cancelled by the hub when this session cannot keep up.
+    /// Cancelled by the hub when a newer login replaces this session.
     pub(super) kick: Kick,
     /// The client sent a PING, so it promised heartbeats: a silence longer
     /// than the heartbeat timeout means its network or process died.
@@ -163,7 +160,7 @@ impl Session {
         self.unconfirmed.next_due()
     }
 
-    /// Cancelled when the hub asks for this session to be dropped.
+    /// Cancelled when a newer login replaces this session.
     pub fn kick_token(&self) -> Kick {
         self.kick.clone()
     }
@@ -318,29 +315,10 @@ impl Service {
             // Presence is best effort: it never holds up the end of a
             // session by more than a moment, even with Redis or the
             // database down.
-            let _ = tokio::time::timeout(PRESENCE_WAIT, self.announce_offline(&me)).await;
+            let _ = tokio::time::timeout(super::presence::WAIT, self.announce_offline(&me)).await;
             METRICS.sessions_online.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(user = me.id, session = s.id, "user offline");
         }
-    }
-
-    /// Tells the user's contacts that it went offline, unless a newer
-    /// session replaced this one (then it is still online).
-    async fn announce_offline(&self, me: &LoggedIn) {
-        let Ok(on) = self.hub.online(&[me.id]).await else {
-            return;
-        };
-        if on.first() != Some(&false) {
-            return;
-        }
-        // Read again: friendships and groups may have changed since login,
-        // made by others too.
-        let contacts =
-            match tokio::try_join!(self.store.friends(me.id), self.store.user_groups(me.id)) {
-                Ok((friends, groups)) => super::account::contacts_of(me.id, &friends, &groups),
-                Err(_) => me.contacts.clone(),
-            };
-        self.announce(me.id, &me.name, false, &contacts).await;
     }
 
     /// Turns a push for this session into the frames to write: nothing for a

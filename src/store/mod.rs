@@ -138,14 +138,7 @@ pub trait Store: Send + Sync + 'static {
     async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>>;
     /// What a new session reads, all at once (`page` messages at most). A
     /// backend may answer it in one trip instead of five.
-    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart> {
-        Ok(SessionStart {
-            cursors: self.cursors(user).await?,
-            undelivered: self.undelivered(user, page).await?,
-            friends: self.friends(user).await?,
-            groups: self.user_groups(user).await?,
-        })
-    }
+    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart>;
     /// Messages of `conv` with `after < seq < before` not sent by
     /// `exclude_sender`, in order: fills a gap in live delivery.
     async fn between(

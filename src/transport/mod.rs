@@ -12,6 +12,12 @@
 //!
 //! Over TLS the same holds for frames; rustls keeps its own record buffers
 //! per connection, so a TLS connection costs more memory than a plain one.
+//! Over a WebSocket ([`ws`]) each message is a frame. [`Frames`] is either,
+//! so that one session loop serves every transport.
+
+mod ws;
+
+pub use ws::WsFrames;
 
 use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};
@@ -245,6 +251,64 @@ impl FrameStream {
             }
         }
         Ok(())
+    }
+}
+
+/// The frames of one connection, whatever carries them.
+#[derive(Debug)]
+pub enum Frames {
+    Stream(FrameStream),
+    Ws(WsFrames),
+}
+
+impl Frames {
+    /// The next frame; `None` once the peer has closed.
+    pub async fn next_frame(&mut self) -> Option<Result<Bytes, FrameError>> {
+        match self {
+            Frames::Stream(s) => s.next_frame().await,
+            Frames::Ws(w) => w.next_frame().await,
+        }
+    }
+
+    /// Refuses longer frames from now on.
+    pub fn set_max_frame(&mut self, max: usize) {
+        match self {
+            Frames::Stream(s) => s.set_max_frame(max),
+            Frames::Ws(w) => w.set_max_frame(max),
+        }
+    }
+
+    /// Whether the peer has already closed its side.
+    pub fn peer_closed(&mut self) -> bool {
+        match self {
+            Frames::Stream(s) => s.peer_closed(),
+            // A WebSocket's close arrives as a frame of its own.
+            Frames::Ws(_) => false,
+        }
+    }
+
+    /// Writes every frame.
+    pub async fn write_frames(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
+        match self {
+            Frames::Stream(s) => s.write_frames(frames).await,
+            Frames::Ws(w) => w.write_frames(frames).await,
+        }
+    }
+
+    /// Bytes written so far (0 over a WebSocket, where nobody asks).
+    pub fn bytes_written(&self) -> u64 {
+        match self {
+            Frames::Stream(s) => s.bytes_written(),
+            Frames::Ws(_) => 0,
+        }
+    }
+
+    /// Bytes written that the peer's TCP has acknowledged, where known.
+    pub fn bytes_acknowledged(&self) -> Option<u64> {
+        match self {
+            Frames::Stream(s) => s.bytes_acknowledged(),
+            Frames::Ws(_) => None,
+        }
     }
 }
 
