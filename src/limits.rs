@@ -44,42 +44,69 @@ impl AddrKey {
     }
 }
 
-/// A token bucket: `rate` a second, up to `burst` at once; rate 0 means no
-/// limit.
+/// A token bucket: `rate` tokens a second, holding at most `burst`; rate 0
+/// means no limit. One type for every allowance of the node: a
+/// connection's requests and bytes ([`Budget`]), the node's logins
+/// (admission), registrations per address (the guard).
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct Bucket {
     rate: f64,
     burst: f64,
     tokens: f64,
+    last: Instant,
 }
 
 impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(rate).max(1));
+    /// A full bucket at `now` (a burst below one token is one).
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        let burst = burst.max(1.0);
         Bucket {
-            rate: f64::from(rate),
+            rate,
             burst,
             tokens: burst,
+            last: now,
         }
     }
 
-    fn refill(&mut self, elapsed: Duration) {
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
+    /// When it was last taken from.
+    pub fn last(&self) -> Instant {
+        self.last
     }
 
-    /// Takes `n` (going into debt if need be) and says how long until the
-    /// debt is paid.
-    fn take(&mut self, n: f64) -> Duration {
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Takes `n` at `now`, going into debt if need be, and says how long
+    /// until the debt is paid (zero within the burst). A single take larger
+    /// than the whole burst still passes, after the wait its size earns.
+    pub fn take(&mut self, n: f64, now: Instant) -> Duration {
         if self.rate == 0.0 {
             return Duration::ZERO;
         }
-        // A single frame larger than the whole burst still gets through,
-        // after the wait that its size earns.
+        self.refill(now);
         self.tokens -= n;
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
+    /// Takes one token at `now` if there is one; else says how long until
+    /// there is, taking nothing.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
     }
 }
@@ -89,7 +116,6 @@ impl Bucket {
 pub struct Budget {
     requests: Bucket,
     bytes: Bucket,
-    last: Instant,
     /// When the client was last told it is being slowed down.
     told: Option<Instant>,
 }
@@ -99,10 +125,16 @@ const TELL_EVERY: Duration = Duration::from_secs(10);
 
 impl Budget {
     pub fn new(limits: &Limits) -> Self {
+        Self::new_at(limits, Instant::now())
+    }
+
+    fn new_at(limits: &Limits, now: Instant) -> Self {
+        // A burst never below the rate: a second's worth is always allowed.
+        let bucket =
+            |rate: u32, burst: u32| Bucket::new(f64::from(rate), f64::from(burst.max(rate)), now);
         Budget {
-            requests: Bucket::new(limits.request_rate, limits.request_burst),
-            bytes: Bucket::new(limits.byte_rate, limits.byte_burst),
-            last: Instant::now(),
+            requests: bucket(limits.request_rate, limits.request_burst),
+            bytes: bucket(limits.byte_rate, limits.byte_burst),
             told: None,
         }
     }
@@ -116,16 +148,12 @@ impl Budget {
     }
 
     fn charge_at(&mut self, len: usize, request: bool, now: Instant) -> (Duration, bool) {
-        let elapsed = now.saturating_duration_since(self.last);
-        self.last = now;
-        self.requests.refill(elapsed);
-        self.bytes.refill(elapsed);
         let requests = if request {
-            self.requests.take(1.0)
+            self.requests.take(1.0, now)
         } else {
             Duration::ZERO
         };
-        let wait = requests.max(self.bytes.take(len as f64));
+        let wait = requests.max(self.bytes.take(len as f64, now));
         let tell = !wait.is_zero()
             && self
                 .told
@@ -135,6 +163,12 @@ impl Budget {
         }
         (wait, tell)
     }
+}
+
+/// The address to hold to the per-address limits: none for loopback when
+/// the limits exempt it (a local nginx, benchmarks, tests).
+pub fn counted(limits: &Limits, addr: Option<AddrKey>) -> Option<AddrKey> {
+    addr.filter(|a| !(limits.exempt_loopback && a.is_loopback()))
 }
 
 /// Open connections per source address.
@@ -240,10 +274,7 @@ impl Gate {
     /// Counts a connection from `addr` as not logged in (loopback only
     /// if the limits do not exempt it).
     pub fn anonymous(&self, limits: &Limits, addr: Option<AddrKey>) -> Anonymous {
-        Anonymous(
-            addr.filter(|a| !(limits.exempt_loopback && a.is_loopback()))
-                .and_then(|a| self.anonymous.open(a, usize::MAX)),
-        )
+        Anonymous(counted(limits, addr).and_then(|a| self.anonymous.open(a, usize::MAX)))
     }
 
     /// Why connections that have not logged in should make room now, if
@@ -255,7 +286,7 @@ impl Gate {
         if self.max >= 10 && in_use >= self.max - self.max / 10 {
             return Some("the server is near its connection limit");
         }
-        let addr = addr.filter(|a| !(limits.exempt_loopback && a.is_loopback()))?;
+        let addr = counted(limits, addr)?;
         (self.anonymous.count(addr) > limits.anonymous_per_addr)
             .then_some("your address holds many connections that have not logged in")
     }
@@ -268,10 +299,9 @@ pub fn addr_slot(
     limits: &Limits,
     ip: std::net::IpAddr,
 ) -> Result<Option<AddrSlot>, String> {
-    let addr = AddrKey::of(ip);
-    if limits.exempt_loopback && addr.is_loopback() {
+    let Some(addr) = counted(limits, Some(AddrKey::of(ip))) else {
         return Ok(None);
-    }
+    };
     match per_addr.open(addr, limits.conns_per_addr) {
         Some(s) => Ok(Some(s)),
         None => {
@@ -298,8 +328,8 @@ mod tests {
             byte_rate: 0,
             ..Limits::default()
         };
-        let mut b = Budget::new(&limits);
-        let t0 = b.last;
+        let t0 = Instant::now();
+        let mut b = Budget::new_at(&limits, t0);
         for _ in 0..20 {
             assert_eq!(b.charge_at(10, true, t0), (Duration::ZERO, false));
         }
@@ -324,8 +354,8 @@ mod tests {
             byte_burst: 1000,
             ..Limits::default()
         };
-        let mut b = Budget::new(&limits);
-        let t0 = b.last;
+        let t0 = Instant::now();
+        let mut b = Budget::new_at(&limits, t0);
         assert_eq!(b.charge_at(1000, true, t0).0, Duration::ZERO);
         let (wait, _) = b.charge_at(500, true, t0);
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");

@@ -201,12 +201,6 @@ impl Reply {
         r
     }
 
-    /// Adds a payload field.
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.0.insert(key.into(), value.into());
-        self
-    }
-
     /// Echoes the request's `reqid`, if it had one.
     pub fn reqid(mut self, reqid: Option<&Value>) -> Self {
         if let Some(r) = reqid {
@@ -220,7 +214,6 @@ impl Reply {
         // Serialising a Map of Values cannot fail (string keys, no floats NaN).
         Bytes::from(serde_json::to_vec(&self.0).unwrap_or_default())
     }
-
 }
 
 /// A conversation as a client names it: the other user, or the group
@@ -562,6 +555,11 @@ fn checked_cmid(cmid: Option<String>) -> Result<Option<String>, Fail> {
         }
         other => Ok(other),
     }
+}
+
+/// Leaves a flag that is off out of a frame (serde's `skip_serializing_if`).
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Renders a stored message as the push a receiver gets.

@@ -13,9 +13,7 @@ use crate::model::{ChatMessage, Conversation, GroupId, Seq, UserId};
 
 use super::msgid;
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
+use super::is_false;
 
 /// REG_MSG_ACK.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

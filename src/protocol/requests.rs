@@ -15,9 +15,7 @@ use super::replies::{
 };
 use crate::model::{GroupId, Seq, UserId};
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
+use super::is_false;
 
 /// A request type: its msgid and what a success answers with.
 pub trait Call: Serialize {

@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::mpsc;
 
 use super::delivery::Cursors;
-use crate::limits::AddrKey;
 use super::session::{chronological, mark_delivered};
 use super::{LoggedIn, Service, Session, invalid};
 use crate::hub::SessionHandle;
+use crate::limits::AddrKey;
 use crate::metrics::{METRICS, inc};
 use crate::model::{MAX_PASSWORD_BYTES, Password, UserId, UserName};
 use crate::protocol::replies::{

@@ -10,25 +10,25 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::limits::Bucket;
+
 /// A token bucket: `rate` admissions a second, up to `burst` at once.
 #[derive(Debug)]
-pub struct Admission {
-    rate: f64,
-    burst: f64,
-    /// Tokens left, and when they were counted.
-    state: Mutex<(f64, Instant)>,
-}
+pub struct Admission(Mutex<Bucket>);
 
 impl Admission {
     /// Admits `rate` a second on average and `burst` at once (both at
     /// least 1).
     pub fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Admission {
-            rate: f64::from(rate.max(1)),
-            burst,
-            state: Mutex::new((burst, Instant::now())),
-        }
+        Self::new_at(rate, burst, Instant::now())
+    }
+
+    fn new_at(rate: u32, burst: u32, now: Instant) -> Self {
+        Admission(Mutex::new(Bucket::new(
+            f64::from(rate.max(1)),
+            f64::from(burst),
+            now,
+        )))
     }
 
     /// Takes one admission, or says how long until one is free.
@@ -37,17 +37,8 @@ impl Admission {
     }
 
     fn admit_at(&self, now: Instant) -> Result<(), Duration> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, since) = *state;
-        let tokens = (tokens + now.saturating_duration_since(since).as_secs_f64() * self.rate)
-            .min(self.burst);
-        if tokens >= 1.0 {
-            *state = (tokens - 1.0, now);
-            Ok(())
-        } else {
-            *state = (tokens, now);
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
-        }
+        let mut bucket = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        bucket.try_take(now)
     }
 }
 
@@ -57,8 +48,8 @@ mod tests {
 
     #[test]
     fn a_burst_then_the_steady_rate() {
-        let a = Admission::new(10, 3);
         let t0 = Instant::now();
+        let a = Admission::new_at(10, 3, t0);
         for _ in 0..3 {
             assert!(a.admit_at(t0).is_ok());
         }

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
-use crate::limits::AddrKey;
+use crate::limits::{AddrKey, Bucket};
 use crate::model::UserId;
 
 /// Entries one table keeps at most (about 64 bytes each).
@@ -33,13 +33,6 @@ struct Failures {
     count: u32,
     /// No login for this key before this.
     locked_until: Instant,
-    last: Instant,
-}
-
-/// A token bucket for one key.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
     last: Instant,
 }
 
@@ -142,7 +135,7 @@ impl Guard {
 
     /// Whether `addr` is held to the per-address limits.
     pub fn limits_addr(&self, addr: Option<AddrKey>) -> Option<AddrKey> {
-        addr.filter(|a| !(self.limits.exempt_loopback && a.is_loopback()))
+        crate::limits::counted(&self.limits, addr)
     }
 
     /// Whether a login to `account` from `addr` may be tried now, or how
@@ -225,38 +218,19 @@ impl Guard {
         let Some(a) = self.limits_addr(addr) else {
             return Ok(());
         };
-        let burst = f64::from(self.limits.register_burst.max(1));
         let interval = self.limits.register_interval.as_secs_f64();
-        let mut t = lock(&self.registrations);
-        let b = match t.map.get(&a) {
-            Some(b) => *b,
-            None => {
-                t.make_room(now, |b| b.last);
-                Bucket {
-                    tokens: burst,
-                    last: now,
-                }
-            }
-        };
-        let earned = if interval > 0.0 {
-            now.saturating_duration_since(b.last).as_secs_f64() / interval
-        } else {
-            burst
-        };
-        let tokens = (b.tokens + earned).min(burst);
-        if tokens >= 1.0 {
-            t.map.insert(
-                a,
-                Bucket {
-                    tokens: tokens - 1.0,
-                    last: now,
-                },
-            );
-            Ok(())
-        } else {
-            t.map.insert(a, Bucket { tokens, last: now });
-            Err(Duration::from_secs_f64((1.0 - tokens) * interval))
+        if interval <= 0.0 {
+            return Ok(());
         }
+        let mut t = lock(&self.registrations);
+        if !t.map.contains_key(&a) {
+            t.make_room(now, Bucket::last);
+        }
+        let burst = f64::from(self.limits.register_burst);
+        t.map
+            .entry(a)
+            .or_insert_with(|| Bucket::new(1.0 / interval, burst, now))
+            .try_take(now)
     }
 }
 

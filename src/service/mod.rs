@@ -297,13 +297,9 @@ impl Service {
             return Ok(());
         }
         self.admission.admit().map_err(|wait| {
-            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
             inc(&METRICS.login_failures);
-            let fail = Fail::new(
-                ErrCode::TooManyLogins,
-                format!("too many logins right now; retry in {ms} ms"),
-            );
-            Reply::fail(ack, &fail).with("retry_ms", ms)
+            let fail = Fail::retry_after(ErrCode::TooManyLogins, "too many logins right now", wait);
+            Reply::fail(ack, &fail)
         })
     }
 

@@ -24,7 +24,6 @@ use crate::metrics::{METRICS, inc};
 use crate::model::{ChatMessage, Push, Seq, UserId};
 use crate::protocol::{ErrCode, Fail, render_push};
 
-
 /// A logged-in user's side of a session.
 pub(super) struct LoggedIn {
     pub(super) id: UserId,
