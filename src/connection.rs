@@ -164,8 +164,25 @@ impl Anonymous {
     }
 }
 
-/// The session loop of one connection, over either transport.
+/// The session loop of one connection, over either transport, in a
+/// tracing span that names the client's address and, once logged in, the
+/// user.
 async fn run(
+    conn: Frames,
+    peer: std::net::SocketAddr,
+    classic_possible: bool,
+    service: Arc<Service>,
+    gate: Gate,
+    shutdown: CancellationToken,
+) {
+    use tracing::Instrument;
+    let span = tracing::info_span!("connection", %peer, user = tracing::field::Empty);
+    session_loop(conn, peer, classic_possible, service, gate, shutdown)
+        .instrument(span)
+        .await;
+}
+
+async fn session_loop(
     mut conn: Frames,
     peer: std::net::SocketAddr,
     classic_possible: bool,
@@ -181,7 +198,7 @@ async fn run(
     let mut last_heard = std::time::Instant::now();
     let mut session = service.open_session(Some(peer.ip()), classic_possible);
     let kick = session.kick_token();
-    tracing::debug!(?peer, "connection opened");
+    tracing::debug!("connection opened");
     // Not logged in (at connect, and again after a logout).
     let mut anonymous: Option<Anonymous> = None;
     // When the next frame may leave for the original client.
@@ -191,8 +208,10 @@ async fn run(
         let flush_at = service.cursor_flush_due(&session);
         let confirm_at = session.next_confirm_due();
         let silent_at = session.heartbeats().then(|| last_heard + heartbeat_timeout);
-        let login_check = if session.user_id().is_some() {
-            anonymous = None;
+        let login_check = if let Some(user) = session.user_id() {
+            if anonymous.take().is_some() {
+                tracing::Span::current().record("user", user);
+            }
             conn.set_max_frame(config.max_frame);
             None
         } else {
@@ -204,7 +223,7 @@ async fn run(
             // Checked here, before anything else, so that no stream of
             // frames can outrun the deadline.
             if let Some(why) = anon.expired(&session, &gate, limits, addr, now) {
-                tracing::debug!(?peer, %why, "no login in time");
+                tracing::debug!(%why, "no login in time");
                 crate::metrics::inc(&crate::metrics::METRICS.limited);
                 let out = vec![notice(ErrCode::LoginTimeout, &why)];
                 let _ = Box::pin(send_all(&mut conn, out, write_timeout, &shutdown)).await;
@@ -223,7 +242,7 @@ async fn run(
                 // A login or resume from a client that has already hung up
                 // is dropped unanswered.
                 Some(Ok(frame)) if session.user_id().is_none() && opens_session(&frame) && conn.peer_closed() => {
-                    tracing::debug!(?peer, "client left before its request was read");
+                    tracing::debug!("client left before its request was read");
                     break;
                 }
                 Some(Ok(frame)) => {
@@ -235,13 +254,13 @@ async fn run(
                     (vec![notice(ErrCode::FrameTooLong, &msg)], true)
                 }
                 Some(Err(FrameError::Stalled(t))) => {
-                    tracing::debug!(?peer, "frame stalled");
+                    tracing::debug!("frame stalled");
                     crate::metrics::inc(&crate::metrics::METRICS.limited);
                     let msg = format!("a frame was begun and not finished within {} s; closing the connection", t.as_secs_f64());
                     (vec![notice(ErrCode::FrameTimeout, &msg)], true)
                 }
                 Some(Err(FrameError::Io(e))) => {
-                    tracing::debug!(?peer, error = %e, "read failed");
+                    tracing::debug!(error = %e, "read failed");
                     break;
                 }
             },
@@ -251,7 +270,7 @@ async fn run(
             _ = std::future::ready(()), if session.has_backlog() => (Box::pin(service.backlog_page(&mut session)).await, false),
             Some(push) = session.next_push() => (Box::pin(service.handle_push(&mut session, push)).await, false),
             _ = sleep_until(silent_at), if silent_at.is_some() => {
-                tracing::debug!(?peer, "heartbeats stopped");
+                tracing::debug!("heartbeats stopped");
                 (vec![notice(ErrCode::HeartbeatMissed, "no heartbeat in time; closing the connection")], true)
             }
             // The top of the loop decides.
@@ -279,7 +298,7 @@ async fn run(
             Box::pin(send_all(&mut conn, out, write_timeout, &shutdown)).await
         };
         if let Err(e) = sent {
-            tracing::debug!(?peer, error = %e, "write failed");
+            tracing::debug!(error = %e, "write failed");
             // What could not be written stays past the cursors.
             session.forget_unsaved_deliveries();
             break;
@@ -302,7 +321,7 @@ async fn run(
         }
     }
     Box::pin(service.end_session(&mut session)).await;
-    tracing::debug!(?peer, "connection closed");
+    tracing::debug!("connection closed");
 }
 
 /// Whether a frame is a LOGIN or RESUME (parsed only that far).

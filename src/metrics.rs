@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A cumulative histogram with fixed bucket bounds.
 pub struct Histogram {
@@ -257,32 +258,44 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`. `pool` reads the
-/// store's pool usage at each scrape.
+/// Serves `GET /metrics` on `listener` until `shutdown`, then waits (a
+/// second at most) for scrapes in progress. `pool` reads the store's pool
+/// usage at each scrape.
 pub async fn serve(
     listener: TcpListener,
     pool: impl Fn() -> PoolUsage + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) {
     let pool = std::sync::Arc::new(pool);
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), answer(stream, &*pool)).await;
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    let scrapes = TaskTracker::new();
+    crate::transport::accept_each("metrics", &listener, &scrapes, &shutdown, |stream, _| {
+        let pool = pool.clone();
+        Some(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &*pool)).await;
+        })
+    })
+    .await;
+    scrapes.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), scrapes.wait()).await;
+}
+
+/// One client connection counted as open (`chat_connections_open`) for as
+/// long as this lives, and as accepted once: dropping it, however the
+/// connection's task ends (a panic included), uncounts it.
+#[derive(Debug)]
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    pub fn count() -> Self {
+        inc(&METRICS.connections_accepted);
+        METRICS.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -8,13 +8,10 @@
 //! then flushes and closes the store.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use std::sync::atomic::Ordering;
 
 use crate::config::Config;
 use crate::connection;
@@ -28,6 +25,7 @@ use crate::store::mysql::MySqlStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SharedStore, StoreError};
 use crate::tls::TlsAcceptor;
+use crate::transport::accept_each;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -115,27 +113,27 @@ impl Node {
         let config = self.service.config();
         let gate = Gate::new(config.max_connections);
         let sessions = TaskTracker::new();
-        let web = listeners.web.map(|l| {
-            tokio::spawn(crate::web::serve(
-                l,
-                self.service.clone(),
-                gate.clone(),
-                sessions.clone(),
-                shutdown.clone(),
-            ))
-        });
-        accept_loop(
+        let web = async {
+            if let Some(l) = listeners.web {
+                crate::web::serve(
+                    l,
+                    self.service.clone(),
+                    gate.clone(),
+                    sessions.clone(),
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        };
+        let chat = accept_chat(
             &listeners.plain,
             listeners.tls.as_ref(),
             &self.service,
             &gate,
             &sessions,
             &shutdown,
-        )
-        .await;
-        if let Some(web) = web {
-            let _ = web.await;
-        }
+        );
+        tokio::join!(web, chat);
         sessions.close();
         if tokio::time::timeout(config.shutdown_grace, sessions.wait())
             .await
@@ -234,31 +232,16 @@ async fn admit(
             }
         }
     }
-    inc(&METRICS.connections_accepted);
-    METRICS.connections_open.fetch_add(1, Ordering::Relaxed);
+    let _open = crate::metrics::OpenConnection::count();
     connection::serve(stream, client, acceptor, service, gate, shutdown).await;
-    METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Accepts from the plain listener, or the TLS one.
-async fn accept_either(
+/// The chat listeners (plain TCP, and TLS if given), each running the
+/// accept loop until `shutdown`. A client is counted under the node's cap
+/// at once, and against its address too, in accept order (a balancer's
+/// client only once its PROXY header has named it).
+async fn accept_chat(
     plain: &TcpListener,
-    tls: Option<&(TcpListener, TlsAcceptor)>,
-) -> (
-    std::io::Result<(TcpStream, std::net::SocketAddr)>,
-    Option<TlsAcceptor>,
-) {
-    match tls {
-        None => (plain.accept().await, None),
-        Some((listener, acceptor)) => tokio::select! {
-            r = plain.accept() => (r, None),
-            r = listener.accept() => (r, Some(acceptor.clone())),
-        },
-    }
-}
-
-async fn accept_loop(
-    listener: &TcpListener,
     tls: Option<&(TcpListener, TlsAcceptor)>,
     service: &Arc<Service>,
     gate: &Gate,
@@ -266,60 +249,53 @@ async fn accept_loop(
     shutdown: &CancellationToken,
 ) {
     let config = service.config();
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let (accepted, acceptor) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = accept_either(listener, tls) => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(5);
-                let slot = match gate.slot() {
-                    Ok(slot) => slot,
-                    Err(msg) => {
-                        // A TLS client cannot read a plain notice: it is
-                        // only closed (no handshake spent on it).
-                        if acceptor.is_none() {
-                            sessions.spawn(connection::refuse(stream, msg));
-                        }
-                        continue;
+    let handle = |acceptor: Option<TlsAcceptor>| {
+        move |stream: TcpStream, peer: std::net::SocketAddr| {
+            // A TLS client cannot read a plain notice: it is only closed (no
+            // handshake spent on it).
+            let refuse = |stream, msg| {
+                let plain = acceptor.is_none();
+                Some(Box::pin(async move {
+                    if plain {
+                        connection::refuse(stream, msg).await;
                     }
-                };
-                // A direct client is counted against its address at once,
-                // in accept order; a balancer's client once its PROXY
-                // header has named it.
-                let counted = if config.proxy.trusts(peer.ip()) {
-                    None
-                } else {
-                    match addr_slot(gate.per_addr(), &config.limits, peer.ip()) {
-                        Ok(s) => s,
-                        Err(msg) => {
-                            if acceptor.is_none() {
-                                sessions.spawn(connection::refuse(stream, msg));
-                            }
-                            continue;
-                        }
-                    }
-                };
-                let service = service.clone();
-                let shutdown = shutdown.clone();
-                let gate = gate.clone();
-                sessions.spawn(async move {
-                    admit(stream, peer, counted, acceptor, service, shutdown, gate).await;
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: wait for descriptors to free up, and
-                // keep serving the clients we have.
-                tracing::warn!(error = %e, ?backoff, "accept failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                })
+                    as std::pin::Pin<
+                        Box<dyn std::future::Future<Output = ()> + Send>,
+                    >)
+            };
+            let slot = match gate.slot() {
+                Ok(slot) => slot,
+                Err(msg) => return refuse(stream, msg),
+            };
+            let counted = if config.proxy.trusts(peer.ip()) {
+                None
+            } else {
+                match addr_slot(gate.per_addr(), &config.limits, peer.ip()) {
+                    Ok(s) => s,
+                    Err(msg) => return refuse(stream, msg),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
+            };
+            let (service, shutdown, gate) = (service.clone(), shutdown.clone(), gate.clone());
+            let acceptor = acceptor.clone();
+            Some(Box::pin(async move {
+                admit(stream, peer, counted, acceptor, service, shutdown, gate).await;
+                drop(slot);
+            }))
+        }
+    };
+    let plain = accept_each("chat", plain, sessions, shutdown, handle(None));
+    match tls {
+        None => plain.await,
+        Some((listener, acceptor)) => {
+            let tls = accept_each(
+                "tls",
+                listener,
+                sessions,
+                shutdown,
+                handle(Some(acceptor.clone())),
+            );
+            tokio::join!(plain, tls);
         }
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::limits::Gate;
-use crate::metrics::{METRICS, inc};
+
 use crate::service::Service;
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -69,27 +69,11 @@ pub async fn serve(
         .route("/style.css", get(style_css))
         .route("/ws", get(ws))
         .with_state(web.clone());
-    let mut backoff = std::time::Duration::from_millis(5);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, ?backoff, "web accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
-        backoff = std::time::Duration::from_millis(5);
-        let Ok(places) = gate.admit(&web.service.config().limits, peer.ip()) else {
-            continue;
-        };
+    crate::transport::accept_each("web", &listener, &sessions, &shutdown, |stream, peer| {
+        let places = gate.admit(&web.service.config().limits, peer.ip()).ok()?;
         let app = app.clone();
         let shutdown = shutdown.clone();
-        sessions.spawn(async move {
+        Some(async move {
             let hyper_service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
@@ -110,8 +94,9 @@ pub async fn serve(
                 }
             }
             drop(places);
-        });
-    }
+        })
+    })
+    .await;
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -188,14 +173,8 @@ async fn ws(
         .max_message_size(max_frame)
         .on_upgrade(move |socket| {
             sessions.track_future(async move {
-                inc(&METRICS.connections_accepted);
-                METRICS
-                    .connections_open
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _open = crate::metrics::OpenConnection::count();
                 crate::connection::serve_ws(socket, client, service, gate, shutdown).await;
-                METRICS
-                    .connections_open
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 drop(slot);
                 drop(addr_slot);
             })

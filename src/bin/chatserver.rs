@@ -259,17 +259,40 @@ impl Cli {
     }
 }
 
+/// Why `chatserver` stopped before serving: a bad command line (exit
+/// status 2) or something it could not open (status 1).
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Start(String),
+}
+
 fn main() -> ExitCode {
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run()),
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| Fatal::Start(format!("cannot start the runtime: {e}")))
+        .and_then(|rt| rt.block_on(run()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chatserver: cannot start the runtime: {e}");
-            ExitCode::FAILURE
+            eprintln!("chatserver: {e}");
+            match e {
+                Fatal::Usage(_) => ExitCode::from(2),
+                Fatal::Start(_) => ExitCode::FAILURE,
+            }
         }
     }
 }
 
-async fn run() -> ExitCode {
+/// Binds `addr`, saying what for if it cannot.
+async fn bind(addr: &str, what: &str) -> Result<TcpListener, Fatal> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fatal::Start(format!("cannot listen {what}on {addr}: {e}")))
+}
+
+async fn run() -> Result<(), Fatal> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -279,77 +302,36 @@ async fn run() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let addr = match cli.listen_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("chatserver: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let addr = cli.listen_addr().map_err(Fatal::Usage)?;
     let seconds = |what: &str, s: f64| {
         Duration::try_from_secs_f64(s)
-            .map_err(|_| format!("--{what} must be a non-negative number of seconds"))
+            .map_err(|_| Fatal::Usage(format!("--{what} must be a non-negative number")))
     };
-    let durations = (|| {
-        Ok::<_, String>((
-            seconds("presence-ttl", cli.presence_ttl)?,
-            seconds("db-idle-timeout", cli.db_idle_timeout)?,
-            seconds("db-acquire-timeout", cli.db_acquire_timeout)?,
-            seconds("heartbeat-timeout", cli.heartbeat_timeout)?,
-            seconds("keepalive", cli.keepalive)?,
-            seconds("token-ttl", cli.token_ttl)?,
-            seconds("classic-spacing-ms", cli.classic_spacing_ms / 1000.0)?,
-            seconds("classic-read-grace", cli.classic_read_grace)?,
-        ))
-    })();
-    let (
-        presence_ttl,
-        idle_timeout,
-        acquire_timeout,
-        heartbeat_timeout,
-        keepalive_idle,
-        resume_token_ttl,
-        classic_spacing,
-        classic_read_grace,
-    ) = match durations {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("chatserver: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let limits = match cli.limits.limits() {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("chatserver: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let limits = cli.limits.limits().map_err(Fatal::Usage)?;
     let acceptor = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert), Some(key)) => match chat::tls::acceptor(cert, key) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("chatserver: TLS: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        (Some(cert), Some(key)) => {
+            Some(chat::tls::acceptor(cert, key).map_err(|e| Fatal::Usage(format!("TLS: {e}")))?)
+        }
         _ => None,
     };
     // Raised before anything opens files; the default cap follows from it.
     let client_capacity = chat::server::client_capacity();
     let node_id = cli.node_id.clone().unwrap_or_else(|| addr.clone());
-    let cluster = cli.redis.as_ref().map(|url| ClusterConfig {
-        key_prefix: cli.redis_prefix.clone(),
-        presence_ttl,
-        ..ClusterConfig::new(url, &node_id)
-    });
+    let cluster = match &cli.redis {
+        None => None,
+        Some(url) => Some(ClusterConfig {
+            key_prefix: cli.redis_prefix.clone(),
+            presence_ttl: seconds("presence-ttl", cli.presence_ttl)?,
+            ..ClusterConfig::new(url, &node_id)
+        }),
+    };
     let config = Config {
         node_id,
         pool: PoolConfig {
             min_connections: cli.db_pool_min,
             max_connections: cli.db_pool_max,
-            idle_timeout,
-            acquire_timeout,
+            idle_timeout: seconds("db-idle-timeout", cli.db_idle_timeout)?,
+            acquire_timeout: seconds("db-acquire-timeout", cli.db_acquire_timeout)?,
         },
         max_frame: cli.max_frame,
         max_message_bytes: cli.max_message_bytes,
@@ -358,12 +340,12 @@ async fn run() -> ExitCode {
             .or(client_capacity)
             .unwrap_or(Config::default().max_connections),
         push_queue: cli.push_queue,
-        classic_spacing,
-        classic_read_grace,
+        classic_spacing: seconds("classic-spacing-ms", cli.classic_spacing_ms / 1000.0)?,
+        classic_read_grace: seconds("classic-read-grace", cli.classic_read_grace)?,
         sqlite_sync: cli.sync,
-        heartbeat_timeout,
-        keepalive_idle,
-        resume_token_ttl,
+        heartbeat_timeout: seconds("heartbeat-timeout", cli.heartbeat_timeout)?,
+        keepalive_idle: seconds("keepalive", cli.keepalive)?,
+        resume_token_ttl: seconds("token-ttl", cli.token_ttl)?,
         session_rate: cli.session_rate,
         session_burst: cli.session_burst,
         limits,
@@ -376,63 +358,43 @@ async fn run() -> ExitCode {
         },
         ..Config::default()
     };
-    let node = match Node::open(&cli.db, config, cluster).await {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("chatserver: cannot open {}: {e}", cli.db);
-            return ExitCode::FAILURE;
-        }
-    };
-    let listener = match TcpListener::bind(&addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("chatserver: cannot listen on {addr}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let node = Node::open(&cli.db, config, cluster)
+        .await
+        .map_err(|e| Fatal::Start(format!("cannot open {}: {e}", cli.db)))?;
+    let listener = bind(&addr, "").await?;
     let tls = match (&cli.tls_listen, acceptor) {
-        (Some(tls_addr), Some(acceptor)) => match TcpListener::bind(tls_addr).await {
-            Ok(l) => {
-                let local = l.local_addr().map(|a| a.to_string());
-                tracing::info!(listen = %local.unwrap_or_else(|_| tls_addr.clone()), "TLS listener ready");
-                Some((l, acceptor))
-            }
-            Err(e) => {
-                eprintln!("chatserver: cannot listen on {tls_addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+        (Some(tls_addr), Some(acceptor)) => {
+            let l = bind(tls_addr, "for TLS ").await?;
+            let local = l.local_addr().map(|a| a.to_string());
+            tracing::info!(listen = %local.unwrap_or_else(|_| tls_addr.clone()), "TLS listener ready");
+            Some((l, acceptor))
+        }
         _ => None,
     };
     let web = match &cli.ws_listen {
         None => None,
-        Some(web_addr) => match TcpListener::bind(web_addr).await {
-            Ok(l) => {
-                let local = l.local_addr().map(|a| a.to_string());
-                tracing::info!(listen = %local.unwrap_or_else(|_| web_addr.clone()), "web listener ready (web client at /, WebSocket at /ws)");
-                Some(l)
-            }
-            Err(e) => {
-                eprintln!("chatserver: cannot listen on {web_addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+        Some(web_addr) => {
+            let l = bind(web_addr, "for the web client ").await?;
+            let local = l.local_addr().map(|a| a.to_string());
+            tracing::info!(listen = %local.unwrap_or_else(|_| web_addr.clone()), "web listener ready (web client at /, WebSocket at /ws)");
+            Some(l)
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let metrics = match &cli.metrics_listen {
+        None => None,
+        Some(metrics_addr) => {
+            let l = bind(metrics_addr, "for metrics ").await?;
+            tracing::info!(listen = %metrics_addr, "metrics at /metrics");
+            Some(tokio::spawn(chat::metrics::serve(
+                l,
+                node.pool_usage(),
+                shutdown.clone(),
+            )))
+        }
     };
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
     tracing::info!(listen = %local, db = %cli.db, "chatserver ready");
-    let shutdown = CancellationToken::new();
-    if let Some(addr) = &cli.metrics_listen {
-        match TcpListener::bind(addr).await {
-            Ok(l) => {
-                tracing::info!(listen = %addr, "metrics at /metrics");
-                tokio::spawn(chat::metrics::serve(l, node.pool_usage(), shutdown.clone()));
-            }
-            Err(e) => {
-                eprintln!("chatserver: cannot listen for metrics on {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     node.serve_all(
         chat::server::Listeners {
@@ -443,7 +405,10 @@ async fn run() -> ExitCode {
         shutdown,
     )
     .await;
-    ExitCode::SUCCESS
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    Ok(())
 }
 
 /// Ctrl+C or SIGTERM start a graceful shutdown.

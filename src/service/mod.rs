@@ -51,9 +51,11 @@ pub struct Service {
     /// Login throttling and registration limits.
     guard: guard::Guard,
     next_session: AtomicU64,
-    /// Background cursor writes; shutdown waits for them before closing
-    /// the store.
+    /// Background cursor writes and the group-changes listener; shutdown
+    /// waits for them before closing the store.
     tasks: TaskTracker,
+    /// Ends the listeners among `tasks` at shutdown.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Service {
@@ -104,13 +106,19 @@ impl Service {
         config: Arc<Config>,
     ) -> Result<Self, AuthError> {
         let groups = Arc::new(GroupCache::default());
+        let tasks = TaskTracker::new();
+        let stop = tokio_util::sync::CancellationToken::new();
         if let Some(mut changes) = hub.group_changes() {
             // Another node changed a group: drop our copy of its members.
-            let groups = groups.clone();
-            tokio::spawn(async move {
+            let (groups, stop) = (groups.clone(), stop.clone());
+            tasks.spawn(async move {
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
-                    match changes.recv().await {
+                    let change = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        change = changes.recv() => change,
+                    };
+                    match change {
                         Ok(GroupChange::Group(g)) => groups.invalidate(g),
                         Ok(GroupChange::All) => groups.clear(),
                         Err(RecvError::Lagged(_)) => groups.clear(),
@@ -130,7 +138,8 @@ impl Service {
             admission,
             guard,
             next_session: AtomicU64::new(1),
-            tasks: TaskTracker::new(),
+            tasks,
+            stop,
         })
     }
 
@@ -305,6 +314,7 @@ impl Service {
 
     /// Waits for background writes; call before closing the store.
     pub async fn drain(&self) {
+        self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }

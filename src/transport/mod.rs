@@ -15,8 +15,10 @@
 //! Over a WebSocket ([`ws`]) each message is a frame. [`Frames`] is either,
 //! so that one session loop serves every transport.
 
+pub mod accept;
 mod ws;
 
+pub use accept::accept_each;
 pub use ws::WsFrames;
 
 use std::io::{self, IoSlice};
