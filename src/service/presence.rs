@@ -9,11 +9,10 @@
 use std::collections::HashSet;
 
 use super::Service;
-use super::session::LoggedIn;
 use crate::model::UserId;
 
 /// How long the end of a session waits at most to tell contacts.
-pub(super) const WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Service {
     /// Tells `contacts` (those online get it) that `user` came online or
@@ -41,23 +40,28 @@ impl Service {
         self.hub.notify(bytes::Bytes::from(frame), contacts).await;
     }
 
-    /// Tells the user's contacts that it went offline, unless a newer
-    /// session replaced this one (then it is still online).
-    pub(super) async fn announce_offline(&self, me: &LoggedIn) {
-        let Ok(on) = self.hub.online(&[me.id]).await else {
-            return;
-        };
-        if on.first() != Some(&false) {
-            return;
-        }
-        // Read again: friendships and groups may have changed since login,
-        // made by others too.
-        let contacts =
-            match tokio::try_join!(self.store.friends(me.id), self.store.user_groups(me.id)) {
-                Ok((friends, groups)) => contacts_of(me.id, &friends, &groups),
-                Err(_) => me.contacts.clone(),
+    /// Tells `user`'s contacts that it went offline, unless a newer
+    /// session replaced this one (then it is still online); `known` are
+    /// the contacts from login, used if they cannot be read again. Gives up
+    /// after a moment: the end of a session is never held up for long.
+    pub(super) async fn announce_offline(&self, user: UserId, name: &str, known: &[UserId]) {
+        let _ = tokio::time::timeout(WAIT, async {
+            let Ok(on) = self.hub.online(&[user]).await else {
+                return;
             };
-        self.announce(me.id, &me.name, false, &contacts).await;
+            if on.first() != Some(&false) {
+                return;
+            }
+            // Read again: friendships and groups may have changed since
+            // login, made by others too.
+            let contacts =
+                match tokio::try_join!(self.store.friends(user), self.store.user_groups(user)) {
+                    Ok((friends, groups)) => contacts_of(user, &friends, &groups),
+                    Err(_) => known.to_vec(),
+                };
+            self.announce(user, name, false, &contacts).await;
+        })
+        .await;
     }
 }
 

@@ -314,7 +314,7 @@ impl Service {
             // Presence is best effort: it never holds up the end of a
             // session by more than a moment, even with Redis or the
             // database down.
-            let _ = tokio::time::timeout(super::presence::WAIT, self.announce_offline(&me)).await;
+            self.announce_offline(me.id, &me.name, &me.contacts).await;
             METRICS.sessions_online.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(user = me.id, session = s.id, "user offline");
         }
