@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::mpsc;
 
-use super::delivery::Cursors;
-use super::session::{chronological, mark_delivered};
+use super::delivery::{DeliveryState, Reads};
+use super::session::chronological;
 use super::{LoggedIn, Service, Session, invalid};
 use crate::hub::SessionHandle;
 use crate::limits::AddrKey;
@@ -147,6 +147,12 @@ impl Service {
         let (tx, rx) = mpsc::channel(self.config.push_queue);
         let ended = tokio_util::sync::CancellationToken::new();
         let lagging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads = match (acks, s.classic) {
+            (true, _) => Reads::Acknowledged,
+            // The original client: its writes are confirmed by time.
+            (false, true) => Reads::Confirmed,
+            (false, false) => Reads::Written,
+        };
         self.hub
             .connect(
                 id,
@@ -163,21 +169,9 @@ impl Service {
             id,
             name,
             pushes: rx,
-            lagging,
             token_hash,
-            // The original client's positions move as its writes are
-            // confirmed by time, which the cursors take as acknowledgements.
-            cursors: if acks || s.classic {
-                Cursors::load_acknowledged([])
-            } else {
-                Cursors::default()
-            },
-            acks_declared: acks,
-            implicit_reads: s.classic && !acks,
+            delivery: DeliveryState::new(reads, lagging, std::time::Instant::now()),
             _ended: ended.drop_guard(),
-            last_flush: std::time::Instant::now(),
-            backlog: false,
-            awaiting_ack: false,
             unread_sent: HashMap::new(),
             contacts: Vec::new(),
         };
@@ -216,17 +210,9 @@ impl Service {
         // end); further pages follow one at a time through the connection.
         let page_size = self.config.offline_page.max(1);
         let start = self.store.session_start(me.id, page_size).await?;
-        me.cursors = if me.cursors.acknowledged() {
-            Cursors::load_acknowledged(start.cursors)
-        } else {
-            Cursors::load(start.cursors)
-        };
+        me.delivery.load(start.cursors);
         let first = start.undelivered;
-        // A page is cut short by its per-conversation window too, so only
-        // an empty one says that nothing is left.
-        me.backlog = !first.is_empty();
-        me.awaiting_ack = me.backlog && me.cursors.acknowledged();
-        mark_delivered(me, &first);
+        me.delivery.page_sent(&first);
         let first = chronological(first);
 
         let (friends, groups) = (start.friends, start.groups);
@@ -287,7 +273,7 @@ impl Service {
                 })
                 .collect(),
             token: None,
-            acks: me.acks_declared,
+            acks: me.delivery.reads() == Reads::Acknowledged,
             more: false,
         };
         let rest = if classic {

@@ -80,7 +80,7 @@ impl Service {
         body: String,
         cmid: Option<String>,
     ) -> Result<Sent, Fail> {
-        let member = me.cursors.knows(Conversation::Group(group));
+        let member = me.delivery.knows(Conversation::Group(group));
         let members = self
             .groups
             .members(self.store.as_ref(), group)
@@ -138,7 +138,7 @@ impl Service {
         }
         // A resend is answered and delivered as the original was (its
         // receivers drop it if they have it).
-        me.cursors.record_own(conv, stored.seq);
+        me.delivery.record_own(conv, stored.seq);
         let reply = Sent {
             seq: stored.seq,
             ts: stored.ts_ms,
@@ -175,7 +175,7 @@ impl Service {
             }
             HistoryTarget::User(peer) => Conversation::direct(me.id, peer),
             HistoryTarget::Group(g) => {
-                let member = me.cursors.knows(Conversation::Group(g));
+                let member = me.delivery.knows(Conversation::Group(g));
                 if !member && self.groups.members(self.store.as_ref(), g).await?.is_none() {
                     return Err(Fail::new(ErrCode::NotFound, format!("group {g} not found")));
                 }
@@ -206,20 +206,20 @@ impl Service {
     /// ACK: the client has everything up to each position. Moves the
     /// positions to store, and lets the next backlog page go.
     pub(super) fn ack(&self, me: &mut LoggedIn, acks: &[(HistoryTarget, Seq)]) -> Result<(), Fail> {
-        if !me.acks_declared {
+        if me.delivery.reads() != crate::service::delivery::Reads::Acknowledged {
             return Err(Fail::new(
                 ErrCode::BadRequest,
                 "this session did not declare `acks` when it logged in",
             ));
         }
-        for (target, seq) in acks {
+        let positions = acks.iter().map(|(target, seq)| {
             let conv = match *target {
                 HistoryTarget::User(peer) => Conversation::direct(me.id, peer),
                 HistoryTarget::Group(g) => Conversation::Group(g),
             };
-            me.cursors.ack(conv, *seq);
-        }
-        me.awaiting_ack = false;
+            (conv, *seq)
+        });
+        me.delivery.acknowledge(positions.collect::<Vec<_>>());
         Ok(())
     }
 }

@@ -23,9 +23,187 @@
 //! the bytes and the connection stayed open a grace period after the write.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::model::{Conversation, Seq, UserId};
+use crate::model::{ChatMessage, Conversation, Seq, UserId};
+
+/// How a session's delivered positions become positions to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// Once written to the connection: a client that cannot acknowledge,
+    /// on a transport that delivers whole messages (WebSocket, TLS, a
+    /// client of ours that declared no `acks`).
+    Written,
+    /// On the client's acknowledgements (it declared `acks`).
+    Acknowledged,
+    /// Written, then confirmed by time and the client's TCP
+    /// ([`Unconfirmed`]): the original client.
+    Confirmed,
+}
+
+/// One session's delivery, the state machine between the store, live
+/// pushes and the client: positions per conversation ([`Cursors`]), whether
+/// stored messages wait for it (the backlog, read a page at a time),
+/// whether the next page waits for the client to acknowledge the last,
+/// whether live pushes were dropped for it (lagging), and when positions
+/// were last handed to the store.
+///
+/// One per session, never per user: a user with several sessions (devices)
+/// has one each, each with its own positions and pages.
+#[derive(Debug)]
+pub struct DeliveryState {
+    cursors: Cursors,
+    reads: Reads,
+    /// More undelivered messages may wait in the store than the last page
+    /// held.
+    backlog: bool,
+    /// A page went out to a client whose positions move on
+    /// acknowledgements: the next page waits for them (the store, still at
+    /// the old positions, would offer the same page again).
+    awaiting_ack: bool,
+    /// Set by the hub when a push for this session was dropped on a full
+    /// queue.
+    lagging: Arc<AtomicBool>,
+    /// When positions were last handed to the store.
+    last_flush: Instant,
+}
+
+impl DeliveryState {
+    /// A session's delivery, before its stored positions are known;
+    /// `lagging` is shared with the hub.
+    pub fn new(reads: Reads, lagging: Arc<AtomicBool>, now: Instant) -> Self {
+        DeliveryState {
+            cursors: Cursors::for_reads(reads, []),
+            reads,
+            backlog: false,
+            awaiting_ack: false,
+            lagging,
+            last_flush: now,
+        }
+    }
+
+    /// Starts from the positions stored for the user.
+    pub fn load(&mut self, positions: impl IntoIterator<Item = (Conversation, Seq)>) {
+        self.cursors = Cursors::for_reads(self.reads, positions);
+    }
+
+    pub fn reads(&self) -> Reads {
+        self.reads
+    }
+
+    /// A page of stored messages went out (the login's, or a backlog
+    /// page): they are delivered. Only an empty page says that nothing is
+    /// left; after a full one a client that acknowledges must do so before
+    /// the next.
+    pub fn page_sent(&mut self, page: &[ChatMessage]) {
+        for m in page {
+            self.cursors.delivered(m.conv, m.seq);
+        }
+        self.backlog = !page.is_empty();
+        self.awaiting_ack = self.backlog && self.reads != Reads::Written;
+    }
+
+    /// Whether the next page of stored messages should be read now.
+    pub fn wants_page(&self) -> bool {
+        self.backlog && !self.awaiting_ack
+    }
+
+    /// Starts reading a page: returns every position this session moved,
+    /// to be stored before the page is read (a save queued earlier may
+    /// still be in flight; storing them all again, behind it, waits it out,
+    /// so the page never starts from stale positions).
+    pub fn begin_page(&mut self) -> Vec<(Conversation, Seq)> {
+        self.backlog = false;
+        self.cursors.take_dirty();
+        self.cursors.advanced()
+    }
+
+    /// Live delivery may have missed something: read from the store.
+    pub fn resync(&mut self) {
+        self.backlog = true;
+    }
+
+    /// Whether pushes were dropped since last asked (then the session
+    /// reads from the store what it missed).
+    pub fn take_lagging(&self) -> bool {
+        self.lagging.swap(false, Ordering::Relaxed)
+    }
+
+    /// The client has (or, for the original client, is taken to have)
+    /// everything up to each position; the next page may go.
+    pub fn acknowledge(&mut self, positions: impl IntoIterator<Item = (Conversation, Seq)>) {
+        for (conv, seq) in positions {
+            self.cursors.ack(conv, seq);
+        }
+        self.awaiting_ack = false;
+    }
+
+    /// Classifies a message of `conv` numbered `seq`, sent by someone else.
+    pub fn classify(&mut self, conv: Conversation, seq: Seq) -> Incoming {
+        self.cursors.classify(conv, seq)
+    }
+
+    /// Marks `seq` of `conv` (and everything before it) delivered.
+    pub fn delivered(&mut self, conv: Conversation, seq: Seq) {
+        self.cursors.delivered(conv, seq);
+    }
+
+    /// The session itself sent `seq` in `conv`.
+    pub fn record_own(&mut self, conv: Conversation, seq: Seq) {
+        self.cursors.record_own(conv, seq);
+    }
+
+    /// Whether the session takes part in `conv` as far as it knows.
+    pub fn knows(&self, conv: Conversation) -> bool {
+        self.cursors.knows(conv)
+    }
+
+    /// The session joined (or created) a group whose conversation is at
+    /// `seq`.
+    pub fn join(&mut self, conv: Conversation, seq: Seq) {
+        self.cursors.start(conv, seq);
+    }
+
+    /// The session left a group: its messages are no longer ours.
+    pub fn leave(&mut self, conv: Conversation) {
+        self.cursors.forget(conv);
+    }
+
+    /// How many groups the session takes part in.
+    pub fn groups(&self) -> usize {
+        self.cursors.groups()
+    }
+
+    /// Positions delivered but not acknowledged yet.
+    pub fn unacknowledged(&self) -> Vec<(Conversation, Seq)> {
+        self.cursors.unacknowledged()
+    }
+
+    /// When positions not yet stored are due to be, storing at most once
+    /// per `interval`.
+    pub fn flush_due(&self, interval: Duration) -> Option<Instant> {
+        self.cursors.has_dirty().then(|| self.last_flush + interval)
+    }
+
+    /// Takes the positions to store now.
+    pub fn take_flush(&mut self, now: Instant) -> Vec<(Conversation, Seq)> {
+        self.last_flush = now;
+        self.cursors.take_dirty()
+    }
+
+    /// Goes back to the positions last handed to the store: a write failed,
+    /// so what was marked delivered since may not have reached the client.
+    pub fn forget_unsaved(&mut self) {
+        self.cursors.forget_unsaved();
+    }
+
+    /// Every position this session moved, to store when it ends.
+    pub fn advanced(&self) -> Vec<(Conversation, Seq)> {
+        self.cursors.advanced()
+    }
+}
 
 /// What to do with an incoming message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +281,15 @@ impl Cursors {
         Cursors {
             acks: true,
             ..Self::load(positions)
+        }
+    }
+
+    /// Loads `positions` for a session whose positions move as `reads`
+    /// says (confirmed reads come in as acknowledgements).
+    fn for_reads(reads: Reads, positions: impl IntoIterator<Item = (Conversation, Seq)>) -> Self {
+        match reads {
+            Reads::Written => Self::load(positions),
+            Reads::Acknowledged | Reads::Confirmed => Self::load_acknowledged(positions),
         }
     }
 
@@ -369,6 +556,73 @@ mod tests {
     use super::*;
 
     const G: Conversation = Conversation::Group(1);
+
+    fn msg(conv: Conversation, seq: Seq) -> ChatMessage {
+        ChatMessage {
+            conv,
+            seq,
+            sender: 9,
+            sender_name: "x".into(),
+            body: String::new(),
+            ts_ms: 0,
+        }
+    }
+
+    #[test]
+    fn pages_go_one_at_a_time_and_wait_for_acknowledgements() {
+        let t0 = Instant::now();
+        let lagging = Arc::new(AtomicBool::new(false));
+        let mut d = DeliveryState::new(Reads::Acknowledged, lagging.clone(), t0);
+        d.load([(G, 2)]);
+        d.page_sent(&[msg(G, 3), msg(G, 4)]);
+        assert!(
+            !d.wants_page(),
+            "the next page waits for the acknowledgement"
+        );
+        assert!(
+            d.flush_due(Duration::from_millis(50)).is_none(),
+            "written is not acknowledged"
+        );
+        d.acknowledge([(G, 4)]);
+        assert!(d.wants_page());
+        assert_eq!(
+            d.flush_due(Duration::from_millis(50)),
+            Some(t0 + Duration::from_millis(50))
+        );
+        assert_eq!(
+            d.begin_page(),
+            vec![(G, 4)],
+            "stored before the next page is read"
+        );
+        assert!(!d.wants_page());
+        d.page_sent(&[]);
+        assert!(!d.wants_page(), "an empty page: nothing left");
+        // pushes dropped on a full queue
+        lagging.store(true, Ordering::Relaxed);
+        assert!(d.take_lagging() && !d.take_lagging());
+        d.resync();
+        assert!(d.wants_page());
+    }
+
+    #[test]
+    fn written_reads_page_on_without_waiting() {
+        let t0 = Instant::now();
+        let mut d = DeliveryState::new(Reads::Written, Arc::default(), t0);
+        d.load([(G, 0)]);
+        d.page_sent(&[msg(G, 1)]);
+        assert!(d.wants_page(), "positions moved on the write");
+        assert_eq!(d.take_flush(t0), vec![(G, 1)]);
+        let mut c = DeliveryState::new(Reads::Confirmed, Arc::default(), t0);
+        c.load([(G, 0)]);
+        c.page_sent(&[msg(G, 1)]);
+        assert!(
+            !c.wants_page(),
+            "the original client's reads are confirmed first"
+        );
+        assert_eq!(c.unacknowledged(), vec![(G, 1)]);
+        c.acknowledge(c.unacknowledged());
+        assert!(c.wants_page());
+    }
 
     #[test]
     fn written_deliveries_are_confirmed_after_the_grace_once_tcp_has_them() {

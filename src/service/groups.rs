@@ -97,7 +97,7 @@ impl Service {
             .store
             .create_group(me.id, name.as_str(), desc.as_str())
             .await?;
-        me.cursors.start(Conversation::Group(id), 0);
+        me.delivery.join(Conversation::Group(id), 0);
         self.groups.invalidate(id);
         self.hub.group_changed(id).await;
         Ok(GroupCreated {
@@ -113,7 +113,7 @@ impl Service {
         group: GroupId,
     ) -> Result<GroupJoined, Fail> {
         // (A member joining again is answered by the store as before.)
-        if !me.cursors.knows(Conversation::Group(group)) {
+        if !me.delivery.knows(Conversation::Group(group)) {
             self.groups_quota(me)?;
             let max = self.config.limits.members_per_group;
             if let Some(members) = self.groups.members(self.store.as_ref(), group).await?
@@ -127,7 +127,7 @@ impl Service {
             }
         }
         let start = self.store.join_group(me.id, group).await?;
-        me.cursors.start(Conversation::Group(group), start);
+        me.delivery.join(Conversation::Group(group), start);
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
         let info = self
@@ -168,7 +168,7 @@ impl Service {
     /// Refuses a create or join past the groups-per-user quota.
     fn groups_quota(&self, me: &LoggedIn) -> Result<(), Fail> {
         let max = self.config.limits.groups_per_user;
-        if me.cursors.groups() >= max as usize {
+        if me.delivery.groups() >= max as usize {
             inc(&METRICS.limited);
             return Err(Fail::new(
                 ErrCode::QuotaExceeded,
@@ -189,7 +189,7 @@ impl Service {
                 format!("you are not a member of group {group}"),
             ));
         }
-        me.cursors.forget(Conversation::Group(group));
+        me.delivery.leave(Conversation::Group(group));
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
         Ok(GroupChanged { groupid: group })

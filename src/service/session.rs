@@ -9,15 +9,15 @@
 //! it the client has acknowledged, lives in its [`Cursors`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::Service;
-use super::delivery::{Cursors, Incoming, Unconfirmed};
+use super::delivery::{DeliveryState, Incoming, Reads, Unconfirmed};
 use crate::hub::Kick;
 use crate::limits::{AddrKey, Budget};
 use crate::metrics::{METRICS, inc};
@@ -29,28 +29,14 @@ pub(super) struct LoggedIn {
     pub(super) id: UserId,
     pub(super) name: String,
     pub(super) pushes: mpsc::Receiver<Push>,
-    /// Set by the hub when a push was dropped on a full queue.
-    pub(super) lagging: Arc<AtomicBool>,
     /// The hash of the resume token this session was given or resumed
     /// with; logout revokes it.
     pub(super) token_hash: Option<String>,
-    pub(super) cursors: Cursors,
-    /// The client declared `acks` at login: it may send ACK.
-    pub(super) acks_declared: bool,
-    /// Logged in as the original client: positions move on writes
-    /// confirmed by time ([`Unconfirmed`]), not on acknowledgements.
-    pub(super) implicit_reads: bool,
+    /// What this session delivered, what its client has, what waits.
+    pub(super) delivery: DeliveryState,
     /// Tells a newer login replacing this one that this one has ended
     /// (fires when dropped, after [`Service::end_session`] stored positions).
     pub(super) _ended: tokio_util::sync::DropGuard,
-    /// When delivery positions were last handed to the store.
-    pub(super) last_flush: Instant,
-    /// More undelivered messages wait in the store than the last page held.
-    pub(super) backlog: bool,
-    /// A full page went out to a client that acknowledges: the next page
-    /// waits for its acknowledgement (else the store, still at the old
-    /// positions, would offer the same page again).
-    pub(super) awaiting_ack: bool,
     /// Per direct conversation this session sent to: the last sequence
     /// number it sent there and the receiver's stored position when last
     /// looked up, so that the unread quota costs a store read only near
@@ -120,7 +106,7 @@ impl Session {
         match self.user.as_mut() {
             Some(u) => {
                 // Pushes were dropped: read them from the store first.
-                if u.lagging.swap(false, Ordering::Relaxed) {
+                if u.delivery.take_lagging() {
                     return Some(Push::Resync);
                 }
                 u.pushes.recv().await
@@ -168,7 +154,7 @@ impl Session {
     /// client may not have them, so they are delivered again next time.
     pub fn forget_unsaved_deliveries(&mut self) {
         if let Some(me) = self.user.as_mut() {
-            me.cursors.forget_unsaved();
+            me.delivery.forget_unsaved();
         }
     }
 
@@ -176,9 +162,7 @@ impl Session {
     /// (after a full offline page, or when live delivery may have missed
     /// some); the connection then asks for [`Service::backlog_page`].
     pub fn has_backlog(&self) -> bool {
-        self.user
-            .as_ref()
-            .is_some_and(|u| u.backlog && !u.awaiting_ack)
+        self.user.as_ref().is_some_and(|u| u.delivery.wants_page())
     }
 
     /// Login and resume need a connection that is not logged in yet.
@@ -224,10 +208,14 @@ impl Service {
     /// written in all: what the original client was given starts its
     /// grace period ([`Unconfirmed`]).
     pub fn frames_written(&self, s: &mut Session, bytes: u64) {
-        let Some(me) = s.user.as_ref().filter(|me| me.implicit_reads) else {
+        let Some(me) = s
+            .user
+            .as_ref()
+            .filter(|me| me.delivery.reads() == Reads::Confirmed)
+        else {
             return;
         };
-        let positions = me.cursors.unacknowledged();
+        let positions = me.delivery.unacknowledged();
         s.unconfirmed.written(
             me.id,
             positions,
@@ -243,13 +231,7 @@ impl Service {
     pub fn confirm_reads(&self, s: &mut Session, acked: Option<u64>) {
         for (user, positions) in s.unconfirmed.confirm(acked, Instant::now()) {
             match s.user.as_mut() {
-                Some(me) if me.id == user => {
-                    for (conv, seq) in positions {
-                        me.cursors.ack(conv, seq);
-                    }
-                    // The next backlog page may go.
-                    me.awaiting_ack = false;
-                }
+                Some(me) if me.id == user => me.delivery.acknowledge(positions),
                 // Logged out (or in as someone else) since: store it
                 // directly, the connection that carried it is still open.
                 _ => {
@@ -268,9 +250,7 @@ impl Service {
     /// has any not stored yet.
     pub fn cursor_flush_due(&self, s: &Session) -> Option<Instant> {
         let me = s.user.as_ref()?;
-        me.cursors
-            .has_dirty()
-            .then(|| me.last_flush + self.config.cursor_flush_interval)
+        me.delivery.flush_due(self.config.cursor_flush_interval)
     }
 
     /// Writes delivered positions to the store in the background when they
@@ -284,9 +264,11 @@ impl Service {
             return;
         }
         let Some(me) = s.user.as_mut() else { return };
-        me.last_flush = Instant::now();
         let user = me.id;
-        let Err(positions) = self.store.queue_cursors(user, me.cursors.take_dirty()) else {
+        let Err(positions) = self
+            .store
+            .queue_cursors(user, me.delivery.take_flush(Instant::now()))
+        else {
             return;
         };
         // The write queue is full: wait for room off the connection's path.
@@ -305,7 +287,7 @@ impl Service {
         if let Some(me) = s.user.take() {
             if let Err(e) = self
                 .store
-                .advance_cursors(me.id, me.cursors.advanced())
+                .advance_cursors(me.id, me.delivery.advanced())
                 .await
             {
                 tracing::warn!(user = me.id, error = %e, "could not store delivery cursors");
@@ -330,7 +312,7 @@ impl Service {
         let d = match push {
             Push::Message(d) => d,
             Push::Resync => {
-                me.backlog = true;
+                me.delivery.resync();
                 return Vec::new();
             }
             // Presence is ours; the original server never sent it.
@@ -338,10 +320,10 @@ impl Service {
             Push::Notice(frame) => return vec![frame],
         };
         let m = &*d;
-        match me.cursors.classify(m.conv, m.seq) {
+        match me.delivery.classify(m.conv, m.seq) {
             Incoming::Duplicate => Vec::new(),
             Incoming::InOrder => {
-                me.cursors.delivered(m.conv, m.seq);
+                me.delivery.delivered(m.conv, m.seq);
                 inc(if d.remote {
                     &METRICS.delivered_remote
                 } else {
@@ -360,7 +342,7 @@ impl Service {
                             .delivered_from_store
                             .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         out.push(d.frame.clone());
-                        me.cursors.delivered(m.conv, m.seq);
+                        me.delivery.delivered(m.conv, m.seq);
                         out
                     }
                     Err(e) => {
@@ -381,14 +363,8 @@ impl Service {
         let Some(me) = s.user.as_mut() else {
             return Vec::new();
         };
-        me.backlog = false;
         let page_size = self.config.offline_page.max(1);
-        // Every position this session moved, not only the unsaved ones: a
-        // save queued earlier may still be in flight, and this write, queued
-        // behind it, returns only once both are durable, so the read below
-        // never starts from stale positions.
-        me.cursors.take_dirty();
-        let positions = me.cursors.advanced();
+        let positions = me.delivery.begin_page();
         let page = async {
             self.store.advance_cursors(me.id, positions).await?;
             self.store.undelivered(me.id, page_size).await
@@ -401,26 +377,20 @@ impl Service {
                 return Vec::new();
             }
         };
-        // Only an empty page says that nothing is left (see
-        // `Store::undelivered`).
-        me.backlog = !page.is_empty();
-        me.awaiting_ack = me.backlog && me.cursors.acknowledged();
         // Pushes may have delivered some of these meanwhile.
         let fresh: Vec<ChatMessage> = page
-            .into_iter()
-            .filter(|m| me.cursors.classify(m.conv, m.seq) != Incoming::Duplicate)
+            .iter()
+            .filter(|m| me.delivery.classify(m.conv, m.seq) != Incoming::Duplicate)
+            .cloned()
             .collect();
-        mark_delivered(me, &fresh);
+        // Only an empty page says that nothing is left (see
+        // `Store::undelivered`), so the whole page counts, not only what is
+        // fresh.
+        me.delivery.page_sent(&page);
         METRICS
             .delivered_from_store
             .fetch_add(fresh.len() as u64, std::sync::atomic::Ordering::Relaxed);
         chronological(fresh).iter().map(render_push).collect()
-    }
-}
-
-pub(super) fn mark_delivered(me: &mut LoggedIn, page: &[ChatMessage]) {
-    for m in page {
-        me.cursors.delivered(m.conv, m.seq);
     }
 }
 
