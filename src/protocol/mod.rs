@@ -18,9 +18,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::model::{ChatMessage, GroupId, Seq, UserId};
+use crate::model::{ChatMessage, GroupId, UserId};
 pub use replies::ChatFrame;
-use requests as wire;
 
 /// Message ids. 1 to 10 are the original's; 11 to 14 are requests it did not
 /// have (11 to 13 as the Cluster_ChatServer seed names them); `100 + n` is
@@ -224,84 +223,27 @@ pub enum HistoryTarget {
     Group(GroupId),
 }
 
-/// A request, typed. Fields the server derives from the session (`id` after
-/// login, `name`, `time`) are not here: the server never trusts them.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    Login {
-        id: UserId,
-        password: String,
-        /// The client acknowledges what it receives ([`Request::Ack`]):
-        /// stored positions then move on its acknowledgements, not on writes.
-        acks: bool,
-    },
-    Logout,
-    Register {
-        name: String,
-        password: String,
-    },
-    OneChat {
-        toid: UserId,
-        msg: String,
-        /// The client's id for this message: a resend with the same id is
-        /// stored once.
-        cmid: Option<String>,
-    },
-    AddFriend {
-        friendid: UserId,
-    },
-    DelFriend {
-        friendid: UserId,
-    },
-    ShowFriendList,
-    CreateGroup {
-        groupname: String,
-        groupdesc: String,
-    },
-    AddGroup {
-        groupid: GroupId,
-    },
-    DelGroup {
-        groupid: GroupId,
-    },
-    GroupChat {
-        groupid: GroupId,
-        msg: String,
-        cmid: Option<String>,
-    },
-    History {
-        target: HistoryTarget,
-        before: Option<Seq>,
-        limit: Option<u32>,
-    },
-    ServerInfo,
-    Ping,
-    Resume {
-        token: String,
-        acks: bool,
-    },
-    /// Everything up to `seq` in each conversation has reached the client.
-    Ack {
-        acks: Vec<(HistoryTarget, Seq)>,
-    },
-}
-
 /// Most positions one ACK may carry.
 pub const MAX_ACKS: usize = 1024;
 /// Longest client message id, in bytes.
 pub const MAX_CMID_LEN: usize = 64;
 
-/// A frame parsed as far as it goes. Even a request whose fields are wrong
-/// keeps its `msgid` and `reqid`, so that the error reply can name them.
+/// A frame's envelope: its `msgid`, `reqid` and `id`, and the fields of
+/// the request it carries, which the service reads into the request's own
+/// type (`service::requests`, the one table of requests). Even a frame
+/// whose request turns out wrong keeps its `msgid` and `reqid`, so that the
+/// error reply can name them.
 #[derive(Debug)]
 pub struct Parsed {
     /// The request's msgid, or [`msgid::ERROR`] when there is none to name.
     pub msgid: i64,
     pub reqid: Option<Value>,
-    /// The `id` the client put in the request, if any (checked against the
-    /// session, never used as identity).
-    pub claimed_id: Option<UserId>,
-    pub request: Result<Request, Fail>,
+    /// The `id` the client put in the request, if any: for a request after
+    /// login, a claim checked against the session (never used as
+    /// identity); LOGIN reads it as the account.
+    pub id: Option<Value>,
+    /// The request's fields, or why the frame holds no request at all.
+    pub body: Result<Map<String, Value>, Fail>,
 }
 
 impl Parsed {
@@ -309,21 +251,24 @@ impl Parsed {
         Parsed {
             msgid: msgid::ERROR,
             reqid,
-            claimed_id: None,
-            request: Err(fail),
+            id: None,
+            body: Err(fail),
         }
     }
 }
 
-fn typed<T: serde::de::DeserializeOwned>(obj: Map<String, Value>) -> Result<T, Fail> {
-    serde_json::from_value(Value::Object(obj))
+/// Reads `body` into request type `T`; a missing or mistyped field is
+/// errno 12.
+pub fn typed<T: serde::de::DeserializeOwned>(body: Map<String, Value>) -> Result<T, Fail> {
+    serde_json::from_value(Value::Object(body))
         .map_err(|e| Fail::new(ErrCode::BadRequest, e.to_string()))
 }
 
 /// Longest `reqid` string echoed back.
 pub const MAX_REQID_LEN: usize = 128;
 
-/// Parses one frame. Never panics; every failure is a [`Fail`] to reply with.
+/// Parses one frame's envelope. Never panics; every failure is a [`Fail`]
+/// to reply with.
 pub fn parse(frame: &[u8]) -> Parsed {
     let value: Value = match serde_json::from_slice(frame) {
         Ok(v) => v,
@@ -375,156 +320,33 @@ pub fn parse(frame: &[u8]) -> Parsed {
             }
         },
     };
-    let known = matches!(
-        id,
-        msgid::LOGIN
-            | msgid::LOGOUT
-            | msgid::REG
-            | msgid::ONE_CHAT
-            | msgid::ADD_FRIEND
-            | msgid::CREATE_GROUP
-            | msgid::ADD_GROUP
-            | msgid::GROUP_CHAT
-            | msgid::DEL_GROUP
-            | msgid::DEL_FRIEND
-            | msgid::SHOW_FRIEND_LIST
-            | msgid::HISTORY
-            | msgid::SERVER_INFO
-            | msgid::PING
-            | msgid::RESUME
-            | msgid::ACK
-    );
-    if !known {
-        return Parsed::bare(
-            Fail::new(ErrCode::UnknownMsgid, format!("unknown request msgid {id}")),
-            reqid,
-        );
-    }
-    let mut parsed = Parsed {
+    Parsed {
         msgid: id,
         reqid,
-        claimed_id: None,
-        request: Err(Fail::new(ErrCode::BadRequest, "")),
-    };
-    // For LOGIN, `id` is the account to log into, not a claim about the
-    // session; REG and SERVER_INFO have no use for it.
-    if !matches!(
-        id,
-        msgid::LOGIN | msgid::REG | msgid::SERVER_INFO | msgid::PING | msgid::RESUME
-    ) {
-        match obj.get("id") {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_i64() {
-                Some(claimed) => parsed.claimed_id = Some(claimed),
-                None => {
-                    parsed.request = Err(Fail::new(ErrCode::BadRequest, "id must be an integer"));
-                    return parsed;
-                }
-            },
-        }
+        id: obj.get("id").cloned(),
+        body: Ok(obj),
     }
-    parsed.request = request_of(id, obj);
-    parsed
 }
 
-fn request_of(id: i64, obj: Map<String, Value>) -> Result<Request, Fail> {
-    Ok(match id {
-        msgid::LOGIN => {
-            let b: wire::Login = typed(obj)?;
-            Request::Login {
-                id: b.id,
-                password: b.password,
-                acks: b.acks,
-            }
-        }
-        msgid::LOGOUT => Request::Logout,
-        msgid::REG => {
-            let b: wire::Register = typed(obj)?;
-            Request::Register {
-                name: b.name,
-                password: b.password,
-            }
-        }
-        msgid::ONE_CHAT => {
-            let b: wire::OneChat = typed(obj)?;
-            Request::OneChat {
-                toid: b.toid,
-                msg: b.msg,
-                cmid: checked_cmid(b.cmid)?,
-            }
-        }
-        msgid::ADD_FRIEND => Request::AddFriend {
-            friendid: typed::<wire::AddFriend>(obj)?.friendid,
+/// The `id` a request after login claims, checked against the session's
+/// user: absent or null claims nothing; anything but an integer is errno
+/// 12, another user's id errno 21.
+pub fn check_claim(id: Option<&Value>, me: UserId) -> Result<(), Fail> {
+    match id {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => match v.as_i64() {
+            Some(claimed) if claimed == me => Ok(()),
+            Some(claimed) => Err(Fail::new(
+                ErrCode::IdentityMismatch,
+                format!("id {claimed} is not the logged-in user {me}"),
+            )),
+            None => Err(Fail::new(ErrCode::BadRequest, "id must be an integer")),
         },
-        msgid::DEL_FRIEND => Request::DelFriend {
-            friendid: typed::<wire::DelFriend>(obj)?.friendid,
-        },
-        msgid::SHOW_FRIEND_LIST => Request::ShowFriendList,
-        msgid::SERVER_INFO => Request::ServerInfo,
-        msgid::PING => Request::Ping,
-        msgid::RESUME => {
-            let b: wire::Resume = typed(obj)?;
-            Request::Resume {
-                token: b.token,
-                acks: b.acks,
-            }
-        }
-        msgid::ACK => {
-            let b: wire::Ack = typed(obj)?;
-            if b.acks.len() > MAX_ACKS {
-                return Err(Fail::new(
-                    ErrCode::InvalidValue,
-                    format!("at most {MAX_ACKS} positions per ack"),
-                ));
-            }
-            let acks = b
-                .acks
-                .into_iter()
-                .map(|a| Ok((target_of(a.toid, a.groupid, "an ack")?, a.seq)))
-                .collect::<Result<_, Fail>>()?;
-            Request::Ack { acks }
-        }
-        msgid::CREATE_GROUP => {
-            let b: wire::CreateGroup = typed(obj)?;
-            Request::CreateGroup {
-                groupname: b.groupname,
-                groupdesc: b.groupdesc.unwrap_or_default(),
-            }
-        }
-        msgid::ADD_GROUP => Request::AddGroup {
-            groupid: typed::<wire::AddGroup>(obj)?.groupid,
-        },
-        msgid::DEL_GROUP => Request::DelGroup {
-            groupid: typed::<wire::DelGroup>(obj)?.groupid,
-        },
-        msgid::GROUP_CHAT => {
-            let b: wire::GroupChat = typed(obj)?;
-            Request::GroupChat {
-                groupid: b.groupid,
-                msg: b.msg,
-                cmid: checked_cmid(b.cmid)?,
-            }
-        }
-        msgid::HISTORY => {
-            let b: wire::History = typed(obj)?;
-            Request::History {
-                target: target_of(b.toid, b.groupid, "history")?,
-                before: b.before,
-                // Anything above the server's maximum means the maximum.
-                limit: b.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
-            }
-        }
-        other => {
-            return Err(Fail::new(
-                ErrCode::UnknownMsgid,
-                format!("unknown request msgid {other}"),
-            ));
-        }
-    })
+    }
 }
 
 /// A conversation named by the other user (`toid`) or the group.
-fn target_of(
+pub fn target_of(
     toid: Option<UserId>,
     groupid: Option<GroupId>,
     what: &str,
@@ -541,7 +363,7 @@ fn target_of(
 
 /// A client message id is 1 to [`MAX_CMID_LEN`] visible ASCII characters
 /// (a UUID, a counter, ...).
-fn checked_cmid(cmid: Option<String>) -> Result<Option<String>, Fail> {
+pub fn checked_cmid(cmid: Option<String>) -> Result<Option<String>, Fail> {
     match cmid {
         Some(c)
             if c.is_empty()
@@ -600,60 +422,42 @@ mod tests {
     use crate::model::Conversation;
 
     fn code(p: &Parsed) -> ErrCode {
-        p.request
-            .as_ref()
-            .err()
-            .map(|f| f.code)
-            .unwrap_or(ErrCode::Ok)
+        p.body.as_ref().err().map(|f| f.code).unwrap_or(ErrCode::Ok)
     }
 
     #[test]
-    fn classic_chat_request_parses_and_ignores_client_name_and_time() {
-        let p = parse(
-            br#"{"msgid":6,"id":1,"name":"mallory","toid":2,"msg":"hi","time":"1999-01-01 00:00:00"}"#,
-        );
-        assert_eq!(p.msgid, msgid::ONE_CHAT);
-        assert_eq!(p.claimed_id, Some(1));
-        assert_eq!(
-            p.request,
-            Ok(Request::OneChat {
-                toid: 2,
-                msg: "hi".into(),
-                cmid: None,
-            })
-        );
-    }
-
-    #[test]
-    fn acks_and_client_message_ids_parse_and_bad_ones_are_refused() {
-        let p = parse(br#"{"msgid":18,"acks":[{"toid":2,"seq":5},{"groupid":1,"seq":3}]}"#);
-        assert_eq!(
-            p.request,
-            Ok(Request::Ack {
-                acks: vec![(HistoryTarget::User(2), 5), (HistoryTarget::Group(1), 3)]
-            })
-        );
-        let p = parse(br#"{"msgid":18,"acks":[{"toid":2,"groupid":1,"seq":5}]}"#);
-        assert_eq!(code(&p), ErrCode::BadRequest);
-        let many = format!(
-            r#"{{"msgid":18,"acks":[{}]}}"#,
-            vec![r#"{"toid":2,"seq":1}"#; MAX_ACKS + 1].join(",")
-        );
-        assert_eq!(code(&parse(many.as_bytes())), ErrCode::InvalidValue);
-        let p = parse(br#"{"msgid":1,"id":3,"password":"pw","acks":true}"#);
-        assert!(matches!(p.request, Ok(Request::Login { acks: true, .. })));
-        let p = parse(br#"{"msgid":10,"groupid":1,"msg":"x","cmid":"c-1"}"#);
-        assert!(
-            matches!(p.request, Ok(Request::GroupChat { cmid: Some(ref c), .. }) if c == "c-1")
-        );
+    fn client_message_ids_and_ack_positions_are_checked() {
         for bad in [String::new(), "has space".into(), "x".repeat(65)] {
-            let frame = format!(r#"{{"msgid":6,"toid":2,"msg":"x","cmid":{bad:?}}}"#);
-            assert_eq!(
-                code(&parse(frame.as_bytes())),
-                ErrCode::InvalidValue,
-                "{bad}"
-            );
+            let got = checked_cmid(Some(bad.clone())).map_err(|f| f.code);
+            assert_eq!(got, Err(ErrCode::InvalidValue), "{bad:?}");
         }
+        assert_eq!(checked_cmid(Some("c-1".into())), Ok(Some("c-1".into())));
+        let entry = |toid, groupid| requests::AckEntry {
+            toid,
+            groupid,
+            seq: 5,
+        };
+        let ack = requests::Ack {
+            acks: vec![entry(Some(2), None), entry(None, Some(1))],
+        };
+        assert_eq!(
+            ack.targets(),
+            Ok(vec![
+                (HistoryTarget::User(2), 5),
+                (HistoryTarget::Group(1), 5)
+            ])
+        );
+        let both = requests::Ack {
+            acks: vec![entry(Some(2), Some(1))],
+        };
+        assert_eq!(both.targets().map_err(|f| f.code), Err(ErrCode::BadRequest));
+        let many = requests::Ack {
+            acks: vec![entry(Some(2), None); MAX_ACKS + 1],
+        };
+        assert_eq!(
+            many.targets().map_err(|f| f.code),
+            Err(ErrCode::InvalidValue)
+        );
     }
 
     #[test]
@@ -667,16 +471,13 @@ mod tests {
         ] {
             let p = parse(bad);
             assert_eq!(p.reqid, None);
-            assert_eq!(
-                p.request.map(|_| ()).map_err(|f| f.code),
-                Err(ErrCode::BadRequest)
-            );
+            assert_eq!(code(&p), ErrCode::BadRequest);
         }
         let long = format!(
             r#"{{"msgid":16,"reqid":"{}"}}"#,
             "r".repeat(MAX_REQID_LEN + 1)
         );
-        assert!(parse(long.as_bytes()).request.is_err());
+        assert!(parse(long.as_bytes()).body.is_err());
     }
 
     #[test]
@@ -685,32 +486,27 @@ mod tests {
         assert_eq!((p.msgid, code(&p)), (msgid::ERROR, ErrCode::InvalidJson));
         let p = parse(b"[1,2]");
         assert_eq!((p.msgid, code(&p)), (msgid::ERROR, ErrCode::BadRequest));
-        let p = parse(br#"{"msgid":99,"reqid":"r1"}"#);
-        assert_eq!((p.msgid, code(&p)), (msgid::ERROR, ErrCode::UnknownMsgid));
+        let p = parse(br#"{"msgid":1.5,"reqid":"r1"}"#);
+        assert_eq!((p.msgid, code(&p)), (msgid::ERROR, ErrCode::BadRequest));
         assert_eq!(p.reqid, Some(Value::from("r1")));
-        let p = parse(br#"{"msgid":6,"reqid":7,"toid":"2","msg":"x"}"#);
-        assert_eq!((p.msgid, code(&p)), (msgid::ONE_CHAT, ErrCode::BadRequest));
-        assert_eq!(p.reqid, Some(Value::from(7)));
-        let err = p.request.err().map(|f| f.msg).unwrap_or_default();
-        assert!(err.contains("invalid type"), "{err}");
-        let p = parse(br#"{"msgid":10,"groupid":1}"#);
-        let err = p.request.err().map(|f| f.msg).unwrap_or_default();
-        assert!(err.contains("missing field `msg`"), "{err}");
-        let p = parse(br#"{"msgid":7,"id":"me","friendid":2}"#);
-        assert_eq!(code(&p), ErrCode::BadRequest);
-        let p = parse(br#"{"msgid":2}"#);
+        let p = parse(br#"{"msgid":6,"reqid":7,"id":1,"toid":"2","msg":"x"}"#);
         assert_eq!(
-            code(&p),
-            ErrCode::UnknownMsgid,
-            "server-only msgids are not requests"
+            (p.msgid, p.reqid, p.id),
+            (6, Some(Value::from(7)), Some(Value::from(1)))
         );
-        let p = parse(br#"{"msgid":14,"toid":1,"groupid":2}"#);
-        assert_eq!(code(&p), ErrCode::BadRequest);
-        let p = parse(br#"{"msgid":1.5}"#);
-        assert_eq!(code(&p), ErrCode::BadRequest);
-        // a heartbeat names no one, whatever `id` says
-        let p = parse(br#"{"msgid":16,"id":"anyone"}"#);
-        assert_eq!((p.request, p.claimed_id), (Ok(Request::Ping), None));
+        // an id claim is checked against the session, never believed
+        assert_eq!(check_claim(Some(&Value::from(1)), 1), Ok(()));
+        assert_eq!(check_claim(None, 1), Ok(()));
+        assert_eq!(check_claim(Some(&Value::Null), 1), Ok(()));
+        let code_of = |r: Result<(), Fail>| r.map_err(|f| f.code);
+        assert_eq!(
+            code_of(check_claim(Some(&Value::from(2)), 1)),
+            Err(ErrCode::IdentityMismatch)
+        );
+        assert_eq!(
+            code_of(check_claim(Some(&Value::from("me")), 1)),
+            Err(ErrCode::BadRequest)
+        );
     }
 
     #[test]

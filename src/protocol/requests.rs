@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::msgid;
 use super::replies::{
-    Done, FriendChanged, FriendList, GroupChanged, GroupCreated, HistoryPage, LoggedIn, Pong,
-    Registered, Sent, ServerInfo as ServerInfoReply,
+    Done, FriendChanged, FriendList, GroupChanged, GroupCreated, GroupJoined, HistoryPage,
+    LoggedIn, Pong, Registered, Sent, ServerInfo as ServerInfoReply,
 };
 use crate::model::{GroupId, Seq, UserId};
 
@@ -112,7 +112,7 @@ call!(CreateGroup, msgid::CREATE_GROUP, GroupCreated);
 pub struct AddGroup {
     pub groupid: GroupId,
 }
-call!(AddGroup, msgid::ADD_GROUP, GroupChanged);
+call!(AddGroup, msgid::ADD_GROUP, GroupJoined);
 
 /// Leave a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +162,46 @@ pub struct AckEntry {
     pub seq: Seq,
 }
 
+impl OneChat {
+    /// The client message id, checked ([`super::checked_cmid`]).
+    pub fn cmid(&mut self) -> Result<Option<String>, super::Fail> {
+        super::checked_cmid(self.cmid.take())
+    }
+}
+
+impl GroupChat {
+    /// The client message id, checked ([`super::checked_cmid`]).
+    pub fn cmid(&mut self) -> Result<Option<String>, super::Fail> {
+        super::checked_cmid(self.cmid.take())
+    }
+}
+
+impl History {
+    /// The conversation asked for (errno 12 unless exactly one of `toid`,
+    /// `groupid`).
+    pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {
+        super::target_of(self.toid, self.groupid, "history")
+    }
+}
+
+impl Ack {
+    /// The positions, each in its conversation (errno 13 past
+    /// [`super::MAX_ACKS`], errno 12 for an entry without exactly one of
+    /// `toid`, `groupid`).
+    pub fn targets(&self) -> Result<Vec<(super::HistoryTarget, Seq)>, super::Fail> {
+        if self.acks.len() > super::MAX_ACKS {
+            return Err(super::Fail::new(
+                super::ErrCode::InvalidValue,
+                format!("at most {} positions per ack", super::MAX_ACKS),
+            ));
+        }
+        self.acks
+            .iter()
+            .map(|a| Ok((super::target_of(a.toid, a.groupid, "an ack")?, a.seq)))
+            .collect()
+    }
+}
+
 /// The frame for request `req`, with its msgid and, when given, a reqid.
 pub fn frame<C: Call>(req: &C, reqid: Option<u64>) -> Vec<u8> {
     #[derive(Serialize)]
@@ -179,49 +219,4 @@ pub fn frame<C: Call>(req: &C, reqid: Option<u64>) -> Vec<u8> {
         reqid,
     })
     .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_written_by_clients_parse_to_the_same_request() {
-        use crate::protocol::{HistoryTarget, Request, parse};
-        let f = frame(
-            &OneChat {
-                toid: 2,
-                msg: "hi".into(),
-                cmid: Some("c1".into()),
-            },
-            Some(7),
-        );
-        let p = parse(&f);
-        assert_eq!(p.reqid, Some(7.into()));
-        assert_eq!(
-            p.request,
-            Ok(Request::OneChat {
-                toid: 2,
-                msg: "hi".into(),
-                cmid: Some("c1".into())
-            })
-        );
-        let f = frame(
-            &Ack {
-                acks: vec![AckEntry {
-                    toid: None,
-                    groupid: Some(4),
-                    seq: 9,
-                }],
-            },
-            None,
-        );
-        assert_eq!(
-            parse(&f).request,
-            Ok(Request::Ack {
-                acks: vec![(HistoryTarget::Group(4), 9)]
-            })
-        );
-        assert_eq!(parse(&frame(&Ping {}, None)).request, Ok(Request::Ping));
-    }
 }

@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::mpsc;
 
 use super::delivery::{DeliveryState, Reads};
+use super::requests::Handler;
 use super::session::chronological;
-use super::{LoggedIn, Service, Session, invalid};
+use super::{LoggedIn, Service, Session, counted, invalid};
 use crate::hub::SessionHandle;
 use crate::limits::AddrKey;
 use crate::metrics::{METRICS, inc};
@@ -14,9 +15,36 @@ use crate::model::{MAX_PASSWORD_BYTES, Password, UserId, UserName};
 use crate::protocol::replies::{
     Contact, Done, GroupEntry, LoggedIn as LoginReply, Registered, State,
 };
+use crate::protocol::requests as wire;
 use crate::protocol::{ChatFrame, ErrCode, Fail, render_push};
 use crate::store::StoreError;
 use bytes::Bytes;
+
+impl Handler for wire::Register {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<Registered, Fail> {
+        svc.register(s.peer(), &self.name, &self.password).await
+    }
+}
+
+impl Handler for wire::Login {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<LoginReply<'static>, Fail> {
+        svc.admit(s)?;
+        counted(svc.login(s, self.id, self.password, self.acks).await)
+    }
+}
+
+impl Handler for wire::Resume {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<LoginReply<'static>, Fail> {
+        svc.admit(s)?;
+        counted(svc.resume(s, &self.token, self.acks).await)
+    }
+}
+
+impl Handler for wire::Logout {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<Done, Fail> {
+        svc.logout(s).await
+    }
+}
 
 impl Service {
     pub(super) async fn register(

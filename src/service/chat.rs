@@ -6,11 +6,45 @@
 
 use std::sync::Arc;
 
-use super::{LoggedIn, Service, invalid};
+use super::requests::Handler;
+use super::{LoggedIn, Service, Session, invalid};
 use crate::metrics::{METRICS, inc};
 use crate::model::{Conversation, Delivery, GroupId, NewMessage, Seq, UserId, check_body};
-use crate::protocol::replies::{HistoryPage, Sent};
+use crate::protocol::replies::{Done, HistoryPage, Sent};
+use crate::protocol::requests as wire;
 use crate::protocol::{ChatFrame, ErrCode, Fail, HistoryTarget, classic_time, render_push};
+
+impl Handler for wire::OneChat {
+    async fn handle(mut self, svc: &Service, s: &mut Session) -> Result<Sent, Fail> {
+        let cmid = self.cmid()?;
+        svc.one_chat(s.me_mut()?, self.toid, self.msg, cmid).await
+    }
+}
+
+impl Handler for wire::GroupChat {
+    async fn handle(mut self, svc: &Service, s: &mut Session) -> Result<Sent, Fail> {
+        let cmid = self.cmid()?;
+        svc.group_chat(s.me_mut()?, self.groupid, self.msg, cmid)
+            .await
+    }
+}
+
+impl Handler for wire::History {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<HistoryPage<'static>, Fail> {
+        let target = self.target()?;
+        // Anything above the server's maximum means the maximum.
+        let limit = self.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
+        svc.history(s.me_mut()?, target, self.before, limit).await
+    }
+}
+
+/// Answered only when refused.
+impl Handler for wire::Ack {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<Done, Fail> {
+        let positions = self.targets()?;
+        svc.ack(s.me_mut()?, &positions).map(|()| Done {})
+    }
+}
 
 /// Direct conversations whose unread count one session tracks at most.
 const UNREAD_TRACKED: usize = 4096;

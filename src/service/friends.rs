@@ -1,10 +1,30 @@
 //! ADD_FRIEND_MSG, DEL_FRIEND_MSG and SHOW_FRIEND_LIST_MSG. Friendship is
 //! mutual: adding or deleting changes both users' lists.
 
-use super::{LoggedIn, Service};
+use super::requests::Handler;
+use super::{LoggedIn, Service, Session};
 use crate::model::UserId;
 use crate::protocol::replies::{Contact, FriendChanged, FriendList, State};
+use crate::protocol::requests as wire;
 use crate::protocol::{ErrCode, Fail};
+
+impl Handler for wire::AddFriend {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<FriendChanged, Fail> {
+        svc.add_friend(s.me_mut()?, self.friendid).await
+    }
+}
+
+impl Handler for wire::DelFriend {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<FriendChanged, Fail> {
+        svc.del_friend(s.me_mut()?, self.friendid).await
+    }
+}
+
+impl Handler for wire::ShowFriendList {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<FriendList, Fail> {
+        svc.show_friends(s.me_mut()?).await
+    }
+}
 
 impl Service {
     pub(super) async fn add_friend(

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{LoggedIn, Service, invalid};
+use super::requests::Handler;
+use super::{LoggedIn, Service, Session, invalid};
 use crate::metrics::{METRICS, inc};
 use crate::model::{Conversation, GroupDesc, GroupId, GroupName, UserId};
 use crate::protocol::replies::{Contact, GroupChanged, GroupCreated, GroupJoined, State};
+use crate::protocol::requests as wire;
 use crate::protocol::{ErrCode, Fail};
 use crate::store::{Store, StoreResult};
 
@@ -80,6 +82,25 @@ impl GroupCache {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Entries> {
         self.members.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Handler for wire::CreateGroup {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<GroupCreated, Fail> {
+        let desc = self.groupdesc.unwrap_or_default();
+        svc.create_group(s.me_mut()?, &self.groupname, &desc).await
+    }
+}
+
+impl Handler for wire::AddGroup {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<GroupJoined, Fail> {
+        svc.join_group(s.me_mut()?, self.groupid).await
+    }
+}
+
+impl Handler for wire::DelGroup {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<GroupChanged, Fail> {
+        svc.leave_group(s.me_mut()?, self.groupid).await
     }
 }
 

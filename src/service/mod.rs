@@ -18,6 +18,7 @@ mod friends;
 mod groups;
 pub mod guard;
 mod presence;
+mod requests;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -32,10 +33,10 @@ use crate::auth::{AuthError, PasswordHasherPool};
 use crate::config::Config;
 use crate::hub::{GroupChange, Hub, HubError};
 use crate::metrics::{METRICS, inc};
-use crate::model::UserId;
-use crate::protocol::{self, ErrCode, Fail, Reply, Request, msgid, replies};
+use crate::protocol::{self, ErrCode, Fail, Reply, msgid};
 use crate::store::{SharedStore, StoreError};
 use groups::GroupCache;
+use requests::{AsUser, Request};
 use session::LoggedIn;
 pub use session::Session;
 
@@ -150,7 +151,8 @@ impl Service {
 
     /// Handles one frame from the client; returns the frames to send back
     /// (the reply first, then any notice). Every frame gets exactly one
-    /// reply, except an ACK that succeeds.
+    /// reply, except an ACK that succeeds, and, for the original client,
+    /// requests the original server never answered.
     pub async fn handle_frame(&self, s: &mut Session, frame: &[u8]) -> Vec<Bytes> {
         let parsed = protocol::parse(frame);
         if parsed.msgid == msgid::PING {
@@ -170,31 +172,43 @@ impl Service {
             );
             out.push(Reply::fail(msgid::ERROR, &fail).to_bytes());
         }
-        let ack = if parsed.msgid == msgid::ERROR {
-            msgid::ERROR
-        } else {
-            msgid::ack_for(parsed.msgid)
+        let decoded = parsed
+            .body
+            .and_then(|body| requests::decode(parsed.msgid, body));
+        // A frame that names no request is answered as msgid 100.
+        let ack = match &decoded {
+            Err(f) if f.code == ErrCode::UnknownMsgid => msgid::ERROR,
+            _ if parsed.msgid == msgid::ERROR => msgid::ERROR,
+            _ => msgid::ack_for(parsed.msgid),
         };
-        if s.classic && declares_extension(&parsed) {
+        if s.classic
+            && (parsed.reqid.is_some() || decoded.as_ref().is_ok_and(Request::declares_extension))
+        {
             s.classic = false;
         }
-        if s.user.is_none()
-            && matches!(
-                parsed.request,
-                Ok(Request::Register { .. } | Request::Login { .. } | Request::Resume { .. })
-            )
-        {
+        if s.user.is_none() && decoded.as_ref().is_ok_and(Request::opens_account) {
             s.useful = true;
         }
         // An acknowledgement is itself an answer: replying to every one
         // would double the traffic it saves. The original client gets no
         // reply where the original server sent none: one it cannot use
         // could share a read with a message and crash it.
-        let silent_ok = matches!(parsed.request, Ok(Request::Ack { .. }))
+        let silent_ok = matches!(decoded, Ok(Request::AsUser(AsUser::Ack(_))))
             || (s.classic && unanswered_in_classic(parsed.msgid));
-        let result = match parsed.request {
+        let result = match decoded {
             Err(fail) => Err(fail),
-            Ok(req) => self.dispatch(s, ack, req, parsed.claimed_id).await,
+            Ok(Request::Open(r)) => r.handle(self, s, ack).await,
+            Ok(Request::AsUser(r)) => {
+                // Everything else acts as the logged-in user, and only as
+                // them.
+                match s
+                    .me_mut()
+                    .and_then(|me| protocol::check_claim(parsed.id.as_ref(), me.id))
+                {
+                    Ok(()) => r.handle(self, s, ack).await,
+                    Err(fail) => Err(fail),
+                }
+            }
         };
         let reply = match result {
             Ok(_) if silent_ok => None,
@@ -219,96 +233,16 @@ impl Service {
         out
     }
 
-    async fn dispatch(
-        &self,
-        s: &mut Session,
-        ack: i64,
-        req: Request,
-        claimed_id: Option<UserId>,
-    ) -> Result<Reply, Fail> {
-        // Requests that need no login, and LOGOUT, which ends the session.
-        match req {
-            Request::Register { name, password } => {
-                return answer(ack, self.register(s.peer(), &name, &password).await);
-            }
-            Request::Login { id, password, acks } => {
-                return match self.admit(s, ack) {
-                    Err(later) => Ok(later),
-                    Ok(()) => answer(ack, counted(self.login(s, id, password, acks).await)),
-                };
-            }
-            Request::Resume { token, acks } => {
-                return match self.admit(s, ack) {
-                    Err(later) => Ok(later),
-                    Ok(()) => answer(ack, counted(self.resume(s, &token, acks).await)),
-                };
-            }
-            Request::ServerInfo => {
-                let info = replies::ServerInfo {
-                    node: self.config.node_id.clone(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    client: s.ip.map(|ip| ip.to_canonical().to_string()),
-                };
-                return answer(ack, Ok(info));
-            }
-            Request::Ping => {
-                let ts = crate::store::now_ms();
-                return answer(ack, Ok(replies::Pong { ts }));
-            }
-            _ => {}
-        }
-        // Everything else acts as the logged-in user, and only as them.
-        let me = s.me_mut()?;
-        if let Some(claimed) = claimed_id.filter(|c| *c != me.id) {
-            return Err(Fail::new(
-                ErrCode::IdentityMismatch,
-                format!("id {claimed} is not the logged-in user {}", me.id),
-            ));
-        }
-        match req {
-            Request::Logout => answer(ack, self.logout(s).await),
-            // Answered by handle_frame (only when refused).
-            Request::Ack { acks } => self.ack(me, &acks).map(|()| Reply::ok(ack)),
-            Request::AddFriend { friendid } => answer(ack, self.add_friend(me, friendid).await),
-            Request::DelFriend { friendid } => answer(ack, self.del_friend(me, friendid).await),
-            Request::ShowFriendList => answer(ack, self.show_friends(me).await),
-            Request::CreateGroup {
-                groupname,
-                groupdesc,
-            } => answer(ack, self.create_group(me, &groupname, &groupdesc).await),
-            Request::AddGroup { groupid } => answer(ack, self.join_group(me, groupid).await),
-            Request::DelGroup { groupid } => answer(ack, self.leave_group(me, groupid).await),
-            Request::OneChat { toid, msg, cmid } => {
-                answer(ack, self.one_chat(me, toid, msg, cmid).await)
-            }
-            Request::GroupChat { groupid, msg, cmid } => {
-                answer(ack, self.group_chat(me, groupid, msg, cmid).await)
-            }
-            Request::History {
-                target,
-                before,
-                limit,
-            } => answer(ack, self.history(me, target, before, limit).await),
-            // Answered above; listed so that a new request must be placed.
-            Request::Register { .. }
-            | Request::Login { .. }
-            | Request::Resume { .. }
-            | Request::ServerInfo
-            | Request::Ping => Err(Fail::new(ErrCode::BadRequest, "handled above")),
-        }
-    }
-
-    /// Lets a login or resume in, or gives the errno 56 reply saying when
-    /// to retry. (A connection already logged in is refused by the handler
-    /// itself, at no cost to the budget.)
-    fn admit(&self, s: &Session, ack: i64) -> Result<(), Reply> {
+    /// Lets a login or resume in, or says when to retry (errno 56). (A
+    /// connection already logged in is refused by the handler itself, at
+    /// no cost to the budget.)
+    fn admit(&self, s: &Session) -> Result<(), Fail> {
         if s.user.is_some() {
             return Ok(());
         }
         self.admission.admit().map_err(|wait| {
             inc(&METRICS.login_failures);
-            let fail = Fail::retry_after(ErrCode::TooManyLogins, "too many logins right now", wait);
-            Reply::fail(ack, &fail)
+            Fail::retry_after(ErrCode::TooManyLogins, "too many logins right now", wait)
         })
     }
 
@@ -318,23 +252,6 @@ impl Service {
         self.tasks.close();
         self.tasks.wait().await;
     }
-}
-
-/// Whether a frame declares one of our extensions, so that its sender is
-/// not the original client: a `reqid`, a `cmid`, `acks` at login, or one of
-/// the requests the original never sent.
-fn declares_extension(parsed: &protocol::Parsed) -> bool {
-    parsed.reqid.is_some()
-        || matches!(
-            parsed.msgid,
-            msgid::HISTORY | msgid::SERVER_INFO | msgid::PING | msgid::RESUME | msgid::ACK
-        )
-        || matches!(
-            parsed.request,
-            Ok(Request::Login { acks: true, .. }
-                | Request::OneChat { cmid: Some(_), .. }
-                | Request::GroupChat { cmid: Some(_), .. })
-        )
 }
 
 /// Requests the original server never answered: a classic session gets no
@@ -350,12 +267,6 @@ fn unanswered_in_classic(msgid: i64) -> bool {
             | msgid::ADD_GROUP
             | msgid::GROUP_CHAT
     )
-}
-
-/// A handler's typed reply in its envelope, the one place that adds it
-/// (`reqid` follows in [`Service::handle_frame`]).
-fn answer<T: serde::Serialize>(ack: i64, result: Result<T, Fail>) -> Result<Reply, Fail> {
-    result.map(|body| Reply::ok_with(ack, &body))
 }
 
 /// Counts a login or resume, and the session it opened.

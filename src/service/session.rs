@@ -18,11 +18,34 @@ use tokio::sync::mpsc;
 
 use super::Service;
 use super::delivery::{DeliveryState, Incoming, Reads, Unconfirmed};
+use super::requests::Handler;
 use crate::hub::Kick;
 use crate::limits::{AddrKey, Budget};
 use crate::metrics::{METRICS, inc};
 use crate::model::{ChatMessage, Push, Seq, UserId};
+use crate::protocol::replies::{Pong, ServerInfo as ServerInfoReply};
+use crate::protocol::requests as wire;
 use crate::protocol::{ErrCode, Fail, render_push};
+
+impl Handler for wire::ServerInfo {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<ServerInfoReply, Fail> {
+        Ok(ServerInfoReply {
+            node: svc.config.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            client: s.ip.map(|ip| ip.to_canonical().to_string()),
+        })
+    }
+}
+
+/// A heartbeat: the connection has promised more (see
+/// [`Session::heartbeats`]).
+impl Handler for wire::Ping {
+    async fn handle(self, _svc: &Service, _s: &mut Session) -> Result<Pong, Fail> {
+        Ok(Pong {
+            ts: crate::store::now_ms(),
+        })
+    }
+}
 
 /// A logged-in user's side of a session.
 pub(super) struct LoggedIn {
