@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use chat::client::Client;
-use chat::ring::{Balance, Node, Ring};
+use chat_ring::{Balance, Node, Ring};
 use common::nodes::{Deadline, NodeProcess, Shared, node_of};
 use common::services::{self, MariaDb, Nginx, Redis};
 use common::{assert_quiet, next_other, pw, within};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chat::client::reliable::{Event, Options, Reliable, Stats};
 use chat::model::UserId;
 use chat::protocol::HistoryTarget;
-use chat::ring::{Balance, Node};
+use chat_ring::{Balance, Node};
 use common::netns::NetNs;
 use common::nodes::{NodeProcess, Shared};
 use common::pw;

@@ -1,7 +1,7 @@
 //! A real nginx in front of three stand-in chat nodes: every client lands on
-//! the node `chat::ring` predicts, and round robin uses every node.
+//! the node `chat_ring` predicts, and round robin uses every node.
 //!
-//! `chat::ring` claims to be nginx's `hash $remote_addr consistent` bit for
+//! `chat_ring` claims to be nginx's `hash $remote_addr consistent` bit for
 //! bit; only nginx itself can confirm that. Each test starts nginx (from the
 //! config `nginx_conf` writes, in a temporary prefix directory) in front of
 //! plain TCP listeners that answer every connection with their own port, then
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 mod common;
 
-use chat::ring::{Balance, Node, Ring};
+use chat_ring::{Balance, Node, Ring};
 use common::services::Nginx;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};

@@ -87,6 +87,18 @@ async fn next_message(r: &mut Reliable) -> Message {
     .await
 }
 
+/// The `chatbench` binary beside `chatserver` (a binary of another package
+/// of the workspace, built by the workspace's test run).
+fn chatbench() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_chatserver")).with_file_name("chatbench");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
 #[tokio::test]
 async fn tls_and_plain_clients_chat_and_strangers_are_turned_away() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -174,7 +186,7 @@ async fn tls_and_plain_clients_chat_and_strangers_are_turned_away() {
     assert_eq!((m.from, m.msg.as_str()), (dave, "from chatclient over TLS"));
 
     // `chatbench --tls-ca` runs its pairs over TLS, every message acked.
-    let out = Command::new(env!("CARGO_BIN_EXE_chatbench"))
+    let out = Command::new(chatbench())
         .args([
             "pairs", "--addr", &tls_addr, "--pairs", "2", "--rate", "100",
         ])

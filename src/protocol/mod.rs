@@ -1,8 +1,9 @@
 //! The classic JSON protocol and our extensions to it.
 //!
-//! Every frame is one JSON object with an integer `msgid`. A frame is parsed
-//! once, here, into a typed [`Request`]; the service never looks at JSON.
-//! Each request type's wire struct, msgid and reply type are in
+//! Every frame is one JSON object with an integer `msgid`. [`parse`] reads
+//! its envelope (`msgid`, `reqid`, `id`); the service's table of requests
+//! reads the rest into the request's own wire struct ([`typed`]), so the
+//! service never looks at JSON. Each request type's wire struct, msgid and reply type are in
 //! [`requests`], the reply structs in [`replies`]; both are shared by the
 //! server, the client library and `chatbench`. [`Reply`] adds the envelope
 //! and [`render_push`] renders a message for its receivers.

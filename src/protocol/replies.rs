@@ -2,7 +2,7 @@
 //!
 //! The server's handlers return these; [`super::Reply::ok_with`] adds the
 //! envelope (`msgid`, `errno`, later `reqid`) in one place; the client
-//! library reads the same structs back ([`super::Call::Reply`]). Field
+//! library reads the same structs back (`Call::Reply` in [`super::requests`]). Field
 //! names are the wire's, the original client's where it has them.
 
 use std::borrow::Cow;

@@ -1,8 +1,9 @@
 //! The requests as the wire carries them: one struct per request type, its
 //! `msgid` and the reply it gets, in one place ([`Call`]).
 //!
-//! The server reads a frame's fields into these and checks them into a
-//! [`super::Request`]; the client library and `chatbench` write them
+//! The server reads a frame's fields into these (its table of requests,
+//! `service/requests.rs`, maps each msgid to its struct and handler); the
+//! client library and `chatbench` write them
 //! ([`frame`]). Fields the server derives from the session (`id` after
 //! login, `name`, `time`) are not here: the server never trusts them.
 

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use chat::ring::{Balance, NginxConf, Node, STREAM_MODULE, nginx_conf};
+use chat_ring::{Balance, NginxConf, Node, STREAM_MODULE, nginx_conf};
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 

@@ -11,7 +11,7 @@
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use chat::bench::{self, PairsOptions, PairsReport};
+use chat_bench::{self as bench, PairsOptions, PairsReport};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]

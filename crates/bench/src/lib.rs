@@ -7,7 +7,7 @@
 //! (CPU per message, RSS) are read from `/proc/PID` when its PID is given.
 //!
 //! The hot loop reads and writes raw frames instead of going through
-//! [`crate::client::Client`]: the load generator must cost as little as
+//! [`chat::client::Client`]: the load generator must cost as little as
 //! possible, so that the server, not the tool, is what is measured.
 
 pub mod plot;
@@ -25,10 +25,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
-use crate::model::UserId;
-use crate::protocol::codec::FrameCodec;
-use crate::protocol::msgid;
-use crate::protocol::requests::{self as wire, Call};
+use chat::model::UserId;
+use chat::protocol::codec::FrameCodec;
+use chat::protocol::msgid;
+use chat::protocol::requests::{self as wire, Call};
 
 /// Why a workload could not run.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum BenchError {
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
     #[error("{0}")]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] chat::client::ClientError),
     #[error("{0}")]
     Protocol(String),
     #[error("refused with errno {errno}: {frame}")]
@@ -51,18 +51,18 @@ pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 pub type Reader = FramedRead<ReadHalf, FrameCodec>;
 
 /// Set once by the tool: every connection it opens afterwards speaks TLS.
-static TLS: std::sync::OnceLock<crate::tls::TlsClient> = std::sync::OnceLock::new();
+static TLS: std::sync::OnceLock<chat::tls::TlsClient> = std::sync::OnceLock::new();
 
 /// Makes every connection the load tool opens from now on run a TLS
 /// handshake first (the server's `--tls-listen`). Once per process: false
 /// if it was already set.
-pub fn use_tls(tls: crate::tls::TlsClient) -> bool {
+pub fn use_tls(tls: chat::tls::TlsClient) -> bool {
     TLS.set(tls).is_ok()
 }
 
 /// Where the tool's `Client`s connect (plain, or TLS after [`use_tls`]).
-fn endpoint(addr: &str) -> crate::client::Endpoint {
-    crate::client::Endpoint {
+fn endpoint(addr: &str) -> chat::client::Endpoint {
+    chat::client::Endpoint {
         addr: addr.to_owned(),
         tls: TLS.get().cloned(),
     }
@@ -975,7 +975,7 @@ pub async fn fanout(opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
         .split_first()
         .ok_or_else(|| BenchError::Protocol("fan-out needs users".into()))?;
     let (mut sr, mut sw) = login_raw(&opts.addr, *sender, &opts.password).await?;
-    let name = format!("fanout-{}-{}", std::process::id(), crate::store::now_ms());
+    let name = format!("fanout-{}-{}", std::process::id(), chat::store::now_ms());
     let create = wire::CreateGroup {
         groupname: name,
         groupdesc: Some("bench".into()),

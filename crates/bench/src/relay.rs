@@ -25,8 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-use crate::protocol::codec::FrameCodec;
-use crate::protocol::{Reply, msgid, replies};
+use chat::protocol::codec::FrameCodec;
+use chat::protocol::{Reply, msgid, replies};
 
 #[derive(Default)]
 struct Relay {

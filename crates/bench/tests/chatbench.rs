@@ -6,6 +6,18 @@
 
 use std::process::Command;
 
+/// The `chatserver` binary beside `chatbench` (the workspace's test run
+/// builds both; another package's binaries have no `CARGO_BIN_EXE_`).
+fn chatserver() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_chatbench")).with_file_name("chatserver");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
 #[test]
 fn compare_runs_every_target_and_reports_them() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -15,7 +27,8 @@ fn compare_runs_every_target_and_reports_them() {
         .arg("--plot")
         .arg(&plot)
         .args(["--duration", "0.5", "--warmup", "0.2"])
-        .args(["--server", env!("CARGO_BIN_EXE_chatserver")])
+        .arg("--server")
+        .arg(chatserver())
         .output()
         .expect("run chatbench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -135,7 +148,7 @@ fn start_server(dir: &tempfile::TempDir) -> (std::process::Child, String) {
         .expect("free port")
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let server = Command::new(env!("CARGO_BIN_EXE_chatserver"))
+    let server = Command::new(chatserver())
         .args(["--listen", &addr])
         .args([
             "--db",

@@ -5,7 +5,7 @@
 //! The original project shipped an interactive consistent-hash toy
 //! (`add`, `del`, `get`, `getVirNum`, `showTime`) whose ring was not the one
 //! nginx actually uses. `chathash` keeps those commands (run it with no
-//! arguments, or pipe commands in) on top of [`chat::ring`], which
+//! arguments, or pipe commands in) on top of [`chat_ring`], which
 //! reproduces nginx's ring exactly, and adds two one-shot commands for
 //! operators:
 //!
@@ -18,7 +18,7 @@ use std::io::{BufRead, ErrorKind, IsTerminal, Write};
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use chat::ring::{
+use chat_ring::{
     Balance, NginxConf, Node, POINTS_PER_WEIGHT, Ring, RingError, nginx_conf, server_text,
 };
 use clap::{Parser, Subcommand};
@@ -68,7 +68,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         prefix: Option<String>,
         /// Path of the stream module to load.
-        #[arg(long, value_name = "FILE", default_value = chat::ring::STREAM_MODULE)]
+        #[arg(long, value_name = "FILE", default_value = chat_ring::STREAM_MODULE)]
         module: String,
         /// Send nodes a PROXY protocol header with each client's address
         /// (run the nodes with --proxy-protocol).
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
                 prefix,
                 module: Some(module),
                 proxy_protocol,
-                web: web_listen.map(|listen| chat::ring::WebConf {
+                web: web_listen.map(|listen| chat_ring::WebConf {
                     listen,
                     nodes: web_nodes,
                 }),
