@@ -2,11 +2,13 @@
 # cluster script and the test script. Each lives in a directory of its own
 # and is stopped by killing the pid recorded there. Sourced, not run.
 
-# A TCP port on 127.0.0.1 that nothing listens on right now.
+# A TCP port on 127.0.0.1 that nothing listens on right now, below the
+# kernel's ephemeral range (32768 and up), so that no outgoing connection
+# takes it before the server binds it.
 pick_port() {
     local port
     while :; do
-        port=$((20000 + RANDOM % 30000))
+        port=$((20000 + RANDOM % 12000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return
