@@ -262,7 +262,7 @@ impl Gate {
     }
 
     /// A place under the node's cap and one under `ip`'s, or why not.
-    pub fn admit(
+    pub fn places(
         &self,
         limits: &Limits,
         ip: std::net::IpAddr,

@@ -195,7 +195,7 @@ pub struct Listeners {
 /// One accepted connection: learns the client's address (from a trusted
 /// balancer's PROXY header, within the frame deadline) and holds it to the
 /// per-address cap unless `counted` already did, then serves it.
-async fn admit(
+async fn serve_accepted(
     mut stream: TcpStream,
     peer: std::net::SocketAddr,
     counted: Option<AddrSlot>,
@@ -279,7 +279,7 @@ async fn accept_chat(
             let (service, shutdown, gate) = (service.clone(), shutdown.clone(), gate.clone());
             let acceptor = acceptor.clone();
             Some(Box::pin(async move {
-                admit(stream, peer, counted, acceptor, service, shutdown, gate).await;
+                serve_accepted(stream, peer, counted, acceptor, service, shutdown, gate).await;
                 drop(slot);
             }))
         }

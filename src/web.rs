@@ -70,7 +70,7 @@ pub async fn serve(
         .route("/ws", get(ws))
         .with_state(web.clone());
     crate::transport::accept_each("web", &listener, &sessions, &shutdown, |stream, peer| {
-        let places = gate.admit(&web.service.config().limits, peer.ip()).ok()?;
+        let places = gate.places(&web.service.config().limits, peer.ip()).ok()?;
         let app = app.clone();
         let shutdown = shutdown.clone();
         Some(async move {
@@ -159,7 +159,7 @@ async fn ws(
 ) -> Response {
     let client = client_addr(&web, peer, &headers);
     let max_frame = web.service.config().max_frame;
-    let (slot, addr_slot) = match web.gate.admit(&web.service.config().limits, client.ip()) {
+    let (slot, addr_slot) = match web.gate.places(&web.service.config().limits, client.ip()) {
         Ok(slots) => slots,
         Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     };

@@ -28,14 +28,14 @@ impl Handler for wire::Register {
 
 impl Handler for wire::Login {
     async fn handle(self, svc: &Service, s: &mut Session) -> Result<LoginReply<'static>, Fail> {
-        svc.admit(s)?;
+        svc.may_open_session(s)?;
         counted(svc.login(s, self.id, self.password, self.acks).await)
     }
 }
 
 impl Handler for wire::Resume {
     async fn handle(self, svc: &Service, s: &mut Session) -> Result<LoginReply<'static>, Fail> {
-        svc.admit(s)?;
+        svc.may_open_session(s)?;
         counted(svc.resume(s, &self.token, self.acks).await)
     }
 }

@@ -32,11 +32,11 @@ impl Admission {
     }
 
     /// Takes one admission, or says how long until one is free.
-    pub fn admit(&self) -> Result<(), Duration> {
-        self.admit_at(Instant::now())
+    pub fn take(&self) -> Result<(), Duration> {
+        self.take_at(Instant::now())
     }
 
-    fn admit_at(&self, now: Instant) -> Result<(), Duration> {
+    fn take_at(&self, now: Instant) -> Result<(), Duration> {
         let mut bucket = self.0.lock().unwrap_or_else(|p| p.into_inner());
         bucket.try_take(now)
     }
@@ -51,20 +51,20 @@ mod tests {
         let t0 = Instant::now();
         let a = Admission::new_at(10, 3, t0);
         for _ in 0..3 {
-            assert!(a.admit_at(t0).is_ok());
+            assert!(a.take_at(t0).is_ok());
         }
-        let wait = a.admit_at(t0).expect_err("burst used up");
+        let wait = a.take_at(t0).expect_err("burst used up");
         assert!(
             (wait.as_secs_f64() - 0.1).abs() < 1e-6,
             "one token takes 1/rate: {wait:?}"
         );
-        assert!(a.admit_at(t0 + Duration::from_millis(50)).is_err());
-        assert!(a.admit_at(t0 + Duration::from_millis(101)).is_ok());
+        assert!(a.take_at(t0 + Duration::from_millis(50)).is_err());
+        assert!(a.take_at(t0 + Duration::from_millis(101)).is_ok());
         // idle time refills no more than the burst
         let later = t0 + Duration::from_secs(60);
         for _ in 0..3 {
-            assert!(a.admit_at(later).is_ok());
+            assert!(a.take_at(later).is_ok());
         }
-        assert!(a.admit_at(later).is_err());
+        assert!(a.take_at(later).is_err());
     }
 }

@@ -236,11 +236,11 @@ impl Service {
     /// Lets a login or resume in, or says when to retry (errno 56). (A
     /// connection already logged in is refused by the handler itself, at
     /// no cost to the budget.)
-    fn admit(&self, s: &Session) -> Result<(), Fail> {
+    fn may_open_session(&self, s: &Session) -> Result<(), Fail> {
         if s.user.is_some() {
             return Ok(());
         }
-        self.admission.admit().map_err(|wait| {
+        self.admission.take().map_err(|wait| {
             inc(&METRICS.login_failures);
             Fail::retry_after(ErrCode::TooManyLogins, "too many logins right now", wait)
         })
