@@ -472,9 +472,7 @@ async fn a_flood_slows_the_flooder_and_never_disconnects_the_flooded() {
     // its 64 KiB segments), so the victim's push queue overflows.
     const N: usize = 1000;
     let pad = "p".repeat(6000);
-    let dropped_before = chat::metrics::METRICS
-        .pushes_dropped
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let dropped_before = chat::metrics::METRICS.pushes_dropped.get();
     let t = Instant::now();
     let mut frames = Vec::new();
     for i in 0..N {
@@ -502,10 +500,7 @@ async fn a_flood_slows_the_flooder_and_never_disconnects_the_flooded() {
         "500 over the burst at 500/s take 1 s: {took:?}"
     );
     assert!(
-        chat::metrics::METRICS
-            .pushes_dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > dropped_before,
+        chat::metrics::METRICS.pushes_dropped.get() > dropped_before,
         "the victim's push queue overflowed"
     );
     // The victim, reading now, gets every message once, in order, and was

@@ -24,7 +24,7 @@ mod session;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
@@ -273,7 +273,7 @@ fn unanswered_in_classic(msgid: i64) -> bool {
 fn counted<T>(result: Result<T, Fail>) -> Result<T, Fail> {
     if result.is_ok() {
         inc(&METRICS.logins);
-        METRICS.sessions_online.fetch_add(1, Ordering::Relaxed);
+        METRICS.sessions_online.inc();
     } else {
         inc(&METRICS.login_failures);
     }

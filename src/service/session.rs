@@ -320,7 +320,7 @@ impl Service {
             // session by more than a moment, even with Redis or the
             // database down.
             self.announce_offline(me.id, &me.name, &me.contacts).await;
-            METRICS.sessions_online.fetch_sub(1, Ordering::Relaxed);
+            METRICS.sessions_online.dec();
             tracing::info!(user = me.id, session = s.id, "user offline");
         }
     }
@@ -352,18 +352,14 @@ impl Service {
                 } else {
                     &METRICS.delivered_local
                 });
-                METRICS
-                    .delivery_latency
-                    .observe_duration(d.arrived.elapsed());
+                crate::metrics::observe_duration(&METRICS.delivery_latency, d.arrived.elapsed());
                 vec![d.frame.clone()]
             }
             Incoming::Gap { after } => {
                 match self.store.between(m.conv, after, m.seq, me.id).await {
                     Ok(missing) => {
                         let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
-                        METRICS
-                            .delivered_from_store
-                            .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        METRICS.delivered_from_store.inc_by(missing.len() as u64);
                         out.push(d.frame.clone());
                         me.delivery.delivered(m.conv, m.seq);
                         out
@@ -410,9 +406,7 @@ impl Service {
         // `Store::undelivered`), so the whole page counts, not only what is
         // fresh.
         me.delivery.page_sent(&page);
-        METRICS
-            .delivered_from_store
-            .fetch_add(fresh.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        METRICS.delivered_from_store.inc_by(fresh.len() as u64);
         chronological(fresh).iter().map(render_push).collect()
     }
 }

@@ -226,7 +226,7 @@ impl Batch {
         started: std::time::Instant,
     ) {
         use crate::metrics::METRICS;
-        METRICS.store_commit.observe_duration(started.elapsed());
+        crate::metrics::observe_duration(&METRICS.store_commit, started.elapsed());
         METRICS.store_batch_ops.observe(self.ops.len() as f64);
         if result.is_err() {
             crate::metrics::inc(&METRICS.store_errors);

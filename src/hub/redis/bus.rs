@@ -208,7 +208,7 @@ impl Bus {
                 Ok(()) => {
                     crate::metrics::METRICS
                         .published_remote
-                        .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        .inc_by(batch.len() as u64);
                 }
                 Err(e) => {
                     // Stored already: receivers get them at their next gap
