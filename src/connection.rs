@@ -210,7 +210,7 @@ async fn session_loop(
         let silent_at = session.heartbeats().then(|| last_heard + heartbeat_timeout);
         let login_check = if let Some(user) = session.user_id() {
             if anonymous.take().is_some() {
-                tracing::Span::current().record("user", user);
+                tracing::Span::current().record("user", user.0);
             }
             conn.set_max_frame(config.max_frame);
             None

@@ -9,10 +9,78 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// A user's numeric id, as the classic protocol carries it.
-pub type UserId = i64;
-/// A group's numeric id.
-pub type GroupId = i64;
+/// A numeric id as the classic protocol carries it (a JSON integer), typed
+/// so that a user's id and a group's cannot be swapped across modules.
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default,
+            serde::Serialize, serde::Deserialize, sqlx::Type,
+        )]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl From<i64> for $name {
+            fn from(id: i64) -> Self {
+                $name(id)
+            }
+        }
+
+        impl From<$name> for i64 {
+            fn from(id: $name) -> i64 {
+                id.0
+            }
+        }
+
+        impl PartialEq<i64> for $name {
+            fn eq(&self, other: &i64) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                self.0.to_sql()
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                i64::column_result(v).map($name)
+            }
+        }
+
+        impl redis::ToRedisArgs for $name {
+            fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+                self.0.write_redis_args(out)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map($name)
+            }
+        }
+    };
+}
+
+id!(
+    /// A user's id.
+    UserId
+);
+id!(
+    /// A group's id.
+    GroupId
+);
 /// Position of a message inside its conversation; starts at 1, no gaps.
 pub type Seq = i64;
 
@@ -422,17 +490,17 @@ mod tests {
 
     #[test]
     fn conversation_keys_round_trip_and_are_order_independent() {
-        let c = Conversation::direct(7, 3);
-        assert_eq!(c, Conversation::direct(3, 7));
+        let c = Conversation::direct(UserId(7), UserId(3));
+        assert_eq!(c, Conversation::direct(UserId(3), UserId(7)));
         assert_eq!(c.key(), "d:3:7");
         assert_eq!(Conversation::from_key("d:3:7"), Some(c));
         assert_eq!(
             Conversation::from_key("g:12"),
-            Some(Conversation::Group(12))
+            Some(Conversation::Group(GroupId(12)))
         );
-        assert_eq!(c.peer_of(3), Some(7));
-        assert_eq!(c.peer_of(7), Some(3));
-        assert_eq!(c.peer_of(4), None);
+        assert_eq!(c.peer_of(UserId(3)), Some(UserId(7)));
+        assert_eq!(c.peer_of(UserId(7)), Some(UserId(3)));
+        assert_eq!(c.peer_of(UserId(4)), None);
         for bad in ["", "d:7:3", "d:3", "g:x", "g:1:2", "x:1", "d:3:3"] {
             assert_eq!(Conversation::from_key(bad), None, "{bad}");
         }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use chat::model::UserId;
 use common::{TestServer, next_other, pw, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +24,7 @@ async fn friends_are_mutual_and_show_presence() {
         "self"
     );
     assert_eq!(
-        a.add_friend(99_999).await.unwrap_err().errno(),
+        a.add_friend(UserId(99_999)).await.unwrap_err().errno(),
         Some(30),
         "no such user"
     );
@@ -83,7 +84,11 @@ async fn login_refusals_and_presence_after_disconnect() {
         Some(1)
     );
     assert_eq!(
-        other.login(424_242, "whatever").await.unwrap_err().errno(),
+        other
+            .login(UserId(424_242), "whatever")
+            .await
+            .unwrap_err()
+            .errno(),
         Some(1)
     );
     assert_eq!(

@@ -140,7 +140,7 @@ async fn type_into(b: &Browser, css: &str, text: &str) {
     el.send_keys(text).await.expect("type");
 }
 
-async fn log_in(b: &Browser, web: SocketAddr, id: i64, password: &str) {
+async fn log_in(b: &Browser, web: SocketAddr, id: chat::model::UserId, password: &str) {
     b.goto(&format!("http://{web}/"))
         .await
         .expect("open the page");
@@ -241,7 +241,7 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     type_into(&b, "#register-name", "bob").await;
     type_into(&b, "#register-password", &pw("bob")).await;
     click(&b, "#register-button").await;
-    let bob: i64 = until(
+    let bob: chat::model::UserId = until(
         &b,
         "the new id",
         "document.getElementById('registered').dataset.id",

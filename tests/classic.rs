@@ -263,7 +263,7 @@ async fn several_senders_at_once_reach_the_original_client_one_read_each() {
         for (_, id) in senders.iter().take(n) {
             let mine: Vec<String> = got
                 .iter()
-                .filter(|m| m["id"].as_i64() == Some(*id))
+                .filter(|m| m["id"].as_i64() == Some(id.0))
                 .map(|m| m["msg"].as_str().expect("msg").to_owned())
                 .collect();
             let want: Vec<String> = (0..10).map(|i| format!("{id}:{i}")).collect();
@@ -296,9 +296,9 @@ async fn several_senders_at_once_reach_the_original_client_one_read_each() {
     }
     assert!(
         got.iter()
-            .all(|m| m["msgid"] == 10 && m["groupid"] == group)
+            .all(|m| m["msgid"] == 10 && m["groupid"] == group.0)
     );
-    assert_eq!(got.iter().filter(|m| m["id"] == carol).count(), 0);
+    assert_eq!(got.iter().filter(|m| m["id"] == carol.0).count(), 0);
     // The others hear carol's ten.
     let (alice, _) = &mut senders[0];
     let mut hers = Vec::new();
@@ -369,7 +369,7 @@ async fn a_person_at_the_menu_is_left_alone() {
         (Some(5), Some(0)),
         "{r}"
     );
-    let carol = r["id"].as_i64().expect("id");
+    let carol = chat::model::UserId(r["id"].as_i64().expect("id"));
     alice
         .chat(carol, "while you were away")
         .await

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use chat::client::Client;
+use chat::model::UserId;
 use chat_ring::{Balance, Node, Ring};
 use common::nodes::{Deadline, NodeProcess, Shared, node_of};
 use common::services::{self, MariaDb, Nginx, Redis};
@@ -42,7 +43,7 @@ async fn env(presence_ttl: f64) -> Env {
     }
 }
 
-async fn user_on(node: &NodeProcess, name: &str) -> (Client, i64) {
+async fn user_on(node: &NodeProcess, name: &str) -> (Client, UserId) {
     let mut c = node.client().await;
     let id = c.register(name, &pw(name)).await.expect("register");
     c.login(id, &pw(name)).await.expect("login");

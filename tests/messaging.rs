@@ -2,6 +2,7 @@
 
 mod common;
 
+use chat::model::{GroupId, UserId};
 use chat::protocol::HistoryTarget;
 use common::{TestServer, assert_quiet, pw, within};
 
@@ -37,7 +38,7 @@ async fn one_to_one_live_and_offline_each_delivered_once() {
     a.chat(bob, "first").await.expect("send");
     a.chat(bob, "second").await.expect("send");
     assert_eq!(
-        a.chat(99_999, "nobody").await.unwrap_err().errno(),
+        a.chat(UserId(99_999), "nobody").await.unwrap_err().errno(),
         Some(30)
     );
     assert_eq!(a.chat(alice, "me").await.unwrap_err().errno(), Some(33));
@@ -83,7 +84,10 @@ async fn group_chat_reaches_every_member_but_the_sender() {
     );
     b.join_group(g).await.expect("join");
     assert_eq!(b.join_group(g).await.unwrap_err().errno(), Some(32));
-    assert_eq!(b.join_group(4242).await.unwrap_err().errno(), Some(30));
+    assert_eq!(
+        b.join_group(GroupId(4242)).await.unwrap_err().errno(),
+        Some(30)
+    );
 
     // dave joins, then goes offline
     let mut d = s.client().await;
@@ -103,7 +107,10 @@ async fn group_chat_reaches_every_member_but_the_sender() {
         Some(31),
         "non-members may not post"
     );
-    assert_eq!(c.group_chat(777, "x").await.unwrap_err().errno(), Some(30));
+    assert_eq!(
+        c.group_chat(GroupId(777), "x").await.unwrap_err().errno(),
+        Some(30)
+    );
     assert_quiet(&mut b).await;
 
     // the group as listed at login: members with roles and presence
@@ -397,7 +404,7 @@ async fn friends_and_small_groups_hear_when_someone_comes_and_goes() {
     let p = next_presence(&mut bob).await;
     assert_eq!(
         (p["id"].as_i64(), p["state"].as_str()),
-        (Some(alice), Some("online"))
+        (Some(alice.0), Some("online"))
     );
     let g = a.create_group("presence", "").await.expect("group");
     carol.join_group(g).await.expect("join");
@@ -407,7 +414,7 @@ async fn friends_and_small_groups_hear_when_someone_comes_and_goes() {
         let p = next_presence(c).await;
         assert_eq!(
             (p["id"].as_i64(), p["name"].as_str(), p["state"].as_str()),
-            (Some(alice), Some("presence_alice"), Some("offline"))
+            (Some(alice.0), Some("presence_alice"), Some("offline"))
         );
     }
     // Logging in again tells both.

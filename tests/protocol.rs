@@ -219,7 +219,7 @@ async fn login_reply_has_the_classic_double_encoded_shapes() {
     let r = next_other(&mut b).await;
     assert_eq!(
         (r["msgid"].as_i64(), r["errno"].as_i64(), r["id"].as_i64()),
-        (Some(2), Some(0), Some(bob))
+        (Some(2), Some(0), Some(bob.0))
     );
     assert_eq!(r["name"], "bob");
     let strings = |v: &Value| -> Vec<Value> {
@@ -245,7 +245,7 @@ async fn login_reply_has_the_classic_double_encoded_shapes() {
             offline[0]["id"].as_i64(),
             offline[0]["toid"].as_i64()
         ),
-        (Some(6), Some(alice), Some(bob))
+        (Some(6), Some(alice.0), Some(bob.0))
     );
     assert_eq!(offline[0]["msg"], "hello");
     assert!(offline[0]["time"].is_string());
@@ -271,7 +271,7 @@ async fn login_reply_has_the_classic_double_encoded_shapes() {
             groups[0]["groupname"].as_str(),
             groups[0]["groupdesc"].as_str()
         ),
-        (Some(g), Some("g"), Some("desc"))
+        (Some(g.0), Some("g"), Some("desc"))
     );
     let users = strings(&groups[0]["users"]);
     assert_eq!(

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::model::{Conversation, GroupRole, NewMessage, UserId};
+use chat::model::{Conversation, GroupId, GroupRole, NewMessage, UserId};
 use chat::store::{SharedStore, StoreError};
 
 fn message(conv: Conversation, sender: UserId, body: &str) -> NewMessage {
@@ -36,7 +36,13 @@ async fn contract(store: SharedStore, backend: &str) {
         (creds.id, creds.name.as_str(), creds.password_hash.as_str()),
         (bob, "bob", "hash-b")
     );
-    assert!(store.credentials(9999).await.expect("read").is_none());
+    assert!(
+        store
+            .credentials(UserId(9999))
+            .await
+            .expect("read")
+            .is_none()
+    );
 
     // resume tokens: found while unexpired, gone once revoked
     let now = chat::store::now_ms();
@@ -73,7 +79,7 @@ async fn contract(store: SharedStore, backend: &str) {
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        store.add_friendship(alice, 9999).await,
+        store.add_friendship(alice, UserId(9999)).await,
         Err(StoreError::NotFound(_))
     ));
     let ids = |v: Vec<chat::model::UserSummary>| v.into_iter().map(|u| u.id).collect::<Vec<_>>();
@@ -117,7 +123,7 @@ async fn contract(store: SharedStore, backend: &str) {
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        store.join_group(bob, 9999).await,
+        store.join_group(bob, GroupId(9999)).await,
         Err(StoreError::NotFound(_))
     ));
     let groups = store.user_groups(bob).await.expect("read");
@@ -139,7 +145,10 @@ async fn contract(store: SharedStore, backend: &str) {
     let mut members = store.group_members(g).await.expect("read").expect("group");
     members.sort_unstable();
     assert_eq!(members, [alice, bob]);
-    assert_eq!(store.group_members(9999).await.expect("read"), None);
+    assert_eq!(
+        store.group_members(GroupId(9999)).await.expect("read"),
+        None
+    );
 
     // messages: numbered per conversation without gaps, unknown targets refused
     let direct = Conversation::direct(alice, bob);
@@ -157,13 +166,17 @@ async fn contract(store: SharedStore, backend: &str) {
         .expect("from bob");
     assert!(matches!(
         store
-            .append(message(Conversation::direct(alice, 9999), alice, "x"))
+            .append(message(
+                Conversation::direct(alice, UserId(9999)),
+                alice,
+                "x"
+            ))
             .await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
         store
-            .append(message(Conversation::Group(9999), alice, "x"))
+            .append(message(Conversation::Group(GroupId(9999)), alice, "x"))
             .await,
         Err(StoreError::NotFound(_))
     ));

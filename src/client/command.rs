@@ -54,10 +54,11 @@ pub enum Command {
     Logout,
 }
 
-fn id(s: Option<&str>, what: &str) -> Result<i64, String> {
+fn id<T: From<i64>>(s: Option<&str>, what: &str) -> Result<T, String> {
     let s = s.ok_or_else(|| format!("missing {what}"))?;
     s.trim()
-        .parse()
+        .parse::<i64>()
+        .map(T::from)
         .map_err(|_| format!("{what} must be a number, not {s:?}"))
 }
 
@@ -107,10 +108,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
             let usage = "usage: history:friend:ID[:beforeseq[:limit]] or history:group:ID[:beforeseq[:limit]]";
             let mut parts = rest.ok_or(usage)?.split(':');
             let kind = parts.next().ok_or(usage)?;
-            let target = id(parts.next(), "id")?;
+            let target: i64 = id(parts.next(), "id")?;
             let with = match kind {
-                "friend" | "user" => HistoryTarget::User(target),
-                "group" => HistoryTarget::Group(target),
+                "friend" | "user" => HistoryTarget::User(target.into()),
+                "group" => HistoryTarget::Group(target.into()),
                 _ => return Err(usage.to_owned()),
             };
             let before = parts
@@ -140,25 +141,26 @@ pub fn parse(line: &str) -> Result<Command, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{GroupId, UserId};
 
     #[test]
     fn classic_commands_parse() {
         assert_eq!(
             parse("chat:2:hello: world"),
             Ok(Command::Chat {
-                to: 2,
+                to: UserId(2),
                 msg: "hello: world".into()
             })
         );
         assert_eq!(
             parse("groupchat:7:hi all\r\n"),
             Ok(Command::GroupChat {
-                group: 7,
+                group: GroupId(7),
                 msg: "hi all".into()
             })
         );
-        assert_eq!(parse("addfriend:3"), Ok(Command::AddFriend(3)));
-        assert_eq!(parse("delgroup:4"), Ok(Command::DelGroup(4)));
+        assert_eq!(parse("addfriend:3"), Ok(Command::AddFriend(UserId(3))));
+        assert_eq!(parse("delgroup:4"), Ok(Command::DelGroup(GroupId(4))));
         assert_eq!(
             parse("creategroup:rust:we like it"),
             Ok(Command::CreateGroup {
@@ -170,7 +172,7 @@ mod tests {
         assert_eq!(
             parse("history:group:5:100:10"),
             Ok(Command::History {
-                with: HistoryTarget::Group(5),
+                with: HistoryTarget::Group(GroupId(5)),
                 before: Some(100),
                 limit: Some(10)
             })
@@ -178,7 +180,7 @@ mod tests {
         assert_eq!(
             parse("history:friend:2"),
             Ok(Command::History {
-                with: HistoryTarget::User(2),
+                with: HistoryTarget::User(UserId(2)),
                 before: None,
                 limit: None
             })

@@ -156,7 +156,7 @@ fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
             // written what is queued.
             if !handle.lagging.swap(true, Ordering::Relaxed) {
                 tracing::debug!(
-                    user,
+                    %user,
                     "push queue full; the session catches up from the store"
                 );
                 inc(&METRICS.pushes_dropped);
@@ -170,6 +170,7 @@ fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
 mod tests {
     use super::*;
     use crate::model::Conversation;
+    use crate::model::{GroupId, UserId};
     use std::sync::atomic::AtomicBool;
     use tokio::sync::mpsc;
 
@@ -185,16 +186,16 @@ mod tests {
             ended: tokio_util::sync::CancellationToken::new(),
         };
         let (lagging, kick) = (handle.lagging.clone(), handle.kick.clone());
-        hub.connect(7, handle).await.expect("connect");
+        hub.connect(UserId(7), handle).await.expect("connect");
         for seq in 1..=5 {
             let d = Arc::new(Delivery {
-                conv: Conversation::Group(1),
+                conv: Conversation::Group(GroupId(1)),
                 seq,
                 frame: bytes::Bytes::new(),
                 arrived: std::time::Instant::now(),
                 remote: false,
             });
-            hub.deliver(d, &[7]).await.expect("deliver");
+            hub.deliver(d, &[UserId(7)]).await.expect("deliver");
         }
         assert!(lagging.load(Ordering::Relaxed), "three pushes were dropped");
         let kicked = tokio::time::timeout(std::time::Duration::from_millis(20), kick.kicked());

@@ -199,13 +199,14 @@ pub fn fit_login(reply: &mut LoggedIn<'static>, messages: &[ChatMessage]) -> usi
 mod tests {
     use super::*;
     use crate::model::Conversation;
+    use crate::model::{GroupId, UserId};
     use crate::protocol::replies::{Contact, State};
 
     fn message(seq: i64, body: &str) -> ChatMessage {
         ChatMessage {
-            conv: Conversation::direct(1, 2),
+            conv: Conversation::direct(UserId(1), UserId(2)),
             seq,
-            sender: 1,
+            sender: UserId(1),
             sender_name: "alice".into(),
             body: body.into(),
             ts_ms: 1_700_000_000_000,
@@ -242,7 +243,10 @@ mod tests {
         for (k, p) in parts.iter().enumerate() {
             assert!(p.len() <= MAX_FRAME, "part {k}: {}", p.len());
             let chat = ChatFrame::parse(p).expect("each part is a chat message");
-            assert_eq!((chat.seq, chat.id, chat.toid), (7, 1, Some(2)));
+            assert_eq!(
+                (chat.seq, chat.id, chat.toid),
+                (7, UserId(1), Some(UserId(2)))
+            );
             let prefix = format!("({}/{}) ", k + 1, parts.len());
             let text = chat.msg.strip_prefix(&prefix).expect("numbered part");
             rebuilt.push_str(text);
@@ -276,18 +280,18 @@ mod tests {
     #[test]
     fn a_login_reply_carries_what_fits_and_lists_come_first() {
         let contact = |id| Contact {
-            id,
+            id: UserId(id),
             name: format!("user{id}"),
             state: State::Offline,
             role: None,
         };
         let mut reply = LoggedIn {
-            id: 2,
+            id: UserId(2),
             name: "bob".into(),
             offlinemsg: Vec::new(),
             friends: vec![contact(1), contact(3)],
             groups: vec![GroupEntry {
-                id: 9,
+                id: GroupId(9),
                 groupname: "g".into(),
                 groupdesc: "d".into(),
                 users: (10..60).map(contact).collect(),

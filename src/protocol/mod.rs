@@ -336,7 +336,7 @@ pub fn check_claim(id: Option<&Value>, me: UserId) -> Result<(), Fail> {
     match id {
         None | Some(Value::Null) => Ok(()),
         Some(v) => match v.as_i64() {
-            Some(claimed) if claimed == me => Ok(()),
+            Some(claimed) if me == claimed => Ok(()),
             Some(claimed) => Err(Fail::new(
                 ErrCode::IdentityMismatch,
                 format!("id {claimed} is not the logged-in user {me}"),
@@ -421,6 +421,7 @@ fn format_local(ts_ms: i64) -> String {
 mod tests {
     use super::*;
     use crate::model::Conversation;
+    use crate::model::{GroupId, UserId};
 
     fn code(p: &Parsed) -> ErrCode {
         p.body.as_ref().err().map(|f| f.code).unwrap_or(ErrCode::Ok)
@@ -439,21 +440,21 @@ mod tests {
             seq: 5,
         };
         let ack = requests::Ack {
-            acks: vec![entry(Some(2), None), entry(None, Some(1))],
+            acks: vec![entry(Some(UserId(2)), None), entry(None, Some(GroupId(1)))],
         };
         assert_eq!(
             ack.targets(),
             Ok(vec![
-                (HistoryTarget::User(2), 5),
-                (HistoryTarget::Group(1), 5)
+                (HistoryTarget::User(UserId(2)), 5),
+                (HistoryTarget::Group(GroupId(1)), 5)
             ])
         );
         let both = requests::Ack {
-            acks: vec![entry(Some(2), Some(1))],
+            acks: vec![entry(Some(UserId(2)), Some(GroupId(1)))],
         };
         assert_eq!(both.targets().map_err(|f| f.code), Err(ErrCode::BadRequest));
         let many = requests::Ack {
-            acks: vec![entry(Some(2), None); MAX_ACKS + 1],
+            acks: vec![entry(Some(UserId(2)), None); MAX_ACKS + 1],
         };
         assert_eq!(
             many.targets().map_err(|f| f.code),
@@ -496,16 +497,16 @@ mod tests {
             (6, Some(Value::from(7)), Some(Value::from(1)))
         );
         // an id claim is checked against the session, never believed
-        assert_eq!(check_claim(Some(&Value::from(1)), 1), Ok(()));
-        assert_eq!(check_claim(None, 1), Ok(()));
-        assert_eq!(check_claim(Some(&Value::Null), 1), Ok(()));
+        assert_eq!(check_claim(Some(&Value::from(1)), UserId(1)), Ok(()));
+        assert_eq!(check_claim(None, UserId(1)), Ok(()));
+        assert_eq!(check_claim(Some(&Value::Null), UserId(1)), Ok(()));
         let code_of = |r: Result<(), Fail>| r.map_err(|f| f.code);
         assert_eq!(
-            code_of(check_claim(Some(&Value::from(2)), 1)),
+            code_of(check_claim(Some(&Value::from(2)), UserId(1))),
             Err(ErrCode::IdentityMismatch)
         );
         assert_eq!(
-            code_of(check_claim(Some(&Value::from("me")), 1)),
+            code_of(check_claim(Some(&Value::from("me")), UserId(1))),
             Err(ErrCode::BadRequest)
         );
     }
@@ -513,9 +514,9 @@ mod tests {
     #[test]
     fn pushes_have_the_classic_fields_plus_seq_and_ts() {
         let m = ChatMessage {
-            conv: Conversation::direct(5, 3),
+            conv: Conversation::direct(UserId(5), UserId(3)),
             seq: 9,
-            sender: 5,
+            sender: UserId(5),
             sender_name: "bob".into(),
             body: "hello".into(),
             ts_ms: 1_700_000_000_000,
@@ -528,7 +529,7 @@ mod tests {
         assert_eq!(v["seq"], 9);
         assert_eq!(v["time"].as_str().map(str::len), Some(19));
         let g = ChatMessage {
-            conv: Conversation::Group(4),
+            conv: Conversation::Group(GroupId(4)),
             ..m
         };
         let v: Value = serde_json::from_slice(&render_push(&g)).expect("json");

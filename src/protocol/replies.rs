@@ -278,34 +278,35 @@ mod json_texts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::UserId;
     use serde_json::Value;
 
     #[test]
     fn login_lists_travel_as_json_texts_and_read_back() {
         let m = ChatMessage {
-            conv: Conversation::direct(5, 3),
+            conv: Conversation::direct(UserId(5), UserId(3)),
             seq: 9,
-            sender: 5,
+            sender: UserId(5),
             sender_name: "bob".into(),
             body: "你好 👋".into(),
             ts_ms: 1_700_000_000_000,
         };
         let reply = LoggedIn {
-            id: 3,
+            id: UserId(3),
             name: "alice".into(),
             offlinemsg: vec![ChatFrame::of(&m)],
             friends: vec![Contact {
-                id: 5,
+                id: UserId(5),
                 name: "bob".into(),
                 state: State::Online,
                 role: None,
             }],
             groups: vec![GroupEntry {
-                id: 1,
+                id: GroupId(1),
                 groupname: "g".into(),
                 groupdesc: "d".into(),
                 users: vec![Contact {
-                    id: 3,
+                    id: UserId(3),
                     name: "alice".into(),
                     state: State::Offline,
                     role: Some("creator".into()),

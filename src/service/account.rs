@@ -71,7 +71,7 @@ impl Service {
             }
             Err(e) => return Err(e.into()),
         };
-        tracing::info!(user = id, name = name.as_str(), "registered");
+        tracing::info!(user = %id, name = name.as_str(), "registered");
         Ok(Registered {
             id,
             name: name.as_str().to_owned(),
@@ -206,7 +206,7 @@ impl Service {
         match self.login_payload(&mut me, s.classic).await {
             Ok((reply, online_contacts, rest)) => {
                 tracing::info!(
-                    user = id,
+                    user = %id,
                     session = s.id,
                     acks,
                     classic = s.classic,

@@ -283,13 +283,14 @@ fn keep_newest_within(page: &mut Vec<crate::model::ChatMessage>, max_bytes: usiz
 mod tests {
     use super::*;
     use crate::model::ChatMessage;
+    use crate::model::{GroupId, UserId};
 
     #[test]
     fn a_history_page_keeps_its_newest_messages_within_the_byte_limit() {
         let msg = |seq| ChatMessage {
-            conv: Conversation::Group(1),
+            conv: Conversation::Group(GroupId(1)),
             seq,
-            sender: 1,
+            sender: UserId(1),
             sender_name: "a".into(),
             body: "x".repeat(935),
             ts_ms: 0,

@@ -554,14 +554,15 @@ impl Unconfirmed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::GroupId;
 
-    const G: Conversation = Conversation::Group(1);
+    const G: Conversation = Conversation::Group(GroupId(1));
 
     fn msg(conv: Conversation, seq: Seq) -> ChatMessage {
         ChatMessage {
             conv,
             seq,
-            sender: 9,
+            sender: UserId(9),
             sender_name: "x".into(),
             body: String::new(),
             ts_ms: 0,
@@ -629,18 +630,30 @@ mod tests {
         let grace = Duration::from_secs(2);
         let t0 = Instant::now();
         let mut u = Unconfirmed::default();
-        let d = Conversation::direct(1, 2);
-        u.written(7, vec![(G, 3)], 100, t0, grace);
+        let d = Conversation::direct(UserId(1), UserId(2));
+        u.written(UserId(7), vec![(G, 3)], 100, t0, grace);
         // joins the first entry: within the merge window
         u.written(
-            7,
+            UserId(7),
             vec![(G, 4), (d, 1)],
             150,
             t0 + Duration::from_millis(50),
             grace,
         );
-        u.written(7, vec![(G, 5)], 200, t0 + Duration::from_millis(500), grace);
-        u.written(7, Vec::new(), 300, t0 + Duration::from_millis(600), grace);
+        u.written(
+            UserId(7),
+            vec![(G, 5)],
+            200,
+            t0 + Duration::from_millis(500),
+            grace,
+        );
+        u.written(
+            UserId(7),
+            Vec::new(),
+            300,
+            t0 + Duration::from_millis(600),
+            grace,
+        );
         assert_eq!(u.next_due(), Some(t0 + Duration::from_millis(2050)));
         assert!(u.confirm(Some(1000), t0 + grace).is_empty(), "not yet");
         // due, but the client's TCP has only the first 120 bytes
@@ -648,26 +661,33 @@ mod tests {
         assert!(u.confirm(Some(120), late).is_empty());
         assert_eq!(u.next_due(), Some(late + RECHECK));
         let got = u.confirm(Some(150), late + RECHECK);
-        assert_eq!(got, vec![(7, vec![(G, 4), (d, 1)])]);
+        assert_eq!(got, vec![(UserId(7), vec![(G, 4), (d, 1)])]);
         let got = u.confirm(None, late + 2 * RECHECK);
-        assert_eq!(got, vec![(7, vec![(G, 5)])], "no TCP figure: grace alone");
+        assert_eq!(
+            got,
+            vec![(UserId(7), vec![(G, 5)])],
+            "no TCP figure: grace alone"
+        );
         assert_eq!(u.next_due(), None);
         // another user on the same connection (after a logout and login)
-        u.written(7, vec![(G, 6)], 400, late, grace);
+        u.written(UserId(7), vec![(G, 6)], 400, late, grace);
         u.written(
-            8,
+            UserId(8),
             vec![(d, 9)],
             450,
             late + Duration::from_millis(10),
             grace,
         );
         let got = u.confirm(Some(450), late + grace + Duration::from_millis(10));
-        assert_eq!(got, vec![(7, vec![(G, 6)]), (8, vec![(d, 9)])]);
+        assert_eq!(
+            got,
+            vec![(UserId(7), vec![(G, 6)]), (UserId(8), vec![(d, 9)])]
+        );
     }
 
     #[test]
     fn unacknowledged_positions_are_what_was_delivered_beyond_the_acks() {
-        let d = Conversation::direct(1, 2);
+        let d = Conversation::direct(UserId(1), UserId(2));
         let mut c = Cursors::load_acknowledged([(G, 5), (d, 0)]);
         assert!(c.unacknowledged().is_empty());
         c.delivered(G, 7);
@@ -714,10 +734,10 @@ mod tests {
     #[test]
     fn new_direct_conversations_start_at_zero_unknown_groups_are_stale() {
         let mut c = Cursors::default();
-        let d = Conversation::direct(1, 2);
+        let d = Conversation::direct(UserId(1), UserId(2));
         assert_eq!(c.classify(d, 1), Incoming::InOrder);
         assert_eq!(
-            c.classify(Conversation::direct(1, 3), 2),
+            c.classify(Conversation::direct(UserId(1), UserId(3)), 2),
             Incoming::Gap { after: 0 }
         );
         assert_eq!(c.classify(G, 1), Incoming::Duplicate);
@@ -745,7 +765,7 @@ mod tests {
 
     #[test]
     fn with_acknowledgements_only_acknowledged_positions_are_stored() {
-        let d = Conversation::direct(1, 2);
+        let d = Conversation::direct(UserId(1), UserId(2));
         let mut c = Cursors::load_acknowledged([(G, 5), (d, 0)]);
         assert!(c.acknowledged());
         c.delivered(G, 6);
@@ -767,7 +787,7 @@ mod tests {
         c.record_own(d, 1);
         c.ack(d, 1);
         assert_eq!(c.take_dirty(), vec![(d, 1)]);
-        c.ack(Conversation::Group(9), 3);
+        c.ack(Conversation::Group(GroupId(9)), 3);
         assert!(!c.has_dirty(), "unknown conversations are ignored");
         c.delivered(G, 8);
         c.forget_unsaved();

@@ -298,30 +298,39 @@ mod tests {
         let t0 = Instant::now();
         let from = addr("203.0.113.1");
         for _ in 0..3 {
-            assert!(g.may_login_at(7, from, t0).is_ok());
-            g.login_failed_at(Some(7), from, t0);
+            assert!(g.may_login_at(UserId(7), from, t0).is_ok());
+            g.login_failed_at(Some(UserId(7)), from, t0);
         }
-        assert!(g.may_login_at(7, from, t0).is_ok(), "three are free");
-        g.login_failed_at(Some(7), from, t0);
-        assert_eq!(g.may_login_at(7, from, t0), Err(Duration::from_secs(1)));
+        assert!(
+            g.may_login_at(UserId(7), from, t0).is_ok(),
+            "three are free"
+        );
+        g.login_failed_at(Some(UserId(7)), from, t0);
+        assert_eq!(
+            g.may_login_at(UserId(7), from, t0),
+            Err(Duration::from_secs(1))
+        );
         // another address is held back too: the account is locked
-        assert!(g.may_login_at(7, addr("198.51.100.9"), t0).is_err());
+        assert!(g.may_login_at(UserId(7), addr("198.51.100.9"), t0).is_err());
         // other accounts from another address are not
-        assert!(g.may_login_at(8, addr("198.51.100.9"), t0).is_ok());
+        assert!(g.may_login_at(UserId(8), addr("198.51.100.9"), t0).is_ok());
         let t1 = t0 + Duration::from_secs(1);
-        assert!(g.may_login_at(7, from, t1).is_ok());
-        g.login_failed_at(Some(7), from, t1);
-        assert_eq!(g.may_login_at(7, from, t1), Err(Duration::from_secs(2)));
+        assert!(g.may_login_at(UserId(7), from, t1).is_ok());
+        g.login_failed_at(Some(UserId(7)), from, t1);
+        assert_eq!(
+            g.may_login_at(UserId(7), from, t1),
+            Err(Duration::from_secs(2))
+        );
         // the doubling stops at the maximum
         for _ in 0..20 {
-            g.login_failed_at(Some(7), addr("198.51.100.9"), t1);
+            g.login_failed_at(Some(UserId(7)), addr("198.51.100.9"), t1);
         }
         assert_eq!(
-            g.may_login_at(7, addr("192.0.2.1"), t1),
+            g.may_login_at(UserId(7), addr("192.0.2.1"), t1),
             Err(Duration::from_secs(60))
         );
-        g.login_succeeded(7);
-        assert!(g.may_login_at(7, addr("192.0.2.1"), t1).is_ok());
+        g.login_succeeded(UserId(7));
+        assert!(g.may_login_at(UserId(7), addr("192.0.2.1"), t1).is_ok());
     }
 
     #[test]
@@ -330,17 +339,20 @@ mod tests {
         let t0 = Instant::now();
         let from = addr("2001:db8:1:2:aaaa::1");
         for account in 0..6 {
-            g.login_failed_at(Some(account), from, t0);
+            g.login_failed_at(Some(UserId(account)), from, t0);
         }
         // the same /64, another host in it
         assert!(
-            g.may_login_at(100, addr("2001:db8:1:2:bbbb::7"), t0)
+            g.may_login_at(UserId(100), addr("2001:db8:1:2:bbbb::7"), t0)
                 .is_err()
         );
-        assert!(g.may_login_at(100, addr("2001:db8:1:3::7"), t0).is_ok());
+        assert!(
+            g.may_login_at(UserId(100), addr("2001:db8:1:3::7"), t0)
+                .is_ok()
+        );
         // a success on an account of its own does not clear the address
-        g.login_succeeded(100);
-        assert!(g.may_login_at(100, from, t0).is_err());
+        g.login_succeeded(UserId(100));
+        assert!(g.may_login_at(UserId(100), from, t0).is_err());
     }
 
     #[test]
@@ -349,13 +361,13 @@ mod tests {
         let t0 = Instant::now();
         let lo = addr("127.0.0.1");
         for account in 0..10 {
-            g.login_failed_at(Some(account), lo, t0);
+            g.login_failed_at(Some(UserId(account)), lo, t0);
         }
-        assert!(g.may_login_at(100, lo, t0).is_ok());
+        assert!(g.may_login_at(UserId(100), lo, t0).is_ok());
         for _ in 0..4 {
-            g.login_failed_at(Some(5), lo, t0);
+            g.login_failed_at(Some(UserId(5)), lo, t0);
         }
-        assert!(g.may_login_at(5, lo, t0).is_err());
+        assert!(g.may_login_at(UserId(5), lo, t0).is_err());
         assert!(g.may_register_at(lo, t0).is_ok());
     }
 
@@ -375,16 +387,16 @@ mod tests {
     #[test]
     fn daily_bytes_last_the_day_and_stay_bounded() {
         let mut d = DailyBytes::default();
-        assert!(d.add(1, 600, 10, 1000));
-        assert!(!d.add(1, 600, 10, 1000), "over the day's quota");
+        assert!(d.add(UserId(1), 600, 10, 1000));
+        assert!(!d.add(UserId(1), 600, 10, 1000), "over the day's quota");
         // However many others store meanwhile (past the table's size),
         // the heavy user's count stays: the light ones are forgotten first.
-        for u in 2..(MAX_ENTRIES as UserId + 10) {
-            assert!(d.add(u, 1, 10, 1000));
+        for u in 2..(MAX_ENTRIES as i64 + 10) {
+            assert!(d.add(UserId(u), 1, 10, 1000));
         }
         assert!(d.used.len() <= MAX_ENTRIES);
-        assert!(!d.add(1, 600, 10, 1000), "still counted");
-        assert!(d.add(1, 600, 11, 1000), "a new day");
+        assert!(!d.add(UserId(1), 600, 10, 1000), "still counted");
+        assert!(d.add(UserId(1), 600, 11, 1000), "a new day");
         assert_eq!(d.used.len(), 1);
     }
 

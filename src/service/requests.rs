@@ -119,6 +119,7 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{GroupId, UserId};
     use crate::protocol::{HistoryTarget, parse};
 
     fn decoded(frame: &[u8]) -> Result<Request, Fail> {
@@ -133,7 +134,7 @@ mod tests {
         assert_eq!(p.id, Some(Value::from(1)), "the claim, checked later");
         match decoded(frame) {
             Ok(Request::AsUser(AsUser::OneChat(c))) => {
-                assert_eq!((c.toid, c.msg.as_str(), c.cmid), (2, "hi", None));
+                assert_eq!((c.toid, c.msg.as_str(), c.cmid), (UserId(2), "hi", None));
             }
             other => panic!("{other:?}"),
         }
@@ -149,7 +150,7 @@ mod tests {
             &wire::Ack {
                 acks: vec![wire::AckEntry {
                     toid: None,
-                    groupid: Some(4),
+                    groupid: Some(GroupId(4)),
                     seq: 9,
                 }],
             },
@@ -158,7 +159,7 @@ mod tests {
         assert_eq!(parse(&f).reqid, Some(Value::from(7)));
         match decoded(&f) {
             Ok(Request::AsUser(AsUser::Ack(a))) => {
-                assert_eq!(a.targets(), Ok(vec![(HistoryTarget::Group(4), 9)]));
+                assert_eq!(a.targets(), Ok(vec![(HistoryTarget::Group(GroupId(4)), 9)]));
             }
             other => panic!("{other:?}"),
         }

@@ -261,7 +261,7 @@ impl Service {
                     let store = self.store.clone();
                     self.tasks.spawn(async move {
                         if let Err(e) = store.advance_cursors(user, positions).await {
-                            tracing::warn!(user, error = %e, "could not store delivery cursors");
+                            tracing::warn!(%user, error = %e, "could not store delivery cursors");
                         }
                     });
                 }
@@ -299,7 +299,7 @@ impl Service {
         self.tasks.spawn(async move {
             if let Err(e) = store.advance_cursors(user, positions).await {
                 // Not lost: the messages are redelivered at the next login.
-                tracing::warn!(user, error = %e, "could not store delivery cursors");
+                tracing::warn!(%user, error = %e, "could not store delivery cursors");
             }
         });
     }
@@ -313,7 +313,7 @@ impl Service {
                 .advance_cursors(me.id, me.delivery.advanced())
                 .await
             {
-                tracing::warn!(user = me.id, error = %e, "could not store delivery cursors");
+                tracing::warn!(user = %me.id, error = %e, "could not store delivery cursors");
             }
             self.hub.disconnect(me.id, s.id).await;
             // Presence is best effort: it never holds up the end of a
@@ -321,7 +321,7 @@ impl Service {
             // database down.
             self.announce_offline(me.id, &me.name, &me.contacts).await;
             METRICS.sessions_online.dec();
-            tracing::info!(user = me.id, session = s.id, "user offline");
+            tracing::info!(user = %me.id, session = s.id, "user offline");
         }
     }
 
@@ -367,7 +367,7 @@ impl Service {
                     Err(e) => {
                         // Hold it back rather than skip what is missing: it stays
                         // past the cursor, so the next gap fill or login brings it.
-                        tracing::warn!(user = me.id, error = %e, "could not fill a delivery gap");
+                        tracing::warn!(user = %me.id, error = %e, "could not fill a delivery gap");
                         Vec::new()
                     }
                 }
@@ -392,7 +392,7 @@ impl Service {
             Ok(page) => page,
             Err(e) => {
                 // Still stored: offered again at the next gap fill or login.
-                tracing::warn!(user = me.id, error = %e, "could not read undelivered messages");
+                tracing::warn!(user = %me.id, error = %e, "could not read undelivered messages");
                 return Vec::new();
             }
         };
@@ -433,12 +433,13 @@ pub(super) fn chronological(page: Vec<ChatMessage>) -> Vec<ChatMessage> {
 mod tests {
     use super::*;
     use crate::model::Conversation;
+    use crate::model::{GroupId, UserId};
 
     fn msg(conv: Conversation, seq: i64, ts_ms: i64) -> ChatMessage {
         ChatMessage {
             conv,
             seq,
-            sender: 9,
+            sender: UserId(9),
             sender_name: "x".into(),
             body: String::new(),
             ts_ms,
@@ -447,7 +448,10 @@ mod tests {
 
     #[test]
     fn offline_pages_interleave_by_time_but_keep_each_conversation_in_order() {
-        let (a, b) = (Conversation::Group(1), Conversation::Group(2));
+        let (a, b) = (
+            Conversation::Group(GroupId(1)),
+            Conversation::Group(GroupId(2)),
+        );
         // conversation a's clock stepped back between seq 1 and 2
         let page = vec![
             msg(a, 1, 50),

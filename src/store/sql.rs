@@ -105,7 +105,7 @@ pub(super) fn message_of(row: MsgRow) -> Option<ChatMessage> {
     Some(ChatMessage {
         conv: Conversation::from_key(&conv)?,
         seq,
-        sender,
+        sender: UserId(sender),
         sender_name,
         body,
         ts_ms,
@@ -129,8 +129,8 @@ pub(super) fn assemble_groups(
 ) -> Vec<GroupInfo> {
     let mut by_group: HashMap<GroupId, Vec<GroupMember>> = HashMap::new();
     for (gid, id, name, role) in members {
-        by_group.entry(gid).or_default().push(GroupMember {
-            id,
+        by_group.entry(GroupId(gid)).or_default().push(GroupMember {
+            id: UserId(id),
             name,
             role: GroupRole::parse(&role),
         });
@@ -138,10 +138,10 @@ pub(super) fn assemble_groups(
     groups
         .into_iter()
         .map(|(id, name, desc)| GroupInfo {
-            id,
+            id: GroupId(id),
             name,
             desc,
-            members: by_group.remove(&id).unwrap_or_default(),
+            members: by_group.remove(&GroupId(id)).unwrap_or_default(),
         })
         .collect()
 }
@@ -205,7 +205,7 @@ where
             .execute(&self.pool)
             .await;
         match res {
-            Ok(done) => DB::inserted_id(&done),
+            Ok(done) => DB::inserted_id(&done).map(UserId),
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("name is already taken")),
             Err(e) => Err(e.into()),
         }
@@ -251,6 +251,7 @@ where
             }
             Err(e) => return Err(e.into()),
         };
+        let id = GroupId(id);
         let conv = Conversation::Group(id).key();
         sqlx::query(ADD_CREATOR)
             .bind(id)
@@ -363,7 +364,10 @@ where
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, name)| UserSummary { id, name })
+            .map(|(id, name)| UserSummary {
+                id: UserId(id),
+                name,
+            })
             .collect())
     }
 
@@ -411,7 +415,7 @@ where
                 return Ok(None);
             }
         }
-        Ok(Some(rows.into_iter().map(|(id,)| id).collect()))
+        Ok(Some(rows.into_iter().map(|(id,)| UserId(id)).collect()))
     }
 
     async fn append(&self, msg: NewMessage) -> StoreResult<ChatMessage> {

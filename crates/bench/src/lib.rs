@@ -114,7 +114,7 @@ pub async fn register_users(
     n: usize,
     concurrency: usize,
 ) -> Result<Vec<UserId>, BenchError> {
-    let mut ids = vec![0; n];
+    let mut ids = vec![UserId(0); n];
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency.clamp(1, n.max(1)) {

@@ -150,7 +150,10 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                     msgid::REG => {
                         let id = relay.next_id.fetch_add(1, Ordering::Relaxed) + 1;
                         let name = "relay".to_owned();
-                        Some(Reply::ok_with(msgid::REG_ACK, &replies::Registered { id, name }))
+                        Some(Reply::ok_with(msgid::REG_ACK, &replies::Registered {
+                            id: chat::model::UserId(id),
+                            name,
+                        }))
                     }
                     msgid::LOGIN => {
                         let id = f.id.unwrap_or(0);
@@ -159,7 +162,7 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                         }
                         me = Some(id);
                         let reply = replies::LoggedIn {
-                            id,
+                            id: chat::model::UserId(id),
                             name: "relay".into(),
                             offlinemsg: Vec::new(),
                             friends: Vec::new(),

@@ -129,7 +129,7 @@ impl Bus {
         )
         .await;
         if let Err(e) = sent {
-            tracing::warn!(user, error = %e, "could not tell the replaced session to close");
+            tracing::warn!(%user, error = %e, "could not tell the replaced session to close");
         }
     }
 
@@ -137,9 +137,9 @@ impl Bus {
     pub(super) async fn announce_group(&self, group: crate::model::GroupId) {
         let mut conn = self.conn.clone();
         let sent: Result<i64, _> =
-            redis::AsyncCommands::publish(&mut conn, self.keys.groups_channel(), group).await;
+            redis::AsyncCommands::publish(&mut conn, self.keys.groups_channel(), group.0).await;
         if let Err(e) = sent {
-            tracing::warn!(group, error = %e, "could not announce a group change");
+            tracing::warn!(%group, error = %e, "could not announce a group change");
         }
     }
 
@@ -413,13 +413,14 @@ fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{GroupId, UserId};
 
     #[test]
     fn bus_frames_decode_back_to_the_stored_message() {
         let m = ChatMessage {
-            conv: Conversation::direct(4, 9),
+            conv: Conversation::direct(UserId(4), UserId(9)),
             seq: 3,
-            sender: 9,
+            sender: UserId(9),
             sender_name: "nine".into(),
             body: "hi\nthere".into(),
             ts_ms: 1_700_000_000_123,
@@ -429,7 +430,7 @@ mod tests {
             Some(m.clone())
         );
         let g = ChatMessage {
-            conv: Conversation::Group(5),
+            conv: Conversation::Group(GroupId(5)),
             ..m
         };
         assert_eq!(message_of_frame(&crate::protocol::render_push(&g)), Some(g));
@@ -439,9 +440,9 @@ mod tests {
     #[test]
     fn payloads_with_and_without_a_header_line_parse_to_the_same_message() {
         let m = ChatMessage {
-            conv: Conversation::Group(7),
+            conv: Conversation::Group(GroupId(7)),
             seq: 42,
-            sender: 3,
+            sender: UserId(3),
             sender_name: "three".into(),
             body: "hello".into(),
             ts_ms: 1_700_000_000_000,
@@ -459,8 +460,8 @@ mod tests {
         let mut old = b"5,6\n".to_vec();
         old.extend_from_slice(&frame);
         let expected = Published {
-            recipients: vec![5, 6],
-            conv: Conversation::Group(7),
+            recipients: vec![UserId(5), UserId(6)],
+            conv: Conversation::Group(GroupId(7)),
             seq: 42,
             frame: &frame[..],
         };

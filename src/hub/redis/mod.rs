@@ -229,13 +229,13 @@ impl RedisHub {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
-                        user,
+                        %user,
                         "logged in elsewhere while Redis was away; dropping this session"
                     );
                     self.local.kick(user);
                 }
                 Err(e) => {
-                    tracing::warn!(user, error = %e, "could not reassert presence");
+                    tracing::warn!(%user, error = %e, "could not reassert presence");
                     complete = false;
                 }
             }

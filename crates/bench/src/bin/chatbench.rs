@@ -498,7 +498,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
 
 const PASSWORD: &str = "bench-password";
 
-async fn register(addr: &str, pairs: usize) -> Result<Vec<i64>, String> {
+async fn register(addr: &str, pairs: usize) -> Result<Vec<chat::model::UserId>, String> {
     let prefix = format!("b{}-", std::process::id());
     let started = Instant::now();
     let users = bench::register_users(addr, &prefix, PASSWORD, 2 * pairs, 4)
@@ -515,7 +515,7 @@ async fn register(addr: &str, pairs: usize) -> Result<Vec<i64>, String> {
 fn options(
     addr: &str,
     pairs: usize,
-    users: Vec<i64>,
+    users: Vec<chat::model::UserId>,
     server_pids: Vec<u32>,
     expect_acks: bool,
     run: &RunArgs,
