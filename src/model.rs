@@ -81,8 +81,24 @@ id!(
     /// A group's id.
     GroupId
 );
-/// Position of a message inside its conversation; starts at 1, no gaps.
-pub type Seq = i64;
+id!(
+    /// Position of a message inside its conversation; starts at 1, no gaps.
+    Seq
+);
+
+impl Seq {
+    pub const MAX: Seq = Seq(i64::MAX);
+
+    /// The position after this one.
+    pub fn next(self) -> Seq {
+        Seq(self.0.saturating_add(1))
+    }
+
+    /// How many positions lie from `earlier` up to this one (0 if none).
+    pub fn since(self, earlier: Seq) -> u64 {
+        u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0)
+    }
+}
 
 /// A conversation is the unit of ordering: a pair of users or a group.
 ///

@@ -23,7 +23,7 @@ async fn what_was_received_but_not_acknowledged_comes_again_after_a_broken_conne
     for _ in 0..3 {
         got.push(within(b.next_message()).await.expect("message"));
     }
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(got.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [1, 2, 3]);
     let conv = got[0].conversation(bob);
     assert_eq!(conv, HistoryTarget::User(alice));
     // bob's app has shown m1 and m2, and the server has read his ACK, when
@@ -51,7 +51,7 @@ async fn what_was_received_but_not_acknowledged_comes_again_after_a_broken_conne
     let info = within(b.resume(&token)).await.expect("resume");
     assert!(!info.acks);
     assert_eq!(info.offline.len(), 1);
-    b.ack(&[(conv, 4)]).await.expect("ack");
+    b.ack(&[(conv, chat::model::Seq(4))]).await.expect("ack");
     let refusal = next_other(&mut b).await;
     assert_eq!(
         (refusal["msgid"].as_i64(), refusal["errno"].as_i64()),
@@ -67,7 +67,7 @@ async fn what_was_received_but_not_acknowledged_comes_again_after_a_broken_conne
 /// connection's frames are handled in order, so a ping answered after it
 /// means the ACK was applied. An ACK gets no reply of its own.
 async fn ack_read(c: &mut chat::client::Client, conv: HistoryTarget, seq: i64) {
-    c.ack(&[(conv, seq)]).await.expect("ack");
+    c.ack(&[(conv, chat::model::Seq(seq))]).await.expect("ack");
     within(c.ping(std::time::Duration::from_secs(5)))
         .await
         .expect("ping after the ack");
@@ -90,13 +90,13 @@ async fn each_offline_page_waits_for_the_acknowledgement_of_the_one_before() {
     assert_eq!(info.offline.len(), 2);
     assert_quiet(&mut b).await;
     let conv = HistoryTarget::User(alice);
-    let mut seen: Vec<i64> = info.offline.iter().map(|m| m.seq).collect();
+    let mut seen: Vec<i64> = info.offline.iter().map(|m| m.seq.0).collect();
     while seen.len() < 5 {
         let last = *seen.last().expect("some");
-        b.ack(&[(conv, last)]).await.expect("ack");
+        b.ack(&[(conv, chat::model::Seq(last))]).await.expect("ack");
         let page_len = if seen.len() == 4 { 1 } else { 2 };
         for _ in 0..page_len {
-            seen.push(within(b.next_message()).await.expect("message").seq);
+            seen.push(within(b.next_message()).await.expect("message").seq.0);
         }
         if page_len == 2 {
             assert_quiet(&mut b).await;
@@ -130,8 +130,8 @@ async fn a_resend_with_the_same_client_id_is_stored_once_and_answered_alike() {
     assert_quiet(&mut b).await;
     let second = a.send_with_id(to_bob, "twice", "id-2").await.expect("send");
     assert_eq!(
-        second.seq,
-        first.seq + 1,
+        second.seq.0,
+        first.seq.0 + 1,
         "no number was spent on the resend"
     );
     assert_eq!(
@@ -175,7 +175,7 @@ async fn resends_from_sessions_replacing_each_other_are_stored_once() {
     let mut seqs = Vec::new();
     for t in sends {
         if let Some(sent) = t.await.expect("task") {
-            seqs.push(sent.seq);
+            seqs.push(sent.seq.0);
         }
     }
     assert!(!seqs.is_empty(), "the last login at least sent");
@@ -243,7 +243,7 @@ async fn concurrent_appends_of_one_client_id_store_one_message_on_both_backends(
             .await
             .expect("history");
         assert_eq!(all.len(), 17, "16 other ids and one `same`");
-        let mut seqs: Vec<_> = all.iter().map(|m| m.seq).collect();
+        let mut seqs: Vec<_> = all.iter().map(|m| m.seq.0).collect();
         seqs.sort();
         assert_eq!(seqs, (1..=17).collect::<Vec<_>>(), "no number skipped");
         store.close().await;

@@ -81,7 +81,7 @@ async fn chat_presence_and_offline_delivery_across_three_nodes() {
     for i in 0..20 {
         let m = within(b.next_message()).await.expect("message");
         assert_eq!(
-            (m.from, m.name.as_str(), m.msg.clone(), m.seq),
+            (m.from, m.name.as_str(), m.msg.clone(), m.seq.0),
             (alice, "alice", format!("m{i}"), i + 1)
         );
     }
@@ -302,13 +302,13 @@ async fn redis_outage_gives_errors_not_hangs_and_the_cluster_recovers() {
     let sent = within(a.chat(bob, "during the outage"))
         .await
         .expect("stored");
-    assert_eq!(sent.seq, 1);
+    assert_eq!(sent.seq.0, 1);
 
     redis.resume();
     // bob's node resubscribes and catches up from the store; alice's node
     // routes again once presence is reasserted
     let m = within(b.next_message()).await.expect("caught up");
-    assert_eq!((m.msg.as_str(), m.seq), ("during the outage", 1));
+    assert_eq!((m.msg.as_str(), m.seq.0), ("during the outage", 1));
     let deadline = Deadline::after(10.0);
     let delivered = loop {
         if a.chat(bob, "after").await.is_ok()
@@ -368,7 +368,7 @@ async fn database_outage_gives_errors_not_hangs_and_recovers() {
             Err(_) => deadline.wait("chat works again").await,
         }
     };
-    assert_eq!(sent.seq, 1, "the refused message was never stored");
+    assert_eq!(sent.seq.0, 1, "the refused message was never stored");
     assert_eq!(within(b.next_message()).await.expect("live").msg, "back");
 }
 

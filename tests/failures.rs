@@ -83,14 +83,14 @@ async fn client(
                 n += 1;
                 seen.lock().await.attempted += 1;
                 match r.send(to, &format!("{me}-{n}")).await {
-                    Ok(sent) => seen.lock().await.accepted.entry(to).or_default().push(sent.seq),
+                    Ok(sent) => seen.lock().await.accepted.entry(to).or_default().push(sent.seq.0),
                     Err(_) => seen.lock().await.failed += 1,
                 }
             }
             event = r.next_event() => match event {
                 Event::Message(m) => {
                     let conv = m.conversation(me);
-                    seen.lock().await.received.entry(conv).or_default().push(m.seq);
+                    seen.lock().await.received.entry(conv).or_default().push(m.seq.0);
                 }
                 Event::Replaced => {
                     seen.lock().await.replaced = true;

@@ -13,10 +13,10 @@ async fn one_to_one_live_and_offline_each_delivered_once() {
     let (mut b, bob) = s.user("bob").await;
 
     let sent = a.chat(bob, "hi bob").await.expect("send");
-    assert_eq!(sent.seq, 1);
+    assert_eq!(sent.seq.0, 1);
     let m = within(b.next_message()).await.expect("message");
     assert_eq!(
-        (m.from, m.name.as_str(), m.to, m.msg.as_str(), m.seq),
+        (m.from, m.name.as_str(), m.to, m.msg.as_str(), m.seq.0),
         (alice, "alice", Some(bob), "hi bob", 1)
     );
     assert_eq!(m.group, None);
@@ -47,7 +47,7 @@ async fn one_to_one_live_and_offline_each_delivered_once() {
     let offline: Vec<_> = info
         .offline
         .iter()
-        .map(|m| (m.msg.as_str(), m.seq, m.from))
+        .map(|m| (m.msg.as_str(), m.seq.0, m.from))
         .collect();
     assert_eq!(offline, vec![("first", 3, alice), ("second", 4, alice)]);
     assert_quiet(&mut b).await; // not a second time as pushes
@@ -98,8 +98,8 @@ async fn group_chat_reaches_every_member_but_the_sender() {
     let sent = a.group_chat(g, "hello group").await.expect("send");
     let m = within(b.next_message()).await.expect("message");
     assert_eq!(
-        (m.group, m.from, m.msg.as_str(), m.seq),
-        (Some(g), alice, "hello group", sent.seq)
+        (m.group, m.from, m.msg.as_str(), m.seq.0),
+        (Some(g), alice, "hello group", sent.seq.0)
     );
     assert_quiet(&mut a).await;
     assert_eq!(
@@ -172,28 +172,32 @@ async fn history_pages_backwards_newest_first() {
         .await
         .expect("history");
     assert_eq!(
-        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        page.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
         (16..=25).rev().collect::<Vec<_>>()
     );
     assert_eq!(page[0].msg, "m25");
     let page = a
-        .history(HistoryTarget::User(bob), Some(16), Some(10))
+        .history(
+            HistoryTarget::User(bob),
+            Some(chat::model::Seq(16)),
+            Some(10),
+        )
         .await
         .expect("history");
     assert_eq!(
-        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        page.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
         (6..=15).rev().collect::<Vec<_>>()
     );
     let page = b
-        .history(HistoryTarget::User(alice), Some(6), None)
+        .history(HistoryTarget::User(alice), Some(chat::model::Seq(6)), None)
         .await
         .expect("history");
     assert_eq!(
-        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        page.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
         vec![5, 4, 3, 2, 1]
     );
     let page = b
-        .history(HistoryTarget::User(alice), Some(1), None)
+        .history(HistoryTarget::User(alice), Some(chat::model::Seq(1)), None)
         .await
         .expect("history");
     assert!(page.is_empty());
@@ -261,7 +265,7 @@ async fn concurrent_group_senders_each_member_gets_every_message_once_in_order()
             let mut got = Vec::new();
             while got.len() < 3 * PER_SENDER {
                 let m = within(c.next_message()).await.expect("message");
-                got.push((m.seq, m.from, m.msg));
+                got.push((m.seq.0, m.from, m.msg));
             }
             let _ = tx.send(got);
             c
@@ -356,11 +360,11 @@ async fn a_backlog_larger_than_a_page_arrives_in_order_exactly_once() {
     let mut got: Vec<_> = info
         .offline
         .iter()
-        .map(|m| (m.from, m.seq, m.msg.clone()))
+        .map(|m| (m.from, m.seq.0, m.msg.clone()))
         .collect();
     while got.len() < 10 {
         let m = within(b.next_message()).await.expect("rest of the backlog");
-        got.push((m.from, m.seq, m.msg));
+        got.push((m.from, m.seq.0, m.msg));
     }
     assert_quiet(&mut b).await;
     for (sender, prefix) in [(alice, "a"), (carol, "c")] {

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::model::{Conversation, GroupId, GroupRole, NewMessage, UserId};
+use chat::model::{Conversation, GroupId, GroupRole, NewMessage, Seq, UserId};
 use chat::store::{SharedStore, StoreError};
 
 fn message(conv: Conversation, sender: UserId, body: &str) -> NewMessage {
@@ -112,7 +112,7 @@ async fn contract(store: SharedStore, backend: &str) {
     ));
     let gconv = Conversation::Group(g);
     let first = store.append(message(gconv, alice, "g1")).await.expect("g1");
-    assert_eq!(first.seq, 1, "{backend}");
+    assert_eq!(first.seq.0, 1, "{backend}");
     assert_eq!(
         store.join_group(bob, g).await.expect("join"),
         1,
@@ -157,7 +157,7 @@ async fn contract(store: SharedStore, backend: &str) {
             .append(message(direct, alice, &format!("d{n}")))
             .await
             .expect("direct");
-        assert_eq!(m.seq, n, "{backend}");
+        assert_eq!(m.seq.0, n, "{backend}");
         assert!(m.ts_ms >= now, "{backend}: server time");
     }
     store
@@ -186,7 +186,7 @@ async fn contract(store: SharedStore, backend: &str) {
     let undelivered = store.undelivered(bob, 100).await.expect("read");
     let got: Vec<_> = undelivered
         .iter()
-        .map(|m| (m.conv, m.seq, m.body.as_str()))
+        .map(|m| (m.conv, m.seq.0, m.body.as_str()))
         .collect();
     assert_eq!(
         got,
@@ -206,22 +206,22 @@ async fn contract(store: SharedStore, backend: &str) {
 
     // cursors move forward only, through either path
     store
-        .advance_cursors(bob, vec![(direct, 2)])
+        .advance_cursors(bob, vec![(direct, Seq(2))])
         .await
         .expect("advance");
     store
-        .advance_cursors(bob, vec![(direct, 1)])
+        .advance_cursors(bob, vec![(direct, Seq(1))])
         .await
         .expect("never back");
-    assert!(store.queue_cursors(bob, vec![(gconv, 2)]).is_ok());
+    assert!(store.queue_cursors(bob, vec![(gconv, Seq(2))]).is_ok());
     // queued moves ride in order: one awaited write after it means it is in
     store
-        .advance_cursors(bob, vec![(direct, 2)])
+        .advance_cursors(bob, vec![(direct, Seq(2))])
         .await
         .expect("barrier");
     let mut cursors = store.cursors(bob).await.expect("read");
     cursors.sort_by_key(|(c, _)| c.key());
-    let mut want = vec![(direct, 2), (gconv, 2)];
+    let mut want = vec![(direct, Seq(2)), (gconv, Seq(2))];
     want.sort_by_key(|(c, _)| c.key());
     assert_eq!(cursors, want, "{backend}");
     let rest: Vec<_> = store
@@ -229,17 +229,17 @@ async fn contract(store: SharedStore, backend: &str) {
         .await
         .expect("read")
         .iter()
-        .map(|m| m.seq)
+        .map(|m| m.seq.0)
         .collect();
     assert_eq!(rest, [3], "{backend}");
 
     // gap fills and history
     let between: Vec<_> = store
-        .between(direct, 1, 4, bob)
+        .between(direct, Seq(1), Seq(4), bob)
         .await
         .expect("read")
         .iter()
-        .map(|m| m.seq)
+        .map(|m| m.seq.0)
         .collect();
     assert_eq!(
         between,
@@ -251,15 +251,15 @@ async fn contract(store: SharedStore, backend: &str) {
         .await
         .expect("read")
         .iter()
-        .map(|m| m.seq)
+        .map(|m| m.seq.0)
         .collect();
     assert_eq!(history, [4, 3, 2], "{backend}: newest first");
     let older: Vec<_> = store
-        .history(direct, Some(2), 10)
+        .history(direct, Some(Seq(2)), 10)
         .await
         .expect("read")
         .iter()
-        .map(|m| m.seq)
+        .map(|m| m.seq.0)
         .collect();
     assert_eq!(older, [1], "{backend}");
 
@@ -300,7 +300,7 @@ async fn contract(store: SharedStore, backend: &str) {
         .await
         .expect("read")
         .iter()
-        .map(|m| (m.conv, m.seq))
+        .map(|m| (m.conv, m.seq.0))
         .collect();
     assert_eq!(page.len(), 4, "{backend}");
     assert!(page.contains(&(quiet, 1)), "{backend}: {page:?}");
@@ -321,7 +321,7 @@ async fn contract(store: SharedStore, backend: &str) {
         .await
         .expect("after");
     store
-        .advance_cursors(dave, vec![(flood, 10), (quiet, 1)])
+        .advance_cursors(dave, vec![(flood, Seq(10)), (quiet, Seq(1))])
         .await
         .expect("advance");
     let page: Vec<_> = store
@@ -329,7 +329,7 @@ async fn contract(store: SharedStore, backend: &str) {
         .await
         .expect("read")
         .iter()
-        .map(|m| (m.conv, m.seq, m.body.clone()))
+        .map(|m| (m.conv, m.seq.0, m.body.clone()))
         .collect();
     assert_eq!(page, [(quiet, 7, "after".to_owned())], "{backend}");
     assert_eq!(

@@ -141,7 +141,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{GroupId, UserId};
+    use crate::model::{GroupId, Seq, UserId};
 
     #[test]
     fn classic_commands_parse() {
@@ -173,7 +173,7 @@ mod tests {
             parse("history:group:5:100:10"),
             Ok(Command::History {
                 with: HistoryTarget::Group(GroupId(5)),
-                before: Some(100),
+                before: Some(Seq(100)),
                 limit: Some(10)
             })
         );

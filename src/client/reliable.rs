@@ -255,7 +255,7 @@ impl Reliable {
     /// acknowledgement.
     fn fresh(&mut self, m: Message) -> Option<Message> {
         let conv = m.conversation(self.id);
-        let seen = self.seen.entry(conv).or_insert(0);
+        let seen = self.seen.entry(conv).or_insert(Seq(0));
         if m.seq != 0 && m.seq <= *seen {
             self.stats.duplicates_dropped += 1;
             return None;

@@ -170,7 +170,7 @@ fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
 mod tests {
     use super::*;
     use crate::model::Conversation;
-    use crate::model::{GroupId, UserId};
+    use crate::model::{GroupId, Seq, UserId};
     use std::sync::atomic::AtomicBool;
     use tokio::sync::mpsc;
 
@@ -190,7 +190,7 @@ mod tests {
         for seq in 1..=5 {
             let d = Arc::new(Delivery {
                 conv: Conversation::Group(GroupId(1)),
-                seq,
+                seq: Seq(seq),
                 frame: bytes::Bytes::new(),
                 arrived: std::time::Instant::now(),
                 remote: false,

@@ -199,13 +199,13 @@ pub fn fit_login(reply: &mut LoggedIn<'static>, messages: &[ChatMessage]) -> usi
 mod tests {
     use super::*;
     use crate::model::Conversation;
-    use crate::model::{GroupId, UserId};
+    use crate::model::{GroupId, Seq, UserId};
     use crate::protocol::replies::{Contact, State};
 
     fn message(seq: i64, body: &str) -> ChatMessage {
         ChatMessage {
             conv: Conversation::direct(UserId(1), UserId(2)),
-            seq,
+            seq: Seq(seq),
             sender: UserId(1),
             sender_name: "alice".into(),
             body: body.into(),
@@ -245,7 +245,7 @@ mod tests {
             let chat = ChatFrame::parse(p).expect("each part is a chat message");
             assert_eq!(
                 (chat.seq, chat.id, chat.toid),
-                (7, UserId(1), Some(UserId(2)))
+                (Seq(7), UserId(1), Some(UserId(2)))
             );
             let prefix = format!("({}/{}) ", k + 1, parts.len());
             let text = chat.msg.strip_prefix(&prefix).expect("numbered part");
@@ -318,7 +318,7 @@ mod tests {
         let carried = fit_login(&mut reply, &messages);
         assert!((3..20).contains(&carried), "{carried}");
         assert!(!reply.more);
-        let seqs: Vec<i64> = reply.offlinemsg.iter().map(|m| m.seq).collect();
+        let seqs: Vec<i64> = reply.offlinemsg.iter().map(|m| m.seq.0).collect();
         assert_eq!(seqs, (1..=carried as i64).collect::<Vec<_>>());
         let text = Reply::ok_with(msgid::LOGIN_ACK, &reply).to_bytes();
         assert!(text.len() <= MAX_FRAME, "{}", text.len());

@@ -421,7 +421,7 @@ fn format_local(ts_ms: i64) -> String {
 mod tests {
     use super::*;
     use crate::model::Conversation;
-    use crate::model::{GroupId, UserId};
+    use crate::model::{GroupId, Seq, UserId};
 
     fn code(p: &Parsed) -> ErrCode {
         p.body.as_ref().err().map(|f| f.code).unwrap_or(ErrCode::Ok)
@@ -437,7 +437,7 @@ mod tests {
         let entry = |toid, groupid| requests::AckEntry {
             toid,
             groupid,
-            seq: 5,
+            seq: Seq(5),
         };
         let ack = requests::Ack {
             acks: vec![entry(Some(UserId(2)), None), entry(None, Some(GroupId(1)))],
@@ -445,8 +445,8 @@ mod tests {
         assert_eq!(
             ack.targets(),
             Ok(vec![
-                (HistoryTarget::User(UserId(2)), 5),
-                (HistoryTarget::Group(GroupId(1)), 5)
+                (HistoryTarget::User(UserId(2)), Seq(5)),
+                (HistoryTarget::Group(GroupId(1)), Seq(5))
             ])
         );
         let both = requests::Ack {
@@ -515,7 +515,7 @@ mod tests {
     fn pushes_have_the_classic_fields_plus_seq_and_ts() {
         let m = ChatMessage {
             conv: Conversation::direct(UserId(5), UserId(3)),
-            seq: 9,
+            seq: Seq(9),
             sender: UserId(5),
             sender_name: "bob".into(),
             body: "hello".into(),

@@ -278,6 +278,7 @@ mod json_texts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Seq;
     use crate::model::UserId;
     use serde_json::Value;
 
@@ -285,7 +286,7 @@ mod tests {
     fn login_lists_travel_as_json_texts_and_read_back() {
         let m = ChatMessage {
             conv: Conversation::direct(UserId(5), UserId(3)),
-            seq: 9,
+            seq: Seq(9),
             sender: UserId(5),
             sender_name: "bob".into(),
             body: "你好 👋".into(),

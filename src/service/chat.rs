@@ -70,7 +70,7 @@ impl Service {
             // Forgetting only costs a store read at the next message.
             me.unread_sent.clear();
         }
-        let entry = me.unread_sent.entry(conv).or_insert((0, 0));
+        let entry = me.unread_sent.entry(conv).or_insert((Seq(0), Seq(0)));
         entry.0 = entry.0.max(sent.seq);
         Ok(sent)
     }
@@ -85,16 +85,16 @@ impl Service {
         conv: Conversation,
         to: UserId,
     ) -> Result<(), Fail> {
-        let max = Seq::try_from(self.config.limits.unread_per_sender).unwrap_or(Seq::MAX);
+        let max = self.config.limits.unread_per_sender;
         let Some(&(last, seen)) = me.unread_sent.get(&conv) else {
             return Ok(());
         };
-        if last.saturating_sub(seen) < max {
+        if last.since(seen) < max {
             return Ok(());
         }
         let seen = self.store.cursor(to, conv).await?;
         me.unread_sent.insert(conv, (last, seen));
-        let unread = last.saturating_sub(seen);
+        let unread = last.since(seen);
         if unread < max {
             return Ok(());
         }
@@ -268,7 +268,7 @@ fn keep_newest_within(page: &mut Vec<crate::model::ChatMessage>, max_bytes: usiz
         .collect();
     newest_first.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
     let mut total = 0usize;
-    let mut oldest_kept = Seq::MIN;
+    let mut oldest_kept = Seq(i64::MIN);
     for (i, (seq, size)) in newest_first.iter().enumerate() {
         total = total.saturating_add(*size);
         if total > max_bytes && i > 0 {
@@ -283,13 +283,13 @@ fn keep_newest_within(page: &mut Vec<crate::model::ChatMessage>, max_bytes: usiz
 mod tests {
     use super::*;
     use crate::model::ChatMessage;
-    use crate::model::{GroupId, UserId};
+    use crate::model::{GroupId, Seq, UserId};
 
     #[test]
     fn a_history_page_keeps_its_newest_messages_within_the_byte_limit() {
         let msg = |seq| ChatMessage {
             conv: Conversation::Group(GroupId(1)),
-            seq,
+            seq: Seq(seq),
             sender: UserId(1),
             sender_name: "a".into(),
             body: "x".repeat(935),

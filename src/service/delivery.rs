@@ -246,8 +246,8 @@ impl ConvCursor {
 
 impl ConvCursor {
     fn absorb_own(&mut self) {
-        while self.own.remove(&(self.delivered + 1)) {
-            self.delivered += 1;
+        while self.own.remove(&self.delivered.next()) {
+            self.delivered = self.delivered.next();
         }
     }
 }
@@ -351,10 +351,10 @@ impl Cursors {
         if seq <= c.delivered {
             return Incoming::Duplicate;
         }
-        if seq == c.delivered + 1 {
+        if seq == c.delivered.next() {
             return Incoming::InOrder;
         }
-        if (c.delivered + 1..seq).all(|s| c.own.contains(&s)) {
+        if (c.delivered.0 + 1..seq.0).all(|s| c.own.contains(&Seq(s))) {
             // Only our own messages lie between: no gap.
             return Incoming::InOrder;
         }
@@ -366,7 +366,7 @@ impl Cursors {
         let c = self.convs.entry(conv).or_default();
         if seq > c.delivered {
             c.delivered = seq;
-            c.own = c.own.split_off(&(seq + 1));
+            c.own = c.own.split_off(&seq.next());
             c.absorb_own();
             if !self.acks {
                 self.dirty.insert(conv, c.delivered);
@@ -555,6 +555,7 @@ impl Unconfirmed {
 mod tests {
     use super::*;
     use crate::model::GroupId;
+    use crate::model::Seq;
 
     const G: Conversation = Conversation::Group(GroupId(1));
 
@@ -574,8 +575,8 @@ mod tests {
         let t0 = Instant::now();
         let lagging = Arc::new(AtomicBool::new(false));
         let mut d = DeliveryState::new(Reads::Acknowledged, lagging.clone(), t0);
-        d.load([(G, 2)]);
-        d.page_sent(&[msg(G, 3), msg(G, 4)]);
+        d.load([(G, Seq(2))]);
+        d.page_sent(&[msg(G, Seq(3)), msg(G, Seq(4))]);
         assert!(
             !d.wants_page(),
             "the next page waits for the acknowledgement"
@@ -584,7 +585,7 @@ mod tests {
             d.flush_due(Duration::from_millis(50)).is_none(),
             "written is not acknowledged"
         );
-        d.acknowledge([(G, 4)]);
+        d.acknowledge([(G, Seq(4))]);
         assert!(d.wants_page());
         assert_eq!(
             d.flush_due(Duration::from_millis(50)),
@@ -592,7 +593,7 @@ mod tests {
         );
         assert_eq!(
             d.begin_page(),
-            vec![(G, 4)],
+            vec![(G, Seq(4))],
             "stored before the next page is read"
         );
         assert!(!d.wants_page());
@@ -609,18 +610,18 @@ mod tests {
     fn written_reads_page_on_without_waiting() {
         let t0 = Instant::now();
         let mut d = DeliveryState::new(Reads::Written, Arc::default(), t0);
-        d.load([(G, 0)]);
-        d.page_sent(&[msg(G, 1)]);
+        d.load([(G, Seq(0))]);
+        d.page_sent(&[msg(G, Seq(1))]);
         assert!(d.wants_page(), "positions moved on the write");
-        assert_eq!(d.take_flush(t0), vec![(G, 1)]);
+        assert_eq!(d.take_flush(t0), vec![(G, Seq(1))]);
         let mut c = DeliveryState::new(Reads::Confirmed, Arc::default(), t0);
-        c.load([(G, 0)]);
-        c.page_sent(&[msg(G, 1)]);
+        c.load([(G, Seq(0))]);
+        c.page_sent(&[msg(G, Seq(1))]);
         assert!(
             !c.wants_page(),
             "the original client's reads are confirmed first"
         );
-        assert_eq!(c.unacknowledged(), vec![(G, 1)]);
+        assert_eq!(c.unacknowledged(), vec![(G, Seq(1))]);
         c.acknowledge(c.unacknowledged());
         assert!(c.wants_page());
     }
@@ -631,18 +632,18 @@ mod tests {
         let t0 = Instant::now();
         let mut u = Unconfirmed::default();
         let d = Conversation::direct(UserId(1), UserId(2));
-        u.written(UserId(7), vec![(G, 3)], 100, t0, grace);
+        u.written(UserId(7), vec![(G, Seq(3))], 100, t0, grace);
         // joins the first entry: within the merge window
         u.written(
             UserId(7),
-            vec![(G, 4), (d, 1)],
+            vec![(G, Seq(4)), (d, Seq(1))],
             150,
             t0 + Duration::from_millis(50),
             grace,
         );
         u.written(
             UserId(7),
-            vec![(G, 5)],
+            vec![(G, Seq(5))],
             200,
             t0 + Duration::from_millis(500),
             grace,
@@ -661,19 +662,19 @@ mod tests {
         assert!(u.confirm(Some(120), late).is_empty());
         assert_eq!(u.next_due(), Some(late + RECHECK));
         let got = u.confirm(Some(150), late + RECHECK);
-        assert_eq!(got, vec![(UserId(7), vec![(G, 4), (d, 1)])]);
+        assert_eq!(got, vec![(UserId(7), vec![(G, Seq(4)), (d, Seq(1))])]);
         let got = u.confirm(None, late + 2 * RECHECK);
         assert_eq!(
             got,
-            vec![(UserId(7), vec![(G, 5)])],
+            vec![(UserId(7), vec![(G, Seq(5))])],
             "no TCP figure: grace alone"
         );
         assert_eq!(u.next_due(), None);
         // another user on the same connection (after a logout and login)
-        u.written(UserId(7), vec![(G, 6)], 400, late, grace);
+        u.written(UserId(7), vec![(G, Seq(6))], 400, late, grace);
         u.written(
             UserId(8),
-            vec![(d, 9)],
+            vec![(d, Seq(9))],
             450,
             late + Duration::from_millis(10),
             grace,
@@ -681,52 +682,55 @@ mod tests {
         let got = u.confirm(Some(450), late + grace + Duration::from_millis(10));
         assert_eq!(
             got,
-            vec![(UserId(7), vec![(G, 6)]), (UserId(8), vec![(d, 9)])]
+            vec![
+                (UserId(7), vec![(G, Seq(6))]),
+                (UserId(8), vec![(d, Seq(9))])
+            ]
         );
     }
 
     #[test]
     fn unacknowledged_positions_are_what_was_delivered_beyond_the_acks() {
         let d = Conversation::direct(UserId(1), UserId(2));
-        let mut c = Cursors::load_acknowledged([(G, 5), (d, 0)]);
+        let mut c = Cursors::load_acknowledged([(G, Seq(5)), (d, Seq(0))]);
         assert!(c.unacknowledged().is_empty());
-        c.delivered(G, 7);
-        assert_eq!(c.unacknowledged(), vec![(G, 7)]);
-        c.ack(G, 7);
+        c.delivered(G, Seq(7));
+        assert_eq!(c.unacknowledged(), vec![(G, Seq(7))]);
+        c.ack(G, Seq(7));
         assert!(c.unacknowledged().is_empty());
     }
 
     #[test]
     fn in_order_duplicates_and_gaps() {
-        let mut c = Cursors::load([(G, 3)]);
-        assert_eq!(c.classify(G, 3), Incoming::Duplicate);
-        assert_eq!(c.classify(G, 4), Incoming::InOrder);
-        c.delivered(G, 4);
-        assert_eq!(c.classify(G, 6), Incoming::Gap { after: 4 });
-        c.delivered(G, 6); // after filling 5 and delivering 6
+        let mut c = Cursors::load([(G, Seq(3))]);
+        assert_eq!(c.classify(G, Seq(3)), Incoming::Duplicate);
+        assert_eq!(c.classify(G, Seq(4)), Incoming::InOrder);
+        c.delivered(G, Seq(4));
+        assert_eq!(c.classify(G, Seq(6)), Incoming::Gap { after: Seq(4) });
+        c.delivered(G, Seq(6)); // after filling 5 and delivering 6
         assert_eq!(
-            c.classify(G, 5),
+            c.classify(G, Seq(5)),
             Incoming::Duplicate,
             "the late original of a filled gap"
         );
-        assert_eq!(c.take_dirty(), vec![(G, 6)]);
+        assert_eq!(c.take_dirty(), vec![(G, Seq(6))]);
         assert!(!c.has_dirty());
     }
 
     #[test]
     fn own_messages_are_not_gaps() {
-        let mut c = Cursors::load([(G, 0)]);
-        c.record_own(G, 1);
-        assert_eq!(c.classify(G, 2), Incoming::InOrder);
-        c.delivered(G, 2);
+        let mut c = Cursors::load([(G, Seq(0))]);
+        c.record_own(G, Seq(1));
+        assert_eq!(c.classify(G, Seq(2)), Incoming::InOrder);
+        c.delivered(G, Seq(2));
         // someone else's 3 is still in flight when our 4 is stored
-        c.record_own(G, 4);
-        assert_eq!(c.classify(G, 5), Incoming::Gap { after: 2 });
-        assert_eq!(c.classify(G, 3), Incoming::InOrder);
-        c.delivered(G, 3);
-        assert_eq!(c.classify(G, 5), Incoming::InOrder, "4 is ours");
-        c.delivered(G, 5);
-        assert_eq!(c.classify(G, 4), Incoming::Duplicate);
+        c.record_own(G, Seq(4));
+        assert_eq!(c.classify(G, Seq(5)), Incoming::Gap { after: Seq(2) });
+        assert_eq!(c.classify(G, Seq(3)), Incoming::InOrder);
+        c.delivered(G, Seq(3));
+        assert_eq!(c.classify(G, Seq(5)), Incoming::InOrder, "4 is ours");
+        c.delivered(G, Seq(5));
+        assert_eq!(c.classify(G, Seq(4)), Incoming::Duplicate);
         // own messages alone do not make anything dirty
         assert_eq!(c.take_dirty().len(), 1);
     }
@@ -735,86 +739,98 @@ mod tests {
     fn new_direct_conversations_start_at_zero_unknown_groups_are_stale() {
         let mut c = Cursors::default();
         let d = Conversation::direct(UserId(1), UserId(2));
-        assert_eq!(c.classify(d, 1), Incoming::InOrder);
+        assert_eq!(c.classify(d, Seq(1)), Incoming::InOrder);
         assert_eq!(
-            c.classify(Conversation::direct(UserId(1), UserId(3)), 2),
-            Incoming::Gap { after: 0 }
+            c.classify(Conversation::direct(UserId(1), UserId(3)), Seq(2)),
+            Incoming::Gap { after: Seq(0) }
         );
-        assert_eq!(c.classify(G, 1), Incoming::Duplicate);
-        c.start(G, 10);
+        assert_eq!(c.classify(G, Seq(1)), Incoming::Duplicate);
+        c.start(G, Seq(10));
         assert!(c.knows(G));
-        assert_eq!(c.classify(G, 10), Incoming::Duplicate, "joined after 10");
-        assert_eq!(c.classify(G, 11), Incoming::InOrder);
+        assert_eq!(
+            c.classify(G, Seq(10)),
+            Incoming::Duplicate,
+            "joined after 10"
+        );
+        assert_eq!(c.classify(G, Seq(11)), Incoming::InOrder);
         c.forget(G);
-        assert_eq!(c.classify(G, 12), Incoming::Duplicate);
+        assert_eq!(c.classify(G, Seq(12)), Incoming::Duplicate);
     }
 
     #[test]
     fn a_failed_write_goes_back_to_the_saved_position() {
-        let mut c = Cursors::load([(G, 5)]);
-        c.delivered(G, 6);
-        assert_eq!(c.take_dirty(), vec![(G, 6)]);
-        c.delivered(G, 7);
+        let mut c = Cursors::load([(G, Seq(5))]);
+        c.delivered(G, Seq(6));
+        assert_eq!(c.take_dirty(), vec![(G, Seq(6))]);
+        c.delivered(G, Seq(7));
         c.forget_unsaved();
         assert!(!c.has_dirty());
-        assert_eq!(c.classify(G, 7), Incoming::InOrder, "7 is offered again");
-        assert_eq!(c.advanced(), vec![(G, 6)]);
-        let fresh = Cursors::load([(G, 5)]);
+        assert_eq!(
+            c.classify(G, Seq(7)),
+            Incoming::InOrder,
+            "7 is offered again"
+        );
+        assert_eq!(c.advanced(), vec![(G, Seq(6))]);
+        let fresh = Cursors::load([(G, Seq(5))]);
         assert!(fresh.advanced().is_empty());
     }
 
     #[test]
     fn with_acknowledgements_only_acknowledged_positions_are_stored() {
         let d = Conversation::direct(UserId(1), UserId(2));
-        let mut c = Cursors::load_acknowledged([(G, 5), (d, 0)]);
+        let mut c = Cursors::load_acknowledged([(G, Seq(5)), (d, Seq(0))]);
         assert!(c.acknowledged());
-        c.delivered(G, 6);
-        c.delivered(G, 7);
+        c.delivered(G, Seq(6));
+        c.delivered(G, Seq(7));
         assert!(!c.has_dirty(), "written is not acknowledged");
         assert_eq!(
-            c.classify(G, 7),
+            c.classify(G, Seq(7)),
             Incoming::Duplicate,
             "but never sent twice"
         );
-        c.ack(G, 6);
-        assert_eq!(c.take_dirty(), vec![(G, 6)]);
-        c.ack(G, 6);
-        c.ack(G, 4);
+        c.ack(G, Seq(6));
+        assert_eq!(c.take_dirty(), vec![(G, Seq(6))]);
+        c.ack(G, Seq(6));
+        c.ack(G, Seq(4));
         assert!(!c.has_dirty(), "acknowledgements never go back");
-        c.ack(G, 99);
-        assert_eq!(c.take_dirty(), vec![(G, 7)], "nor past what was delivered");
+        c.ack(G, Seq(99));
+        assert_eq!(
+            c.take_dirty(),
+            vec![(G, Seq(7))],
+            "nor past what was delivered"
+        );
         // our own messages count as had
-        c.record_own(d, 1);
-        c.ack(d, 1);
-        assert_eq!(c.take_dirty(), vec![(d, 1)]);
-        c.ack(Conversation::Group(GroupId(9)), 3);
+        c.record_own(d, Seq(1));
+        c.ack(d, Seq(1));
+        assert_eq!(c.take_dirty(), vec![(d, Seq(1))]);
+        c.ack(Conversation::Group(GroupId(9)), Seq(3));
         assert!(!c.has_dirty(), "unknown conversations are ignored");
-        c.delivered(G, 8);
+        c.delivered(G, Seq(8));
         c.forget_unsaved();
-        assert_eq!(c.classify(G, 8), Incoming::Duplicate);
+        assert_eq!(c.classify(G, Seq(8)), Incoming::Duplicate);
         let mut advanced = c.advanced();
         advanced.sort();
         assert_eq!(
             advanced,
-            vec![(d, 1), (G, 7)],
+            vec![(d, Seq(1)), (G, Seq(7))],
             "the end stores acknowledged ones"
         );
     }
 
     #[test]
     fn without_acknowledgements_an_ack_changes_nothing() {
-        let mut c = Cursors::load([(G, 5)]);
-        c.delivered(G, 6);
-        c.ack(G, 3);
-        assert_eq!(c.take_dirty(), vec![(G, 6)]);
-        assert_eq!(c.advanced(), vec![(G, 6)]);
+        let mut c = Cursors::load([(G, Seq(5))]);
+        c.delivered(G, Seq(6));
+        c.ack(G, Seq(3));
+        assert_eq!(c.take_dirty(), vec![(G, Seq(6))]);
+        assert_eq!(c.advanced(), vec![(G, Seq(6))]);
     }
 
     #[test]
     fn own_messages_never_start_an_unknown_group() {
         let mut c = Cursors::default();
-        c.record_own(G, 3);
+        c.record_own(G, Seq(3));
         assert!(!c.knows(G));
-        assert_eq!(c.classify(G, 4), Incoming::Duplicate);
+        assert_eq!(c.classify(G, Seq(4)), Incoming::Duplicate);
     }
 }

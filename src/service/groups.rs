@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::requests::Handler;
 use super::{LoggedIn, Service, Session, invalid};
 use crate::metrics::{METRICS, inc};
-use crate::model::{Conversation, GroupDesc, GroupId, GroupName, UserId};
+use crate::model::{Conversation, GroupDesc, GroupId, GroupName, Seq, UserId};
 use crate::protocol::replies::{Contact, GroupChanged, GroupCreated, GroupJoined, State};
 use crate::protocol::requests as wire;
 use crate::protocol::{ErrCode, Fail};
@@ -118,7 +118,7 @@ impl Service {
             .store
             .create_group(me.id, name.as_str(), desc.as_str())
             .await?;
-        me.delivery.join(Conversation::Group(id), 0);
+        me.delivery.join(Conversation::Group(id), Seq(0));
         self.groups.invalidate(id);
         self.hub.group_changed(id).await;
         Ok(GroupCreated {

@@ -119,7 +119,7 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{GroupId, UserId};
+    use crate::model::{GroupId, Seq, UserId};
     use crate::protocol::{HistoryTarget, parse};
 
     fn decoded(frame: &[u8]) -> Result<Request, Fail> {
@@ -151,7 +151,7 @@ mod tests {
                 acks: vec![wire::AckEntry {
                     toid: None,
                     groupid: Some(GroupId(4)),
-                    seq: 9,
+                    seq: Seq(9),
                 }],
             },
             Some(7),
@@ -159,7 +159,10 @@ mod tests {
         assert_eq!(parse(&f).reqid, Some(Value::from(7)));
         match decoded(&f) {
             Ok(Request::AsUser(AsUser::Ack(a))) => {
-                assert_eq!(a.targets(), Ok(vec![(HistoryTarget::Group(GroupId(4)), 9)]));
+                assert_eq!(
+                    a.targets(),
+                    Ok(vec![(HistoryTarget::Group(GroupId(4)), Seq(9))])
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -433,12 +433,12 @@ pub(super) fn chronological(page: Vec<ChatMessage>) -> Vec<ChatMessage> {
 mod tests {
     use super::*;
     use crate::model::Conversation;
-    use crate::model::{GroupId, UserId};
+    use crate::model::{GroupId, Seq, UserId};
 
     fn msg(conv: Conversation, seq: i64, ts_ms: i64) -> ChatMessage {
         ChatMessage {
             conv,
-            seq,
+            seq: Seq(seq),
             sender: UserId(9),
             sender_name: "x".into(),
             body: String::new(),
@@ -464,6 +464,15 @@ mod tests {
             .iter()
             .map(|m| (m.conv, m.seq))
             .collect();
-        assert_eq!(order, vec![(b, 1), (a, 1), (a, 2), (b, 2), (a, 3)]);
+        assert_eq!(
+            order,
+            vec![
+                (b, Seq(1)),
+                (a, Seq(1)),
+                (a, Seq(2)),
+                (b, Seq(2)),
+                (a, Seq(3))
+            ]
+        );
     }
 }

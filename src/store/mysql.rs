@@ -242,7 +242,7 @@ impl Writer {
                     ))));
                 };
                 for (k, &i) in (0_i64..).zip(&by_conv[*key].1) {
-                    rows.push((i, last - n + 1 + k));
+                    rows.push((i, Seq(last - n + 1 + k)));
                 }
             }
         }

@@ -104,7 +104,7 @@ pub(super) fn message_of(row: MsgRow) -> Option<ChatMessage> {
     let (conv, seq, sender, sender_name, body, ts_ms) = row;
     Some(ChatMessage {
         conv: Conversation::from_key(&conv)?,
-        seq,
+        seq: Seq(seq),
         sender: UserId(sender),
         sender_name,
         body,
@@ -116,9 +116,9 @@ pub(super) fn messages(rows: Vec<MsgRow>) -> Vec<ChatMessage> {
     rows.into_iter().filter_map(message_of).collect()
 }
 
-pub(super) fn cursors(rows: Vec<(String, i64)>) -> Vec<(Conversation, i64)> {
+pub(super) fn cursors(rows: Vec<(String, i64)>) -> Vec<(Conversation, Seq)> {
     rows.into_iter()
-        .filter_map(|(c, s)| Some((Conversation::from_key(&c)?, s)))
+        .filter_map(|(c, s)| Some((Conversation::from_key(&c)?, Seq(s))))
         .collect()
 }
 
@@ -303,7 +303,7 @@ where
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(last)
+        Ok(Seq(last))
     }
 
     async fn create_token(
@@ -444,7 +444,7 @@ where
             .bind(conv.key())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map_or(0, |r| r.0))
+        Ok(Seq(row.map_or(0, |r| r.0)))
     }
 
     async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
@@ -501,7 +501,7 @@ where
     ) -> StoreResult<Vec<ChatMessage>> {
         let rows: Vec<MsgRow> = sqlx::query_as(HISTORY)
             .bind(conv.key())
-            .bind(before.unwrap_or(i64::MAX))
+            .bind(before.unwrap_or(Seq::MAX))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;

@@ -314,7 +314,7 @@ impl Writer {
                             }
                         },
                     };
-                    let seq = last + 1;
+                    let seq = last.next();
                     tx.prepare_cached(
                         "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) \
                          VALUES (?, ?, ?, ?, ?, ?)",
@@ -390,7 +390,7 @@ fn start_conversation(
         .query_row([&key], |r| r.get(0))
         .optional()?;
     if let Some(last) = last {
-        return Ok(Ok(last));
+        return Ok(Ok(Seq(last)));
     }
     let Conversation::Direct { low, high } = conv else {
         return Ok(Err(StoreError::NotFound("group")));
@@ -405,5 +405,5 @@ fn start_conversation(
         "INSERT OR IGNORE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, 0), (?, ?, 0)",
     )?
     .execute(rusqlite::params![low, key, high, key])?;
-    Ok(Ok(0))
+    Ok(Ok(Seq(0)))
 }

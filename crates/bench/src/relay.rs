@@ -182,7 +182,7 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                             }
                             let Ok(seq) = stored.await else { break };
                             let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-                            let sent = replies::Sent { seq, ts: 0, time: String::new() };
+                            let sent = replies::Sent { seq: chat::model::Seq(seq), ts: 0, time: String::new() };
                             ack = Some(Reply::ok_with(msgid::ack_for(msgid::ONE_CHAT), &sent));
                         }
                         let to = f.toid.unwrap_or(0);

@@ -413,13 +413,13 @@ fn message_of_frame(frame: &[u8]) -> Option<ChatMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{GroupId, UserId};
+    use crate::model::{GroupId, Seq, UserId};
 
     #[test]
     fn bus_frames_decode_back_to_the_stored_message() {
         let m = ChatMessage {
             conv: Conversation::direct(UserId(4), UserId(9)),
-            seq: 3,
+            seq: Seq(3),
             sender: UserId(9),
             sender_name: "nine".into(),
             body: "hi\nthere".into(),
@@ -441,7 +441,7 @@ mod tests {
     fn payloads_with_and_without_a_header_line_parse_to_the_same_message() {
         let m = ChatMessage {
             conv: Conversation::Group(GroupId(7)),
-            seq: 42,
+            seq: Seq(42),
             sender: UserId(3),
             sender_name: "three".into(),
             body: "hello".into(),
@@ -462,7 +462,7 @@ mod tests {
         let expected = Published {
             recipients: vec![UserId(5), UserId(6)],
             conv: Conversation::Group(GroupId(7)),
-            seq: 42,
+            seq: Seq(42),
             frame: &frame[..],
         };
         assert_eq!(parse_published(&with_header), Some(expected));
