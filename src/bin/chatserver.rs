@@ -3,8 +3,6 @@
 //! `chatserver` alone serves 127.0.0.1:6000 from `./chatserver.db` (SQLite,
 //! created on first run). The original's form `chatserver IP PORT` works too.
 
-use std::process::ExitCode;
-
 use std::time::Duration;
 
 use chat::config::{Config, Limits, PoolConfig, SqliteSync};
@@ -259,9 +257,11 @@ impl Cli {
     }
 }
 
-/// Why `chatserver` stopped before serving: a bad command line (exit
-/// status 2) or something it could not open (status 1).
-#[derive(Debug, thiserror::Error)]
+/// Why `chatserver` stopped before serving: a bad command line, or
+/// something it could not open. `main` returns it; Rust then prints its
+/// `Debug` form after `Error: ` on stderr and exits with status 1, so that
+/// form is the plain message. (Flags clap itself refuses exit with 2.)
+#[derive(thiserror::Error)]
 enum Fatal {
     #[error("{0}")]
     Usage(String),
@@ -269,20 +269,16 @@ enum Fatal {
     Start(String),
 }
 
-fn main() -> ExitCode {
-    let result = tokio::runtime::Runtime::new()
-        .map_err(|e| Fatal::Start(format!("cannot start the runtime: {e}")))
-        .and_then(|rt| rt.block_on(run()));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chatserver: {e}");
-            match e {
-                Fatal::Usage(_) => ExitCode::from(2),
-                Fatal::Start(_) => ExitCode::FAILURE,
-            }
-        }
+impl std::fmt::Debug for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
+}
+
+fn main() -> Result<(), Fatal> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| Fatal::Start(format!("cannot start the runtime: {e}")))?
+        .block_on(run())
 }
 
 /// Binds `addr`, saying what for if it cannot.
