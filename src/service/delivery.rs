@@ -254,7 +254,7 @@ impl ConvCursor {
 
 /// One session's delivery positions.
 #[derive(Debug, Default)]
-pub struct Cursors {
+struct Cursors {
     convs: HashMap<Conversation, ConvCursor>,
     /// Positions to store that are not stored yet.
     dirty: HashMap<Conversation, Seq>,
@@ -264,7 +264,7 @@ pub struct Cursors {
 
 impl Cursors {
     /// Starts from the positions stored for the user.
-    pub fn load(positions: impl IntoIterator<Item = (Conversation, Seq)>) -> Self {
+    fn load(positions: impl IntoIterator<Item = (Conversation, Seq)>) -> Self {
         Cursors {
             convs: positions
                 .into_iter()
@@ -277,7 +277,7 @@ impl Cursors {
 
     /// As [`load`](Self::load), for a client that acknowledges: positions
     /// to store come from [`ack`](Self::ack) only.
-    pub fn load_acknowledged(positions: impl IntoIterator<Item = (Conversation, Seq)>) -> Self {
+    fn load_acknowledged(positions: impl IntoIterator<Item = (Conversation, Seq)>) -> Self {
         Cursors {
             acks: true,
             ..Self::load(positions)
@@ -294,23 +294,24 @@ impl Cursors {
     }
 
     /// Whether stored positions follow acknowledgements.
-    pub fn acknowledged(&self) -> bool {
+    #[cfg(test)]
+    fn acknowledged(&self) -> bool {
         self.acks
     }
 
     /// The session joined (or created) a group whose conversation is at `seq`.
-    pub fn start(&mut self, conv: Conversation, seq: Seq) {
+    fn start(&mut self, conv: Conversation, seq: Seq) {
         self.convs.insert(conv, ConvCursor::at(seq));
     }
 
     /// The session left a group: its messages are no longer ours.
-    pub fn forget(&mut self, conv: Conversation) {
+    fn forget(&mut self, conv: Conversation) {
         self.convs.remove(&conv);
         self.dirty.remove(&conv);
     }
 
     /// How many groups the session takes part in.
-    pub fn groups(&self) -> usize {
+    fn groups(&self) -> usize {
         self.convs
             .keys()
             .filter(|c| matches!(c, Conversation::Group(_)))
@@ -318,12 +319,12 @@ impl Cursors {
     }
 
     /// Whether the session takes part in `conv` as far as it knows.
-    pub fn knows(&self, conv: Conversation) -> bool {
+    fn knows(&self, conv: Conversation) -> bool {
         self.convs.contains_key(&conv)
     }
 
     /// The session itself sent `seq` in `conv`.
-    pub fn record_own(&mut self, conv: Conversation, seq: Seq) {
+    fn record_own(&mut self, conv: Conversation, seq: Seq) {
         let c = match (self.convs.get_mut(&conv), conv) {
             (Some(c), _) => c,
             (None, Conversation::Direct { .. }) => self.convs.entry(conv).or_default(),
@@ -338,7 +339,7 @@ impl Cursors {
     }
 
     /// Classifies a message of `conv` numbered `seq`, sent by someone else.
-    pub fn classify(&mut self, conv: Conversation, seq: Seq) -> Incoming {
+    fn classify(&mut self, conv: Conversation, seq: Seq) -> Incoming {
         let c = match (self.convs.get_mut(&conv), conv) {
             (Some(c), _) => c,
             // A direct conversation that started after login begins at 0.
@@ -362,7 +363,7 @@ impl Cursors {
     }
 
     /// Marks `seq` of `conv` (and everything before it) delivered.
-    pub fn delivered(&mut self, conv: Conversation, seq: Seq) {
+    fn delivered(&mut self, conv: Conversation, seq: Seq) {
         let c = self.convs.entry(conv).or_default();
         if seq > c.delivered {
             c.delivered = seq;
@@ -377,7 +378,7 @@ impl Cursors {
     /// The client has everything of `conv` up to `seq`. Never beyond what
     /// was delivered (a client cannot vouch for what it was never sent)
     /// and never back; unknown conversations are ignored.
-    pub fn ack(&mut self, conv: Conversation, seq: Seq) {
+    fn ack(&mut self, conv: Conversation, seq: Seq) {
         if !self.acks {
             return;
         }
@@ -393,7 +394,7 @@ impl Cursors {
     }
 
     /// Positions delivered but not acknowledged yet, per conversation.
-    pub fn unacknowledged(&self) -> Vec<(Conversation, Seq)> {
+    fn unacknowledged(&self) -> Vec<(Conversation, Seq)> {
         self.convs
             .iter()
             .filter(|(_, c)| c.delivered > c.acked)
@@ -402,12 +403,12 @@ impl Cursors {
     }
 
     /// Whether some delivered positions are not stored yet.
-    pub fn has_dirty(&self) -> bool {
+    fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
 
     /// Takes the positions to store.
-    pub fn take_dirty(&mut self) -> Vec<(Conversation, Seq)> {
+    fn take_dirty(&mut self) -> Vec<(Conversation, Seq)> {
         let dirty: Vec<_> = self.dirty.drain().collect();
         for (conv, seq) in &dirty {
             if let Some(c) = self.convs.get_mut(conv) {
@@ -419,7 +420,7 @@ impl Cursors {
 
     /// Goes back to the positions last handed to the store: what was
     /// marked delivered since may not have reached the client.
-    pub fn forget_unsaved(&mut self) {
+    fn forget_unsaved(&mut self) {
         if self.acks {
             // Only acknowledged positions are ever stored: nothing to undo.
             return;
@@ -434,7 +435,7 @@ impl Cursors {
     /// Every position this session moved forward, to store when it ends
     /// (again, if already handed over: the store keeps the maximum, so this
     /// also waits out writes still in flight).
-    pub fn advanced(&self) -> Vec<(Conversation, Seq)> {
+    fn advanced(&self) -> Vec<(Conversation, Seq)> {
         self.convs
             .iter()
             .map(|(conv, c)| {

@@ -6,7 +6,8 @@
 //! gap before it first), the next page of stored messages
 //! ([`Service::backlog_page`]), and when positions are due to be stored
 //! ([`Service::flush_cursors`]). What a session has delivered, and what of
-//! it the client has acknowledged, lives in its [`Cursors`].
+//! it the client has acknowledged, lives in its
+//! [`super::delivery::DeliveryState`].
 
 use std::collections::HashMap;
 
