@@ -32,6 +32,12 @@ start_redis "$work/redis" "$redis_port"
 export CHAT_TEST_MYSQL_URL="mysql://root@127.0.0.1:$mysql_port"
 export CHAT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 
+# The suites run other members' programs (cluster.sh runs `chathash`, the
+# TLS suite runs `chatbench`); `cargo test` builds a member's binary only
+# when that member has integration tests of its own, so build them all first.
+echo "== every program of the workspace"
+cargo build --locked --workspace --bins
+
 echo "== all tests (SQLite backend for the single-node suite)"
 cargo test --locked --all-targets "$@"
 

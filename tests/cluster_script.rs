@@ -14,6 +14,12 @@ fn script(dir: &Path, ports: &[(&str, u16)], args: &[&str]) -> std::process::Out
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_chatserver"))
         .parent()
         .expect("bin dir");
+    // chathash is another member's binary: `cargo test` alone does not build it
+    assert!(
+        bin_dir.join("chathash").exists(),
+        "{} is missing: build the workspace first (cargo build --workspace), as scripts/test.sh does",
+        bin_dir.join("chathash").display()
+    );
     let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"));
     cmd.args(args)
         .env("CHAT_CLUSTER_DIR", dir)
