@@ -48,6 +48,8 @@ pub struct Metrics {
     pub published_remote: Counter,
     pub redis_errors: Counter,
     pub store_errors: Counter,
+    /// Moves of the pool to another database host (`--db` with several).
+    pub db_failovers: Counter,
     /// Pushes dropped on a full queue (the session then reads from the store).
     pub pushes_dropped: Counter,
     /// Requests refused or delayed by a limit: throttled logins, timeouts,
@@ -80,6 +82,7 @@ impl Metrics {
             published_remote: Counter::default(),
             redis_errors: Counter::default(),
             store_errors: Counter::default(),
+            db_failovers: Counter::default(),
             pushes_dropped: Counter::default(),
             limited: Counter::default(),
             delivery_latency: Histogram::new(SECONDS),
@@ -137,6 +140,11 @@ impl Metrics {
                 &m.redis_errors,
             ),
             ("chat_store_errors", "Failed write batches", &m.store_errors),
+            (
+                "chat_db_failovers",
+                "Moves to another database host",
+                &m.db_failovers,
+            ),
             (
                 "chat_pushes_dropped",
                 "Pushes dropped on a full session queue (read from the store instead)",

@@ -19,7 +19,7 @@ use chat_ring::{Balance, Node};
 use common::netns::NetNs;
 use common::nodes::{NodeProcess, Shared};
 use common::pw;
-use common::services::{self, MariaDb, Nginx, Redis};
+use common::services::{self, Galera, MariaDb, Nginx, Redis, RedisCluster};
 use tokio::sync::Mutex;
 
 /// Presence lease of the nodes, in seconds.
@@ -163,6 +163,55 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
     eprintln!("fault: n3 resumed (SIGCONT)");
 
     finish(load).await;
+}
+
+/// The highly available cluster: a Redis Cluster (3 primaries, 3
+/// replicas) and a Galera cluster of three, three chat nodes. Lost for
+/// good, one after another while the load runs: the Redis primary serving
+/// the cluster's keys, the database node the chat nodes write through, and
+/// a chat node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_arrives_exactly_once_when_a_redis_primary_a_database_node_and_a_chat_node_die()
+ {
+    let _one_at_a_time = SERIAL.lock().await;
+    let redis = RedisCluster::start();
+    let galera = Galera::start();
+    let db = services::create_database(&galera.node_url(1)).await;
+    let db_name = db.rsplit('/').next().expect("database name").to_owned();
+    let prefix = services::unique("ha");
+    let shared = Shared {
+        db_url: galera.url(&db_name),
+        redis_url: redis.url(),
+        prefix: prefix.clone(),
+        presence_ttl: PRESENCE_TTL,
+        extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
+    };
+    let mut nodes = vec![
+        NodeProcess::start(&shared, "n1").await,
+        NodeProcess::start(&shared, "n2").await,
+        NodeProcess::start(&shared, "n3").await,
+    ];
+    let servers = nodes
+        .iter()
+        .map(|n| Node::new(&n.addr, 1).expect("node"))
+        .collect();
+    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let load = start_load(&nginx, Duration::from_secs(20)).await;
+
+    let t0 = Instant::now();
+    let at = |secs: u64| tokio::time::sleep_until((t0 + Duration::from_secs(secs)).into());
+    at(3).await;
+    let port = redis.kill_primary_of(&format!("{{{prefix}}}"));
+    eprintln!("fault: the Redis primary on {port} serving the cluster's slot killed for good");
+    at(9).await;
+    galera.kill(1);
+    eprintln!("fault: Galera node g1, the one in use, killed for good");
+    at(15).await;
+    nodes.remove(1).kill().await;
+    eprintln!("fault: chat node n2 killed for good");
+
+    finish(load).await;
+    eprintln!("redis:\n{}galera:\n{}", redis.roles(), galera.roles());
 }
 
 /// A node cut off from Redis and the database (a blackhole route in its

@@ -77,3 +77,253 @@ stop_service() {
     kill -9 "$pid" 2>/dev/null || true
     rm -f "$dir/pid"
 }
+
+# ports_free BASE COUNT: true when nothing listens on 127.0.0.1:BASE..BASE+COUNT-1.
+ports_free() {
+    local p
+    for p in $(seq "$1" $(($1 + $2 - 1))); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            return 1
+        fi
+    done
+}
+
+# pick_ports COUNT: the first of COUNT consecutive free ports, below the
+# ephemeral range like pick_port.
+pick_ports() {
+    local base
+    while :; do
+        base=$((20000 + RANDOM % (12768 - $1)))
+        if ports_free "$base" "$1"; then
+            echo "$base"
+            return
+        fi
+    done
+}
+
+# --- Redis Cluster -----------------------------------------------------------
+#
+# start_redis_cluster DIR BASE_PORT: a Redis Cluster of 3 primaries with one
+# replica each, 6 instances in DIR/r1..DIR/r6, keeping nothing on disk.
+# Uses 12 consecutive ports: clients on BASE_PORT..BASE_PORT+5 (rN on
+# BASE_PORT+N-1), cluster bus on BASE_PORT+6..BASE_PORT+11 (rN on BASE_PORT+N+5;
+# set explicitly because Redis's default, port+10000, is past 65535 for high
+# ports). Which instances end up primaries is redis-cli's choice; see
+# redis_cluster_roles. A node is declared failed after CHAT_REDIS_NODE_TIMEOUT
+# ms (default 2000), so a replica takes over within a few seconds.
+# Returns once every node reports cluster_state:ok and every replica is linked
+# to its primary (at most ~30 s).
+start_redis_cluster() {
+    local dir=$1 base=$2 timeout=${CHAT_REDIS_NODE_TIMEOUT:-2000}
+    local n d port addrs=()
+    for n in 1 2 3 4 5 6; do
+        d="$dir/r$n"
+        port=$((base + n - 1))
+        mkdir -p "$d"
+        redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$d" \
+            --logfile "$d/redis.log" --cluster-enabled yes --cluster-config-file "$d/nodes.conf" \
+            --cluster-port $((base + n + 5)) --cluster-node-timeout "$timeout" >/dev/null 2>&1 &
+        echo $! >"$d/pid"
+        echo "$port" >"$d/port"
+        addrs+=("127.0.0.1:$port")
+    done
+    for n in 1 2 3 4 5 6; do
+        wait_port $((base + n - 1)) || return 1
+    done
+    if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$dir/create.log" 2>&1; then
+        echo "redis-cli --cluster create failed:" >&2
+        tail -n 20 "$dir/create.log" >&2
+        return 1
+    fi
+    local ok info role deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        ok=1
+        for n in 1 2 3 4 5 6; do
+            port=$((base + n - 1))
+            info=$(redis-cli -p "$port" cluster info 2>/dev/null || true)
+            role=$(redis-cli -p "$port" role 2>/dev/null || true)
+            # Every node sees every slot served, and every replica is linked to
+            # its primary (else it could not take over).
+            case $info in *cluster_state:ok*) ;; *) ok=0 ;; esac
+            case $role in slave*) [ "$(sed -n 4p <<<"$role")" = connected ] || ok=0 ;; esac
+            [ "$ok" = 1 ] || break
+        done
+        [ "$ok" = 1 ] && return 0
+        sleep 0.1
+    done
+    info=$(grep cluster_state <<<"$info" || echo 'no answer')
+    role=$(tr '\n' ' ' <<<"$role")
+    echo "Redis Cluster in $dir not ready after 30 s (127.0.0.1:$port: $info; role: $role)" >&2
+    return 1
+}
+
+# stop_redis_cluster DIR: stops what start_redis_cluster started in DIR.
+stop_redis_cluster() {
+    local n
+    for n in 1 2 3 4 5 6; do
+        stop_service "$1/r$n"
+    done
+}
+
+# redis_cluster_roles DIR: one line per instance, "rN PID 127.0.0.1:PORT ROLE",
+# ROLE primary, replica or down (not answering).
+redis_cluster_roles() {
+    local dir=$1 n d pid port role
+    for n in 1 2 3 4 5 6; do
+        d="$dir/r$n"
+        pid=$(cat "$d/pid" 2>/dev/null || echo -)
+        port=$(cat "$d/port" 2>/dev/null || echo 0)
+        role=$(redis-cli -p "$port" role 2>/dev/null || true)
+        case $role in
+            master*) role=primary ;;
+            slave*) role=replica ;;
+            *) role=down ;;
+        esac
+        echo "r$n $pid 127.0.0.1:$port $role"
+    done
+}
+
+# --- MariaDB Galera cluster --------------------------------------------------
+#
+# start_galera DIR BASE_PORT [N]: a Galera cluster of N (default 3) MariaDB
+# nodes, root with no password, node gN in DIR/gN. Uses 4*N consecutive
+# ports from BASE_PORT, for node I (1..N):
+#   SQL        BASE_PORT + I-1
+#   gcomm      BASE_PORT + N   + I-1   (group communication)
+#   IST        BASE_PORT + 2*N + I-1   (incremental state transfer, receiver)
+#   SST        BASE_PORT + 3*N + I-1   (full state transfer by rsync, receiver)
+# g1 bootstraps the cluster, the others join one at a time; returns once all
+# are Synced (at most ~60 s per node). A lost node is noticed within ~3-6 s
+# (evs.suspect_timeout / evs.inactive_timeout). Each node's full mariadbd
+# command line is kept in DIR/gN/cmd, for start_galera_node.
+start_galera() {
+    local dir=$1 base=$2 n=${3:-3}
+    local i d gcomm= rsync sst
+    for i in $(seq "$n"); do
+        gcomm+="${gcomm:+,}127.0.0.1:$((base + n + i - 1))"
+    done
+    # State transfers are by rsync, with a twist: the joiner's SST script
+    # starts an rsync daemon without uid/gid, and rsyncd started by root
+    # serves as "nobody", who may not write the root-owned datadir
+    # (MDEV-40688). So the nodes use SST method "chat_rsync", DIR/bin's
+    # wsrep_sst_chat_rsync: the stock wsrep_sst_rsync with DIR/bin first in its
+    # PATH, where an rsync keeps the daemon's user. (Putting DIR/bin first in
+    # mariadbd's own PATH is not enough: it puts its own bin directory first.)
+    rsync=$(command -v rsync) || { echo "start_galera: rsync is not installed" >&2; return 1; }
+    sst=$(command -v wsrep_sst_rsync) || { echo "start_galera: wsrep_sst_rsync is not installed" >&2; return 1; }
+    mkdir -p "$dir/bin"
+    cat >"$dir/bin/rsync" <<RSYNC
+#!/bin/sh
+if [ "\$(id -u)" = 0 ]; then
+    for a; do
+        [ "\$a" = --daemon ] && exec $rsync "\$@" --dparam=uid=0 --dparam=gid=0
+    done
+fi
+exec $rsync "\$@"
+RSYNC
+    printf '#!/bin/sh\nPATH=%q:"$PATH" exec %q "$@"\n' "$dir/bin" "$sst" >"$dir/bin/wsrep_sst_chat_rsync"
+    chmod +x "$dir/bin/rsync" "$dir/bin/wsrep_sst_chat_rsync"
+    for i in $(seq "$n"); do
+        d="$dir/g$i"
+        mkdir -p "$d"
+        local cmd=(env PATH="$dir/bin:$PATH" mariadbd --no-defaults --datadir="$d/data" --socket="$d/mariadb.sock"
+            --pid-file="$d/mariadbd.pid" --log-error="$d/error.log"
+            --port=$((base + i - 1)) --bind-address=127.0.0.1 --user="$(id -un)"
+            --binlog-format=ROW --default-storage-engine=InnoDB --innodb-autoinc-lock-mode=2
+            --innodb-buffer-pool-size=64M --innodb-log-file-size=16M --max-connections=500
+            --innodb-flush-log-at-trx-commit=2
+            --wsrep-on=ON --wsrep-provider=/usr/lib/galera/libgalera_smm.so
+            --wsrep-cluster-name=chat-test --wsrep-node-name="g$i"
+            --wsrep-node-address="127.0.0.1:$((base + n + i - 1))"
+            --wsrep-cluster-address="gcomm://$gcomm"
+            --wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:$((base + n + i - 1));ist.recv_addr=127.0.0.1:$((base + 2 * n + i - 1));evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S;gcache.size=64M"
+            --wsrep-sst-method=chat_rsync --wsrep-sst-receive-address="127.0.0.1:$((base + 3 * n + i - 1))")
+        printf '%q ' "${cmd[@]}" >"$d/cmd"
+        echo >>"$d/cmd"
+        echo $((base + i - 1)) >"$d/port"
+    done
+    # Only the bootstrap node needs system tables: a joiner's datadir is
+    # replaced by the SST from its donor before it starts its engines.
+    mariadb-install-db --no-defaults --datadir="$dir/g1/data" \
+        --auth-root-authentication-method=normal --skip-test-db >"$dir/g1/install.log" 2>&1 || {
+        echo "mariadb-install-db failed for $dir/g1:" >&2
+        tail -n 20 "$dir/g1/install.log" >&2
+        return 1
+    }
+    galera_run "$dir/g1" --wsrep-new-cluster || return 1
+    for i in $(seq 2 "$n"); do
+        mkdir -p "$dir/g$i/data"
+        galera_run "$dir/g$i" || return 1
+    done
+}
+
+# galera_run NODEDIR [EXTRA...]: starts the node from NODEDIR/cmd (plus EXTRA
+# options) and waits until it is Synced. Used by start_galera and start_galera_node.
+galera_run() {
+    local d=$1
+    shift
+    local cmd
+    cmd=$(cat "$d/cmd")
+    (eval "exec $cmd \"\$@\"") >/dev/null 2>&1 &
+    echo $! >"$d/pid"
+    galera_wait_synced "$d"
+}
+
+# galera_wait_synced NODEDIR: waits up to ~60 s until the node is Synced.
+galera_wait_synced() {
+    local d=$1 pid port state deadline=$((SECONDS + 60))
+    pid=$(cat "$d/pid")
+    port=$(cat "$d/port")
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "Galera node $d (127.0.0.1:$port) exited; end of $d/error.log:" >&2
+            tail -n 30 "$d/error.log" >&2
+            return 1
+        fi
+        state=$(galera_state "$port")
+        [ "$state" = Synced ] && return 0
+        sleep 0.2
+    done
+    echo "Galera node $d (127.0.0.1:$port) not Synced after 60 s (${state:-no answer}); end of $d/error.log:" >&2
+    tail -n 30 "$d/error.log" >&2
+    return 1
+}
+
+# galera_state PORT: wsrep_local_state_comment of the node on PORT, or nothing.
+galera_state() {
+    mariadb --protocol=tcp -h127.0.0.1 -P"$1" -uroot --connect-timeout=2 -N \
+        -e "SHOW STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | cut -f2 || true
+}
+
+# start_galera_node DIR I: restarts stopped node gI of the cluster in DIR so
+# that it rejoins the running cluster (never bootstraps); returns once Synced.
+start_galera_node() {
+    local d="$1/g$2"
+    if [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then
+        echo "Galera node $d is running already" >&2
+        return 1
+    fi
+    galera_run "$d"
+}
+
+# stop_galera DIR: stops every node of the cluster in DIR.
+stop_galera() {
+    local d
+    for d in "$1"/g*; do
+        [ -d "$d" ] && stop_service "$d"
+    done
+    return 0
+}
+
+# galera_roles DIR: one line per node, "gN PID 127.0.0.1:PORT STATE", STATE the
+# node's wsrep_local_state_comment (Synced, Donor/Desynced, Joining, ...) or down.
+galera_roles() {
+    local d pid port state
+    for d in $(ls -d "$1"/g* | sort -V); do
+        pid=$(cat "$d/pid" 2>/dev/null || echo -)
+        port=$(cat "$d/port")
+        state=$(galera_state "$port")
+        echo "$(basename "$d") $pid 127.0.0.1:$port ${state:-down}"
+    done
+}

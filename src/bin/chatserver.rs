@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chat::config::{Config, Limits, PoolConfig, SqliteSync};
 use chat::hub::redis::ClusterConfig;
+use chat::store::hosts::redact;
 use chat::server::Node;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -51,10 +52,14 @@ struct Cli {
     ws_listen: Option<String>,
     /// Database URL: sqlite://PATH (created if missing) or
     /// mysql://USER:PASS@HOST:PORT/DB (MySQL or MariaDB; needed for a cluster).
+    /// Several hosts, mysql://USER:PASS@H1:P1,H2:P2,H3:P3/DB, are a Galera
+    /// cluster: the node writes through the first ready one and moves on
+    /// when it fails.
     #[arg(long, env = "CHAT_DB", default_value = "sqlite://chatserver.db")]
     db: String,
     /// Redis URL, redis://[USER:PASS@]HOST:PORT[/DB]: joins a cluster of nodes
-    /// sharing this Redis (and the --db database).
+    /// sharing this Redis (and the --db database). A Redis Cluster is
+    /// redis+cluster://[USER:PASS@]HOST:PORT[,HOST:PORT...] (seed addresses).
     #[arg(long, env = "CHAT_REDIS")]
     redis: Option<String>,
     /// This node's name, unique in the cluster (default: the listen address).
@@ -356,7 +361,7 @@ async fn run() -> Result<(), Fatal> {
     };
     let node = Node::open(&cli.db, config, cluster)
         .await
-        .map_err(|e| Fatal::Start(format!("cannot open {}: {e}", cli.db)))?;
+        .map_err(|e| Fatal::Start(format!("cannot open {}: {e}", redact(&cli.db))))?;
     let listener = bind(&addr, "").await?;
     let tls = match (&cli.tls_listen, acceptor) {
         (Some(tls_addr), Some(acceptor)) => {
@@ -390,7 +395,7 @@ async fn run() -> Result<(), Fatal> {
         }
     };
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
-    tracing::info!(listen = %local, db = %cli.db, "chatserver ready");
+    tracing::info!(listen = %local, db = %redact(&cli.db), "chatserver ready");
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     node.serve_all(
         chat::server::Listeners {

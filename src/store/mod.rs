@@ -15,6 +15,7 @@
 //!   it, and delivering moves it forward ([`Store::advance_cursors`]).
 
 mod commit;
+pub mod hosts;
 pub mod mysql;
 pub mod sql;
 pub mod sqlite;

@@ -21,6 +21,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlQueryRe
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, Row};
 
 use super::commit::{BatchWriter, GroupCommit, WriteOp};
+use super::hosts::Failover;
 use super::sql::{self, Dialect, MsgRow, SqlStore, is_unique_violation};
 use super::{StoreError, StoreResult, now_ms};
 use crate::config::PoolConfig;
@@ -31,6 +32,17 @@ const MAX_KNOWN_CONVS: usize = 1 << 20;
 /// Attempts for a batch that keeps hitting deadlocks (or a resend racing
 /// its original).
 const DEADLOCK_RETRIES: usize = 3;
+/// The same with several database hosts: just after a move, the new host
+/// may still be applying the old one's last write sets, which shows as
+/// certification conflicts.
+const DEADLOCK_RETRIES_FAILOVER: usize = 10;
+/// How long a batch waits for the move to another database host before it
+/// fails (Galera takes a few seconds to drop a dead node; the monitor then
+/// needs a check).
+const FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// How often old batch marks are deleted, and how old they must be.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const MARK_KEEP_MS: i64 = 10 * 60 * 1000;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 
@@ -38,8 +50,20 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 pub type MySqlStore = SqlStore<MySql>;
 
 fn is_deadlock(e: &sqlx::Error) -> bool {
-    // 40001: deadlock / serialization failure, retrying is the remedy.
+    // 40001: deadlock / serialization failure (Galera's certification
+    // conflicts too), retrying is the remedy.
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("40001"))
+}
+
+/// Whether the connection, or the host behind it, is gone or unusable
+/// (SQLSTATE class 08: connection exceptions, which include Galera's
+/// "WSREP has not yet prepared node for application use").
+fn is_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08")),
+        _ => false,
+    }
 }
 
 impl Dialect for MySql {
@@ -58,21 +82,45 @@ impl Dialect for MySql {
 }
 
 impl SqlStore<MySql> {
-    /// Connects to `url` (`mysql://USER:PASS@HOST:PORT/DB`) with `pool`'s
-    /// settings and runs the migrations.
+    /// Connects to `url` (`mysql://USER:PASS@HOST:PORT/DB`, or several
+    /// hosts `HOST1:PORT1,HOST2:PORT2,...` of a Galera cluster, see
+    /// [`super::hosts`]) with `pool`'s settings and runs the migrations.
     pub async fn open(url: &str, pool: &PoolConfig) -> StoreResult<Self> {
-        let options = MySqlConnectOptions::from_str(url)?;
-        let pool = MySqlPoolOptions::new()
+        let hosts = super::hosts::split_hosts(url)?;
+        let failover = if hosts.len() > 1 {
+            Some(Failover::start(url).await?)
+        } else {
+            None
+        };
+        let options = match &failover {
+            Some(f) => f.current(),
+            None => MySqlConnectOptions::from_str(url)?,
+        };
+        let mut pool_options = MySqlPoolOptions::new()
             .min_connections(pool.min_connections)
             .max_connections(pool.max_connections)
             .idle_timeout(pool.idle_timeout)
-            .acquire_timeout(pool.acquire_timeout)
-            .connect_with(options)
-            .await?;
+            .acquire_timeout(pool.acquire_timeout);
+        if let Some(f) = &failover {
+            // After a move, connections to the old host are closed when next
+            // taken (the new ones are opened to the new host).
+            let f = f.clone();
+            pool_options = pool_options.before_acquire(move |_conn, meta| {
+                let stale = f.is_stale(meta.age);
+                Box::pin(async move { Ok(!stale) })
+            });
+        }
+        let pool = pool_options.connect_with(options).await?;
         migrate(&pool).await?;
+        if let Some(f) = &failover {
+            tracing::info!(host = %f.current_name(), hosts = f.len(), "writing through the first ready database host");
+            tokio::spawn(f.clone().monitor(pool.clone()));
+        }
         let commit = GroupCommit::start(Writer {
             pool: pool.clone(),
             known: HashSet::new(),
+            failover,
+            last_prune: std::time::Instant::now(),
         });
         Ok(SqlStore {
             pool,
@@ -114,12 +162,19 @@ struct Writer {
     /// direct ones), so that only a conversation's first message pays for
     /// the check.
     known: HashSet<Conversation>,
+    /// The database hosts, when there are several: batches then carry a
+    /// mark ([`BatchMark`]) and are retried on the next host.
+    failover: Option<std::sync::Arc<Failover>>,
+    last_prune: std::time::Instant,
 }
 
 enum Retry {
     /// A deadlock, or a client id another node stored meanwhile: trying
     /// again is the remedy.
     Deadlock,
+    /// The connection or its host is gone: the batch may or may not have
+    /// committed.
+    Lost(StoreError),
     Failed(StoreError),
 }
 
@@ -127,6 +182,8 @@ impl From<sqlx::Error> for Retry {
     fn from(e: sqlx::Error) -> Self {
         if is_deadlock(&e) || is_unique_violation(&e) {
             Retry::Deadlock
+        } else if is_lost(&e) {
+            Retry::Lost(e.into())
         } else {
             Retry::Failed(e.into())
         }
@@ -140,24 +197,96 @@ impl BatchWriter for Writer {
         if self.known.len() > MAX_KNOWN_CONVS {
             self.known.clear();
         }
-        let mut attempt = 0;
+        let failover = self.failover.clone();
+        let mark = failover.as_ref().map(|_| BatchMark::new());
+        let retries = if failover.is_some() {
+            DEADLOCK_RETRIES_FAILOVER
+        } else {
+            DEADLOCK_RETRIES
+        };
+        let started = std::time::Instant::now();
+        let mut deadlocks = 0;
+        // Whether an earlier attempt may have committed.
+        let mut uncertain = false;
         loop {
-            attempt += 1;
-            match self.try_batch(batch).await {
-                Ok(outcomes) => return Ok(outcomes),
-                Err(Retry::Deadlock) if attempt < DEADLOCK_RETRIES => continue,
-                Err(Retry::Deadlock) => {
-                    return Err(StoreError::Unavailable("deadlock persisted".into()));
+            if uncertain && let Some(mark) = &mark {
+                match self.recover(mark, batch).await {
+                    Ok(Some(outcomes)) => return Ok(outcomes),
+                    Ok(None) => {}
+                    Err(Retry::Failed(e)) => return Err(e),
+                    Err(Retry::Lost(e)) => {
+                        if started.elapsed() > FAILOVER_WAIT {
+                            return Err(e);
+                        }
+                        self.await_move().await;
+                        continue;
+                    }
+                    Err(Retry::Deadlock) => continue,
                 }
-                Err(Retry::Failed(e)) => return Err(e),
+            }
+            match self.try_batch(batch, mark.as_ref()).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(Retry::Deadlock) => {
+                    deadlocks += 1;
+                    if deadlocks >= retries {
+                        return Err(StoreError::Unavailable("deadlock persisted".into()));
+                    }
+                }
+                Err(Retry::Lost(e)) if failover.is_some() && started.elapsed() < FAILOVER_WAIT => {
+                    tracing::warn!(error = %e, "write batch lost its database host; retrying on the next ready one");
+                    uncertain = true;
+                    self.await_move().await;
+                }
+                Err(Retry::Lost(e)) | Err(Retry::Failed(e)) => return Err(e),
             }
         }
     }
 }
 
 impl Writer {
+    /// Has the monitor check the host now, and waits a little for a move.
+    async fn await_move(&self) {
+        if let Some(f) = &self.failover {
+            f.suspect();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), f.moved.notified())
+                .await;
+        }
+    }
+
+    /// Whether the batch of `mark` committed in an attempt whose end was
+    /// not seen: if so, its outcomes as they were stored. Read with
+    /// Galera's causality wait, so that a write set the old host sent just
+    /// before it died is applied here before the check.
+    async fn recover(&mut self, mark: &BatchMark, batch: &[WriteOp]) -> Result<Option<Outcomes>, Retry> {
+        let mut conn = self.pool.acquire().await?;
+        let select = "SELECT outcome, at FROM batch_marks WHERE token = ?";
+        let waited: Result<Option<(String, i64)>, sqlx::Error> = sqlx::query_as(AssertSqlSafe(format!(
+            "SET STATEMENT wsrep_sync_wait = 1 FOR {select}"
+        )))
+        .bind(&mark.token)
+        .fetch_optional(&mut *conn)
+        .await;
+        let found = match waited {
+            Ok(found) => found,
+            // Not MariaDB (no SET STATEMENT, no wsrep): a plain read.
+            Err(sqlx::Error::Database(_)) => {
+                sqlx::query_as(select)
+                    .bind(&mark.token)
+                    .fetch_optional(&mut *conn)
+                    .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some((recorded, at)) = found else {
+            return Ok(None);
+        };
+        tracing::info!("a write batch had committed before its host was lost; answering from its mark");
+        let (resent, _) = resends(&mut conn, batch).await?;
+        Ok(Some(BatchMark::outcomes(&recorded, at, batch, resent)))
+    }
+
     /// One attempt at a batch.
-    async fn try_batch(&mut self, batch: &[WriteOp]) -> Result<Outcomes, Retry> {
+    async fn try_batch(&mut self, batch: &[WriteOp], mark: Option<&BatchMark>) -> Result<Outcomes, Retry> {
         let now = now_ms();
         let mut outcomes: Outcomes = vec![None; batch.len()];
         let mut tx = self.pool.begin().await?;
@@ -330,6 +459,27 @@ impl Writer {
                 " ELSE delivered_seq END) WHERE (user_id, conv) IN ({list})"
             );
         }
+        if let Some(mark) = mark
+            && !rows.is_empty()
+        {
+            if !text.is_empty() && !text.ends_with("; ") {
+                text.push_str("; ");
+            }
+            let recorded = BatchMark::record(batch.len(), &rows, &twins, &outcomes);
+            let _ = write!(
+                text,
+                "INSERT INTO batch_marks (token, outcome, at) VALUES ('{}', '{recorded}', {now})",
+                mark.token
+            );
+            if self.last_prune.elapsed() > PRUNE_EVERY {
+                self.last_prune = std::time::Instant::now();
+                let _ = write!(
+                    text,
+                    "; DELETE FROM batch_marks WHERE at < {} LIMIT 50000",
+                    now - MARK_KEEP_MS
+                );
+            }
+        }
         if !text.is_empty() {
             sqlx::raw_sql(AssertSqlSafe(text)).execute(&mut *tx).await?;
         }
@@ -344,6 +494,86 @@ impl Writer {
             outcomes[twin] = outcomes[first].clone();
         }
         Ok(outcomes)
+    }
+}
+
+/// A batch's mark: a random token, and what the batch stored, so that a
+/// retry after an unseen commit answers exactly as the commit would have.
+struct BatchMark {
+    /// 32 hex digits.
+    token: String,
+}
+
+impl BatchMark {
+    fn new() -> BatchMark {
+        let mut bytes = [0u8; 16];
+        // Unpredictability is not needed, only uniqueness: fall back to
+        // time and a counter if the system's source fails.
+        if getrandom::fill(&mut bytes).is_err() {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            bytes[..8].copy_from_slice(&n.to_le_bytes());
+            bytes[8..].copy_from_slice(&now_ms().to_le_bytes());
+        }
+        BatchMark {
+            token: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+
+    /// One entry per operation, comma-separated: the sequence number it was
+    /// stored under, `r` (a resend, answered with the stored original),
+    /// `tJ` (the same client id as operation J), `g`/`u` (no such group or
+    /// user), `-` (anything else: cursor moves).
+    fn record(
+        len: usize,
+        rows: &[(usize, Seq)],
+        twins: &[(usize, usize)],
+        outcomes: &Outcomes,
+    ) -> String {
+        let mut entries = vec![String::from("-"); len];
+        for (i, seq) in rows {
+            entries[*i] = seq.to_string();
+        }
+        for (twin, first) in twins {
+            entries[*twin] = format!("t{first}");
+        }
+        for (i, o) in outcomes.iter().enumerate() {
+            match o {
+                Some(Ok(_)) => entries[i] = "r".into(),
+                Some(Err(StoreError::NotFound("group"))) => entries[i] = "g".into(),
+                Some(Err(StoreError::NotFound(_))) => entries[i] = "u".into(),
+                _ => {}
+            }
+        }
+        entries.join(",")
+    }
+
+    /// The outcomes of `batch` from its recorded entries.
+    fn outcomes(
+        recorded: &str,
+        at: i64,
+        batch: &[WriteOp],
+        mut resent: HashMap<usize, ChatMessage>,
+    ) -> Outcomes {
+        let mut out: Outcomes = vec![None; batch.len()];
+        let entries: Vec<&str> = recorded.split(',').collect();
+        for (i, entry) in entries.iter().enumerate().take(batch.len()) {
+            out[i] = match (*entry, &batch[i]) {
+                ("r", _) => resent.remove(&i).map(Ok),
+                ("g", _) => Some(Err(StoreError::NotFound("group"))),
+                ("u", _) => Some(Err(StoreError::NotFound("user"))),
+                (seq, WriteOp::Append(msg)) => seq.parse().ok().map(|s| Ok(msg.stored(Seq(s), at))),
+                _ => None,
+            };
+        }
+        for (i, entry) in entries.iter().enumerate().take(batch.len()) {
+            if let Some(first) = entry.strip_prefix('t').and_then(|j| j.parse::<usize>().ok())
+                && first < out.len()
+            {
+                out[i] = out[first].clone();
+            }
+        }
+        out
     }
 }
 

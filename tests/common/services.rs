@@ -396,3 +396,160 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a function of `scripts/lib/services.sh` (the same code
+/// `scripts/cluster.sh` runs), with its output for a failing test.
+fn services_sh(call: &str) -> Result<String, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/services.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail; . {script}; {call}"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("bash: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{call} failed:\n{text}"))
+    }
+}
+
+/// The first of `count` consecutive free ports.
+fn free_ports(count: u16) -> u16 {
+    services_sh(&format!("pick_ports {count}"))
+        .expect("pick_ports")
+        .trim()
+        .parse()
+        .expect("a port")
+}
+
+/// A private Redis Cluster: 3 primaries with one replica each, failing
+/// over within a few seconds (`start_redis_cluster` of services.sh).
+pub struct RedisCluster {
+    pub base: u16,
+    dir: TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        need("redis-server");
+        need("redis-cli");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = free_ports(12);
+        let d = dir.path().display();
+        services_sh(&format!("start_redis_cluster {d} {base}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        RedisCluster { base, dir }
+    }
+
+    /// `redis+cluster://` with two of the six addresses as seeds.
+    pub fn url(&self) -> String {
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+            self.base,
+            self.base + 1
+        )
+    }
+
+    /// Kills (SIGKILL) the primary serving `key`'s slot, for good; returns
+    /// its port.
+    pub fn kill_primary_of(&self, key: &str) -> u16 {
+        let cli = |args: &str| services_sh(&format!("redis-cli -p {} {args}", self.base));
+        let slot: u16 = cli(&format!("cluster keyslot '{key}'"))
+            .expect("keyslot")
+            .trim()
+            .parse()
+            .expect("slot");
+        // "ID HOST:PORT@BUS FLAGS MASTER PING PONG EPOCH STATE SLOTS..."
+        let nodes = cli("cluster nodes").expect("cluster nodes");
+        let port = nodes
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2).is_some_and(|f| f.contains("master")))
+            .find(|l| {
+                l.split_whitespace().skip(8).any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                })
+            })
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|a| a.split('@').next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}:\n{nodes}"));
+        let n = port - self.base + 1;
+        let pid = std::fs::read_to_string(self.dir.path().join(format!("r{n}/pid"))).expect("pid");
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        port
+    }
+
+    /// `rN PID ADDR ROLE` per instance.
+    pub fn roles(&self) -> String {
+        services_sh(&format!("redis_cluster_roles {}", self.dir.path().display()))
+            .unwrap_or_else(|e| e)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = services_sh(&format!("stop_redis_cluster {}", self.dir.path().display()));
+    }
+}
+
+/// A private MariaDB Galera cluster of three nodes (`start_galera` of
+/// services.sh), root without a password.
+pub struct Galera {
+    pub base: u16,
+    dir: TempDir,
+}
+
+impl Galera {
+    pub fn start() -> Galera {
+        need("mariadbd");
+        assert!(
+            Path::new("/usr/lib/galera/libgalera_smm.so").exists(),
+            "galera-4 is not installed: run ./scripts/provision.sh (or ./scripts/test.sh)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = free_ports(12);
+        services_sh(&format!("start_galera {} {base} 3", dir.path().display()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Galera { base, dir }
+    }
+
+    /// The server URL of node `i` (1..3) alone, without a database.
+    pub fn node_url(&self, i: u16) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.base + i - 1)
+    }
+
+    /// `--db` for all three nodes and database `db`, in order g1, g2, g3.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "mysql://root@127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}/{db}",
+            self.base,
+            self.base + 1,
+            self.base + 2
+        )
+    }
+
+    /// Kills node `i` (SIGKILL), for good.
+    pub fn kill(&self, i: u16) {
+        let pid = std::fs::read_to_string(self.dir.path().join(format!("g{i}/pid"))).expect("pid");
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+    }
+
+    /// `gN PID ADDR STATE` per node.
+    pub fn roles(&self) -> String {
+        services_sh(&format!("galera_roles {}", self.dir.path().display())).unwrap_or_else(|e| e)
+    }
+}
+
+impl Drop for Galera {
+    fn drop(&mut self) {
+        let _ = services_sh(&format!("stop_galera {}", self.dir.path().display()));
+    }
+}

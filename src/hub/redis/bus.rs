@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::Script;
-use redis::aio::ConnectionManager;
-use tokio::sync::{broadcast, mpsc};
+use redis::{PushKind, Script};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{Conn, Target};
 use super::{Keys, unavailable};
 use crate::hub::local::LocalHub;
 use crate::hub::{GroupChange, HubError};
@@ -31,6 +31,7 @@ use crate::protocol::ChatFrame;
 /// Publishes `ARGV[1]` (header and frame) to the channel (`ARGV[2]` .. node) of every node
 /// other than ours (`ARGV[3]`) holding one of the receivers, prefixed with
 /// those receivers' ids. `KEYS[i]` is the presence key of receiver `ARGV[3+i]`.
+/// `PUBLISH` becomes `SPUBLISH` on a Redis Cluster ([`Conn::publish_command`]).
 const ROUTE: &str = r"
 local by_node = {}
 for i, k in ipairs(KEYS) do
@@ -64,10 +65,15 @@ struct Outbound {
 
 /// This node's end of the bus.
 pub(super) struct Bus {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     /// How long subscribing may take.
     timeout: Duration,
+    /// How long a batch for other nodes is retried.
+    publish_retry: Duration,
+    /// Told each time the subscription came back after a loss (a Redis
+    /// restart, a cluster failover): presence is claimed again.
+    pub(super) resubscribed: Notify,
     route: Script,
     /// Messages for receivers on other nodes, in the order they were sent,
     /// for the publisher task.
@@ -77,14 +83,17 @@ pub(super) struct Bus {
 }
 
 impl Bus {
-    pub(super) fn new(conn: ConnectionManager, keys: Keys, timeout: Duration) -> Self {
+    pub(super) fn new(conn: Conn, keys: Keys, timeout: Duration, publish_retry: Duration) -> Self {
         let (outbox, outbox_rx) = mpsc::channel(16 * PUBLISH_BATCH);
         let (group_changes, _) = broadcast::channel(1024);
+        let route = ROUTE.replace("'PUBLISH'", &format!("'{}'", conn.publish_command()));
         Bus {
             conn,
             keys,
             timeout,
-            route: Script::new(ROUTE),
+            publish_retry,
+            resubscribed: Notify::new(),
+            route: Script::new(&route),
             outbox,
             outbox_rx: std::sync::Mutex::new(Some(outbox_rx)),
             group_changes,
@@ -122,12 +131,11 @@ impl Bus {
     /// that session of `user`: the user logged in again elsewhere.
     pub(super) async fn kick(&self, user: UserId, holder: &str) {
         let mut conn = self.conn.clone();
-        let sent: Result<i64, _> = redis::AsyncCommands::publish(
-            &mut conn,
-            self.keys.kick_channel(),
-            format!("{user} {holder}"),
-        )
-        .await;
+        let sent: Result<i64, _> = redis::cmd(self.conn.publish_command())
+            .arg(self.keys.kick_channel())
+            .arg(format!("{user} {holder}"))
+            .query_async(&mut conn)
+            .await;
         if let Err(e) = sent {
             tracing::warn!(%user, error = %e, "could not tell the replaced session to close");
         }
@@ -136,8 +144,11 @@ impl Bus {
     /// Tells every node that a group's membership changed.
     pub(super) async fn announce_group(&self, group: crate::model::GroupId) {
         let mut conn = self.conn.clone();
-        let sent: Result<i64, _> =
-            redis::AsyncCommands::publish(&mut conn, self.keys.groups_channel(), group.0).await;
+        let sent: Result<i64, _> = redis::cmd(self.conn.publish_command())
+            .arg(self.keys.groups_channel())
+            .arg(group.0)
+            .query_async(&mut conn)
+            .await;
         if let Err(e) = sent {
             tracing::warn!(%group, error = %e, "could not announce a group change");
         }
@@ -197,11 +208,16 @@ impl Bus {
             }
             let mut conn = self.conn.clone();
             let mut sent = pipe.query_async::<()>(&mut conn).await;
-            if sent.is_err() {
-                // After Redis restarted, a node that has not published since
-                // finds its connection broken on first use; the manager has
-                // reconnected by now, so once more. (A batch sent twice is
-                // harmless: sessions drop what they already have.)
+            // After Redis restarted, or while a cluster fails over, the batch
+            // fails; the connection reconnects (and reloads the slot map), so
+            // try again for a while: cross-node chat pauses rather than
+            // leaving receivers to catch up later. A batch sent twice is
+            // harmless: sessions drop what they already have.
+            let started = std::time::Instant::now();
+            let mut backoff = Duration::from_millis(50);
+            while sent.is_err() && started.elapsed() < self.publish_retry && !stop.is_cancelled() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
                 sent = pipe.query_async::<()>(&mut conn).await;
             }
             match sent {
@@ -226,22 +242,77 @@ impl Bus {
     /// catch up. `subscribed` is told once the first subscription stands.
     pub(super) async fn subscriber(
         self: Arc<Self>,
+        target: Target,
+        local: Arc<LocalHub>,
+        subscribed: tokio::sync::oneshot::Sender<()>,
+        stop: CancellationToken,
+    ) {
+        match target {
+            Target::Single(url) => match redis::Client::open(url.as_str()) {
+                Ok(client) => self.subscribe_single(client, local, subscribed, stop).await,
+                Err(e) => tracing::error!(error = %e, "bad Redis URL for the cluster bus"),
+            },
+            Target::Cluster(seeds) => {
+                self.subscribe_cluster(seeds, local, subscribed, stop)
+                    .await
+            }
+        }
+    }
+
+    /// The node's channels, in the order they are subscribed.
+    fn channels(&self) -> [String; 3] {
+        [
+            format!("{}{}", self.keys.channel_prefix(), self.keys.node_id),
+            self.keys.groups_channel(),
+            self.keys.kick_channel(),
+        ]
+    }
+
+    /// Publishes may have been missed while the subscription was away:
+    /// cached member lists are dropped, every session catches up from the
+    /// store, and presence is claimed again (if Redis restarted empty, or a
+    /// replica that took over lacks the last writes).
+    fn came_back(&self, local: &LocalHub) {
+        tracing::info!("resubscribed to the cluster bus; sessions catch up from the store");
+        let _ = self.group_changes.send(GroupChange::All);
+        local.resync_all();
+        self.resubscribed.notify_one();
+    }
+
+    /// One message from one of the node's channels.
+    fn on_message(&self, local: &LocalHub, channel: &[u8], payload: &[u8]) {
+        if channel == self.keys.groups_channel().as_bytes() {
+            if let Some(g) = std::str::from_utf8(payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                let _ = self.group_changes.send(GroupChange::Group(g));
+            }
+        } else if channel == self.keys.kick_channel().as_bytes() {
+            self.kick_replaced(local, payload);
+        } else {
+            deliver_published(local, payload);
+        }
+    }
+
+    /// A standalone Redis: plain SUBSCRIBE on a connection of its own,
+    /// made again whenever it drops.
+    async fn subscribe_single(
+        &self,
         client: redis::Client,
         local: Arc<LocalHub>,
         subscribed: tokio::sync::oneshot::Sender<()>,
         stop: CancellationToken,
     ) {
         let mut subscribed = Some(subscribed);
-        let own = format!("{}{}", self.keys.channel_prefix(), self.keys.node_id);
-        let groups = self.keys.groups_channel();
-        let kicks = self.keys.kick_channel();
+        let channels = self.channels();
         let mut backoff = Duration::from_millis(50);
         loop {
             let attempt = async {
                 let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&own).await?;
-                pubsub.subscribe(&groups).await?;
-                pubsub.subscribe(&kicks).await?;
+                for c in &channels {
+                    pubsub.subscribe(c).await?;
+                }
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = tokio::select! {
@@ -266,15 +337,7 @@ impl Bus {
                 Some(tx) => {
                     let _ = tx.send(());
                 }
-                // Publishes may have been missed while we were away. (If
-                // Redis restarted empty, the lease keeper claims presence again.)
-                None => {
-                    tracing::info!(
-                        "resubscribed to the cluster bus; sessions catch up from the store"
-                    );
-                    let _ = self.group_changes.send(GroupChange::All);
-                    local.resync_all();
-                }
+                None => self.came_back(&local),
             }
             loop {
                 let msg = tokio::select! {
@@ -282,20 +345,98 @@ impl Bus {
                     m = stream.next() => m,
                 };
                 let Some(msg) = msg else { break };
-                if msg.get_channel_name() == groups {
-                    if let Some(g) = std::str::from_utf8(msg.get_payload_bytes())
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                    {
-                        let _ = self.group_changes.send(GroupChange::Group(g));
-                    }
-                } else if msg.get_channel_name() == kicks {
-                    self.kick_replaced(&local, msg.get_payload_bytes());
-                } else {
-                    deliver_published(&local, msg.get_payload_bytes());
-                }
+                self.on_message(
+                    &local,
+                    msg.get_channel_name().as_bytes(),
+                    msg.get_payload_bytes(),
+                );
             }
             tracing::warn!("lost the cluster bus subscription; reconnecting");
+        }
+    }
+
+    /// A Redis Cluster: sharded SSUBSCRIBE through the cluster connection,
+    /// which follows the channels' slot to whichever node serves it and
+    /// subscribes again there after a failover or a reshard. Every
+    /// confirmation past the first ones means that happened.
+    async fn subscribe_cluster(
+        &self,
+        seeds: Vec<String>,
+        local: Arc<LocalHub>,
+        subscribed: tokio::sync::oneshot::Sender<()>,
+        stop: CancellationToken,
+    ) {
+        let channels = self.channels();
+        let mut backoff = Duration::from_millis(50);
+        let mut subscribed = Some(subscribed);
+        loop {
+            let (tx, mut pushes) = mpsc::unbounded_channel();
+            let attempt = async {
+                let client = Target::cluster_client(&seeds, self.timeout, Some(tx))?;
+                let mut conn = client.get_async_connection().await?;
+                conn.ssubscribe(&channels).await?;
+                Ok::<_, redis::RedisError>(conn)
+            };
+            // The connection must live as long as its subscription.
+            let _conn = match tokio::select! {
+                _ = stop.cancelled() => return,
+                r = tokio::time::timeout(self.timeout * 2, attempt) => r,
+            } {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot subscribe to the cluster bus");
+                    pause(&stop, &mut backoff).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("subscribing to the cluster bus timed out");
+                    pause(&stop, &mut backoff).await;
+                    continue;
+                }
+            };
+            match subscribed.take() {
+                Some(tx) => {
+                    let _ = tx.send(());
+                }
+                None => self.came_back(&local),
+            }
+            // The first confirmation of each channel answers the SSUBSCRIBE
+            // above; any later one is a resubscription.
+            let mut confirmations = 0;
+            let mut lost = false;
+            loop {
+                let push = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    p = pushes.recv() => p,
+                };
+                let Some(push) = push else { break };
+                match push.kind {
+                    PushKind::SMessage | PushKind::Message => {
+                        if let [channel, payload, ..] = push.data.as_slice() {
+                            let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload))
+                            else {
+                                continue;
+                            };
+                            self.on_message(&local, channel, payload);
+                        }
+                    }
+                    PushKind::SSubscribe => {
+                        confirmations += 1;
+                        if confirmations > channels.len() || lost {
+                            // Once per loss: later confirmations of the same
+                            // resubscription find nothing new to catch up on.
+                            if lost || confirmations % channels.len() == 1 {
+                                self.came_back(&local);
+                            }
+                            lost = false;
+                        }
+                    }
+                    PushKind::Disconnection | PushKind::SUnsubscribe => lost = true,
+                    _ => {}
+                }
+            }
+            tracing::warn!("lost the cluster bus subscription; subscribing again");
+            pause(&stop, &mut backoff).await;
         }
     }
 
@@ -315,6 +456,15 @@ impl Bus {
         if let Ok(session) = session.parse() {
             local.kick_session(user, session);
         }
+    }
+}
+
+/// The bytes of a pushed string.
+fn bytes_of(v: &redis::Value) -> Option<&[u8]> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
     }
 }
 

@@ -31,13 +31,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod bus;
+mod conn;
 mod presence;
+
+pub use conn::Target;
 
 use super::local::LocalHub;
 use super::{GroupChange, Hub, HubError, SessionHandle};
@@ -48,7 +50,9 @@ use presence::Presence;
 /// Where and how a node joins the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`; AUTH comes from the URL.
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`, or a Redis Cluster as
+    /// `redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]`
+    /// ([`Target`]); AUTH comes from the URL.
     pub redis_url: String,
     /// This node's name, unique in the cluster.
     pub node_id: String,
@@ -60,6 +64,11 @@ pub struct ClusterConfig {
     pub presence_ttl: Duration,
     /// How long a Redis call may take before the request fails with errno 50.
     pub timeout: Duration,
+    /// How long the publisher keeps retrying a batch for other nodes (a
+    /// Redis restart, a cluster failover) before leaving it to the
+    /// receivers' catch-up from the store. Cross-node chat pauses, at most
+    /// this long, instead of skipping messages.
+    pub publish_retry: Duration,
 }
 
 impl ClusterConfig {
@@ -70,11 +79,15 @@ impl ClusterConfig {
             key_prefix: "chat".to_owned(),
             presence_ttl: Duration::from_secs(10),
             timeout: Duration::from_secs(2),
+            publish_retry: Duration::from_secs(10),
         }
     }
 }
 
-/// The names of this node's keys and channels in Redis.
+/// The names of this node's keys and channels in Redis. All of them start
+/// with the hash tag `{PREFIX}`, so that in a Redis Cluster they share one
+/// slot: every script touches one slot, and a pipeline is one round trip to
+/// one shard (whose replica takes over when it fails).
 #[derive(Debug, Clone)]
 struct Keys {
     prefix: String,
@@ -85,11 +98,11 @@ struct Keys {
 
 impl Keys {
     fn user(&self, user: UserId) -> String {
-        format!("{}:user:{user}", self.prefix)
+        format!("{{{}}}:user:{user}", self.prefix)
     }
 
     fn node_prefix(&self) -> String {
-        format!("{}:node:", self.prefix)
+        format!("{{{}}}:node:", self.prefix)
     }
 
     /// This node's lease.
@@ -98,15 +111,15 @@ impl Keys {
     }
 
     fn channel_prefix(&self) -> String {
-        format!("{}:to:", self.prefix)
+        format!("{{{}}}:to:", self.prefix)
     }
 
     fn groups_channel(&self) -> String {
-        format!("{}:groups", self.prefix)
+        format!("{{{}}}:groups", self.prefix)
     }
 
     fn kick_channel(&self) -> String {
-        format!("{}:kick", self.prefix)
+        format!("{{{}}}:kick", self.prefix)
     }
 
     /// What this process's presence values start with.
@@ -153,15 +166,8 @@ impl RedisHub {
                 config.node_id
             )));
         }
-        let client = redis::Client::open(config.redis_url.as_str()).map_err(unavailable)?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager)
-            .await
-            .map_err(unavailable)?;
+        let target = Target::parse(&config.redis_url)?;
+        let conn = target.connect(config.timeout).await.map_err(unavailable)?;
         let keys = Keys {
             prefix: config.key_prefix.clone(),
             node_id: config.node_id.clone(),
@@ -170,7 +176,7 @@ impl RedisHub {
         let hub = Arc::new(RedisHub {
             local: Arc::new(LocalHub::new()),
             presence: Presence::new(conn.clone(), keys.clone(), config.presence_ttl),
-            bus: Arc::new(Bus::new(conn, keys, config.timeout)),
+            bus: Arc::new(Bus::new(conn, keys, config.timeout, config.publish_retry)),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             config,
@@ -178,7 +184,7 @@ impl RedisHub {
         hub.presence.renew_lease().await?;
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         hub.tasks.spawn(hub.bus.clone().subscriber(
-            client,
+            target,
             hub.local.clone(),
             subscribed_tx,
             hub.stop.clone(),
@@ -203,6 +209,9 @@ impl RedisHub {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
+                // After a failover the new primary may lack the last
+                // writes (replication is asynchronous): claim again.
+                _ = self.bus.resubscribed.notified() => reassert = true,
             }
             match self.presence.renew_lease().await {
                 Ok(existed) => reassert |= !existed,

@@ -7,8 +7,8 @@
 //! the process named in its key still holds its node's lease.
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
+use super::conn::Conn;
 use super::{Keys, unavailable};
 use crate::hub::HubError;
 use crate::model::UserId;
@@ -78,7 +78,7 @@ return out
 
 /// This node process's presence: its lease and its users' keys.
 pub(super) struct Presence {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     /// How long the lease lasts without renewal.
     ttl: std::time::Duration,
@@ -90,7 +90,7 @@ pub(super) struct Presence {
 }
 
 impl Presence {
-    pub(super) fn new(conn: ConnectionManager, keys: Keys, ttl: std::time::Duration) -> Self {
+    pub(super) fn new(conn: Conn, keys: Keys, ttl: std::time::Duration) -> Self {
         Presence {
             conn,
             keys,
