@@ -375,14 +375,19 @@ impl Bus {
                 let client = Target::cluster_client(&seeds, self.timeout, Some(tx))?;
                 let mut conn = client.get_async_connection().await?;
                 conn.ssubscribe(&channels).await?;
-                Ok::<_, redis::RedisError>(conn)
+                let slot: u16 = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(&channels[0])
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<_, redis::RedisError>((conn, slot))
             };
             // The connection must live as long as its subscription.
-            let _conn = match tokio::select! {
+            let (mut conn, slot) = match tokio::select! {
                 _ = stop.cancelled() => return,
                 r = tokio::time::timeout(self.timeout * 2, attempt) => r,
             } {
-                Ok(Ok(conn)) => conn,
+                Ok(Ok(subscribed)) => subscribed,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot subscribe to the cluster bus");
                     pause(&stop, &mut backoff).await;
@@ -404,10 +409,35 @@ impl Bus {
             // above; any later one is a resubscription.
             let mut confirmations = 0;
             let mut lost = false;
+            // The subscription is checked where it should be: a connection
+            // that issues no commands does not learn that its shard's
+            // primary died, so every second the shard serving the node's
+            // channel is asked whether anybody listens on it. Twice nobody
+            // (or no answer): subscribe again from scratch.
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let probe = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                slot,
+                SlotAddr::Master,
+            )));
+            let mut check = tokio::time::interval(SUBSCRIPTION_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut misses = 0;
             loop {
                 let push = tokio::select! {
                     _ = stop.cancelled() => return,
                     p = pushes.recv() => p,
+                    _ = check.tick() => {
+                        if subscribers(&mut conn, probe.clone(), &channels[0], self.timeout).await >= 1 {
+                            misses = 0;
+                        } else {
+                            misses += 1;
+                            if misses >= 2 {
+                                tracing::warn!("nobody listens on this node's channel any more");
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                 };
                 let Some(push) = push else { break };
                 match push.kind {
@@ -456,6 +486,31 @@ impl Bus {
         if let Ok(session) = session.parse() {
             local.kick_session(user, session);
         }
+    }
+}
+
+/// How often a cluster subscription is checked.
+const SUBSCRIPTION_CHECK: Duration = Duration::from_secs(1);
+
+/// How many subscribe to sharded `channel` on the primary that serves it
+/// (0 when it cannot be asked).
+async fn subscribers(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    route: redis::cluster_routing::RoutingInfo,
+    channel: &str,
+    timeout: Duration,
+) -> i64 {
+    let mut cmd = redis::cmd("PUBSUB");
+    cmd.arg("SHARDNUMSUB").arg(channel);
+    match tokio::time::timeout(timeout, conn.route_command(cmd, route)).await {
+        Ok(Ok(redis::Value::Array(v))) => v
+            .iter()
+            .find_map(|x| match x {
+                redis::Value::Int(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0),
+        _ => 0,
     }
 }
 
