@@ -229,20 +229,35 @@ pub fn observe_duration(h: &Histogram, d: Duration) {
     h.observe(d.as_secs_f64());
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`, then waits (a
-/// second at most) for scrapes in progress. `pool` reads the store's pool
-/// usage at each scrape.
+/// What `GET /readyz` runs: `Ok` when the node can serve, or why not.
+pub type Readiness = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Serves `GET /metrics`, `GET /healthz` and `GET /readyz` on `listener`
+/// until `shutdown`, then waits (a second at most) for requests in
+/// progress. `pool` reads the store's pool usage at each scrape; `ready`
+/// answers `/readyz`.
+///
+/// For a balancer or an orchestrator: `/healthz` is 200 while the process
+/// serves HTTP at all (restart it when this fails); `/readyz` is 200 only
+/// while the store and the hub answer and the node is not draining, and 503
+/// with the reason otherwise (send it no new clients).
 pub async fn serve(
     listener: TcpListener,
     pool: impl Fn() -> PoolUsage + Send + Sync + 'static,
+    ready: Readiness,
     shutdown: CancellationToken,
 ) {
     let pool = std::sync::Arc::new(pool);
     let scrapes = TaskTracker::new();
     crate::transport::accept_each("metrics", &listener, &scrapes, &shutdown, |stream, _| {
-        let pool = pool.clone();
+        let (pool, ready) = (pool.clone(), ready.clone());
         Some(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &*pool)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &*pool, &ready))
+                .await;
         })
     })
     .await;
@@ -270,7 +285,11 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn answer(mut stream: TcpStream, pool: &(dyn Fn() -> PoolUsage + Send + Sync)) {
+async fn answer(
+    mut stream: TcpStream,
+    pool: &(dyn Fn() -> PoolUsage + Send + Sync),
+    ready: &Readiness,
+) {
     // Read the request head (bounded); only the request line matters.
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
@@ -281,13 +300,26 @@ async fn answer(mut stream: TcpStream, pool: &(dyn Fn() -> PoolUsage + Send + Sy
         }
     }
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let (status, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ") {
-        ("200 OK", METRICS.render(pool()))
+    const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (status, kind, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ") {
+        ("200 OK", METRICS_TYPE, METRICS.render(pool()))
+    } else if line.starts_with(b"GET /healthz ") {
+        ("200 OK", TEXT, "ok\n".to_owned())
+    } else if line.starts_with(b"GET /readyz ") {
+        match ready().await {
+            Ok(()) => ("200 OK", TEXT, "ready\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", TEXT, format!("not ready: {why}\n")),
+        }
     } else {
-        ("404 Not Found", "try GET /metrics\n".to_owned())
+        (
+            "404 Not Found",
+            TEXT,
+            "try GET /metrics, /healthz or /readyz\n".to_owned(),
+        )
     };
     let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(reply.as_bytes()).await;

@@ -101,6 +101,31 @@ impl Node {
         })
     }
 
+    /// What `/readyz` asks: the store and the hub answer, and the node is
+    /// not draining (`shutdown` not yet cancelled).
+    pub fn readiness(&self, shutdown: CancellationToken) -> crate::metrics::Readiness {
+        let (store, hub) = (self.store.clone(), self.hub.clone());
+        std::sync::Arc::new(move || {
+            let (store, hub, shutdown) = (store.clone(), hub.clone(), shutdown.clone());
+            Box::pin(async move {
+                if shutdown.is_cancelled() {
+                    return Err("draining: the node is shutting down".to_owned());
+                }
+                let limit = std::time::Duration::from_secs(2);
+                match tokio::time::timeout(limit, store.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("store: {e}")),
+                    Err(_) => return Err("store: no answer within 2 s".to_owned()),
+                }
+                match tokio::time::timeout(limit, hub.ready()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("hub: {e}")),
+                    Err(_) => Err("hub: no answer within 2 s".to_owned()),
+                }
+            })
+        })
+    }
+
     /// What the metrics endpoint reads from the store at each scrape.
     pub fn pool_usage(&self) -> impl Fn() -> PoolUsage + Send + Sync + 'static {
         let store = self.store.clone();

@@ -36,7 +36,8 @@ async fn metrics_count_logins_messages_and_batches() {
         .expect("bind");
     let maddr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
-    tokio::spawn(chat::metrics::serve(listener, || None, stop.clone()));
+    let ready: chat::metrics::Readiness = std::sync::Arc::new(|| Box::pin(async { Ok(()) }));
+    tokio::spawn(chat::metrics::serve(listener, || None, ready, stop.clone()));
 
     let (head, before) = scrape(maddr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
@@ -81,5 +82,48 @@ async fn metrics_count_logins_messages_and_batches() {
 
     let (other, _) = scrape(maddr, "/nope").await;
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    stop.cancel();
+}
+
+/// What a balancer asks: `/healthz` while the process serves, `/readyz`
+/// while the node can take clients: ready with its store up, and "draining"
+/// (503) from the moment its shutdown begins.
+#[tokio::test]
+async fn healthz_and_readyz_tell_a_balancer_when_to_send_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let node = chat::server::Node::open(&db, chat::config::Config::default(), None)
+        .await
+        .expect("open node");
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let maddr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    tokio::spawn(chat::metrics::serve(
+        listener,
+        node.pool_usage(),
+        node.readiness(shutdown.clone()),
+        stop.clone(),
+    ));
+
+    let (health, _) = scrape(maddr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+    let (ready, _) = scrape(maddr, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200 OK"), "{ready}");
+    assert!(ready.ends_with("ready\n"), "{ready}");
+
+    shutdown.cancel();
+    let (draining, _) = scrape(maddr, "/readyz").await;
+    assert!(
+        draining.starts_with("HTTP/1.1 503 Service Unavailable"),
+        "{draining}"
+    );
+    assert!(draining.contains("draining"), "{draining}");
+    let (health, _) = scrape(maddr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK"), "still alive: {health}");
+    let (missing, _) = scrape(maddr, "/nothing").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     stop.cancel();
 }

@@ -382,15 +382,19 @@ async fn run() -> Result<(), Fatal> {
         }
     };
     let shutdown = CancellationToken::new();
+    let stopped = CancellationToken::new();
     let metrics = match &cli.metrics_listen {
         None => None,
         Some(metrics_addr) => {
             let l = bind(metrics_addr, "for metrics ").await?;
             tracing::info!(listen = %metrics_addr, "metrics at /metrics");
+            // Serves until the node has stopped, so that `/readyz` says
+            // "draining" (503) while it drains.
             Some(tokio::spawn(chat::metrics::serve(
                 l,
                 node.pool_usage(),
-                shutdown.clone(),
+                node.readiness(shutdown.clone()),
+                stopped.clone(),
             )))
         }
     };
@@ -406,6 +410,7 @@ async fn run() -> Result<(), Fatal> {
         shutdown,
     )
     .await;
+    stopped.cancel();
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }

@@ -104,6 +104,11 @@ pub trait Hub: Send + Sync + 'static {
     fn group_changes(&self) -> Option<broadcast::Receiver<GroupChange>> {
         None
     }
+    /// Whether presence and delivery across nodes work now (for `/readyz`):
+    /// always on one node; in a cluster, whether this node holds its lease.
+    async fn ready(&self) -> Result<(), HubError> {
+        Ok(())
+    }
     /// Marks every user of this node offline (graceful shutdown).
     async fn shutdown(&self);
 }

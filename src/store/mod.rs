@@ -161,6 +161,9 @@ pub trait Store: Send + Sync + 'static {
     /// The connection pool's size and idle connections, for metrics.
     fn pool_usage(&self) -> crate::metrics::PoolUsage;
 
+    /// Whether the database answers (one trivial query), for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
     /// Finishes pending writes and closes connections.
     async fn close(&self);
 }

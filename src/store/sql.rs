@@ -512,6 +512,12 @@ where
         Some((self.pool.size(), self.pool.num_idle()))
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        Ok(())
+    }
+
     async fn close(&self) {
         self.commit.close().await;
         self.pool.close().await;

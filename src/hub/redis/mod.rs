@@ -316,6 +316,16 @@ impl Hub for RedisHub {
         Some(self.bus.group_changes())
     }
 
+    async fn ready(&self) -> Result<(), HubError> {
+        if self.presence.lease_held().await? {
+            Ok(())
+        } else {
+            Err(HubError::Unavailable(
+                "this node's presence lease is not held".into(),
+            ))
+        }
+    }
+
     async fn shutdown(&self) {
         self.stop.cancel();
         self.tasks.close();

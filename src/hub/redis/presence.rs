@@ -118,6 +118,17 @@ impl Presence {
         Ok(existed == 1)
     }
 
+    /// Whether Redis answers and still holds this process's lease.
+    pub(super) async fn lease_held(&self) -> Result<bool, HubError> {
+        let mut conn = self.conn.clone();
+        let held: Option<String> = redis::cmd("GET")
+            .arg(self.keys.lease())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(held.as_deref() == Some(self.keys.incarnation.as_str()))
+    }
+
     /// Gives up the node's lease (graceful shutdown): its users are offline
     /// at once rather than when the lease runs out.
     pub(super) async fn drop_lease(&self) {
