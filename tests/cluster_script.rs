@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use chat::client::Client;
-use common::services::free_port;
+use common::services::{self, free_port};
 use common::{pw, within};
 
 fn script(dir: &Path, ports: &[(&str, u16)], args: &[&str]) -> std::process::Output {
@@ -41,63 +41,108 @@ impl Drop for Down<'_> {
     }
 }
 
+/// The ports a cluster takes: `CHAT_*_PORT` settings, each the first of
+/// a run of free ones (12 for the HA backends, two for node ports).
+fn ports(ha: bool) -> Vec<(&'static str, u16)> {
+    let run = |n: u16| services::free_ports(n);
+    let backends = if ha { 12 } else { 1 };
+    vec![
+        ("CHAT_LISTEN_PORT", free_port()),
+        ("CHAT_NODE_PORT", run(2)),
+        ("CHAT_WEB_PORT", free_port()),
+        ("CHAT_WEB_NODE_PORT", run(2)),
+        ("CHAT_METRICS_PORT", run(2)),
+        ("CHAT_MYSQL_PORT", run(backends)),
+        ("CHAT_REDIS_PORT", run(backends)),
+        ("CHAT_HA", u16::from(ha)),
+    ]
+}
+
+fn say(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `status` lines (`KIND NAME PID ADDR ROLE`) of one kind, as (name, role).
+fn lines_of(status: &str, kind: &str) -> Vec<(String, String)> {
+    status
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 5 && f[0] == kind).then(|| (f[1].to_owned(), f[4].to_owned()))
+        })
+        .collect()
+}
+
+/// Status until every node says `ready` (10 s at most).
+fn ready_status(dir: &Path, ports: &[(&str, u16)]) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = say(&script(dir, ports, &["status"]));
+        let nodes = lines_of(&text, "node");
+        if (!nodes.is_empty() && nodes.iter().all(|(_, r)| r == "ready"))
+            || start.elapsed() > std::time::Duration::from_secs(10)
+        {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Registers two users through nginx and has one write to the other.
+async fn chat_through(listen: u16, tag: &str) -> (String, chat::model::UserId) {
+    let mut a = Client::connect(("127.0.0.1", listen))
+        .await
+        .expect("connect via nginx");
+    let alice = a
+        .register(&format!("alice{tag}"), &pw("alice"))
+        .await
+        .expect("register");
+    a.login(alice, &pw("alice")).await.expect("login");
+    let mut b = Client::connect(("127.0.0.1", listen))
+        .await
+        .expect("connect via nginx");
+    let bob = b
+        .register(&format!("bob{tag}"), &pw("bob"))
+        .await
+        .expect("register");
+    b.login(bob, &pw("bob")).await.expect("login");
+    a.chat(bob, "hello through the local cluster")
+        .await
+        .expect("send");
+    let got = within(b.next_message()).await.expect("message").msg;
+    (got, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_script_brings_up_a_working_cluster_and_takes_it_down() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("cluster");
-    let listen = free_port();
-    // two consecutive free node ports, for TCP and for the web
-    let two = || loop {
-        let p = free_port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
-    let (node, web_node, web) = (two(), two(), free_port());
-    let ports = [
-        ("CHAT_LISTEN_PORT", listen),
-        ("CHAT_NODE_PORT", node),
-        ("CHAT_WEB_PORT", web),
-        ("CHAT_WEB_NODE_PORT", web_node),
-        ("CHAT_MYSQL_PORT", free_port()),
-        ("CHAT_REDIS_PORT", free_port()),
-    ];
+    let ports = ports(false);
+    let port = |name: &str| ports.iter().find(|(k, _)| *k == name).expect("port").1;
+    let (listen, web) = (port("CHAT_LISTEN_PORT"), port("CHAT_WEB_PORT"));
     let _guard = Down(&dir, &ports);
     let up = script(&dir, &ports, &["up", "2"]);
-    let say = |o: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
     assert!(up.status.success(), "{}", say(&up));
 
     let result = async {
-        let status = script(&dir, &ports, &["status"]);
-        let text = say(&status);
-        assert_eq!(
-            text.matches(" running").count(),
-            5,
-            "2 nodes, nginx, redis, mariadb: {text}"
-        );
+        let text = ready_status(&dir, &ports);
+        assert_eq!(lines_of(&text, "node").len(), 2, "{text}");
+        assert!(lines_of(&text, "node").iter().all(|(_, r)| r == "ready"), "{text}");
+        assert_eq!(lines_of(&text, "redis"), [("redis".into(), "primary".into())], "{text}");
+        assert_eq!(lines_of(&text, "db"), [("mariadb".into(), "standalone".into())], "{text}");
+        assert_eq!(lines_of(&text, "nginx"), [("nginx".into(), "running".into())], "{text}");
 
-        let mut a = Client::connect(("127.0.0.1", listen))
-            .await
-            .expect("connect via nginx");
-        let alice = a.register("alice", &pw("alice")).await.expect("register");
-        a.login(alice, &pw("alice")).await.expect("login");
+        let (got, bob) = chat_through(listen, "").await;
+
+        // A browser's WebSocket through nginx's web port chats with them.
         let mut b = Client::connect(("127.0.0.1", listen))
             .await
             .expect("connect via nginx");
-        let bob = b.register("bob", &pw("bob")).await.expect("register");
         b.login(bob, &pw("bob")).await.expect("login");
-        a.chat(bob, "hello through the local cluster")
-            .await
-            .expect("send");
-        let got = within(b.next_message()).await.expect("message").msg;
-
-        // A browser's WebSocket through nginx's web port chats with them.
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{web}/ws"))
             .await
             .expect("websocket via nginx");
@@ -120,6 +165,13 @@ async fn cluster_script_brings_up_a_working_cluster_and_takes_it_down() {
             (m.from, m.msg.as_str()),
             (carol, "from a browser via nginx")
         );
+
+        // a restarted node serves again
+        let restarted = script(&dir, &ports, &["restart-node", "1"]);
+        assert!(restarted.status.success(), "{}", say(&restarted));
+        let text = ready_status(&dir, &ports);
+        assert!(lines_of(&text, "node").iter().all(|(_, r)| r == "ready"), "{text}");
+        chat_through(listen, "2").await;
         got
     }
     .await;
@@ -132,4 +184,38 @@ async fn cluster_script_brings_up_a_working_cluster_and_takes_it_down() {
         std::net::TcpStream::connect(("127.0.0.1", listen)).is_err(),
         "nginx stopped"
     );
+}
+
+/// `CHAT_HA=1`: the same on a Redis Cluster and a Galera cluster, with one
+/// line per process in `status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_script_brings_up_the_highly_available_cluster() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("cluster");
+    let ports = ports(true);
+    let listen = ports[0].1;
+    let _guard = Down(&dir, &ports);
+    let up = script(&dir, &ports, &["up", "2"]);
+    assert!(up.status.success(), "{}", say(&up));
+
+    let text = ready_status(&dir, &ports);
+    let roles = |kind: &str| {
+        let mut r: Vec<String> = lines_of(&text, kind).into_iter().map(|(_, r)| r).collect();
+        r.sort();
+        r
+    };
+    assert_eq!(roles("node"), ["ready", "ready"], "{text}");
+    assert_eq!(
+        roles("redis"),
+        ["primary", "primary", "primary", "replica", "replica", "replica"],
+        "{text}"
+    );
+    assert_eq!(roles("db"), ["Synced", "Synced", "Synced"], "{text}");
+    assert_eq!(roles("nginx"), ["running"], "{text}");
+    let (got, _) = chat_through(listen, "").await;
+    assert_eq!(got, "hello through the local cluster");
+
+    let down = script(&dir, &ports, &["down"]);
+    assert!(down.status.success(), "{}", say(&down));
+    assert!(!dir.exists(), "down removes the cluster's data");
 }

@@ -420,7 +420,7 @@ fn services_sh(call: &str) -> Result<String, String> {
 }
 
 /// The first of `count` consecutive free ports.
-fn free_ports(count: u16) -> u16 {
+pub fn free_ports(count: u16) -> u16 {
     services_sh(&format!("pick_ports {count}"))
         .expect("pick_ports")
         .trim()
