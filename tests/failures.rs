@@ -165,6 +165,44 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
     finish(load).await;
 }
 
+/// A rolling restart: each of three nodes in turn is drained (SIGTERM: its
+/// clients are told and resume through nginx on the others) and started
+/// again on its address, while the load runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_arrives_exactly_once_through_a_rolling_restart() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let (mut mysql, mut redis) = (None, None);
+    let shared = Shared {
+        db_url: services::create_database(&services::mysql_server(&mut mysql)).await,
+        redis_url: services::redis_server(&mut redis),
+        prefix: services::unique("roll"),
+        presence_ttl: PRESENCE_TTL,
+        extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
+    };
+    let mut nodes = vec![
+        NodeProcess::start(&shared, "n1").await,
+        NodeProcess::start(&shared, "n2").await,
+        NodeProcess::start(&shared, "n3").await,
+    ];
+    let servers = nodes
+        .iter()
+        .map(|n| Node::new(&n.addr, 1).expect("node"))
+        .collect();
+    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let load = start_load(&nginx, Duration::from_secs(18)).await;
+
+    for i in 0..nodes.len() {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let node = nodes.remove(i);
+        let (id, addr) = (node.id.clone(), node.addr.clone());
+        node.terminate().await;
+        nodes.insert(i, NodeProcess::start_at(&shared, &id, &addr).await);
+        eprintln!("fault: {id} drained and restarted");
+    }
+
+    finish(load).await;
+}
+
 /// The highly available cluster: a Redis Cluster (3 primaries, 3
 /// replicas) and a Galera cluster of three, three chat nodes. Lost for
 /// good, one after another while the load runs: the Redis primary serving
