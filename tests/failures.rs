@@ -252,6 +252,62 @@ async fn every_accepted_message_arrives_exactly_once_when_a_redis_primary_a_data
     eprintln!("redis:\n{}galera:\n{}", redis.roles(), galera.roles());
 }
 
+/// A Galera node partitioned away from the other two while the chat nodes
+/// write through it: it must stop taking writes, and the chat nodes must
+/// move to the next ready node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_arrives_exactly_once_when_the_database_node_in_use_is_partitioned_away()
+ {
+    let _one_at_a_time = SERIAL.lock().await;
+    let galera = Galera::start();
+    let db = services::create_database(&galera.node_url(1)).await;
+    let db_name = db.rsplit('/').next().expect("database name").to_owned();
+    let mut redis = None;
+    let shared = Shared {
+        db_url: galera.url(&db_name),
+        redis_url: services::redis_server(&mut redis),
+        prefix: services::unique("gpart"),
+        presence_ttl: PRESENCE_TTL,
+        extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
+    };
+    let nodes = [
+        NodeProcess::start(&shared, "n1").await,
+        NodeProcess::start(&shared, "n2").await,
+    ];
+    let servers = nodes
+        .iter()
+        .map(|n| Node::new(&n.addr, 1).expect("node"))
+        .collect();
+    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let load = start_load(&nginx, Duration::from_secs(14)).await;
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    galera.isolate(1).await;
+    eprintln!("fault: Galera node g1, the one in use, partitioned away");
+    // it refuses writes from now on (once it has noticed, within seconds)
+    let refused = async {
+        use sqlx::Connection;
+        loop {
+            let mut conn = sqlx::MySqlConnection::connect(&format!("{}/{db_name}", galera.node_url(1)))
+                .await
+                .expect("g1 still accepts connections");
+            let write = sqlx::query("UPDATE conversations SET last_seq = last_seq WHERE conv = 'none'")
+                .execute(&mut conn)
+                .await;
+            if write.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), refused)
+        .await
+        .expect("the partitioned node refuses writes");
+
+    finish(load).await;
+    eprintln!("galera:\n{}", galera.roles());
+}
+
 /// A node cut off from Redis and the database (a blackhole route in its
 /// network namespace) while its clients still reach it through nginx, for
 /// three presence TTLs, then healed.

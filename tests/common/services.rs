@@ -542,6 +542,20 @@ impl Galera {
         let _ = Command::new("kill").args(["-9", pid.trim()]).status();
     }
 
+    /// Cuts node `i` off from the other two, as a network partition would
+    /// (Galera's `gmcast.isolate`): it leaves the Primary component and
+    /// refuses writes, while it still accepts connections.
+    pub async fn isolate(&self, i: u16) {
+        use sqlx::Connection;
+        let mut conn = sqlx::MySqlConnection::connect(&self.node_url(i))
+            .await
+            .expect("connect to the node to isolate");
+        sqlx::query("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+            .execute(&mut conn)
+            .await
+            .expect("isolate");
+    }
+
     /// `gN PID ADDR STATE` per node.
     pub fn roles(&self) -> String {
         services_sh(&format!("galera_roles {}", self.dir.path().display())).unwrap_or_else(|e| e)
