@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh single    relay vs chatserver (SQLite), 10 and 100 pairs, 3 rounds
 #   scripts/bench.sh cluster   2 nodes + MariaDB + Redis (+ nginx), 100 pairs across nodes
+#   scripts/bench.sh ha        the same on a Galera cluster of 3 and a Redis Cluster of 3+3
 #   scripts/bench.sh memory    RSS after 1,000 logins held at once
 #   scripts/bench.sh storm     chat latency during 500 concurrent password logins
 #   scripts/bench.sh fanout    a group message to 1,000 online members (MEMBERS=10000 ...)
@@ -58,34 +59,60 @@ single() {
         --server-cpu "$server_cpu" --client-cpu "$client_cpu" --server-arg=--sync --server-arg=normal
 }
 
-cluster() {
-    echo "== cluster: 2 nodes, MariaDB, Redis, nginx; all server-side processes on core $server_cpu"
-    export CHAT_CLUSTER_DIR="$work/cluster" CHAT_BIN_DIR="$bin" CHAT_BALANCE=round-robin
+# cluster_rounds HA: 2 nodes behind nginx on the standalone backends (HA=0)
+# or on a Redis Cluster and a Galera cluster (HA=1); every server-side
+# process on the server core; CPU per message reported per tier.
+cluster_rounds() {
+    local ha=$1
+    export CHAT_CLUSTER_DIR="$work/cluster" CHAT_BIN_DIR="$bin" CHAT_BALANCE=round-robin CHAT_HA=$ha
     export CHAT_NODE_ARGS="--request-rate 0"
     export CHAT_LISTEN_PORT=18000 CHAT_NODE_PORT=16000 CHAT_MYSQL_PORT=16306 CHAT_REDIS_PORT=16379
+    export CHAT_METRICS_PORT=16200 CHAT_WEB_PORT=18080 CHAT_WEB_NODE_PORT=16100
     scripts/cluster.sh up 2 >&2
-    local side=() p
-    for s in node1 node2 mariadb redis nginx; do
-        p=$(cat "$CHAT_CLUSTER_DIR/$s/pid")
-        # nginx's workers are the master's children, and do its work.
-        for c in $p $(pgrep -P "$p" || true); do
-            side+=("$c")
-            taskset -a -p -c "$server_cpu" "$c" >/dev/null
+    local d=$CHAT_CLUSTER_DIR
+    # pids of a tier, comma-separated, each pinned to the server core (with
+    # its children: nginx's workers do nginx's work)
+    pin() {
+        local out=() p c
+        for p in "$@"; do
+            for c in $(cat "$p") $(pgrep -P "$(cat "$p")" || true); do
+                taskset -a -p -c "$server_cpu" "$c" >/dev/null
+                out+=("$c")
+            done
         done
-    done
-    local nodes_db_redis
-    nodes_db_redis=$(IFS=,; echo "${side[*]:0:4}")
-    local everything
-    everything=$(IFS=,; echo "${side[*]}")
+        (IFS=,; echo "${out[*]}")
+    }
+    local nodes redis db nginx
+    nodes=$(pin "$d/node1/pid" "$d/node2/pid")
+    if [ "$ha" = 1 ]; then
+        redis=$(pin "$d"/rediscluster/r*/pid)
+        db=$(pin "$d"/galera/g*/pid)
+    else
+        redis=$(pin "$d/redis/pid")
+        db=$(pin "$d/mariadb/pid")
+    fi
+    nginx=$(pin "$d/nginx/pid")
     for r in $(seq "${REPEAT:-3}"); do
-        echo "-- round $r: senders on node1, receivers on node2 (CPU: nodes + MariaDB + Redis)"
+        echo "-- round $r: senders on node1, receivers on node2 (CPU: nodes + database + Redis)"
         bench pairs --addr 127.0.0.1:16000 --recv-addr 127.0.0.1:16001 --pairs 100 \
-            --duration "${DURATION:-5}" --warmup 2 --server-pid "$nodes_db_redis"
+            --duration "${DURATION:-5}" --warmup 2 --server-pid "$nodes,$db,$redis" \
+            --tier "node=$nodes" --tier "db=$db" --tier "redis=$redis" | grep -v '^{'
         echo "-- round $r: everyone through nginx, round robin (CPU: the above + nginx)"
         bench pairs --addr 127.0.0.1:18000 --pairs 100 \
-            --duration "${DURATION:-5}" --warmup 2 --server-pid "$everything"
+            --duration "${DURATION:-5}" --warmup 2 --server-pid "$nodes,$db,$redis,$nginx" \
+            --tier "node=$nodes" --tier "db=$db" --tier "redis=$redis" --tier "nginx=$nginx" | grep -v '^{'
     done
     scripts/cluster.sh down >&2
+}
+
+cluster() {
+    echo "== cluster: 2 nodes, MariaDB, Redis, nginx; all server-side processes on core $server_cpu"
+    cluster_rounds 0
+}
+
+ha() {
+    echo "== HA cluster: 2 nodes, Galera (3), Redis Cluster (3+3), nginx; all server-side processes on core $server_cpu"
+    cluster_rounds 1
 }
 
 memory() {
@@ -124,7 +151,7 @@ classic() {
 }
 
 case "${1:-}" in
-    single | cluster | memory | storm | fanout | classic) "$1" ;;
-    all) single; cluster; memory; storm; fanout; classic ;;
- *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    single | cluster | ha | memory | storm | fanout | classic) "$1" ;;
+    all) single; cluster; ha; memory; storm; fanout; classic ;;
+ *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -256,6 +256,9 @@ pub struct PairsOptions {
     pub duration: Duration,
     /// The server side's PIDs (nodes, database, Redis), for CPU per message.
     pub server_pids: Vec<u32>,
+    /// Named groups of PIDs (`node`, `redis`, `db`, ...), each reported
+    /// with its own CPU per message.
+    pub tiers: Vec<(String, Vec<u32>)>,
     /// Whether the server acknowledges each message (the relay does not).
     pub expect_acks: bool,
     /// The users: `2 * pairs` ids, senders first, all with `password`.
@@ -320,6 +323,8 @@ pub struct Window {
     pub max_us: u64,
     pub server_cpu_us_per_msg: Option<f64>,
     pub server_core_share: Option<f64>,
+    /// CPU per delivered message of each named tier, in µs.
+    pub tier_cpu_us_per_msg: Vec<(String, Option<f64>)>,
     /// The window's latency histogram (µs), for `--plot`.
     #[serde(skip)]
     pub latency: Option<Histogram<u64>>,
@@ -332,6 +337,7 @@ pub struct PairsRun {
     /// Acknowledgement counters and, in an open loop, the receivers.
     readers: tokio::task::JoinSet<()>,
     server_pids: Vec<u32>,
+    tiers: Vec<(String, Vec<u32>)>,
     expect_acks: bool,
 }
 
@@ -507,6 +513,7 @@ impl PairsRun {
             tasks,
             readers,
             server_pids: opts.server_pids.clone(),
+            tiers: opts.tiers.clone(),
             expect_acks: opts.expect_acks,
         })
     }
@@ -525,6 +532,7 @@ impl PairsRun {
         }
         let delivered0 = self.shared.delivered.load(Ordering::Relaxed);
         let cpu0 = processes_cpu(&self.server_pids);
+        let tiers0: Vec<_> = self.tiers.iter().map(|(_, p)| processes_cpu(p)).collect();
         let t0 = Instant::now();
         self.shared.measuring.store(true, Ordering::Relaxed);
         let bar = progress_bar(label, expected);
@@ -556,6 +564,20 @@ impl PairsRun {
         let seconds = t0.elapsed().as_secs_f64();
         let cpu1 = processes_cpu(&self.server_pids);
         let delivered = self.shared.delivered.load(Ordering::Relaxed) - delivered0;
+        let tier_cpu_us_per_msg = self
+            .tiers
+            .iter()
+            .zip(tiers0)
+            .map(|((name, pids), before)| {
+                let used = before
+                    .zip(processes_cpu(pids))
+                    .map(|(a, b)| b.saturating_sub(a));
+                let per = used
+                    .filter(|_| delivered > 0)
+                    .map(|c| c.as_secs_f64() * 1e6 / delivered as f64);
+                (name.clone(), per)
+            })
+            .collect();
         let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
         let q = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q);
         let (p50_us, p99_us, p999_us, max_us, latency) = match self.shared.hist.lock() {
@@ -580,6 +602,7 @@ impl PairsRun {
                 .filter(|_| delivered > 0)
                 .map(|c| c.as_secs_f64() * 1e6 / delivered as f64),
             server_core_share: cpu.map(|c| c.as_secs_f64() / seconds),
+            tier_cpu_us_per_msg,
             latency,
         };
         (out, window)

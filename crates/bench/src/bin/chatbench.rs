@@ -53,6 +53,11 @@ enum Cmd {
         /// to report their CPU per delivered message.
         #[arg(long, value_delimiter = ',')]
         server_pid: Vec<u32>,
+        /// A named group of server-side PIDs, NAME=PID[,PID...], reported
+        /// with its own CPU per message (repeat it: --tier node=1,2
+        /// --tier db=3).
+        #[arg(long, value_parser = parse_tier)]
+        tier: Vec<(String, Vec<u32>)>,
         /// The server sends no acknowledgements (the relay).
         #[arg(long)]
         no_acks: bool,
@@ -249,6 +254,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             recv_addr,
             pairs,
             server_pid,
+            tier,
             no_acks,
             rate,
             run,
@@ -257,8 +263,21 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             let mut opts = options(&addr, pairs, users, server_pid, !no_acks, &run);
             opts.recv_addr = recv_addr;
             opts.rate = rate;
+            opts.tiers = tier;
             let report = bench::pairs(&opts).await.map_err(|e| e.to_string())?;
             print_table(&[("server", &report, None)]);
+            if !report.window.tier_cpu_us_per_msg.is_empty() {
+                let shown: Vec<String> = report
+                    .window
+                    .tier_cpu_us_per_msg
+                    .iter()
+                    .map(|(name, us)| match us {
+                        Some(us) => format!("{name} {us:.1}"),
+                        None => format!("{name} -"),
+                    })
+                    .collect();
+                println!("CPU µs/msg by tier: {}", shown.join(", "));
+            }
             let title = format!("{pairs} pairs against {addr}");
             plot(
                 &run,
@@ -527,12 +546,25 @@ fn options(
         warmup: Duration::from_secs_f64(run.warmup),
         duration: Duration::from_secs_f64(run.duration),
         server_pids,
+        tiers: Vec::new(),
         expect_acks,
         users,
         password: PASSWORD.to_owned(),
         body_len: run.body,
         rate: None,
     }
+}
+
+/// `NAME=PID[,PID...]`.
+fn parse_tier(s: &str) -> Result<(String, Vec<u32>), String> {
+    let (name, pids) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PID[,PID...]"))?;
+    let pids = pids
+        .split(',')
+        .map(|p| p.trim().parse().map_err(|_| format!("{p:?} is not a PID")))
+        .collect::<Result<Vec<u32>, _>>()?;
+    Ok((name.to_owned(), pids))
 }
 
 /// A child process pinned to one core, killed when dropped.
