@@ -5,6 +5,7 @@
 #   scripts/bench.sh single    relay vs chatserver (SQLite), 10 and 100 pairs, 3 rounds
 #   scripts/bench.sh cluster   2 nodes + MariaDB + Redis (+ nginx), 100 pairs across nodes
 #   scripts/bench.sh ha        the same on a Galera cluster of 3 and a Redis Cluster of 3+3
+#   scripts/bench.sh ha-spread the same, each node writing through a Galera node of its own
 #   scripts/bench.sh memory    RSS after 1,000 logins held at once
 #   scripts/bench.sh storm     chat latency during 500 concurrent password logins
 #   scripts/bench.sh fanout    a group message to 1,000 online members (MEMBERS=10000 ...)
@@ -115,6 +116,11 @@ ha() {
     cluster_rounds 1
 }
 
+ha_spread() {
+    echo "== HA cluster, each node writing through its own Galera node (CHAT_DB_SPREAD=1)"
+    CHAT_DB_SPREAD=1 cluster_rounds 1
+}
+
 memory() {
     echo "== memory: 1,000 users logged in at once"
     start_node 17001
@@ -152,6 +158,7 @@ classic() {
 
 case "${1:-}" in
     single | cluster | ha | memory | storm | fanout | classic) "$1" ;;
+    ha-spread) ha_spread ;;
     all) single; cluster; ha; memory; storm; fanout; classic ;;
- *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+ *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -21,6 +21,8 @@
 #   CHAT_MYSQL_PORT   MariaDB port              (default: 13306; HA: the first of 12)
 #   CHAT_REDIS_PORT   Redis port                (default: 16379; HA: the first of 12, the
 #                                                Redis Cluster bus ports included)
+#   CHAT_DB_SPREAD    1 (with CHAT_HA=1): node I writes through Galera node I first, to
+#                     measure several writers against the default of one
 #   CHAT_BIN_DIR      where chatserver/chathash are (default: build them, release)
 #   CHAT_NODE_ARGS    more chatserver flags for every node, split on spaces
 set -euo pipefail
@@ -94,9 +96,17 @@ up() {
         local port=$((node_port + i - 1)) wport=$((web_node_port + i - 1)) mport=$((metrics_port + i - 1))
         mkdir -p "$dir/node$i"
         # The command line is kept for restart-node.
+        local node_db=$db_url
+        if [ "$ha" = 1 ] && [ "${CHAT_DB_SPREAD:-0}" = 1 ]; then
+            # Measuring the alternative to one writer: node I starts its
+            # list at Galera node I, so nodes write through different ones.
+            local g=() k
+            for k in 0 1 2; do g+=("127.0.0.1:$((mysql_port + (i - 1 + k) % 3))"); done
+            node_db="mysql://root@$(IFS=,; echo "${g[*]}")/chat"
+        fi
         local cmd=("$bin/chatserver" --listen "127.0.0.1:$port" --ws-listen "127.0.0.1:$wport"
             --metrics-listen "127.0.0.1:$mport" --node-id "node$i"
-            --db "$db_url" --redis "$redis_url" --proxy-protocol ${CHAT_NODE_ARGS:-})
+            --db "$node_db" --redis "$redis_url" --proxy-protocol ${CHAT_NODE_ARGS:-})
         printf '%q ' "${cmd[@]}" >"$dir/node$i/cmd"
         echo "$port" >"$dir/node$i/port"
         echo "$mport" >"$dir/node$i/metrics"
@@ -221,5 +231,5 @@ case "${1:-}" in
     status) status ;;
     restart-node) shift; restart_node "$@" ;;
     down) down ;;
-    *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -256,8 +256,8 @@ pub async fn serve(
     crate::transport::accept_each("metrics", &listener, &scrapes, &shutdown, |stream, _| {
         let (pool, ready) = (pool.clone(), ready.clone());
         Some(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &*pool, &ready))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), answer(stream, &*pool, &ready)).await;
         })
     })
     .await;
@@ -302,14 +302,19 @@ async fn answer(
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
     const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     const TEXT: &str = "text/plain; charset=utf-8";
-    let (status, kind, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ") {
+    let (status, kind, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ")
+    {
         ("200 OK", METRICS_TYPE, METRICS.render(pool()))
     } else if line.starts_with(b"GET /healthz ") {
         ("200 OK", TEXT, "ok\n".to_owned())
     } else if line.starts_with(b"GET /readyz ") {
         match ready().await {
             Ok(()) => ("200 OK", TEXT, "ready\n".to_owned()),
-            Err(why) => ("503 Service Unavailable", TEXT, format!("not ready: {why}\n")),
+            Err(why) => (
+                "503 Service Unavailable",
+                TEXT,
+                format!("not ready: {why}\n"),
+            ),
         }
     } else {
         (

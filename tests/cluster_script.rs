@@ -131,10 +131,25 @@ async fn cluster_script_brings_up_a_working_cluster_and_takes_it_down() {
     let result = async {
         let text = ready_status(&dir, &ports);
         assert_eq!(lines_of(&text, "node").len(), 2, "{text}");
-        assert!(lines_of(&text, "node").iter().all(|(_, r)| r == "ready"), "{text}");
-        assert_eq!(lines_of(&text, "redis"), [("redis".into(), "primary".into())], "{text}");
-        assert_eq!(lines_of(&text, "db"), [("mariadb".into(), "standalone".into())], "{text}");
-        assert_eq!(lines_of(&text, "nginx"), [("nginx".into(), "running".into())], "{text}");
+        assert!(
+            lines_of(&text, "node").iter().all(|(_, r)| r == "ready"),
+            "{text}"
+        );
+        assert_eq!(
+            lines_of(&text, "redis"),
+            [("redis".into(), "primary".into())],
+            "{text}"
+        );
+        assert_eq!(
+            lines_of(&text, "db"),
+            [("mariadb".into(), "standalone".into())],
+            "{text}"
+        );
+        assert_eq!(
+            lines_of(&text, "nginx"),
+            [("nginx".into(), "running".into())],
+            "{text}"
+        );
 
         let (got, bob) = chat_through(listen, "").await;
 
@@ -170,7 +185,10 @@ async fn cluster_script_brings_up_a_working_cluster_and_takes_it_down() {
         let restarted = script(&dir, &ports, &["restart-node", "1"]);
         assert!(restarted.status.success(), "{}", say(&restarted));
         let text = ready_status(&dir, &ports);
-        assert!(lines_of(&text, "node").iter().all(|(_, r)| r == "ready"), "{text}");
+        assert!(
+            lines_of(&text, "node").iter().all(|(_, r)| r == "ready"),
+            "{text}"
+        );
         chat_through(listen, "2").await;
         got
     }
@@ -207,7 +225,9 @@ async fn cluster_script_brings_up_the_highly_available_cluster() {
     assert_eq!(roles("node"), ["ready", "ready"], "{text}");
     assert_eq!(
         roles("redis"),
-        ["primary", "primary", "primary", "replica", "replica", "replica"],
+        [
+            "primary", "primary", "primary", "replica", "replica", "replica"
+        ],
         "{text}"
     );
     assert_eq!(roles("db"), ["Synced", "Synced", "Synced"], "{text}");

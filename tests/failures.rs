@@ -288,12 +288,14 @@ async fn every_accepted_message_arrives_exactly_once_when_the_database_node_in_u
     let refused = async {
         use sqlx::Connection;
         loop {
-            let mut conn = sqlx::MySqlConnection::connect(&format!("{}/{db_name}", galera.node_url(1)))
-                .await
-                .expect("g1 still accepts connections");
-            let write = sqlx::query("UPDATE conversations SET last_seq = last_seq WHERE conv = 'none'")
-                .execute(&mut conn)
-                .await;
+            let mut conn =
+                sqlx::MySqlConnection::connect(&format!("{}/{db_name}", galera.node_url(1)))
+                    .await
+                    .expect("g1 still accepts connections");
+            let write =
+                sqlx::query("UPDATE conversations SET last_seq = last_seq WHERE conv = 'none'")
+                    .execute(&mut conn)
+                    .await;
             if write.is_err() {
                 break;
             }

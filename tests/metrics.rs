@@ -122,7 +122,10 @@ async fn healthz_and_readyz_tell_a_balancer_when_to_send_clients() {
     );
     assert!(draining.contains("draining"), "{draining}");
     let (health, _) = scrape(maddr, "/healthz").await;
-    assert!(health.starts_with("HTTP/1.1 200 OK"), "still alive: {health}");
+    assert!(
+        health.starts_with("HTTP/1.1 200 OK"),
+        "still alive: {health}"
+    );
     let (missing, _) = scrape(maddr, "/nothing").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     stop.cancel();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chat::config::{Config, Limits, PoolConfig, SqliteSync};
 use chat::hub::redis::ClusterConfig;
-use chat::store::hosts::redact;
 use chat::server::Node;
+use chat::store::hosts::redact;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -325,7 +325,10 @@ mod tests {
             split_hosts("mysql://root@h:3306/db").unwrap(),
             vec!["mysql://root@h:3306/db"]
         );
-        assert_eq!(split_hosts("mysql://a,b").unwrap(), vec!["mysql://a", "mysql://b"]);
+        assert_eq!(
+            split_hosts("mysql://a,b").unwrap(),
+            vec!["mysql://a", "mysql://b"]
+        );
         // a password may hold '@' and ','
         assert_eq!(
             split_hosts("mysql://u:p@,x@a:1,b:2/d").unwrap(),

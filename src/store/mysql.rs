@@ -137,16 +137,38 @@ impl SqlStore<MySql> {
 
 /// Runs the migrations under a named lock: nodes of a new cluster start
 /// together, and only one may create the tables.
+///
+/// A named lock is local to one server, and Galera does not replicate it:
+/// two nodes starting on two Galera nodes both get it. The second then
+/// finds the first's migration recorded as begun and not finished (sqlx
+/// marks it "dirty" while it runs, DDL not being transactional), and waits
+/// for it to finish: a migration that still fails after 30 s is an error.
 async fn migrate(pool: &MySqlPool) -> StoreResult<()> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT GET_LOCK('chat_migrations', 60)")
-        .execute(&mut *conn)
-        .await?;
-    let result = MIGRATOR.run(&mut *conn).await;
-    let _ = sqlx::query("SELECT RELEASE_LOCK('chat_migrations')")
-        .execute(&mut *conn)
-        .await;
-    result.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+    let started = std::time::Instant::now();
+    loop {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("SELECT GET_LOCK('chat_migrations', 60)")
+            .execute(&mut *conn)
+            .await?;
+        let result = MIGRATOR.run(&mut *conn).await;
+        let _ = sqlx::query("SELECT RELEASE_LOCK('chat_migrations')")
+            .execute(&mut *conn)
+            .await;
+        match result {
+            // Dirty: begun elsewhere. Other errors here are the same race
+            // seen a step later (the migration's row inserted twice, or a
+            // certification conflict between the two): try again.
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                tracing::info!(error = %e, "migrations raced another node's; trying again");
+                drop(conn);
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            other => {
+                return other
+                    .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")));
+            }
+        }
+    }
 }
 
 /// Size past which a batch's messages go in another INSERT statement.
@@ -257,12 +279,16 @@ impl Writer {
     /// not seen: if so, its outcomes as they were stored. Read with
     /// Galera's causality wait, so that a write set the old host sent just
     /// before it died is applied here before the check.
-    async fn recover(&mut self, mark: &BatchMark, batch: &[WriteOp]) -> Result<Option<Outcomes>, Retry> {
+    async fn recover(
+        &mut self,
+        mark: &BatchMark,
+        batch: &[WriteOp],
+    ) -> Result<Option<Outcomes>, Retry> {
         let mut conn = self.pool.acquire().await?;
         let select = "SELECT outcome, at FROM batch_marks WHERE token = ?";
-        let waited: Result<Option<(String, i64)>, sqlx::Error> = sqlx::query_as(AssertSqlSafe(format!(
-            "SET STATEMENT wsrep_sync_wait = 1 FOR {select}"
-        )))
+        let waited: Result<Option<(String, i64)>, sqlx::Error> = sqlx::query_as(AssertSqlSafe(
+            format!("SET STATEMENT wsrep_sync_wait = 1 FOR {select}"),
+        ))
         .bind(&mark.token)
         .fetch_optional(&mut *conn)
         .await;
@@ -280,13 +306,19 @@ impl Writer {
         let Some((recorded, at)) = found else {
             return Ok(None);
         };
-        tracing::info!("a write batch had committed before its host was lost; answering from its mark");
+        tracing::info!(
+            "a write batch had committed before its host was lost; answering from its mark"
+        );
         let (resent, _) = resends(&mut conn, batch).await?;
         Ok(Some(BatchMark::outcomes(&recorded, at, batch, resent)))
     }
 
     /// One attempt at a batch.
-    async fn try_batch(&mut self, batch: &[WriteOp], mark: Option<&BatchMark>) -> Result<Outcomes, Retry> {
+    async fn try_batch(
+        &mut self,
+        batch: &[WriteOp],
+        mark: Option<&BatchMark>,
+    ) -> Result<Outcomes, Retry> {
         let now = now_ms();
         let mut outcomes: Outcomes = vec![None; batch.len()];
         let mut tx = self.pool.begin().await?;
@@ -567,7 +599,9 @@ impl BatchMark {
             };
         }
         for (i, entry) in entries.iter().enumerate().take(batch.len()) {
-            if let Some(first) = entry.strip_prefix('t').and_then(|j| j.parse::<usize>().ok())
+            if let Some(first) = entry
+                .strip_prefix('t')
+                .and_then(|j| j.parse::<usize>().ok())
                 && first < out.len()
             {
                 out[i] = out[first].clone();

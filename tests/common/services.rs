@@ -442,8 +442,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_ports(12);
         let d = dir.path().display();
-        services_sh(&format!("start_redis_cluster {d} {base}"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        services_sh(&format!("start_redis_cluster {d} {base}")).unwrap_or_else(|e| panic!("{e}"));
         RedisCluster { base, dir }
     }
 
@@ -489,8 +488,11 @@ impl RedisCluster {
 
     /// `rN PID ADDR ROLE` per instance.
     pub fn roles(&self) -> String {
-        services_sh(&format!("redis_cluster_roles {}", self.dir.path().display()))
-            .unwrap_or_else(|e| e)
+        services_sh(&format!(
+            "redis_cluster_roles {}",
+            self.dir.path().display()
+        ))
+        .unwrap_or_else(|e| e)
     }
 }
 

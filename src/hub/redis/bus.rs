@@ -252,10 +252,7 @@ impl Bus {
                 Ok(client) => self.subscribe_single(client, local, subscribed, stop).await,
                 Err(e) => tracing::error!(error = %e, "bad Redis URL for the cluster bus"),
             },
-            Target::Cluster(seeds) => {
-                self.subscribe_cluster(seeds, local, subscribed, stop)
-                    .await
-            }
+            Target::Cluster(seeds) => self.subscribe_cluster(seeds, local, subscribed, stop).await,
         }
     }
 
@@ -443,7 +440,8 @@ impl Bus {
                 match push.kind {
                     PushKind::SMessage | PushKind::Message => {
                         if let [channel, payload, ..] = push.data.as_slice() {
-                            let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload))
+                            let (Some(channel), Some(payload)) =
+                                (bytes_of(channel), bytes_of(payload))
                             else {
                                 continue;
                             };

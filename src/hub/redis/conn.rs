@@ -138,7 +138,10 @@ impl Target {
             Target::Cluster(seeds) => {
                 let client = Self::cluster_client(seeds, timeout, None)?;
                 let mut conn = client.get_async_connection().await?;
-                let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await?;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await?;
                 if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
                     return Err(redis::RedisError::from((
                         redis::ErrorKind::Io,
@@ -210,7 +213,10 @@ mod tests {
         );
         assert_eq!(
             Target::parse("redis+cluster://u:p@ss@a:1,b:2/").unwrap(),
-            Target::Cluster(vec!["redis://u:p@ss@a:1".into(), "redis://u:p@ss@b:2".into()])
+            Target::Cluster(vec![
+                "redis://u:p@ss@a:1".into(),
+                "redis://u:p@ss@b:2".into()
+            ])
         );
         assert_eq!(
             Target::parse("rediss+cluster://a:1").unwrap(),
