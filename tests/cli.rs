@@ -197,3 +197,85 @@ async fn chatserver_binary_stops_cleanly_on_sigterm_and_keeps_data() {
         .await
         .expect("alice is offline after the shutdown, not stuck online");
 }
+
+/// Runs `chatserver` with `args` until it exits (20 s at most): its status
+/// and everything it printed.
+async fn start_fails(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        Command::new(env!("CARGO_BIN_EXE_chatserver"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chatserver gave up within 20 s instead of hanging")
+    .expect("run chatserver");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("exited after {:?}: {text}", started.elapsed());
+    (out.status, text)
+}
+
+/// A list of database hosts none of which answers is a clear error at
+/// start, naming each host and never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_database_host_is_a_clear_error_without_the_password() {
+    let (a, b) = (common::services::free_port(), common::services::free_port());
+    let db = format!("mysql://chat:hunter2secret@127.0.0.1:{a},127.0.0.1:{b}/chat");
+    let (status, text) = start_fails(&["--db", &db]).await;
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("no database host is ready"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{a}")), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{b}")), "{text}");
+    assert!(!text.contains("hunter2secret"), "password shown: {text}");
+}
+
+/// A Redis Cluster that does not serve every slot (here: one node with
+/// cluster mode on and no slots) is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_without_every_slot_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::services::free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let up = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(up.elapsed().as_secs() < 10, "redis-server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut mysql = None;
+    let db = common::services::create_database(&common::services::mysql_server(&mut mysql)).await;
+    let (status, text) = start_fails(&[
+        "--db",
+        &db,
+        "--redis",
+        &format!("redis+cluster://127.0.0.1:{port}"),
+    ])
+    .await;
+    let _ = redis.kill();
+    let _ = redis.wait();
+    common::services::drop_database(&db).await;
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("not serving every slot"), "{text}");
+}

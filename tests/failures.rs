@@ -165,16 +165,20 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
     finish(load).await;
 }
 
-/// A rolling restart: each of three nodes in turn is drained (SIGTERM: its
-/// clients are told and resume through nginx on the others) and started
+/// A rolling restart on the highly available back ends (a Galera cluster
+/// and a Redis Cluster): each of three nodes in turn is drained (SIGTERM:
+/// its clients are told and resume through nginx on the others) and started
 /// again on its address, while the load runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_message_arrives_exactly_once_through_a_rolling_restart() {
     let _one_at_a_time = SERIAL.lock().await;
-    let (mut mysql, mut redis) = (None, None);
+    let redis = RedisCluster::start();
+    let galera = Galera::start();
+    let db = services::create_database(&galera.node_url(1)).await;
+    let db_name = db.rsplit('/').next().expect("database name").to_owned();
     let shared = Shared {
-        db_url: services::create_database(&services::mysql_server(&mut mysql)).await,
-        redis_url: services::redis_server(&mut redis),
+        db_url: galera.url(&db_name),
+        redis_url: redis.url(),
         prefix: services::unique("roll"),
         presence_ttl: PRESENCE_TTL,
         extra_args: vec!["--db-acquire-timeout".into(), "1".into()],

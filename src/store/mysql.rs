@@ -772,4 +772,65 @@ mod tests {
         assert_eq!(text_literal("é"), "_utf8mb4 X'c3a9'");
         assert_eq!(text_literal(""), "_utf8mb4 X''");
     }
+
+    /// A batch answered from its mark answers as its commit did: stored
+    /// messages with their numbers and time, a repeated client id with its
+    /// twin's, a resend with the original, refusals as refusals.
+    #[test]
+    fn a_batch_mark_gives_back_the_outcomes_of_its_commit() {
+        use crate::model::GroupId;
+        let msg = |to: i64, cid: Option<&str>| {
+            WriteOp::Append(NewMessage {
+                conv: Conversation::Group(GroupId(to)),
+                sender: UserId(1),
+                sender_name: "one".into(),
+                body: format!("to {to}"),
+                client_id: cid.map(str::to_owned),
+            })
+        };
+        let batch = vec![
+            msg(5, Some("a")),
+            msg(5, Some("a")),
+            msg(6, None),
+            msg(7, None),
+            WriteOp::Cursors {
+                user: UserId(1),
+                positions: vec![],
+            },
+            msg(5, Some("old")),
+        ];
+        let original = ChatMessage {
+            conv: Conversation::Group(GroupId(5)),
+            seq: Seq(2),
+            sender: UserId(1),
+            sender_name: "one".into(),
+            body: "to 5".into(),
+            ts_ms: 1,
+        };
+        // as try_batch has them just before its commit
+        let mut outcomes: Outcomes = vec![None; batch.len()];
+        outcomes[3] = Some(Err(StoreError::NotFound("group")));
+        outcomes[5] = Some(Ok(original.clone()));
+        let rows = [(0, Seq(10)), (2, Seq(4))];
+        let recorded = BatchMark::record(batch.len(), &rows, &[(1, 0)], &outcomes);
+        assert_eq!(recorded, "10,t0,4,g,-,r");
+
+        let resent = HashMap::from([(5, original.clone())]);
+        let back = BatchMark::outcomes(&recorded, 777, &batch, resent);
+        let WriteOp::Append(first) = &batch[0] else {
+            unreachable!()
+        };
+        let WriteOp::Append(third) = &batch[2] else {
+            unreachable!()
+        };
+        assert_eq!(back[0], Some(Ok(first.stored(Seq(10), 777))));
+        assert_eq!(back[1], back[0], "a twin gets its first's outcome");
+        assert_eq!(back[2], Some(Ok(third.stored(Seq(4), 777))));
+        assert_eq!(back[3], Some(Err(StoreError::NotFound("group"))));
+        assert_eq!(back[4], None, "cursor moves have no outcome");
+        assert_eq!(back[5], Some(Ok(original)));
+        // marks are unique
+        assert_ne!(BatchMark::new().token, BatchMark::new().token);
+        assert_eq!(BatchMark::new().token.len(), 32);
+    }
 }

@@ -136,22 +136,79 @@ impl Target {
                 ))
             }
             Target::Cluster(seeds) => {
-                let client = Self::cluster_client(seeds, timeout, None)?;
-                let mut conn = client.get_async_connection().await?;
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut conn)
-                    .await?;
+                let attempt = async {
+                    let client = Self::cluster_client(seeds, timeout, None)?;
+                    let mut conn = client.get_async_connection().await?;
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok::<_, redis::RedisError>((conn, info))
+                };
+                let (conn, info) = match attempt.await {
+                    Ok(connected) => connected,
+                    Err(e) => return Err(explain(seeds, timeout, e).await),
+                };
                 if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "the Redis Cluster is not serving every slot (cluster_state is not ok)",
-                    )));
+                    return Err(explain(
+                        seeds,
+                        timeout,
+                        redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "the Redis Cluster is not serving every slot (cluster_state is not ok)",
+                        )),
+                    )
+                    .await);
                 }
                 Ok(Conn::Cluster(conn))
             }
         }
     }
+}
+
+/// Why no cluster connection could be made, in an operator's terms: asks
+/// each seed on its own whether it is a cluster node and whether its
+/// cluster serves every slot; `e` when none says anything clearer.
+async fn explain(seeds: &[String], timeout: Duration, e: redis::RedisError) -> redis::RedisError {
+    let mut why = Vec::new();
+    for seed in seeds {
+        let shown = Target::Single(seed.clone()).display();
+        let asked = async {
+            let client = redis::Client::open(seed.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<String>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(info)) => {
+                let state = info
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+                    .unwrap_or("unknown")
+                    .to_owned();
+                if state != "ok" {
+                    why.push(format!(
+                        "{shown}: the Redis Cluster is not serving every slot (cluster_state:{state})"
+                    ));
+                }
+            }
+            Ok(Err(err)) if err.to_string().contains("cluster support disabled") => {
+                why.push(format!("{shown}: not a Redis Cluster node (use redis://)"));
+            }
+            Ok(Err(err)) => why.push(format!("{shown}: {err}")),
+            Err(_) => why.push(format!("{shown}: no answer")),
+        }
+    }
+    if why.is_empty() {
+        return e;
+    }
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "cannot join the Redis Cluster",
+        why.join("; "),
+    ))
 }
 
 /// A connection to one Redis or to a cluster; both reconnect by themselves.
