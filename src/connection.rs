@@ -234,7 +234,7 @@ async fn session_loop(
         let (out, last) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
-            _ = kick.kicked() => (vec![notice(ErrCode::Replaced, "this account logged in elsewhere")], true),
+            _ = kick.kicked() => (vec![replaced_notice(kick.by_same_token())], true),
             frame = conn.next_frame() => match frame {
                 None => break,
                 // Boxed, like the other handlers: their state lives on the heap only
@@ -338,6 +338,24 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at.into()).await;
     }
+}
+
+/// Errno 54. When the newer session was opened with this session's own
+/// resume token, `"resumed": true` tells a client that did not open it (an
+/// attempt of its own it gave up on, carried out late) to resume again.
+fn replaced_notice(by_same_token: bool) -> Bytes {
+    if !by_same_token {
+        return notice(ErrCode::Replaced, "this account logged in elsewhere");
+    }
+    Reply::fail(
+        msgid::ERROR,
+        &Fail::new(
+            ErrCode::Replaced,
+            "this session was resumed on another connection",
+        ),
+    )
+    .with("resumed", true)
+    .to_bytes()
 }
 
 fn notice(code: ErrCode, msg: &str) -> Bytes {

@@ -343,3 +343,68 @@ async fn the_client_library_reconnects_resends_and_drops_duplicates() {
         .expect("history");
     assert_eq!(history.len(), 41, "stored once each");
 }
+
+/// A resume carried out late (it waited in a stopped node's socket after
+/// its client gave up on it and resumed elsewhere) replaces the client's
+/// live session. Replaced by its own token, the session is told so
+/// (`"resumed": true`), and the reliable client resumes again instead of
+/// giving up; replaced by a password login (another device), it is told
+/// plainly and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_resume_of_ones_own_token_does_not_end_the_client() {
+    use chat::client::reliable::{Event, Options, Reliable};
+    use std::time::Duration;
+    let s = TestServer::start().await;
+    let addr = s.addr.to_string();
+    let alice = s.register("alice").await;
+    let (mut bob_client, bob) = s.user("bob").await;
+    let quick = Options {
+        backoff_base: Duration::from_millis(20),
+        ..Options::default()
+    };
+    let (mut a, info) = Reliable::login(&addr, alice, &pw("alice"), quick)
+        .await
+        .expect("alice");
+    let token = info.token.expect("a resume token");
+
+    // the stale attempt: the same token, on another connection
+    let mut stale = chat::client::Client::connect(&addr).await.expect("connect");
+    stale.resume_acking(&token).await.expect("resumed");
+    let notice = loop {
+        match within(a.next_event()).await {
+            Event::Notice(v) if v["errno"] == 54 => break v,
+            Event::Replaced => panic!("gave up on a replacement by its own token"),
+            _ => {}
+        }
+    };
+    assert_eq!(notice["resumed"], true, "{notice}");
+    drop(stale);
+
+    // it comes back and goes on receiving
+    bob_client.chat(alice, "still there?").await.expect("send");
+    loop {
+        match within(a.next_event()).await {
+            Event::Message(m) => {
+                assert_eq!(m.msg, "still there?");
+                break;
+            }
+            Event::Replaced => panic!("replaced"),
+            _ => {}
+        }
+    }
+    assert!(a.stats().reconnects >= 1);
+
+    // a password login elsewhere is another device: that one wins
+    let mut other = chat::client::Client::connect(&addr).await.expect("connect");
+    other.login(alice, &pw("alice")).await.expect("login");
+    loop {
+        match within(a.next_event()).await {
+            Event::Replaced => break,
+            Event::Notice(v) if v["errno"] == 54 => {
+                assert!(v.get("resumed").is_none(), "{v}");
+            }
+            _ => {}
+        }
+    }
+    let _ = bob;
+}

@@ -208,10 +208,11 @@ async fn every_accepted_message_arrives_exactly_once_through_a_rolling_restart()
 }
 
 /// The highly available cluster: a Redis Cluster (3 primaries, 3
-/// replicas) and a Galera cluster of three, three chat nodes. Lost for
-/// good, one after another while the load runs: the Redis primary serving
-/// the cluster's keys, the database node the chat nodes write through, and
-/// a chat node.
+/// replicas) and a Galera cluster of three, three chat nodes. While the
+/// load runs: the slot of the cluster's keys moves to another Redis primary
+/// (a resharding), then lost for good, one after another: the Redis primary
+/// now serving it, the database node the chat nodes write through, and a
+/// chat node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_message_arrives_exactly_once_when_a_redis_primary_a_database_node_and_a_chat_node_die()
  {
@@ -242,10 +243,14 @@ async fn every_accepted_message_arrives_exactly_once_when_a_redis_primary_a_data
 
     let t0 = Instant::now();
     let at = |secs: u64| tokio::time::sleep_until((t0 + Duration::from_secs(secs)).into());
-    at(3).await;
-    let port = redis.kill_primary_of(&format!("{{{prefix}}}"));
+    let tag = format!("{{{prefix}}}");
+    at(2).await;
+    let port = redis.move_slot_of(&tag);
+    eprintln!("fault: the cluster's slot resharded to the primary on {port}");
+    at(5).await;
+    let port = redis.kill_primary_of(&tag);
     eprintln!("fault: the Redis primary on {port} serving the cluster's slot killed for good");
-    at(9).await;
+    at(10).await;
     galera.kill(1);
     eprintln!("fault: Galera node g1, the one in use, killed for good");
     at(15).await;

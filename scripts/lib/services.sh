@@ -184,6 +184,51 @@ redis_cluster_roles() {
     done
 }
 
+# redis_cluster_move_slot DIR KEY: moves the slot of KEY, with its keys, from
+# the primary serving it to another primary of the cluster in DIR, the way
+# a resharding does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE): clients see
+# ASK and MOVED redirections meanwhile. Prints the new primary's port.
+redis_cluster_move_slot() {
+    local dir=$1 key=$2 n port slot src= dst= src_port= dst_port= id role
+    slot=$(redis-cli -p "$(cat "$dir/r1/port")" cluster keyslot "$key")
+    for n in 1 2 3 4 5 6; do
+        port=$(cat "$dir/r$n/port")
+        role=$(redis-cli -p "$port" role 2>/dev/null | head -1 || true)
+        [ "$role" = master ] || continue
+        id=$(redis-cli -p "$port" cluster myid)
+        if [ -z "$src" ] && redis_serves_slot "$port" "$id" "$slot"; then
+            src=$id src_port=$port
+        elif [ -z "$dst" ]; then
+            dst=$id dst_port=$port
+        fi
+    done
+    [ -n "$src" ] && [ -n "$dst" ] || { echo "redis_cluster_move_slot: no source or target primary" >&2; return 1; }
+    redis-cli -p "$dst_port" cluster setslot "$slot" importing "$src" >/dev/null
+    redis-cli -p "$src_port" cluster setslot "$slot" migrating "$dst" >/dev/null
+    local keys
+    while :; do
+        keys=$(redis-cli -p "$src_port" cluster getkeysinslot "$slot" 100)
+        [ -z "$keys" ] && break
+        # shellcheck disable=SC2086
+        redis-cli -p "$src_port" migrate 127.0.0.1 "$dst_port" "" 0 5000 keys $keys >/dev/null
+    done
+    for n in 1 2 3 4 5 6; do
+        redis-cli -p "$(cat "$dir/r$n/port")" cluster setslot "$slot" node "$dst" >/dev/null 2>&1 || true
+    done
+    echo "$dst_port"
+}
+
+# redis_serves_slot PORT ID SLOT: whether node ID (on PORT) owns SLOT.
+redis_serves_slot() {
+    local range a b
+    for range in $(redis-cli -p "$1" cluster nodes | awk -v id="$2" '$1 == id { for (i = 9; i <= NF; i++) print $i }'); do
+        case $range in \[*) continue ;; esac
+        a=${range%-*} b=${range#*-}
+        [ "$3" -ge "$a" ] && [ "$3" -le "$b" ] && return 0
+    done
+    return 1
+}
+
 # --- MariaDB Galera cluster --------------------------------------------------
 #
 # start_galera DIR BASE_PORT [N]: a Galera cluster of N (default 3) MariaDB

@@ -109,6 +109,8 @@ pub struct Reliable {
     cmid_prefix: String,
     next_cmid: u64,
     replaced: bool,
+    /// When the session was last replaced by a resume of its own token.
+    own_replacement: Option<Instant>,
     stats: Stats,
 }
 
@@ -138,6 +140,7 @@ impl Reliable {
             seen: HashMap::new(),
             to_ack: HashMap::new(),
             last_ack: Instant::now(),
+            own_replacement: None,
             last_ping: Instant::now(),
             cmid_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
             next_cmid: 0,
@@ -239,7 +242,17 @@ impl Reliable {
                     }
                     Some(Push::Other(v)) => {
                         if v.get("errno").and_then(Value::as_i64) == Some(54) {
-                            self.replaced = true;
+                            // Replaced by a resume with our own token: an
+                            // attempt we gave up on, carried out late by a
+                            // node that was stopped. Resume again.
+                            // Twice within a minute is not a late attempt but
+                            // another live copy of this session: give up.
+                            let ours = v.get("resumed").and_then(Value::as_bool) == Some(true)
+                                && self
+                                    .own_replacement
+                                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+                            self.own_replacement = Some(Instant::now());
+                            self.replaced = !ours;
                             self.conn = None;
                         }
                         return Event::Notice(v);

@@ -72,14 +72,15 @@ impl LocalHub {
     }
 
     /// Disconnects `user`'s session `session_id` on this node, if it is
-    /// still the user's session here.
-    pub fn kick_session(&self, user: UserId, session_id: u64) {
+    /// still the user's session here, for a session opened with token
+    /// fingerprint `fp` elsewhere.
+    pub fn kick_session(&self, user: UserId, session_id: u64, fp: Option<&str>) {
         if let Some(h) = self
             .read()
             .get(&user)
             .filter(|h| h.session_id == session_id)
         {
-            h.kick.kick();
+            h.kick.kick_by(h.token_fp.as_deref(), fp);
         }
     }
 
@@ -107,9 +108,10 @@ impl Hub for LocalHub {
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError> {
         // The newer login wins: an older session of the user (a client
         // whose network died silently, say) is told why and closed.
+        let fp = handle.token_fp.clone();
         let old = self.write().insert(user, handle);
         if let Some(old) = old {
-            old.kick.kick();
+            old.kick.kick_by(old.token_fp.as_deref(), fp.as_deref());
             let _ = tokio::time::timeout(super::REPLACED_SESSION_WAIT, old.ended.cancelled()).await;
         }
         Ok(())
@@ -184,6 +186,7 @@ mod tests {
             lagging: Arc::new(AtomicBool::new(false)),
             kick: super::super::Kick::default(),
             ended: tokio_util::sync::CancellationToken::new(),
+            token_fp: None,
         };
         let (lagging, kick) = (handle.lagging.clone(), handle.kick.clone());
         hub.connect(UserId(7), handle).await.expect("connect");

@@ -39,6 +39,16 @@ pub struct SessionHandle {
     /// newer login that replaces it waits for that (a while at most) before
     /// reading them, so that it does not offer again what the old one had.
     pub ended: CancellationToken,
+    /// Names the resume token the session was opened with (a prefix of its
+    /// hash), if any. A session replaced by one opened with the same token
+    /// was replaced by its own client: see [`Kick::kick_by`].
+    pub token_fp: Option<String>,
+}
+
+/// The part of a token's hash that names it in kicks (enough to tell two
+/// tokens apart; the hash itself is not a secret, the token is).
+pub fn token_fp(token_hash: &str) -> String {
+    token_hash.chars().take(16).collect()
 }
 
 /// How long a login waits for the session it replaces to store its
@@ -51,12 +61,34 @@ pub const REPLACED_SESSION_WAIT: std::time::Duration = std::time::Duration::from
 #[derive(Debug, Clone, Default)]
 pub struct Kick {
     token: CancellationToken,
+    /// Set when the newer session was opened with this session's own resume
+    /// token: the same client, one of whose earlier attempts (say, a resume
+    /// left waiting in a stopped node's socket) was carried out late.
+    by_same_token: Arc<AtomicBool>,
 }
 
 impl Kick {
     /// Asks the session to go.
     pub fn kick(&self) {
         self.token.cancel();
+    }
+
+    /// Asks the session to go because a session opened with `fp` (a token
+    /// fingerprint, if any) replaced it: when that is its own token, it is
+    /// told so (errno 54 with `"resumed": true`), and a client that made no
+    /// such attempt resumes again instead of giving up.
+    pub fn kick_by(&self, own: Option<&str>, fp: Option<&str>) {
+        if own.is_some() && own == fp {
+            self.by_same_token
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.token.cancel();
+    }
+
+    /// Whether the session was replaced by one opened with its own token.
+    pub fn by_same_token(&self) -> bool {
+        self.by_same_token
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves once the session has been asked to go.

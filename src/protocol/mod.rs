@@ -201,6 +201,12 @@ impl Reply {
         r
     }
 
+    /// Adds a field.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
     /// Echoes the request's `reqid`, if it had one.
     pub fn reqid(mut self, reqid: Option<&Value>) -> Self {
         if let Some(r) = reqid {

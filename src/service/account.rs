@@ -190,6 +190,7 @@ impl Service {
                     lagging: lagging.clone(),
                     kick: s.kick.clone(),
                     ended: ended.clone(),
+                    token_fp: token_hash.as_deref().map(crate::hub::token_fp),
                 },
             )
             .await?;

@@ -486,6 +486,20 @@ impl RedisCluster {
         port
     }
 
+    /// Moves `key`'s slot, with its keys, to another primary, as a
+    /// resharding does (clients get ASK, then MOVED); returns the new
+    /// primary's port.
+    pub fn move_slot_of(&self, key: &str) -> u16 {
+        services_sh(&format!(
+            "redis_cluster_move_slot {} '{key}'",
+            self.dir.path().display()
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .trim()
+        .parse()
+        .expect("a port")
+    }
+
     /// `rN PID ADDR ROLE` per instance.
     pub fn roles(&self) -> String {
         services_sh(&format!(

@@ -128,12 +128,13 @@ impl Bus {
     }
 
     /// Tells the node running `holder` (`NODE|INCARNATION|SESSION`) to close
-    /// that session of `user`: the user logged in again elsewhere.
-    pub(super) async fn kick(&self, user: UserId, holder: &str) {
+    /// that session of `user`: the user logged in again elsewhere, with the
+    /// token of fingerprint `fp` if any (`USER HOLDER FP`, `-` for none).
+    pub(super) async fn kick(&self, user: UserId, holder: &str, fp: Option<&str>) {
         let mut conn = self.conn.clone();
         let sent: Result<i64, _> = redis::cmd(self.conn.publish_command())
             .arg(self.keys.kick_channel())
-            .arg(format!("{user} {holder}"))
+            .arg(format!("{user} {holder} {}", fp.unwrap_or("-")))
             .query_async(&mut conn)
             .await;
         if let Err(e) = sent {
@@ -468,21 +469,24 @@ impl Bus {
         }
     }
 
-    /// Closes the local session named by a `USER NODE|INCARNATION|SESSION`
-    /// kick, if this process runs it: that user logged in elsewhere.
+    /// Closes the local session named by a `USER NODE|INCARNATION|SESSION
+    /// [FP]` kick, if this process runs it: that user logged in elsewhere
+    /// (with the token of fingerprint FP).
     fn kick_replaced(&self, local: &LocalHub, payload: &[u8]) {
-        let Some((user, holder)) = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|p| p.split_once(' '))
-        else {
+        let Some(text) = std::str::from_utf8(payload).ok() else {
             return;
         };
+        let mut parts = text.split(' ');
+        let (Some(user), Some(holder)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let fp = parts.next().filter(|f| *f != "-");
         let ours = self.keys.holder_prefix();
         let (Ok(user), Some(session)) = (user.parse(), holder.strip_prefix(&ours)) else {
             return;
         };
         if let Ok(session) = session.parse() {
-            local.kick_session(user, session);
+            local.kick_session(user, session, fp);
         }
     }
 }

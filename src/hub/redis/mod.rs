@@ -268,6 +268,7 @@ impl Hub for RedisHub {
         // Reserve locally first: two logins on this node cannot both get
         // past here, so the claim below never races one of our own.
         let session_id = handle.session_id;
+        let fp = handle.token_fp.clone();
         self.local.connect(user, handle).await?;
         let previous = match self.presence.take_over(user, session_id).await {
             Ok(p) => p,
@@ -279,7 +280,7 @@ impl Hub for RedisHub {
         // An older session on this node was replaced by `local.connect`;
         // one elsewhere (or in an earlier run of this node) is told to go.
         if !previous.is_empty() {
-            self.bus.kick(user, &previous).await;
+            self.bus.kick(user, &previous, fp.as_deref()).await;
         }
         Ok(())
     }
