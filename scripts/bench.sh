@@ -6,6 +6,7 @@
 #   scripts/bench.sh cluster   2 nodes + MariaDB + Redis (+ nginx), 100 pairs across nodes
 #   scripts/bench.sh ha        the same on a Galera cluster of 3 and a Redis Cluster of 3+3
 #   scripts/bench.sh ha-spread the same, each node writing through a Galera node of its own
+#   scripts/bench.sh failover  the pause when a Redis primary or the Galera node in use dies
 #   scripts/bench.sh memory    RSS after 1,000 logins held at once
 #   scripts/bench.sh storm     chat latency during 500 concurrent password logins
 #   scripts/bench.sh fanout    a group message to 1,000 online members (MEMBERS=10000 ...)
@@ -121,6 +122,51 @@ ha_spread() {
     CHAT_DB_SPREAD=1 cluster_rounds 1
 }
 
+# failover_round KIND: the HA cluster, an open-loop load across nodes (1,000
+# msg/s, 20 pairs, latency counted from when each message was due), and 8 s
+# in the Redis primary serving the deployment's slot (KIND=redis) or the
+# Galera node in use (KIND=db) is killed: the worst latency is the pause.
+failover_round() {
+    local kind=$1
+    export CHAT_CLUSTER_DIR="$work/cluster" CHAT_BIN_DIR="$bin" CHAT_BALANCE=round-robin CHAT_HA=1
+    export CHAT_NODE_ARGS="--request-rate 0"
+    export CHAT_LISTEN_PORT=18000 CHAT_NODE_PORT=16000 CHAT_MYSQL_PORT=16306 CHAT_REDIS_PORT=16379
+    export CHAT_METRICS_PORT=16200 CHAT_WEB_PORT=18080 CHAT_WEB_NODE_PORT=16100
+    scripts/cluster.sh up 2 >&2
+    local d=$CHAT_CLUSTER_DIR
+    (
+        sleep 8
+        if [ "$kind" = redis ]; then
+            local slot n port id
+            slot=$(redis-cli -p "$CHAT_REDIS_PORT" cluster keyslot '{chat}')
+            for n in 1 2 3 4 5 6; do
+                port=$(cat "$d/rediscluster/r$n/port")
+                [ "$(redis-cli -p "$port" role | head -1)" = master ] || continue
+                id=$(redis-cli -p "$port" cluster myid)
+                if redis_serves_slot "$port" "$id" "$slot"; then
+                    echo "killing the Redis primary on $port"
+                    kill -9 "$(cat "$d/rediscluster/r$n/pid")"
+                    break
+                fi
+            done
+        else
+            echo "killing Galera node g1 (in use)"
+            kill -9 "$(cat "$d/galera/g1/pid")"
+        fi
+    ) &
+    bench pairs --addr 127.0.0.1:16000 --recv-addr 127.0.0.1:16001 --pairs 20 --rate 1000 \
+        --duration 20 --warmup 2
+    wait
+    scripts/cluster.sh down >&2
+}
+
+failover() {
+    echo "== pauses: a Redis primary, then the Galera node in use, killed under 1,000 msg/s across nodes"
+    . scripts/lib/services.sh
+    failover_round redis
+    failover_round db
+}
+
 memory() {
     echo "== memory: 1,000 users logged in at once"
     start_node 17001
@@ -157,8 +203,8 @@ classic() {
 }
 
 case "${1:-}" in
-    single | cluster | ha | memory | storm | fanout | classic) "$1" ;;
+    single | cluster | ha | failover | memory | storm | fanout | classic) "$1" ;;
     ha-spread) ha_spread ;;
     all) single; cluster; ha; memory; storm; fanout; classic ;;
- *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+ *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
