@@ -33,6 +33,7 @@ const state = {
   pingTimer: null,
   backoff: 500,
   replaced: false,
+  ownReplacedAt: 0,
   away: false,        // the page is hidden in the back/forward cache
 };
 
@@ -148,7 +149,14 @@ function onFrame(f) {
       presence(f);
       break;
     case 100:
-      if (f.errno === 54) state.replaced = true;
+      if (f.errno === 54) {
+        // "resumed": replaced by a resume of this tab's own token, an
+        // attempt it gave up on and a stopped server carried out late:
+        // reconnect and resume (once a minute at most), else stay out.
+        const ownLate = f.resumed === true && Date.now() - state.ownReplacedAt > 60000;
+        if (f.resumed === true) state.ownReplacedAt = Date.now();
+        if (!ownLate) state.replaced = true;
+      }
       if (f.errmsg) setStatus(state.ready ? 'online' : 'offline', f.errmsg);
       break;
     default:
