@@ -94,6 +94,17 @@ pub enum Readiness {
 pub async fn check(options: &MySqlConnectOptions) -> Readiness {
     let attempt = async {
         let mut conn = options.connect().await?;
+        // A read-only server (an asynchronous replica, say) takes no writes.
+        let read_only = sqlx::query("SELECT @@read_only")
+            .fetch_one(&mut conn)
+            .await?
+            .try_get::<i64, _>(0)
+            .unwrap_or(0)
+            == 1;
+        if read_only {
+            let _ = conn.close().await;
+            return Ok((false, vec![("read_only".to_owned(), "ON".to_owned())]));
+        }
         // A plain server says wsrep_on = 0 (MariaDB) or knows no such
         // variable (MySQL): it is ready if it answers.
         let galera = sqlx::query("SELECT @@wsrep_on")
@@ -122,7 +133,8 @@ pub async fn check(options: &MySqlConnectOptions) -> Readiness {
     match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
         Err(_) => Readiness::Down("no answer within 2 s".into()),
         Ok(Err(e)) => Readiness::Down(e.to_string()),
-        Ok(Ok((false, _))) => Readiness::Ready,
+        Ok(Ok((false, state))) if state.is_empty() => Readiness::Ready,
+        Ok(Ok((false, _))) => Readiness::NotReady("read-only".into()),
         Ok(Ok((true, state))) => galera_readiness(&state),
     }
 }

@@ -160,6 +160,12 @@ impl RedisHub {
     /// Connects, announces the node, and starts its subscriber, publisher
     /// and lease tasks.
     pub async fn connect(config: ClusterConfig) -> Result<Arc<RedisHub>, HubError> {
+        if config.key_prefix.contains(['{', '}']) {
+            return Err(HubError::Unavailable(format!(
+                "Redis prefix {:?} must not contain braces (it becomes the keys' hash tag)",
+                config.key_prefix
+            )));
+        }
         if config.node_id.is_empty() || config.node_id.contains(['|', ' ', '\n']) {
             return Err(HubError::Unavailable(format!(
                 "node id {:?} must be non-empty, without '|' or spaces",
