@@ -119,16 +119,7 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
         presence_ttl: PRESENCE_TTL,
         extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
     };
-    let mut nodes = vec![
-        NodeProcess::start(&shared, "n1").await,
-        NodeProcess::start(&shared, "n2").await,
-        NodeProcess::start(&shared, "n3").await,
-    ];
-    let servers = nodes
-        .iter()
-        .map(|n| Node::new(&n.addr, 1).expect("node"))
-        .collect();
-    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let (mut nodes, nginx) = behind_nginx(&shared, 3).await;
 
     let load = start_load(&nginx, LOAD).await;
 
@@ -173,26 +164,15 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
 async fn every_accepted_message_arrives_exactly_once_through_a_rolling_restart() {
     let _one_at_a_time = SERIAL.lock().await;
     let redis = RedisCluster::start();
-    let galera = Galera::start();
-    let db = services::create_database(&galera.node_url(1)).await;
-    let db_name = db.rsplit('/').next().expect("database name").to_owned();
+    let (_galera, db_url) = galera_with_database().await;
     let shared = Shared {
-        db_url: galera.url(&db_name),
+        db_url,
         redis_url: redis.url(),
         prefix: services::unique("roll"),
         presence_ttl: PRESENCE_TTL,
         extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
     };
-    let mut nodes = vec![
-        NodeProcess::start(&shared, "n1").await,
-        NodeProcess::start(&shared, "n2").await,
-        NodeProcess::start(&shared, "n3").await,
-    ];
-    let servers = nodes
-        .iter()
-        .map(|n| Node::new(&n.addr, 1).expect("node"))
-        .collect();
-    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let (mut nodes, nginx) = behind_nginx(&shared, 3).await;
     let load = start_load(&nginx, Duration::from_secs(18)).await;
 
     for i in 0..nodes.len() {
@@ -218,27 +198,16 @@ async fn every_accepted_message_arrives_exactly_once_when_a_redis_primary_a_data
  {
     let _one_at_a_time = SERIAL.lock().await;
     let redis = RedisCluster::start();
-    let galera = Galera::start();
-    let db = services::create_database(&galera.node_url(1)).await;
-    let db_name = db.rsplit('/').next().expect("database name").to_owned();
+    let (galera, db_url) = galera_with_database().await;
     let prefix = services::unique("ha");
     let shared = Shared {
-        db_url: galera.url(&db_name),
+        db_url,
         redis_url: redis.url(),
         prefix: prefix.clone(),
         presence_ttl: PRESENCE_TTL,
         extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
     };
-    let mut nodes = vec![
-        NodeProcess::start(&shared, "n1").await,
-        NodeProcess::start(&shared, "n2").await,
-        NodeProcess::start(&shared, "n3").await,
-    ];
-    let servers = nodes
-        .iter()
-        .map(|n| Node::new(&n.addr, 1).expect("node"))
-        .collect();
-    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let (mut nodes, nginx) = behind_nginx(&shared, 3).await;
     let load = start_load(&nginx, Duration::from_secs(20)).await;
 
     let t0 = Instant::now();
@@ -268,30 +237,21 @@ async fn every_accepted_message_arrives_exactly_once_when_a_redis_primary_a_data
 async fn every_accepted_message_arrives_exactly_once_when_the_database_node_in_use_is_partitioned_away()
  {
     let _one_at_a_time = SERIAL.lock().await;
-    let galera = Galera::start();
-    let db = services::create_database(&galera.node_url(1)).await;
-    let db_name = db.rsplit('/').next().expect("database name").to_owned();
+    let (galera, db_url) = galera_with_database().await;
     let mut redis = None;
     let shared = Shared {
-        db_url: galera.url(&db_name),
+        db_url,
         redis_url: services::redis_server(&mut redis),
         prefix: services::unique("gpart"),
         presence_ttl: PRESENCE_TTL,
         extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
     };
-    let nodes = [
-        NodeProcess::start(&shared, "n1").await,
-        NodeProcess::start(&shared, "n2").await,
-    ];
-    let servers = nodes
-        .iter()
-        .map(|n| Node::new(&n.addr, 1).expect("node"))
-        .collect();
-    let nginx = Nginx::start(Balance::RoundRobin, servers).await;
+    let (_nodes, nginx) = behind_nginx(&shared, 2).await;
     let load = start_load(&nginx, Duration::from_secs(14)).await;
 
     tokio::time::sleep(Duration::from_secs(4)).await;
     galera.isolate(1).await;
+    let db_name = shared.db_url.rsplit('/').next().expect("database name");
     eprintln!("fault: Galera node g1, the one in use, partitioned away");
     // it refuses writes from now on (once it has noticed, within seconds)
     let refused = async {
@@ -392,6 +352,28 @@ async fn every_accepted_message_arrives_exactly_once_across_a_partition_from_red
     eprintln!("fault: partition healed");
 
     finish(load).await;
+}
+
+/// `count` nodes (n1, n2, ...) on `shared`, behind nginx (round robin).
+async fn behind_nginx(shared: &Shared, count: usize) -> (Vec<NodeProcess>, Nginx) {
+    let mut nodes = Vec::new();
+    for i in 1..=count {
+        nodes.push(NodeProcess::start(shared, &format!("n{i}")).await);
+    }
+    let servers = nodes
+        .iter()
+        .map(|n| Node::new(&n.addr, 1).expect("node"))
+        .collect();
+    (nodes, Nginx::start(Balance::RoundRobin, servers).await)
+}
+
+/// A Galera cluster of three and `--db` for a fresh database on it.
+async fn galera_with_database() -> (Galera, String) {
+    let galera = Galera::start();
+    let db = services::create_database(&galera.node_url(1)).await;
+    let name = db.rsplit('/').next().expect("database name").to_owned();
+    let url = galera.url(&name);
+    (galera, url)
 }
 
 /// A load running through nginx at `addr`: its clients' tasks and what they

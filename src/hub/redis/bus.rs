@@ -313,24 +313,12 @@ impl Bus {
                 }
                 Ok::<_, redis::RedisError>(pubsub)
             };
-            let pubsub = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tokio::time::timeout(self.timeout, attempt) => r,
+            let mut stream = match subscribe_once(&stop, &mut backoff, self.timeout, attempt).await
+            {
+                Attempt::Subscribed(p) => p.into_on_message(),
+                Attempt::Again => continue,
+                Attempt::Stop => return,
             };
-            let mut stream = match pubsub {
-                Ok(Ok(p)) => p.into_on_message(),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot subscribe to the cluster bus");
-                    pause(&stop, &mut backoff).await;
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!("subscribing to the cluster bus timed out");
-                    pause(&stop, &mut backoff).await;
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(50);
             match subscribed.take() {
                 Some(tx) => {
                     let _ = tx.send(());
@@ -381,22 +369,12 @@ impl Bus {
                 Ok::<_, redis::RedisError>((conn, slot))
             };
             // The connection must live as long as its subscription.
-            let (mut conn, slot) = match tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tokio::time::timeout(self.timeout * 2, attempt) => r,
-            } {
-                Ok(Ok(subscribed)) => subscribed,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot subscribe to the cluster bus");
-                    pause(&stop, &mut backoff).await;
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!("subscribing to the cluster bus timed out");
-                    pause(&stop, &mut backoff).await;
-                    continue;
-                }
-            };
+            let (mut conn, slot) =
+                match subscribe_once(&stop, &mut backoff, self.timeout * 2, attempt).await {
+                    Attempt::Subscribed(subscribed) => subscribed,
+                    Attempt::Again => continue,
+                    Attempt::Stop => return,
+                };
             match subscribed.take() {
                 Some(tx) => {
                     let _ = tx.send(());
@@ -523,6 +501,38 @@ fn bytes_of(v: &redis::Value) -> Option<&[u8]> {
         redis::Value::SimpleString(s) => Some(s.as_bytes()),
         _ => None,
     }
+}
+
+/// How one subscription attempt ended.
+enum Attempt<T> {
+    Subscribed(T),
+    /// It failed or timed out (logged; the back-off waited): try again.
+    Again,
+    /// The node is stopping.
+    Stop,
+}
+
+/// Runs one subscription attempt for at most `limit`, until `stop`.
+async fn subscribe_once<T>(
+    stop: &CancellationToken,
+    backoff: &mut Duration,
+    limit: Duration,
+    attempt: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Attempt<T> {
+    let outcome = tokio::select! {
+        _ = stop.cancelled() => return Attempt::Stop,
+        r = tokio::time::timeout(limit, attempt) => r,
+    };
+    match outcome {
+        Ok(Ok(t)) => {
+            *backoff = Duration::from_millis(50);
+            return Attempt::Subscribed(t);
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to the cluster bus"),
+        Err(_) => tracing::warn!("subscribing to the cluster bus timed out"),
+    }
+    pause(stop, backoff).await;
+    Attempt::Again
 }
 
 async fn pause(stop: &CancellationToken, backoff: &mut Duration) {
