@@ -197,6 +197,9 @@ async fn session_loop(
     let addr = AddrKey::of(peer.ip());
     let mut last_heard = std::time::Instant::now();
     let mut session = service.open_session(Some(peer.ip()), classic_possible);
+    if let Some(check) = conn.liveness() {
+        session.set_peer_check(move || check.peer_closed());
+    }
     let kick = session.kick_token();
     tracing::debug!("connection opened");
     // Not logged in (at connect, and again after a logout).

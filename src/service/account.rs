@@ -169,6 +169,16 @@ impl Service {
         token_hash: Option<String>,
         acks: bool,
     ) -> Result<LoginReply<'static>, Fail> {
+        // A client that gave up on this request (its node was stopped while
+        // the request was under way, say) and logged in elsewhere must not
+        // be thrown out of that newer session by this one.
+        if s.client_left() {
+            tracing::info!(user = %id, "client left before its login was done; not taking over");
+            return Err(Fail::new(
+                ErrCode::Unavailable,
+                "the connection closed before the login was done",
+            ));
+        }
         // Claim presence first, then read what is undelivered: a message
         // stored in between is both in the page and queued as a push, and the
         // cursors drop the second copy. The other order could miss it.

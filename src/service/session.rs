@@ -103,6 +103,9 @@ pub struct Session {
     pub(super) useful: bool,
     /// Before login: frames refused since connecting or the last logout.
     pub(super) refused: u32,
+    /// Whether the client has hung up, asked by a login just before it
+    /// replaces the user's session elsewhere ([`Session::set_peer_check`]).
+    pub(super) peer_gone: Option<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -115,6 +118,17 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// Tells the session how to learn that its client has hung up (the
+    /// transport knows; the service has no socket).
+    pub fn set_peer_check(&mut self, gone: impl Fn() -> bool + Send + Sync + 'static) {
+        self.peer_gone = Some(Box::new(gone));
+    }
+
+    /// Whether the client is known to have hung up.
+    pub(super) fn client_left(&self) -> bool {
+        self.peer_gone.as_ref().is_some_and(|gone| gone())
+    }
+
     /// Where the connection comes from, as the limits count it.
     pub(super) fn peer(&self) -> Option<AddrKey> {
         self.ip.map(AddrKey::of)
@@ -225,6 +239,7 @@ impl Service {
             unconfirmed: Unconfirmed::default(),
             useful: false,
             refused: 0,
+            peer_gone: None,
         }
     }
 

@@ -257,6 +257,31 @@ impl FrameStream {
     }
 }
 
+/// Asks a connection's socket whether its peer has closed, without reading
+/// anything: a login that took a while (a password hash, or a node stopped
+/// in the middle of it) checks it before it replaces the user's session
+/// elsewhere. It names the socket by its descriptor (a duplicate would cost
+/// every connection a second one), so it must not outlive the connection:
+/// the session loop gives it to its session, which it drops first.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCheck(std::os::fd::RawFd);
+
+impl PeerCheck {
+    /// Whether the peer has closed (or reset) the connection.
+    pub fn peer_closed(&self) -> bool {
+        // SAFETY: the descriptor is the connection's socket, open for as
+        // long as this check may be asked (see the type's comment).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking: nothing to read is WouldBlock.
+        match socket2::SockRef::from(&fd).peek(&mut probe) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
 /// The frames of one connection, whatever carries them.
 #[derive(Debug)]
 pub enum Frames {
@@ -287,6 +312,16 @@ impl Frames {
             Frames::Stream(s) => s.peer_closed(),
             // A WebSocket's close arrives as a frame of its own.
             Frames::Ws(_) => false,
+        }
+    }
+
+    /// A handle that tells whether the peer has closed its side (TCP and
+    /// TLS; `None` for a WebSocket), while this connection lives.
+    pub fn liveness(&self) -> Option<PeerCheck> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Frames::Stream(s) => Some(PeerCheck(s.stream.tcp().as_raw_fd())),
+            Frames::Ws(_) => None,
         }
     }
 
@@ -351,6 +386,25 @@ impl From<TlsStream<TcpStream>> for Link {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_peer_check_sees_a_client_hang_up_after_its_request() {
+        let (server, mut client) = pair().await;
+        let mut frames = Frames::Stream(server);
+        let check = frames.liveness().expect("a TCP connection");
+        assert!(!check.peer_closed(), "open, nothing sent");
+        client.write_all(b"{\"msgid\":1}\n").await.expect("write");
+        let frame = frames.next_frame().await.expect("a frame").expect("read");
+        assert_eq!(&frame[..], b"{\"msgid\":1}");
+        assert!(!check.peer_closed(), "open, request read");
+        drop(client);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check.peer_closed() {
+            assert!(Instant::now() < deadline, "the hang-up was never seen");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(frames);
+    }
 
     async fn pair() -> (FrameStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
