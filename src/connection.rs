@@ -198,7 +198,7 @@ async fn session_loop(
     let mut last_heard = std::time::Instant::now();
     let mut session = service.open_session(Some(peer.ip()), classic_possible);
     if let Some(check) = conn.liveness() {
-        session.set_peer_check(move || check.peer_closed());
+        session.set_peer_check(move || check.peer_closed(), move || check.data_age());
     }
     let kick = session.kick_token();
     tracing::debug!("connection opened");

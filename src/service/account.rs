@@ -46,6 +46,10 @@ impl Handler for wire::Logout {
     }
 }
 
+/// How long a RESUME may have waited in the socket before it is refused
+/// (errno 50): clients give up on an answer after a second or more.
+const STALE_RESUME: std::time::Duration = std::time::Duration::from_millis(1000);
+
 impl Service {
     pub(super) async fn register(
         &self,
@@ -152,6 +156,17 @@ impl Service {
         };
         if token.is_empty() || token.len() > crate::auth::token::MAX_TOKEN_LEN {
             return Err(bad());
+        }
+        // A resume that waited this long in the socket before the node took
+        // it (the node was stopped, say) is likely one its client gave up
+        // on and made again elsewhere; carried out now, it would throw that
+        // newer session out. A client still waiting resumes again at once.
+        if s.request_age().is_some_and(|age| age > STALE_RESUME) {
+            tracing::info!("a resume waited too long before it was read; refused");
+            return Err(Fail::new(
+                ErrCode::Unavailable,
+                "the server took too long to read this resume; resume again",
+            ));
         }
         let token_hash = crate::auth::token::token_hash(token);
         let (id, name) = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;

@@ -106,6 +106,8 @@ pub struct Session {
     /// Whether the client has hung up, asked by a login just before it
     /// replaces the user's session elsewhere ([`Session::set_peer_check`]).
     pub(super) peer_gone: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// How long ago the client's last bytes arrived ([`Session::set_peer_check`]).
+    pub(super) data_age: Option<Box<dyn Fn() -> Option<std::time::Duration> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -120,8 +122,18 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// Tells the session how to learn that its client has hung up (the
     /// transport knows; the service has no socket).
-    pub fn set_peer_check(&mut self, gone: impl Fn() -> bool + Send + Sync + 'static) {
+    pub fn set_peer_check(
+        &mut self,
+        gone: impl Fn() -> bool + Send + Sync + 'static,
+        age: impl Fn() -> Option<std::time::Duration> + Send + Sync + 'static,
+    ) {
         self.peer_gone = Some(Box::new(gone));
+        self.data_age = Some(Box::new(age));
+    }
+
+    /// How long ago the client's last bytes arrived, if the transport knows.
+    pub(super) fn request_age(&self) -> Option<std::time::Duration> {
+        self.data_age.as_ref().and_then(|age| age())
     }
 
     /// Whether the client is known to have hung up.
@@ -240,6 +252,7 @@ impl Service {
             useful: false,
             refused: 0,
             peer_gone: None,
+            data_age: None,
         }
     }
 

@@ -267,6 +267,26 @@ impl FrameStream {
 pub struct PeerCheck(std::os::fd::RawFd);
 
 impl PeerCheck {
+    /// How long ago the last byte of data arrived on the socket (TCP's own
+    /// clock, `tcpi_last_data_recv`): for a request just read, how long it
+    /// waited before this process took it.
+    pub fn data_age(&self) -> Option<std::time::Duration> {
+        // SAFETY: as in `peer_closed`; getsockopt writes at most `len` bytes
+        // into the zeroed struct we own.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).ok()?;
+            let rc = libc::getsockopt(
+                self.0,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            );
+            (rc == 0).then(|| std::time::Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+        }
+    }
+
     /// Whether the peer has closed (or reset) the connection.
     pub fn peer_closed(&self) -> bool {
         // SAFETY: the descriptor is the connection's socket, open for as
