@@ -277,6 +277,17 @@ impl Bus {
         self.resubscribed.notify_one();
     }
 
+    /// A subscription stands: the first one lets the node start serving;
+    /// any later one means publishes may have been missed ([`Bus::came_back`]).
+    fn stands(&self, first: &mut Option<tokio::sync::oneshot::Sender<()>>, local: &LocalHub) {
+        match first.take() {
+            Some(tx) => {
+                let _ = tx.send(());
+            }
+            None => self.came_back(local),
+        }
+    }
+
     /// One message from one of the node's channels.
     fn on_message(&self, local: &LocalHub, channel: &[u8], payload: &[u8]) {
         if channel == self.keys.groups_channel().as_bytes() {
@@ -319,12 +330,7 @@ impl Bus {
                 Attempt::Again => continue,
                 Attempt::Stop => return,
             };
-            match subscribed.take() {
-                Some(tx) => {
-                    let _ = tx.send(());
-                }
-                None => self.came_back(&local),
-            }
+            self.stands(&mut subscribed, &local);
             loop {
                 let msg = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -375,12 +381,7 @@ impl Bus {
                     Attempt::Again => continue,
                     Attempt::Stop => return,
                 };
-            match subscribed.take() {
-                Some(tx) => {
-                    let _ = tx.send(());
-                }
-                None => self.came_back(&local),
-            }
+            self.stands(&mut subscribed, &local);
             // The first confirmation of each channel answers the SSUBSCRIBE
             // above; any later one is a resubscription.
             let mut confirmations = 0;
