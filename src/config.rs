@@ -74,6 +74,9 @@ pub struct Config {
     /// How long a resume token from a login stays valid (logout revokes it
     /// at once).
     pub resume_token_ttl: Duration,
+    /// Devices one user may have; a login from one more forgets the device
+    /// unused the longest (its session ends, its token stops working).
+    pub max_devices: usize,
     /// Logins and resumes admitted per second, on average: a reconnect storm
     /// after another node's death cannot drown this node's chat.
     pub session_rate: u32,
@@ -302,6 +305,7 @@ impl Default for Config {
             keepalive_idle: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             resume_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_devices: 10,
             session_rate: 3000,
             session_burst: 1000,
             pool: PoolConfig::default(),

@@ -237,7 +237,7 @@ async fn session_loop(
         let (out, last) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
-            _ = kick.kicked() => (vec![replaced_notice(kick.by_same_token())], true),
+            _ = kick.kicked() => (vec![kicked_notice(&kick)], true),
             frame = conn.next_frame() => match frame {
                 None => break,
                 // Boxed, like the other handlers: their state lives on the heap only
@@ -341,6 +341,18 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at.into()).await;
     }
+}
+
+/// Why the hub closed the session: errno 63 when another device logged
+/// this one out, else errno 54 (replaced).
+fn kicked_notice(kick: &crate::hub::Kick) -> Bytes {
+    if kick.revoked() {
+        return notice(
+            ErrCode::DeviceLoggedOut,
+            "this device was logged out from another of your devices; log in with your password",
+        );
+    }
+    replaced_notice(kick.by_same_token())
 }
 
 /// Errno 54. When the newer session was opened with this session's own

@@ -162,11 +162,92 @@ impl fmt::Display for Conversation {
     }
 }
 
+/// One of a user's devices, as its client names it: 1 to 64 visible ASCII
+/// characters. A session that names none is the *classic* device (the
+/// empty name): one per user, as the original client has it.
+///
+/// Each device has its own session, delivery positions and resume tokens;
+/// a login replaces only the older session of the same device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Device(Arc<str>);
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::classic()
+    }
+}
+
+impl Device {
+    /// Longest device name, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// The device of sessions that name none.
+    pub fn classic() -> Self {
+        Device(Arc::from(""))
+    }
+
+    /// Checks a name a client gave (`None`: the classic device).
+    pub fn parse(name: Option<&str>) -> Result<Self, Invalid> {
+        let Some(s) = name else {
+            return Ok(Device::classic());
+        };
+        if s.is_empty() {
+            return Err(Invalid::Empty("device"));
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(Invalid::TooLong {
+                what: "device",
+                len: s.len(),
+                max: Self::MAX_LEN,
+                unit: "bytes",
+            });
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Invalid::NotVisibleAscii("device"));
+        }
+        Ok(Device(Arc::from(s)))
+    }
+
+    /// A name read back from storage or Redis (checked when it came in).
+    pub fn stored(s: &str) -> Self {
+        Device(Arc::from(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_classic(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_classic() {
+            f.write_str("(classic)")
+        } else {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+/// A device as the login reply lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEntry {
+    pub device: Device,
+    /// When it last logged in or resumed (ms since the epoch).
+    pub last_seen: i64,
+}
+
 /// A chat message before the store has given it a place.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub conv: Conversation,
     pub sender: UserId,
+    /// The device it was sent from: that device does not get it back, the
+    /// sender's other devices do.
+    pub sender_device: Device,
     /// Copied from the sender's session so readers never join on users.
     pub sender_name: String,
     pub body: String,
@@ -217,6 +298,9 @@ pub struct Delivery {
     pub arrived: std::time::Instant,
     /// Whether another node sent it.
     pub remote: bool,
+    /// The local session that sent it (0: none here), which has it already
+    /// and is skipped; the sender's other sessions get it.
+    pub origin: u64,
 }
 
 /// What the hub hands to a session's queue.
@@ -314,6 +398,8 @@ pub enum Invalid {
     MixedScript(&'static str),
     #[error("{0} stacks too many combining marks")]
     StackedMarks(&'static str),
+    #[error("{0} must be visible ASCII characters only (no spaces)")]
+    NotVisibleAscii(&'static str),
 }
 
 fn check_text(

@@ -211,6 +211,7 @@ async fn concurrent_appends_of_one_client_id_store_one_message_on_both_backends(
         let msg = |cid: String| chat::model::NewMessage {
             conv: chat::model::Conversation::direct(alice, bob),
             sender: alice,
+            sender_device: chat::model::Device::classic(),
             sender_name: "alice".into(),
             body: format!("body of {cid}"),
             client_id: Some(cid),

@@ -36,6 +36,7 @@ async fn an_exhausted_pool_fails_after_the_wait_instead_of_hanging() {
     let msg = NewMessage {
         conv: Conversation::direct(alice, bob),
         sender: alice,
+        sender_device: chat::model::Device::classic(),
         sender_name: "alice".into(),
         body: "hello".into(),
         client_id: None,

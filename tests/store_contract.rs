@@ -6,13 +6,18 @@ mod common;
 
 use std::sync::Arc;
 
-use chat::model::{Conversation, GroupId, GroupRole, NewMessage, Seq, UserId};
-use chat::store::{SharedStore, StoreError};
+use chat::model::{Conversation, Device, GroupId, GroupRole, NewMessage, Seq, UserId};
+use chat::store::{Reader, SharedStore, StoreError};
 
 fn message(conv: Conversation, sender: UserId, body: &str) -> NewMessage {
+    from_device(conv, sender, &Device::classic(), body)
+}
+
+fn from_device(conv: Conversation, sender: UserId, device: &Device, body: &str) -> NewMessage {
     NewMessage {
         conv,
         sender,
+        sender_device: device.clone(),
         sender_name: format!("user{sender}"),
         body: body.into(),
         client_id: None,
@@ -47,16 +52,16 @@ async fn contract(store: SharedStore, backend: &str) {
     // resume tokens: found while unexpired, gone once revoked
     let now = chat::store::now_ms();
     store
-        .create_token(alice, "t-live", now + 60_000)
+        .create_token(alice, &Device::classic(), "t-live", now + 60_000)
         .await
         .expect("token");
     store
-        .create_token(alice, "t-old", now - 1)
+        .create_token(alice, &Device::classic(), "t-old", now - 1)
         .await
         .expect("token");
     assert_eq!(
         store.token_user("t-live").await.expect("read"),
-        Some((alice, "alice".to_owned())),
+        Some((alice, "alice".to_owned(), Device::classic())),
         "{backend}"
     );
     assert_eq!(
@@ -71,6 +76,8 @@ async fn contract(store: SharedStore, backend: &str) {
         "{backend}: revoked"
     );
 
+    let classic = |u: UserId| Reader::new(u, Device::classic());
+    let rbob = classic(bob);
     // friends: mutual, ordered by id
     store.add_friendship(alice, carol).await.expect("friends");
     store.add_friendship(alice, bob).await.expect("friends");
@@ -183,7 +190,7 @@ async fn contract(store: SharedStore, backend: &str) {
     store.append(message(gconv, alice, "g2")).await.expect("g2");
 
     // bob's undelivered: others' messages past his cursors, by conversation
-    let undelivered = store.undelivered(bob, 100).await.expect("read");
+    let undelivered = store.undelivered(&rbob, 100).await.expect("read");
     let got: Vec<_> = undelivered
         .iter()
         .map(|m| (m.conv, m.seq.0, m.body.as_str()))
@@ -199,33 +206,33 @@ async fn contract(store: SharedStore, backend: &str) {
         "{backend}: round robin over conversations; his own d4 and g1 from before he joined are not his"
     );
     assert_eq!(
-        store.undelivered(bob, 2).await.expect("read").len(),
+        store.undelivered(&rbob, 2).await.expect("read").len(),
         2,
         "{backend}: limit"
     );
 
     // cursors move forward only, through either path
     store
-        .advance_cursors(bob, vec![(direct, Seq(2))])
+        .advance_cursors(&rbob, vec![(direct, Seq(2))])
         .await
         .expect("advance");
     store
-        .advance_cursors(bob, vec![(direct, Seq(1))])
+        .advance_cursors(&rbob, vec![(direct, Seq(1))])
         .await
         .expect("never back");
-    assert!(store.queue_cursors(bob, vec![(gconv, Seq(2))]).is_ok());
+    assert!(store.queue_cursors(&rbob, vec![(gconv, Seq(2))]).is_ok());
     // queued moves ride in order: one awaited write after it means it is in
     store
-        .advance_cursors(bob, vec![(direct, Seq(2))])
+        .advance_cursors(&rbob, vec![(direct, Seq(2))])
         .await
         .expect("barrier");
-    let mut cursors = store.cursors(bob).await.expect("read");
+    let mut cursors = store.cursors(&rbob).await.expect("read");
     cursors.sort_by_key(|(c, _)| c.key());
     let mut want = vec![(direct, Seq(2)), (gconv, Seq(2))];
     want.sort_by_key(|(c, _)| c.key());
     assert_eq!(cursors, want, "{backend}");
     let rest: Vec<_> = store
-        .undelivered(bob, 100)
+        .undelivered(&rbob, 100)
         .await
         .expect("read")
         .iter()
@@ -235,7 +242,7 @@ async fn contract(store: SharedStore, backend: &str) {
 
     // gap fills and history
     let between: Vec<_> = store
-        .between(direct, Seq(1), Seq(4), bob)
+        .between(direct, Seq(1), Seq(4), &rbob)
         .await
         .expect("read")
         .iter()
@@ -264,13 +271,13 @@ async fn contract(store: SharedStore, backend: &str) {
     assert_eq!(older, [1], "{backend}");
 
     // a session start reads what the separate calls read
-    let start = store.session_start(bob, 100).await.expect("read");
+    let start = store.session_start(&rbob, 100).await.expect("read");
     let mut start_cursors = start.cursors.clone();
     start_cursors.sort_by_key(|(c, _)| c.key());
     assert_eq!(start_cursors, want, "{backend}");
     assert_eq!(
         start.undelivered,
-        store.undelivered(bob, 100).await.expect("read")
+        store.undelivered(&rbob, 100).await.expect("read")
     );
     assert_eq!(
         ids(start.friends),
@@ -282,6 +289,7 @@ async fn contract(store: SharedStore, backend: &str) {
     // a flooded conversation does not hold back another, and a run of
     // one's own messages longer than a page does not hide what follows it
     let dave = store.create_user("dave", "hash-d").await.expect("dave");
+    let rdave = classic(dave);
     let erin = store.create_user("erin", "hash-e").await.expect("erin");
     let flood = Conversation::direct(alice, dave);
     let quiet = Conversation::direct(erin, dave);
@@ -296,7 +304,7 @@ async fn contract(store: SharedStore, backend: &str) {
         .await
         .expect("hello");
     let page: Vec<_> = store
-        .undelivered(dave, 4)
+        .undelivered(&rdave, 4)
         .await
         .expect("read")
         .iter()
@@ -321,11 +329,11 @@ async fn contract(store: SharedStore, backend: &str) {
         .await
         .expect("after");
     store
-        .advance_cursors(dave, vec![(flood, Seq(10)), (quiet, Seq(1))])
+        .advance_cursors(&rdave, vec![(flood, Seq(10)), (quiet, Seq(1))])
         .await
         .expect("advance");
     let page: Vec<_> = store
-        .undelivered(dave, 3)
+        .undelivered(&rdave, 3)
         .await
         .expect("read")
         .iter()
@@ -352,14 +360,178 @@ async fn contract(store: SharedStore, backend: &str) {
     assert!(store.user_groups(bob).await.expect("read").is_empty());
     assert!(
         store
-            .cursors(bob)
+            .cursors(&rbob)
             .await
             .expect("read")
             .iter()
             .all(|(c, _)| *c != gconv),
         "{backend}"
     );
+
+    devices(&store, backend).await;
     store.close().await;
+}
+
+/// Devices: each has its own positions; a device does not get back what
+/// it sent, the user's other devices do; a new device starts where the
+/// furthest had got; past the limit the device unused the longest goes,
+/// with its tokens; a device's old row never reaches back before a join.
+async fn devices(store: &SharedStore, backend: &str) {
+    let (phone, laptop) = (
+        Device::parse(Some("phone")).expect("name"),
+        Device::parse(Some("laptop")).expect("name"),
+    );
+    let fred = store.create_user("fred", "hash-f").await.expect("fred");
+    let gina = store.create_user("gina", "hash-g").await.expect("gina");
+    let (rphone, rlaptop) = (
+        Reader::new(fred, phone.clone()),
+        Reader::new(fred, laptop.clone()),
+    );
+    assert!(
+        store
+            .open_device(fred, &phone, 3)
+            .await
+            .expect("open")
+            .is_empty()
+    );
+    let d = Conversation::direct(fred, gina);
+    store.append(message(d, gina, "to fred")).await.expect("1");
+    store
+        .append(from_device(d, fred, &phone, "from the phone"))
+        .await
+        .expect("2");
+    let seqs = |v: Vec<chat::model::ChatMessage>| v.iter().map(|m| m.seq.0).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.undelivered(&rphone, 10).await.expect("read")),
+        [1],
+        "{backend}: the phone does not get its own message back"
+    );
+    // the laptop is new: it starts where the phone (the furthest) is, 0
+    assert!(
+        store
+            .open_device(fred, &laptop, 3)
+            .await
+            .expect("open")
+            .is_empty()
+    );
+    assert_eq!(
+        seqs(store.undelivered(&rlaptop, 10).await.expect("read")),
+        [1, 2],
+        "{backend}: the laptop gets gina's message and the phone's"
+    );
+    assert_eq!(
+        seqs(
+            store
+                .between(d, Seq(0), Seq(3), &rlaptop)
+                .await
+                .expect("read")
+        ),
+        [1, 2],
+        "{backend}"
+    );
+    store
+        .advance_cursors(&rphone, vec![(d, Seq(2))])
+        .await
+        .expect("advance");
+    assert!(
+        store
+            .undelivered(&rphone, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store.undelivered(&rlaptop, 10).await.expect("read").len(),
+        2,
+        "{backend}: positions are per device"
+    );
+    assert_eq!(
+        store.cursor(fred, d).await.expect("read"),
+        2,
+        "{backend}: the furthest device"
+    );
+    // a third device starts at the furthest: nothing is offline for it
+    let tablet = Device::parse(Some("tablet")).expect("name");
+    store.open_device(fred, &tablet, 3).await.expect("open");
+    assert!(
+        store
+            .undelivered(&Reader::new(fred, tablet.clone()), 10)
+            .await
+            .expect("read")
+            .is_empty(),
+        "{backend}"
+    );
+    // tokens name their device; a fourth device forgets the oldest
+    let now = chat::store::now_ms();
+    store
+        .create_token(fred, &phone, "t-phone", now + 60_000)
+        .await
+        .expect("token");
+    assert_eq!(
+        store
+            .token_user("t-phone")
+            .await
+            .expect("read")
+            .map(|t| t.2),
+        Some(phone.clone()),
+        "{backend}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store.open_device(fred, &laptop, 3).await.expect("touch");
+    store.open_device(fred, &tablet, 3).await.expect("touch");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let watch = Device::parse(Some("watch")).expect("name");
+    let forgotten = store.open_device(fred, &watch, 3).await.expect("open");
+    assert_eq!(forgotten, [phone.clone()], "{backend}: unused the longest");
+    assert_eq!(
+        store.token_user("t-phone").await.expect("read"),
+        None,
+        "{backend}"
+    );
+    let names: Vec<String> = store
+        .devices(fred)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|d| d.device.as_str().to_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{backend}: {names:?}");
+    assert!(!names.contains(&"phone".to_owned()), "{backend}");
+    assert!(store.forget_device(fred, &watch).await.expect("forget"));
+    assert!(!store.forget_device(fred, &watch).await.expect("forget"));
+    // a group left and joined again: the laptop's old row does not count
+    let g = store
+        .create_group(gina, "devices", "")
+        .await
+        .expect("group");
+    let gconv = Conversation::Group(g);
+    store.join_group(fred, g).await.expect("join");
+    store.append(message(gconv, gina, "g1")).await.expect("g1");
+    store
+        .advance_cursors(&rlaptop, vec![(gconv, Seq(1))])
+        .await
+        .expect("advance");
+    assert!(store.leave_group(fred, g).await.expect("leave"));
+    store
+        .append(message(gconv, gina, "while away"))
+        .await
+        .expect("g2");
+    store
+        .advance_cursors(&rlaptop, vec![(gconv, Seq(1))])
+        .await
+        .expect("a late save of the old position");
+    assert_eq!(store.join_group(fred, g).await.expect("join"), 2);
+    store
+        .append(message(gconv, gina, "back"))
+        .await
+        .expect("g3");
+    let page = store.undelivered(&rlaptop, 10).await.expect("read");
+    let got: Vec<_> = page
+        .iter()
+        .filter(|m| m.conv == gconv)
+        .map(|m| m.seq.0)
+        .collect();
+    assert_eq!(got, [3], "{backend}: nothing from while fred was out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

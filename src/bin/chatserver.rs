@@ -134,6 +134,10 @@ struct Cli {
     /// Seconds a resume token from a login stays valid.
     #[arg(long, default_value_t = Config::default().resume_token_ttl.as_secs_f64())]
     token_ttl: f64,
+    /// Devices one user may have; a login from one more forgets the device
+    /// unused the longest.
+    #[arg(long, default_value_t = Config::default().max_devices)]
+    max_devices: usize,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -347,6 +351,7 @@ async fn run() -> Result<(), Fatal> {
         heartbeat_timeout: seconds("heartbeat-timeout", cli.heartbeat_timeout)?,
         keepalive_idle: seconds("keepalive", cli.keepalive)?,
         resume_token_ttl: seconds("token-ttl", cli.token_ttl)?,
+        max_devices: cli.max_devices.max(1),
         session_rate: cli.session_rate,
         session_burst: cli.session_burst,
         limits,

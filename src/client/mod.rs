@@ -501,6 +501,7 @@ impl Client {
         acks: bool,
     ) -> Result<LoginInfo, ClientError> {
         let req = wire::Login {
+            device: None,
             id,
             password: password.to_owned(),
             acks,
@@ -540,6 +541,7 @@ impl Client {
 
     async fn resume_as(&mut self, token: &str, acks: bool) -> Result<LoginInfo, ClientError> {
         let req = wire::Resume {
+            device: None,
             token: token.to_owned(),
             acks,
         };

@@ -1,4 +1,5 @@
-//! The in-process hub of a single node: a map from user to session.
+//! The in-process hub of a single node: a map from user to its sessions
+//! here, one per device.
 //!
 //! A std `RwLock` rather than tokio's: it is never held across an await, and
 //! delivery (the hot path) only reads.
@@ -13,13 +14,24 @@ use super::{Hub, HubError, SessionHandle};
 use std::sync::Arc;
 
 use crate::metrics::{METRICS, inc};
-use crate::model::{Delivery, Push, UserId};
+use crate::model::{Delivery, Device, Push, UserId};
 use std::sync::atomic::Ordering;
+
+/// One user's sessions on this node.
+#[derive(Debug, Default)]
+struct Local {
+    /// One per device (almost always one in all).
+    sessions: Vec<SessionHandle>,
+    /// Some of the user's devices may be on other nodes: what is delivered
+    /// here for the user goes to them too (the cluster hub sets it; it
+    /// lasts until the user has no session left here).
+    shared: bool,
+}
 
 /// Presence and delivery for one node.
 #[derive(Debug, Default)]
 pub struct LocalHub {
-    sessions: RwLock<HashMap<UserId, SessionHandle>>,
+    users: RwLock<HashMap<UserId, Local>>,
 }
 
 impl LocalHub {
@@ -27,14 +39,24 @@ impl LocalHub {
         Self::default()
     }
 
-    /// Queues `message` for those of `recipients` with a session on this
-    /// node; returns the others.
+    /// Queues `message` for the sessions of `recipients` on this node
+    /// (all but the one that sent it); returns the recipients that have
+    /// none here, or whose devices may be elsewhere too.
     pub fn deliver_here(&self, message: &Arc<Delivery>, recipients: &[UserId]) -> Vec<UserId> {
-        let sessions = self.read();
+        let users = self.read();
         let mut elsewhere = Vec::new();
         for user in recipients {
-            match sessions.get(user) {
-                Some(handle) => push_to(*user, handle, Push::Message(message.clone())),
+            match users.get(user) {
+                Some(local) => {
+                    for handle in &local.sessions {
+                        if handle.session_id != message.origin {
+                            push_to(*user, handle, Push::Message(message.clone()));
+                        }
+                    }
+                    if local.shared {
+                        elsewhere.push(*user);
+                    }
+                }
                 None => elsewhere.push(*user),
             }
         }
@@ -42,14 +64,20 @@ impl LocalHub {
     }
 
     /// Queues a notice for the sessions of `recipients` on this node;
-    /// returns the recipients that have none here. A full queue drops it.
+    /// returns the recipients that have none here (or may have some
+    /// elsewhere too). A full queue drops it.
     pub fn notify_here(&self, frame: &bytes::Bytes, recipients: &[UserId]) -> Vec<UserId> {
-        let sessions = self.read();
+        let users = self.read();
         let mut elsewhere = Vec::new();
         for user in recipients {
-            match sessions.get(user) {
-                Some(handle) => {
-                    let _ = handle.pushes.try_send(Push::Notice(frame.clone()));
+            match users.get(user) {
+                Some(local) => {
+                    for handle in &local.sessions {
+                        let _ = handle.pushes.try_send(Push::Notice(frame.clone()));
+                    }
+                    if local.shared {
+                        elsewhere.push(*user);
+                    }
                 }
                 None => elsewhere.push(*user),
             }
@@ -59,57 +87,133 @@ impl LocalHub {
 
     /// Tells every session on this node to catch up from the store.
     pub fn resync_all(&self) {
-        for (user, handle) in self.read().iter() {
-            push_to(*user, handle, Push::Resync);
+        for (user, local) in self.read().iter() {
+            for handle in &local.sessions {
+                push_to(*user, handle, Push::Resync);
+            }
         }
     }
 
-    /// Disconnects `user`'s session on this node, if any.
-    pub fn kick(&self, user: UserId) {
-        if let Some(h) = self.read().get(&user) {
+    /// Tells one session to catch up from the store.
+    pub fn resync_session(&self, user: UserId, session_id: u64) {
+        if let Some(h) = self.find(user, |h| h.session_id == session_id) {
+            push_to(user, &h, Push::Resync);
+        }
+    }
+
+    /// Disconnects the session of `device` of `user` on this node, if any.
+    pub fn kick_device(&self, user: UserId, device: &Device) {
+        if let Some(h) = self.find(user, |h| h.device == *device) {
             h.kick.kick();
         }
     }
 
     /// Disconnects `user`'s session `session_id` on this node, if it is
-    /// still the user's session here, for a session opened with token
-    /// fingerprint `fp` elsewhere.
-    pub fn kick_session(&self, user: UserId, session_id: u64, fp: Option<&str>) {
-        if let Some(h) = self
-            .read()
-            .get(&user)
-            .filter(|h| h.session_id == session_id)
-        {
-            h.kick.kick_by(h.token_fp.as_deref(), fp);
+    /// still a session here, for a session opened with token fingerprint
+    /// `fp` elsewhere; `revoked`: its device was logged out instead.
+    pub fn kick_session(&self, user: UserId, session_id: u64, fp: Option<&str>, revoked: bool) {
+        if let Some(h) = self.find(user, |h| h.session_id == session_id) {
+            if revoked {
+                h.kick.revoke();
+            } else {
+                h.kick.kick_by(h.token_fp.as_deref(), fp);
+            }
         }
     }
 
-    /// The users with a session on this node and their session ids.
-    pub fn sessions(&self) -> Vec<(UserId, u64)> {
+    /// Notes that `user` has devices on other nodes too, if it has a
+    /// session here.
+    pub fn mark_shared(&self, user: UserId) {
+        if let Some(local) = self.write().get_mut(&user) {
+            local.shared = true;
+        }
+    }
+
+    /// The sessions on this node: user, device and session id.
+    pub fn sessions(&self) -> Vec<(UserId, Device, u64)> {
         self.read()
             .iter()
-            .map(|(u, h)| (*u, h.session_id))
+            .flat_map(|(u, local)| {
+                local
+                    .sessions
+                    .iter()
+                    .map(|h| (*u, h.device.clone(), h.session_id))
+            })
             .collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, SessionHandle>> {
-        // A panic while holding the lock cannot leave the map inconsistent
-        // (every update is a single insert or remove), so poison is ignored.
-        self.sessions.read().unwrap_or_else(|p| p.into_inner())
+    /// The sessions of `user` on this node: device and session id.
+    pub fn sessions_of(&self, user: UserId) -> Vec<(Device, u64)> {
+        self.read()
+            .get(&user)
+            .map(|l| {
+                l.sessions
+                    .iter()
+                    .map(|h| (h.device.clone(), h.session_id))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<UserId, SessionHandle>> {
-        self.sessions.write().unwrap_or_else(|p| p.into_inner())
+    /// The devices of `user` with a session on this node.
+    pub fn devices_here(&self, user: UserId) -> Vec<Device> {
+        self.read()
+            .get(&user)
+            .map(|l| l.sessions.iter().map(|h| h.device.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Closes the session of `device` of `user` on this node as logged
+    /// out; whether there was one.
+    pub fn revoke_device(&self, user: UserId, device: &Device) -> bool {
+        match self.find(user, |h| h.device == *device) {
+            Some(h) => {
+                h.kick.revoke();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn find(&self, user: UserId, pred: impl Fn(&SessionHandle) -> bool) -> Option<SessionHandle> {
+        self.read()
+            .get(&user)
+            .and_then(|l| l.sessions.iter().find(|h| pred(h)).cloned())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, Local>> {
+        // A panic while holding the lock cannot leave the map inconsistent
+        // (every update is a single insert or remove), so poison is ignored.
+        self.users.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<UserId, Local>> {
+        self.users.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
 impl Hub for LocalHub {
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError> {
-        // The newer login wins: an older session of the user (a client
-        // whose network died silently, say) is told why and closed.
+        // The newer login of a device wins: an older session of the same
+        // device (a client whose network died silently, say) is told why
+        // and closed. The user's other devices stay.
         let fp = handle.token_fp.clone();
-        let old = self.write().insert(user, handle);
+        let old = {
+            let mut users = self.write();
+            let local = users.entry(user).or_default();
+            match local
+                .sessions
+                .iter_mut()
+                .find(|h| h.device == handle.device)
+            {
+                Some(slot) => Some(std::mem::replace(slot, handle)),
+                None => {
+                    local.sessions.push(handle);
+                    None
+                }
+            }
+        };
         if let Some(old) = old {
             old.kick.kick_by(old.token_fp.as_deref(), fp.as_deref());
             let _ = tokio::time::timeout(super::REPLACED_SESSION_WAIT, old.ended.cancelled()).await;
@@ -118,18 +222,26 @@ impl Hub for LocalHub {
     }
 
     async fn disconnect(&self, user: UserId, session_id: u64) {
-        let mut sessions = self.write();
-        if sessions
-            .get(&user)
-            .is_some_and(|h| h.session_id == session_id)
-        {
-            sessions.remove(&user);
+        let mut users = self.write();
+        if let Some(local) = users.get_mut(&user) {
+            local.sessions.retain(|h| h.session_id != session_id);
+            if local.sessions.is_empty() {
+                users.remove(&user);
+            }
         }
     }
 
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, HubError> {
         let sessions = self.read();
         Ok(users.iter().map(|u| sessions.contains_key(u)).collect())
+    }
+
+    async fn online_devices(&self, user: UserId) -> Result<Vec<Device>, HubError> {
+        Ok(self.devices_here(user))
+    }
+
+    async fn end_device(&self, user: UserId, device: &Device) -> Result<bool, HubError> {
+        Ok(self.revoke_device(user, device))
     }
 
     async fn deliver(&self, message: Arc<Delivery>, recipients: &[UserId]) -> Result<(), HubError> {
@@ -182,6 +294,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(2);
         let handle = SessionHandle {
             session_id: 1,
+            device: Device::classic(),
             pushes: tx,
             lagging: Arc::new(AtomicBool::new(false)),
             kick: super::super::Kick::default(),
@@ -197,6 +310,7 @@ mod tests {
                 frame: bytes::Bytes::new(),
                 arrived: std::time::Instant::now(),
                 remote: false,
+                origin: 0,
             });
             hub.deliver(d, &[UserId(7)]).await.expect("deliver");
         }

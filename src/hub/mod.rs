@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::sync::broadcast;
 
-use crate::model::{Delivery, GroupId, Push, UserId};
+use crate::model::{Delivery, Device, GroupId, Push, UserId};
 
 /// How the hub reaches one logged-in session.
 #[derive(Debug, Clone)]
@@ -27,6 +27,9 @@ pub struct SessionHandle {
     /// Unique per connection, so that a stale logout cannot remove a newer
     /// session of the same user.
     pub session_id: u64,
+    /// The device the session is for: a login replaces the older session
+    /// of the same device only.
+    pub device: Device,
     /// The session's bounded push queue.
     pub pushes: mpsc::Sender<Push>,
     /// Set when a push found the queue full and was dropped: the session
@@ -65,6 +68,9 @@ pub struct Kick {
     /// token: the same client, one of whose earlier attempts (say, a resume
     /// left waiting in a stopped node's socket) was carried out late.
     by_same_token: Arc<AtomicBool>,
+    /// Set when another device of the user logged this device out (or it
+    /// was forgotten at the device limit): its token no longer works.
+    revoked: Arc<AtomicBool>,
 }
 
 impl Kick {
@@ -83,6 +89,18 @@ impl Kick {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.token.cancel();
+    }
+
+    /// Asks the session to go because its device was logged out.
+    pub fn revoke(&self) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.token.cancel();
+    }
+
+    /// Whether the session's device was logged out.
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the session was replaced by one opened with its own token.
@@ -116,14 +134,25 @@ pub enum GroupChange {
 /// Presence and delivery for the whole deployment.
 #[async_trait]
 pub trait Hub: Send + Sync + 'static {
-    /// Marks `user` online with `handle` as its session. An older session
-    /// of the user, anywhere, is replaced: it is told why and closed.
+    /// Marks `handle`'s device of `user` online with `handle` as its
+    /// session. An older session of the same device, anywhere, is
+    /// replaced: it is told why and closed. Other devices stay.
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError>;
-    /// Marks `user` offline, if `session_id` is still its session.
+    /// Marks the session's device offline, if `session_id` is still its
+    /// session.
     async fn disconnect(&self, user: UserId, session_id: u64);
-    /// Whether each of `users` is online, in one call however many there are.
+    /// Whether each of `users` is online (on any device), in one call
+    /// however many there are.
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, HubError>;
-    /// Hands a stored message to every online receiver among `recipients`.
+    /// The devices of `user` online now, anywhere.
+    async fn online_devices(&self, user: UserId) -> Result<Vec<Device>, HubError>;
+    /// Closes the session of `device` of `user`, wherever it is, telling
+    /// it that its device was logged out. False when it had none.
+    async fn end_device(&self, user: UserId, device: &Device) -> Result<bool, HubError>;
+    /// Hands a stored message to every online session of every receiver
+    /// among `recipients` (the sender's own user may be among them: its
+    /// other devices get the message), except the session that sent it
+    /// ([`Delivery::origin`]).
     async fn deliver(&self, message: Arc<Delivery>, recipients: &[UserId]) -> Result<(), HubError>;
     /// Hands `frame` (a notice, stored nowhere) to every online session
     /// among `recipients`, on this node or another. Best effort: a notice

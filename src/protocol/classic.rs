@@ -299,6 +299,8 @@ mod tests {
             token: None,
             acks: false,
             more: false,
+            device: None,
+            devices: Vec::new(),
         };
         let messages: Vec<ChatMessage> = (1..=20).map(|s| message(s, "hello there")).collect();
         let carried = fit_login(&mut reply, &messages);
@@ -313,6 +315,8 @@ mod tests {
             friends: Vec::new(),
             groups: Vec::new(),
             more: false,
+            device: None,
+            devices: Vec::new(),
             ..reply
         };
         let carried = fit_login(&mut reply, &messages);

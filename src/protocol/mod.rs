@@ -55,6 +55,14 @@ pub mod msgid {
     pub const ACK: i64 = 18;
     /// Push: a contact came online or went offline (`id`, `name`, `state`).
     pub const PRESENCE: i64 = 19;
+    /// The user's devices, and which are online.
+    pub const DEVICES: i64 = 20;
+    /// Log another of one's devices out.
+    pub const DEVICE_LOGOUT: i64 = 21;
+    /// Push to the user's other devices: one of its devices joined,
+    /// created or left a group (`groupid`, `member`, `seq`: where it
+    /// starts).
+    pub const MEMBERSHIP: i64 = 22;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;
@@ -130,6 +138,37 @@ pub enum ErrCode {
     /// Too many registrations from this address; `retry_ms` says when the
     /// next is allowed.
     TooManyRegistrations = 62,
+    /// This session was closed because another of the user's devices
+    /// logged this device out (or it was forgotten, the user having logged
+    /// in from more devices than allowed): its resume token no longer works.
+    DeviceLoggedOut = 63,
+}
+
+/// MEMBERSHIP (msgid 22), as pushed to a user's other devices. Rendered by
+/// hand so that it begins with its msgid: a session tells it from other
+/// notices by that prefix ([`membership_of`]).
+pub fn membership_frame(group: GroupId, member: bool, seq: crate::model::Seq) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"msgid":{},"groupid":{group},"member":{member},"seq":{seq}}}"#,
+        msgid::MEMBERSHIP
+    ))
+}
+
+/// The group, membership and starting position of a MEMBERSHIP notice;
+/// `None` for any other frame.
+pub fn membership_of(frame: &[u8]) -> Option<(GroupId, bool, crate::model::Seq)> {
+    #[derive(serde::Deserialize)]
+    struct Membership {
+        groupid: GroupId,
+        member: bool,
+        seq: crate::model::Seq,
+    }
+    let prefix = format!(r#"{{"msgid":{},"#, msgid::MEMBERSHIP);
+    if !frame.starts_with(prefix.as_bytes()) {
+        return None;
+    }
+    let m: Membership = serde_json::from_slice(frame).ok()?;
+    Some((m.groupid, m.member, m.seq))
 }
 
 /// A failed request: the code and a message for humans.

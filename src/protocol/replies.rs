@@ -86,6 +86,30 @@ pub struct LoggedIn<'a> {
     /// fits the original client's one read (see [`super::classic`]).
     #[serde(default, skip_serializing_if = "is_false")]
     pub more: bool,
+    /// The device this session is for (left out for the classic device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The user's devices (never sent to the original client).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// One of the user's devices: its name (`""` for the classic device),
+/// whether a session of it is online, when it last logged in or resumed,
+/// and whether it is the device asking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub device: String,
+    pub online: bool,
+    pub last_seen: i64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub current: bool,
+}
+
+/// The reply to DEVICES.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceInfo>,
 }
 
 /// The reply to ONE_CHAT and GROUP_CHAT: the message's number and time.
@@ -316,6 +340,8 @@ mod tests {
             token: None,
             acks: false,
             more: false,
+            device: None,
+            devices: Vec::new(),
         };
         let v = serde_json::to_value(&reply).expect("serialize");
         // what the original client parses: strings holding objects

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::msgid;
 use super::replies::{
-    Done, FriendChanged, FriendList, GroupChanged, GroupCreated, GroupJoined, HistoryPage,
-    LoggedIn, Pong, Registered, Sent, ServerInfo as ServerInfoReply,
+    DeviceList, Done, FriendChanged, FriendList, GroupChanged, GroupCreated, GroupJoined,
+    HistoryPage, LoggedIn, Pong, Registered, Sent, ServerInfo as ServerInfoReply,
 };
 use crate::model::{GroupId, Seq, UserId};
 
@@ -41,6 +41,11 @@ pub struct Login {
     /// then move on its acknowledgements, not on writes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub acks: bool,
+    /// Names the device (1 to 64 visible ASCII characters): a login
+    /// replaces only the older session of the same device. None: the
+    /// classic device, one per user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 call!(Login, msgid::LOGIN, LoggedIn<'static>);
 
@@ -50,6 +55,10 @@ pub struct Resume {
     pub token: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub acks: bool,
+    /// The device the token was made for (optional; a different one is
+    /// refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 call!(Resume, msgid::RESUME, LoggedIn<'static>);
 
@@ -143,6 +152,19 @@ call!(ServerInfo, msgid::SERVER_INFO, ServerInfoReply);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Ping {}
 call!(Ping, msgid::PING, Pong);
+
+/// The user's devices, and which are online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Devices {}
+call!(Devices, msgid::DEVICES, DeviceList);
+
+/// Log another of one's devices out (`""`: the classic device): its session
+/// ends and its resume tokens stop working. Answered with the same field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceLogout {
+    pub device: String,
+}
+call!(DeviceLogout, msgid::DEVICE_LOGOUT, DeviceLogout);
 
 /// Everything up to `seq` in each conversation has reached the client.
 /// Answered only when refused.

@@ -11,12 +11,13 @@ use super::{LoggedIn, Service, Session, counted, invalid};
 use crate::hub::SessionHandle;
 use crate::limits::AddrKey;
 use crate::metrics::{METRICS, inc};
-use crate::model::{MAX_PASSWORD_BYTES, Password, UserId, UserName};
+use crate::model::{Device, MAX_PASSWORD_BYTES, Password, UserId, UserName};
 use crate::protocol::replies::{
-    Contact, Done, GroupEntry, LoggedIn as LoginReply, Registered, State,
+    Contact, DeviceInfo, DeviceList, Done, GroupEntry, LoggedIn as LoginReply, Registered, State,
 };
 use crate::protocol::requests as wire;
 use crate::protocol::{ChatFrame, ErrCode, Fail, render_push};
+use crate::store::Reader;
 use crate::store::StoreError;
 use bytes::Bytes;
 
@@ -28,16 +29,94 @@ impl Handler for wire::Register {
 
 impl Handler for wire::Login {
     async fn handle(self, svc: &Service, s: &mut Session) -> Result<LoginReply<'static>, Fail> {
+        let device = Device::parse(self.device.as_deref()).map_err(invalid)?;
         svc.may_open_session(s)?;
-        counted(svc.login(s, self.id, self.password, self.acks).await)
+        counted(
+            svc.login(s, self.id, self.password, device, self.acks)
+                .await,
+        )
     }
 }
 
 impl Handler for wire::Resume {
     async fn handle(self, svc: &Service, s: &mut Session) -> Result<LoginReply<'static>, Fail> {
+        let device = match self.device.as_deref() {
+            Some(d) => Some(Device::parse(Some(d)).map_err(invalid)?),
+            None => None,
+        };
         svc.may_open_session(s)?;
-        counted(svc.resume(s, &self.token, self.acks).await)
+        counted(svc.resume(s, &self.token, device, self.acks).await)
     }
+}
+
+/// The user's devices, and which are online.
+impl Handler for wire::Devices {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<DeviceList, Fail> {
+        let me = s.me_mut()?;
+        let (id, mine) = (me.id, me.reader.device.clone());
+        let known = svc.store.devices(id).await?;
+        let online = svc.hub.online_devices(id).await?;
+        Ok(DeviceList {
+            devices: device_infos(&known, &online, &mine),
+        })
+    }
+}
+
+/// Logs another of the user's devices out: its session ends, wherever it
+/// is, and its resume tokens stop working.
+impl Handler for wire::DeviceLogout {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<wire::DeviceLogout, Fail> {
+        let device = Device::parse(Some(&self.device)).map_err(|_| {
+            // The classic device has no name on the wire but "".
+            Fail::new(
+                ErrCode::InvalidValue,
+                "device must be 0 to 64 visible ASCII characters",
+            )
+        });
+        let device = match (self.device.is_empty(), device) {
+            (true, _) => Device::classic(),
+            (false, d) => d?,
+        };
+        let me = s.me_mut()?;
+        if device == me.reader.device {
+            return Err(Fail::new(
+                ErrCode::InvalidTarget,
+                "this is the device you are on; use LOGOUT to log it out",
+            ));
+        }
+        let id = me.id;
+        if !svc.store.forget_device(id, &device).await? {
+            return Err(Fail::new(
+                ErrCode::NotFound,
+                format!("you have no device named {:?}", device.as_str()),
+            ));
+        }
+        // Its tokens are gone: whatever the hub says, it cannot come back
+        // without a password.
+        if let Err(e) = svc.hub.end_device(id, &device).await {
+            tracing::warn!(user = %id, %device, error = %e, "could not end a logged-out device's session");
+        }
+        tracing::info!(user = %id, %device, "device logged out by another device");
+        Ok(self)
+    }
+}
+
+/// The login reply's and DEVICES' list: every device the user has, most
+/// recently seen first, with whether it is online and which is this one.
+fn device_infos(
+    known: &[crate::model::DeviceEntry],
+    online: &[Device],
+    mine: &Device,
+) -> Vec<DeviceInfo> {
+    known
+        .iter()
+        .map(|d| DeviceInfo {
+            device: d.device.as_str().to_owned(),
+            online: online.contains(&d.device) || d.device == *mine,
+            last_seen: d.last_seen,
+            current: d.device == *mine,
+        })
+        .collect()
 }
 
 impl Handler for wire::Logout {
@@ -87,6 +166,7 @@ impl Service {
         s: &mut Session,
         id: UserId,
         password: String,
+        device: Device,
         acks: bool,
     ) -> Result<LoginReply<'static>, Fail> {
         s.logged_out()?;
@@ -117,9 +197,11 @@ impl Service {
         }
         let name = name.ok_or_else(bad)?;
         self.guard.login_succeeded(id);
+        let reader = Reader::new(id, device);
+        self.open_device(&reader).await?;
         if s.classic {
             // The original client cannot resume: no token, and none stored.
-            return self.open_user_session(s, id, name, None, acks).await;
+            return self.open_user_session(s, reader, name, None, acks).await;
         }
         let Some((token, token_hash)) = crate::auth::token::new_token() else {
             return Err(Fail::new(
@@ -130,9 +212,11 @@ impl Service {
         let expires = crate::store::now_ms().saturating_add(
             i64::try_from(self.config.resume_token_ttl.as_millis()).unwrap_or(i64::MAX),
         );
-        self.store.create_token(id, &token_hash, expires).await?;
+        self.store
+            .create_token(id, &reader.device, &token_hash, expires)
+            .await?;
         let mut reply = self
-            .open_user_session(s, id, name, Some(token_hash), acks)
+            .open_user_session(s, reader, name, Some(token_hash), acks)
             .await?;
         reply.token = Some(token);
         Ok(reply)
@@ -145,6 +229,7 @@ impl Service {
         &self,
         s: &mut Session,
         token: &str,
+        device: Option<Device>,
         acks: bool,
     ) -> Result<LoginReply<'static>, Fail> {
         s.logged_out()?;
@@ -169,9 +254,34 @@ impl Service {
             ));
         }
         let token_hash = crate::auth::token::token_hash(token);
-        let (id, name) = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;
-        self.open_user_session(s, id, name, Some(token_hash), acks)
+        let (id, name, made_for) = self.store.token_user(&token_hash).await?.ok_or_else(bad)?;
+        if device.is_some_and(|d| d != made_for) {
+            return Err(Fail::new(
+                ErrCode::Failed,
+                "this session token was made for another device; log in with your password",
+            ));
+        }
+        let reader = Reader::new(id, made_for);
+        self.open_device(&reader).await?;
+        self.open_user_session(s, reader, name, Some(token_hash), acks)
             .await
+    }
+
+    /// Notes that the device is in use; a device the user has not had yet
+    /// may push one unused the longest past the limit, whose session then
+    /// ends.
+    async fn open_device(&self, reader: &Reader) -> Result<(), Fail> {
+        let forgotten = self
+            .store
+            .open_device(reader.user, &reader.device, self.config.max_devices)
+            .await?;
+        for device in forgotten {
+            tracing::info!(user = %reader.user, %device, "device forgotten: the user has too many");
+            if let Err(e) = self.hub.end_device(reader.user, &device).await {
+                tracing::warn!(user = %reader.user, %device, error = %e, "could not end a forgotten device's session");
+            }
+        }
+        Ok(())
     }
 
     /// Makes `s` the session of `id` (replacing an older one anywhere) and
@@ -179,7 +289,7 @@ impl Service {
     async fn open_user_session(
         &self,
         s: &mut Session,
-        id: UserId,
+        reader: Reader,
         name: String,
         token_hash: Option<String>,
         acks: bool,
@@ -188,7 +298,7 @@ impl Service {
         // the request was under way, say) and logged in elsewhere must not
         // be thrown out of that newer session by this one.
         if s.client_left() {
-            tracing::info!(user = %id, "client left before its login was done; not taking over");
+            tracing::info!(user = %reader.user, "client left before its login was done; not taking over");
             return Err(Fail::new(
                 ErrCode::Unavailable,
                 "the connection closed before the login was done",
@@ -206,11 +316,13 @@ impl Service {
             (false, true) => Reads::Confirmed,
             (false, false) => Reads::Written,
         };
+        let id = reader.user;
         self.hub
             .connect(
                 id,
                 SessionHandle {
                     session_id: s.id,
+                    device: reader.device.clone(),
                     pushes: tx,
                     lagging: lagging.clone(),
                     kick: s.kick.clone(),
@@ -221,6 +333,8 @@ impl Service {
             .await?;
         let mut me = LoggedIn {
             id,
+            reader,
+            session: s.id,
             name,
             pushes: rx,
             token_hash,
@@ -233,6 +347,7 @@ impl Service {
             Ok((reply, online_contacts, rest)) => {
                 tracing::info!(
                     user = %id,
+                    device = %me.reader.device,
                     session = s.id,
                     acks,
                     classic = s.classic,
@@ -263,7 +378,7 @@ impl Service {
         // the reply is written (by the next backlog page or the session's
         // end); further pages follow one at a time through the connection.
         let page_size = self.config.offline_page.max(1);
-        let start = self.store.session_start(me.id, page_size).await?;
+        let start = self.store.session_start(&me.reader, page_size).await?;
         me.delivery.load(start.cursors);
         let first = start.undelivered;
         me.delivery.page_sent(&first);
@@ -329,7 +444,15 @@ impl Service {
             token: None,
             acks: me.delivery.reads() == Reads::Acknowledged,
             more: false,
+            device: (!me.reader.device.is_classic()).then(|| me.reader.device.as_str().to_owned()),
+            devices: Vec::new(),
         };
+        if !classic {
+            // The original client's reply stays as it was (and fits its
+            // one read); other clients see the user's devices.
+            let online = self.hub.online_devices(me.id).await.unwrap_or_default();
+            reply.devices = device_infos(&start.devices, &online, &me.reader.device);
+        }
         let rest = if classic {
             let carried = crate::protocol::classic::fit_login(&mut reply, &first);
             first

@@ -65,7 +65,8 @@ impl Service {
         }
         let conv = Conversation::direct(me.id, to);
         self.check_unread(me, conv, to).await?;
-        let sent = self.send(me, conv, body, cmid, &[to]).await?;
+        // The sender's other devices get it too (self-sync).
+        let sent = self.send(me, conv, body, cmid, &[to, me.id]).await?;
         if me.unread_sent.len() >= UNREAD_TRACKED && !me.unread_sent.contains_key(&conv) {
             // Forgetting only costs a store read at the next message.
             me.unread_sent.clear();
@@ -128,8 +129,8 @@ impl Service {
                 format!("you are not a member of group {group}"),
             ));
         }
-        let others: Vec<UserId> = members.iter().copied().filter(|m| *m != me.id).collect();
-        self.send(me, Conversation::Group(group), body, cmid, &others)
+        // Every member, the sender too: its other devices get it.
+        self.send(me, Conversation::Group(group), body, cmid, &members)
             .await
     }
 
@@ -157,6 +158,7 @@ impl Service {
             .append(NewMessage {
                 conv,
                 sender: me.id,
+                sender_device: me.reader.device.clone(),
                 sender_name: me.name.clone(),
                 body,
                 client_id: cmid,
@@ -185,6 +187,7 @@ impl Service {
             frame: render_push(&stored),
             arrived: std::time::Instant::now(),
             remote: false,
+            origin: me.session,
         });
         if let Err(e) = self.hub.deliver(delivery, recipients).await {
             // Stored already: receivers get it at their next gap check or login.

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::model::{ChatMessage, Conversation, Seq, UserId};
+use crate::model::{ChatMessage, Conversation, Seq};
+use crate::store::Reader;
 
 /// How a session's delivered positions become positions to store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,7 +476,7 @@ pub struct Unconfirmed {
 
 #[derive(Debug)]
 struct Written {
-    user: UserId,
+    user: Reader,
     first: Instant,
     due: Instant,
     /// Bytes written on the connection up to and including this write.
@@ -488,7 +489,7 @@ impl Unconfirmed {
     /// brought the connection's bytes written to `bytes`.
     pub fn written(
         &mut self,
-        user: UserId,
+        user: &Reader,
         positions: Vec<(Conversation, Seq)>,
         bytes: u64,
         now: Instant,
@@ -498,7 +499,7 @@ impl Unconfirmed {
             return;
         }
         if let Some(last) = self.entries.back_mut()
-            && last.user == user
+            && last.user == *user
             && now.saturating_duration_since(last.first) < MERGE_WINDOW
         {
             // Later positions cover earlier ones of the same session.
@@ -513,7 +514,7 @@ impl Unconfirmed {
             return;
         }
         self.entries.push_back(Written {
-            user,
+            user: user.clone(),
             first: now,
             due: now + grace,
             bytes,
@@ -533,7 +534,7 @@ impl Unconfirmed {
         &mut self,
         acked: Option<u64>,
         now: Instant,
-    ) -> Vec<(UserId, Vec<(Conversation, Seq)>)> {
+    ) -> Vec<(Reader, Vec<(Conversation, Seq)>)> {
         let mut out = Vec::new();
         while let Some(first) = self.entries.front_mut() {
             if first.due > now {
@@ -555,8 +556,11 @@ impl Unconfirmed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::GroupId;
-    use crate::model::Seq;
+    use crate::model::{Device, GroupId, Seq, UserId};
+
+    fn r(id: i64) -> Reader {
+        Reader::new(UserId(id), Device::classic())
+    }
 
     const G: Conversation = Conversation::Group(GroupId(1));
 
@@ -633,24 +637,24 @@ mod tests {
         let t0 = Instant::now();
         let mut u = Unconfirmed::default();
         let d = Conversation::direct(UserId(1), UserId(2));
-        u.written(UserId(7), vec![(G, Seq(3))], 100, t0, grace);
+        u.written(&r(7), vec![(G, Seq(3))], 100, t0, grace);
         // joins the first entry: within the merge window
         u.written(
-            UserId(7),
+            &r(7),
             vec![(G, Seq(4)), (d, Seq(1))],
             150,
             t0 + Duration::from_millis(50),
             grace,
         );
         u.written(
-            UserId(7),
+            &r(7),
             vec![(G, Seq(5))],
             200,
             t0 + Duration::from_millis(500),
             grace,
         );
         u.written(
-            UserId(7),
+            &r(7),
             Vec::new(),
             300,
             t0 + Duration::from_millis(600),
@@ -663,18 +667,18 @@ mod tests {
         assert!(u.confirm(Some(120), late).is_empty());
         assert_eq!(u.next_due(), Some(late + RECHECK));
         let got = u.confirm(Some(150), late + RECHECK);
-        assert_eq!(got, vec![(UserId(7), vec![(G, Seq(4)), (d, Seq(1))])]);
+        assert_eq!(got, vec![(r(7), vec![(G, Seq(4)), (d, Seq(1))])]);
         let got = u.confirm(None, late + 2 * RECHECK);
         assert_eq!(
             got,
-            vec![(UserId(7), vec![(G, Seq(5))])],
+            vec![(r(7), vec![(G, Seq(5))])],
             "no TCP figure: grace alone"
         );
         assert_eq!(u.next_due(), None);
         // another user on the same connection (after a logout and login)
-        u.written(UserId(7), vec![(G, Seq(6))], 400, late, grace);
+        u.written(&r(7), vec![(G, Seq(6))], 400, late, grace);
         u.written(
-            UserId(8),
+            &r(8),
             vec![(d, Seq(9))],
             450,
             late + Duration::from_millis(10),
@@ -683,10 +687,7 @@ mod tests {
         let got = u.confirm(Some(450), late + grace + Duration::from_millis(10));
         assert_eq!(
             got,
-            vec![
-                (UserId(7), vec![(G, Seq(6))]),
-                (UserId(8), vec![(d, Seq(9))])
-            ]
+            vec![(r(7), vec![(G, Seq(6))]), (r(8), vec![(d, Seq(9))])]
         );
     }
 

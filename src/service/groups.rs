@@ -121,6 +121,7 @@ impl Service {
         me.delivery.join(Conversation::Group(id), Seq(0));
         self.groups.invalidate(id);
         self.hub.group_changed(id).await;
+        self.tell_own_devices(me, id, true, Seq(0)).await;
         Ok(GroupCreated {
             groupid: id,
             groupname: name.as_str().to_owned(),
@@ -151,6 +152,7 @@ impl Service {
         me.delivery.join(Conversation::Group(group), start);
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
+        self.tell_own_devices(me, group, true, start).await;
         let info = self
             .store
             .user_groups(me.id)
@@ -213,6 +215,16 @@ impl Service {
         me.delivery.leave(Conversation::Group(group));
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
+        self.tell_own_devices(me, group, false, Seq(0)).await;
         Ok(GroupChanged { groupid: group })
+    }
+
+    /// Tells the user's other sessions that one of its devices joined (at
+    /// `seq`) or left `group`, so that they deliver its messages from
+    /// there, or no more (MEMBERSHIP, msgid 22). A session that misses it
+    /// learns at its next login.
+    async fn tell_own_devices(&self, me: &LoggedIn, group: GroupId, member: bool, seq: Seq) {
+        let frame = crate::protocol::membership_frame(group, member, seq);
+        self.hub.notify(frame, &[me.id]).await;
     }
 }

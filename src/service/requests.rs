@@ -79,7 +79,7 @@ requests! {
     open: [Login, Register, Resume, ServerInfo, Ping],
     as_user: [
         Logout, OneChat, AddFriend, CreateGroup, AddGroup, GroupChat, DelGroup, DelFriend,
-        ShowFriendList, History, Ack,
+        ShowFriendList, History, Ack, Devices, DeviceLogout,
     ],
 }
 
@@ -97,11 +97,13 @@ impl Request {
     /// has that.)
     pub(super) fn declares_extension(&self) -> bool {
         match self {
-            Request::Open(Open::Login(l)) => l.acks,
+            Request::Open(Open::Login(l)) => l.acks || l.device.is_some(),
             Request::Open(Open::Resume(_) | Open::ServerInfo(_) | Open::Ping(_)) => true,
             Request::AsUser(AsUser::OneChat(c)) => c.cmid.is_some(),
             Request::AsUser(AsUser::GroupChat(c)) => c.cmid.is_some(),
-            Request::AsUser(AsUser::History(_) | AsUser::Ack(_)) => true,
+            Request::AsUser(
+                AsUser::History(_) | AsUser::Ack(_) | AsUser::Devices(_) | AsUser::DeviceLogout(_),
+            ) => true,
             _ => false,
         }
     }

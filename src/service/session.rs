@@ -51,6 +51,11 @@ impl Handler for wire::Ping {
 /// A logged-in user's side of a session.
 pub(super) struct LoggedIn {
     pub(super) id: UserId,
+    /// The user and the device this session is for.
+    pub(super) reader: crate::store::Reader,
+    /// The session's id ([`Session::id`]): what it sends is not pushed
+    /// back to it, only to the user's other sessions.
+    pub(super) session: u64,
     pub(super) name: String,
     pub(super) pushes: mpsc::Receiver<Push>,
     /// The hash of the resume token this session was given or resumed
@@ -269,7 +274,7 @@ impl Service {
         };
         let positions = me.delivery.unacknowledged();
         s.unconfirmed.written(
-            me.id,
+            &me.reader,
             positions,
             bytes,
             Instant::now(),
@@ -281,16 +286,16 @@ impl Service {
     /// period ago, if its TCP has acknowledged the bytes (`acked`: bytes
     /// written less those unacknowledged; `None` if unknown).
     pub fn confirm_reads(&self, s: &mut Session, acked: Option<u64>) {
-        for (user, positions) in s.unconfirmed.confirm(acked, Instant::now()) {
+        for (reader, positions) in s.unconfirmed.confirm(acked, Instant::now()) {
             match s.user.as_mut() {
-                Some(me) if me.id == user => me.delivery.acknowledge(positions),
+                Some(me) if me.reader == reader => me.delivery.acknowledge(positions),
                 // Logged out (or in as someone else) since: store it
                 // directly, the connection that carried it is still open.
                 _ => {
                     let store = self.store.clone();
                     self.tasks.spawn(async move {
-                        if let Err(e) = store.advance_cursors(user, positions).await {
-                            tracing::warn!(%user, error = %e, "could not store delivery cursors");
+                        if let Err(e) = store.advance_cursors(&reader, positions).await {
+                            tracing::warn!(user = %reader.user, error = %e, "could not store delivery cursors");
                         }
                     });
                 }
@@ -316,19 +321,19 @@ impl Service {
             return;
         }
         let Some(me) = s.user.as_mut() else { return };
-        let user = me.id;
         let Err(positions) = self
             .store
-            .queue_cursors(user, me.delivery.take_flush(Instant::now()))
+            .queue_cursors(&me.reader, me.delivery.take_flush(Instant::now()))
         else {
             return;
         };
         // The write queue is full: wait for room off the connection's path.
         let store = self.store.clone();
+        let reader = me.reader.clone();
         self.tasks.spawn(async move {
-            if let Err(e) = store.advance_cursors(user, positions).await {
+            if let Err(e) = store.advance_cursors(&reader, positions).await {
                 // Not lost: the messages are redelivered at the next login.
-                tracing::warn!(%user, error = %e, "could not store delivery cursors");
+                tracing::warn!(user = %reader.user, error = %e, "could not store delivery cursors");
             }
         });
     }
@@ -339,7 +344,7 @@ impl Service {
         if let Some(me) = s.user.take() {
             if let Err(e) = self
                 .store
-                .advance_cursors(me.id, me.delivery.advanced())
+                .advance_cursors(&me.reader, me.delivery.advanced())
                 .await
             {
                 tracing::warn!(user = %me.id, error = %e, "could not store delivery cursors");
@@ -367,6 +372,24 @@ impl Service {
                 me.delivery.resync();
                 return Vec::new();
             }
+            // Another device of the user joined or left a group: this
+            // session delivers its messages from there, or no more. (The
+            // session that made the change knows already: joining twice
+            // changes nothing.)
+            Push::Notice(frame) if crate::protocol::membership_of(&frame).is_some() => {
+                if let Some((group, member, seq)) = crate::protocol::membership_of(&frame) {
+                    let conv = crate::model::Conversation::Group(group);
+                    match (member, me.delivery.knows(conv)) {
+                        (true, false) => me.delivery.join(conv, seq),
+                        (false, true) => me.delivery.leave(conv),
+                        _ => return Vec::new(),
+                    }
+                }
+                if s.classic {
+                    return Vec::new();
+                }
+                return vec![frame];
+            }
             // Presence is ours; the original server never sent it.
             Push::Notice(_) if s.classic => return Vec::new(),
             Push::Notice(frame) => return vec![frame],
@@ -385,7 +408,7 @@ impl Service {
                 vec![d.frame.clone()]
             }
             Incoming::Gap { after } => {
-                match self.store.between(m.conv, after, m.seq, me.id).await {
+                match self.store.between(m.conv, after, m.seq, &me.reader).await {
                     Ok(missing) => {
                         let mut out: Vec<Bytes> = missing.iter().map(render_push).collect();
                         METRICS.delivered_from_store.inc_by(missing.len() as u64);
@@ -414,8 +437,8 @@ impl Service {
         let page_size = self.config.offline_page.max(1);
         let positions = me.delivery.begin_page();
         let page = async {
-            self.store.advance_cursors(me.id, positions).await?;
-            self.store.undelivered(me.id, page_size).await
+            self.store.advance_cursors(&me.reader, positions).await?;
+            self.store.undelivered(&me.reader, page_size).await
         };
         let page = match page.await {
             Ok(page) => page,

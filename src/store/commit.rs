@@ -13,8 +13,8 @@ use std::future::Future;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use super::{StoreError, StoreResult};
-use crate::model::{ChatMessage, Conversation, NewMessage, Seq, UserId};
+use super::{Reader, StoreError, StoreResult};
+use crate::model::{ChatMessage, Conversation, NewMessage, Seq};
 
 /// Most operations folded into one transaction.
 pub(super) const MAX_BATCH: usize = 512;
@@ -28,9 +28,9 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 pub(super) enum WriteOp {
     /// Store a message and give it the next sequence number.
     Append(NewMessage),
-    /// Move a user's delivery cursors forward (never back).
+    /// Move a device's delivery cursors forward (never back).
     Cursors {
-        user: UserId,
+        reader: Reader,
         positions: Vec<(Conversation, Seq)>,
     },
 }
@@ -147,13 +147,14 @@ impl GroupCommit {
     /// Moves cursors forward; returns when the move is durable.
     pub(super) async fn advance_cursors(
         &self,
-        user: UserId,
+        reader: &Reader,
         positions: Vec<(Conversation, Seq)>,
     ) -> StoreResult<()> {
         if positions.is_empty() {
             return Ok(());
         }
-        self.submit(WriteOp::Cursors { user, positions })
+        let reader = reader.clone();
+        self.submit(WriteOp::Cursors { reader, positions })
             .await
             .map(drop)
     }
@@ -162,14 +163,15 @@ impl GroupCommit {
     /// batch. Gives the positions back when the queue is full or closed.
     pub(super) fn queue_cursors(
         &self,
-        user: UserId,
+        reader: &Reader,
         positions: Vec<(Conversation, Seq)>,
     ) -> Result<(), Vec<(Conversation, Seq)>> {
         if positions.is_empty() {
             return Ok(());
         }
+        let reader = reader.clone();
         self.queue
-            .try_send(Job::Op(WriteOp::Cursors { user, positions }, None))
+            .try_send(Job::Op(WriteOp::Cursors { reader, positions }, None))
             .map_err(|e| match e.into_inner() {
                 Job::Op(WriteOp::Cursors { positions, .. }, _) => positions,
                 _ => Vec::new(),

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::model::{
-    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, NewMessage, Seq, UserId,
-    UserSummary,
+    ChatMessage, Conversation, Credentials, Device, DeviceEntry, GroupId, GroupInfo, NewMessage,
+    Seq, UserId, UserSummary,
 };
 
 /// What went wrong in storage, in terms the service can answer with.
@@ -55,12 +55,27 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything a new session reads before its login reply.
 #[derive(Debug, Clone, Default)]
 pub struct SessionStart {
-    /// Delivery positions ([`Store::cursors`]).
+    /// The device's delivery positions ([`Store::cursors`]).
     pub cursors: Vec<(Conversation, Seq)>,
     /// The first page past them ([`Store::undelivered`]).
     pub undelivered: Vec<ChatMessage>,
     pub friends: Vec<UserSummary>,
     pub groups: Vec<GroupInfo>,
+    /// The user's devices, most recently seen first.
+    pub devices: Vec<DeviceEntry>,
+}
+
+/// A user's device as a session names it: whose, and which.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reader {
+    pub user: UserId,
+    pub device: Device,
+}
+
+impl Reader {
+    pub fn new(user: UserId, device: Device) -> Self {
+        Reader { user, device }
+    }
 }
 
 /// Everything the service persists.
@@ -71,16 +86,37 @@ pub trait Store: Send + Sync + 'static {
     /// The user's name and password hash, if the user exists.
     async fn credentials(&self, id: UserId) -> StoreResult<Option<Credentials>>;
 
-    /// Keeps a resume token's hash for `user` until `expires_ms` (and drops
-    /// the user's expired ones).
+    /// Keeps a resume token's hash for `device` of `user` until
+    /// `expires_ms` (and drops the user's expired ones).
     async fn create_token(
         &self,
         user: UserId,
+        device: &Device,
         token_hash: &str,
         expires_ms: i64,
     ) -> StoreResult<()>;
-    /// The user (id and name) whose unexpired token has this hash.
-    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>>;
+    /// The user (id and name) whose unexpired token has this hash, and the
+    /// device it was made for.
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String, Device)>>;
+
+    /// A session of `device` begins: the device is noted as seen now. A
+    /// device the user has not had yet starts, in every conversation, where
+    /// the furthest of the user's devices has got (what none of them has
+    /// had is its offline messages); when the user then has more than
+    /// `max_devices`, those unused the longest are forgotten
+    /// ([`Store::forget_device`]) and returned.
+    async fn open_device(
+        &self,
+        user: UserId,
+        device: &Device,
+        max_devices: usize,
+    ) -> StoreResult<Vec<Device>>;
+    /// Forgets one of the user's devices: its positions and resume tokens
+    /// go (a later login of that name is a new device). False when the
+    /// user had no such device.
+    async fn forget_device(&self, user: UserId, device: &Device) -> StoreResult<bool>;
+    /// The user's devices, most recently seen first.
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceEntry>>;
     /// Forgets a token (logout).
     async fn revoke_token(&self, token_hash: &str) -> StoreResult<()>;
 
@@ -110,11 +146,11 @@ pub trait Store: Send + Sync + 'static {
     /// conversation. `NotFound` when a direct message names an unknown user
     /// or a group message an unknown group.
     async fn append(&self, msg: NewMessage) -> StoreResult<ChatMessage>;
-    /// Moves `user`'s delivery cursors forward (never back). Returns when the
-    /// move is durable.
+    /// Moves the device's delivery cursors forward (never back). Returns
+    /// when the move is durable.
     async fn advance_cursors(
         &self,
-        user: UserId,
+        reader: &Reader,
         positions: Vec<(Conversation, Seq)>,
     ) -> StoreResult<()>;
     /// Queues a cursor move to ride in the next write batch, without
@@ -124,30 +160,33 @@ pub trait Store: Send + Sync + 'static {
     /// [`advance_cursors`](Store::advance_cursors) instead.
     fn queue_cursors(
         &self,
-        user: UserId,
+        reader: &Reader,
         positions: Vec<(Conversation, Seq)>,
     ) -> Result<(), Vec<(Conversation, Seq)>>;
-    /// Every conversation `user` takes part in, with the delivered position.
-    async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>>;
-    /// `user`'s stored position in one conversation (0 if none).
+    /// Every conversation the user takes part in, with the device's
+    /// delivered position.
+    async fn cursors(&self, reader: &Reader) -> StoreResult<Vec<(Conversation, Seq)>>;
+    /// How far `user` has got in one conversation on any device (0 if
+    /// nowhere).
     async fn cursor(&self, user: UserId, conv: Conversation) -> StoreResult<Seq>;
-    /// Up to `limit` messages past `user`'s cursors, sent by others, a fair
-    /// share of each conversation (round robin over their backlogs, at most
-    /// `limit` sequence numbers into each); each conversation's part is a
-    /// prefix of its backlog. Fewer than `limit` does not mean nothing is
-    /// left: only an empty page does.
-    async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>>;
-    /// What a new session reads, all at once (`page` messages at most). A
-    /// backend may answer it in one trip instead of five.
-    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart>;
-    /// Messages of `conv` with `after < seq < before` not sent by
-    /// `exclude_sender`, in order: fills a gap in live delivery.
+    /// Up to `limit` messages past the device's cursors, not sent from
+    /// that very device, a fair share of each conversation (round robin
+    /// over their backlogs, at most `limit` sequence numbers into each);
+    /// each conversation's part is a prefix of its backlog. Fewer than
+    /// `limit` does not mean nothing is left: only an empty page does.
+    async fn undelivered(&self, reader: &Reader, limit: usize) -> StoreResult<Vec<ChatMessage>>;
+    /// What a new session of the device reads, all at once (`page`
+    /// messages at most). A backend may answer it in one trip instead of
+    /// six.
+    async fn session_start(&self, reader: &Reader, page: usize) -> StoreResult<SessionStart>;
+    /// Messages of `conv` with `after < seq < before` not sent from the
+    /// reader's own device, in order: fills a gap in live delivery.
     async fn between(
         &self,
         conv: Conversation,
         after: Seq,
         before: Seq,
-        exclude_sender: UserId,
+        reader: &Reader,
     ) -> StoreResult<Vec<ChatMessage>>;
     /// Up to `limit` messages of `conv` before `before` (or the newest),
     /// newest first.

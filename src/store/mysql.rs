@@ -325,7 +325,7 @@ impl Writer {
         let (mut resent, twins) = resends(&mut tx, batch).await?;
         // Appends by conversation, in key order (the lock order).
         let mut by_conv: BTreeMap<String, (Conversation, Vec<usize>)> = BTreeMap::new();
-        let mut cursor_moves: BTreeMap<(UserId, String), Seq> = BTreeMap::new();
+        let mut cursor_moves: BTreeMap<(UserId, &str, String), Seq> = BTreeMap::new();
         for (i, op) in batch.iter().enumerate() {
             if let Some(original) = resent.remove(&i) {
                 outcomes[i] = Some(Ok(original));
@@ -340,9 +340,10 @@ impl Writer {
                     .or_insert((msg.conv, Vec::new()))
                     .1
                     .push(i),
-                WriteOp::Cursors { user, positions } => {
+                WriteOp::Cursors { reader, positions } => {
                     for (conv, seq) in positions {
-                        let e = cursor_moves.entry((*user, conv.key())).or_insert(*seq);
+                        let key = (reader.user, reader.device.as_str(), conv.key());
+                        let e = cursor_moves.entry(key).or_insert(*seq);
                         *e = (*e).max(*seq);
                     }
                 }
@@ -430,9 +431,10 @@ impl Writer {
             let sep = if row_in_statement > 0 { ", " } else { "" };
             let _ = write!(
                 text,
-                "{sep}({}, {seq}, {}, {}, {}, {now})",
+                "{sep}({}, {seq}, {}, {}, {}, {}, {now})",
                 conv_literal(&msg.conv.key())?,
                 msg.sender,
+                ascii_literal(msg.sender_device.as_str()),
                 text_literal(&msg.sender_name),
                 text_literal(&msg.body),
             );
@@ -462,9 +464,10 @@ impl Writer {
                 "INSERT INTO sent_ids (sender_id, client_id, conv, seq) VALUES {ids}; "
             );
         }
-        // All cursor moves in one statement. Only existing cursors move (a
-        // cursor is never created here: that would put a user back into a
-        // group they left on another node).
+        // All cursor moves in one statement, in key order (the lock
+        // order). A row for a conversation the user has left does no harm:
+        // positions are read through the user's rows in `cursors` (see
+        // migrations/sqlite/0004_devices.sql).
         let cursor_moves: Vec<_> = cursor_moves.into_iter().collect();
         for chunk in cursor_moves.chunks(CURSOR_MOVES_PER_STATEMENT) {
             if text.len() > STATEMENT_BYTES {
@@ -475,20 +478,20 @@ impl Writer {
             if !text.is_empty() && !text.ends_with("; ") {
                 text.push_str("; ");
             }
-            // One query block (a UNION of one SELECT per move cost MariaDB
-            // more to parse than the update itself); the row IN list is
-            // read along the primary key.
-            let mut list = String::new();
-            text.push_str("UPDATE cursors SET delivered_seq = GREATEST(delivered_seq, CASE");
-            for (n, ((user, conv), seq)) in chunk.iter().enumerate() {
-                let conv = conv_literal(conv)?;
-                let _ = write!(text, " WHEN user_id = {user} AND conv = {conv} THEN {seq}");
+            text.push_str(
+                "INSERT INTO device_cursors (user_id, device, conv, delivered_seq) VALUES ",
+            );
+            for (n, ((user, device, conv), seq)) in chunk.iter().enumerate() {
                 let sep = if n > 0 { ", " } else { "" };
-                let _ = write!(list, "{sep}({user}, {conv})");
+                let _ = write!(
+                    text,
+                    "{sep}({user}, {}, {}, {seq})",
+                    ascii_literal(device),
+                    conv_literal(conv)?
+                );
             }
-            let _ = write!(
-                text,
-                " ELSE delivered_seq END) WHERE (user_id, conv) IN ({list})"
+            text.push_str(
+                " ON DUPLICATE KEY UPDATE delivered_seq = GREATEST(delivered_seq, VALUES(delivered_seq))",
             );
         }
         if let Some(mark) = mark
@@ -783,6 +786,7 @@ mod tests {
             WriteOp::Append(NewMessage {
                 conv: Conversation::Group(GroupId(to)),
                 sender: UserId(1),
+                sender_device: crate::model::Device::classic(),
                 sender_name: "one".into(),
                 body: format!("to {to}"),
                 client_id: cid.map(str::to_owned),
@@ -794,7 +798,7 @@ mod tests {
             msg(6, None),
             msg(7, None),
             WriteOp::Cursors {
-                user: UserId(1),
+                reader: crate::store::Reader::new(UserId(1), crate::model::Device::classic()),
                 positions: vec![],
             },
             msg(5, Some("old")),

@@ -15,10 +15,10 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
 
 use super::commit::GroupCommit;
-use super::{SessionStart, Store, StoreError, StoreResult, now_ms};
+use super::{Reader, SessionStart, Store, StoreError, StoreResult, now_ms};
 use crate::model::{
-    ChatMessage, Conversation, Credentials, GroupId, GroupInfo, GroupMember, GroupRole, NewMessage,
-    Seq, UserId, UserSummary,
+    ChatMessage, Conversation, Credentials, Device, DeviceEntry, GroupId, GroupInfo, GroupMember,
+    GroupRole, NewMessage, Seq, UserId, UserSummary,
 };
 
 /// A message row: conv, seq, sender_id, sender_name, body, sent_at.
@@ -28,8 +28,8 @@ pub(super) const CREDENTIALS: &str = "SELECT name, password_hash FROM users WHER
 pub(super) const DROP_EXPIRED_TOKENS: &str =
     "DELETE FROM resume_tokens WHERE user_id = ? AND expires_at < ?";
 pub(super) const CREATE_TOKEN: &str =
-    "INSERT INTO resume_tokens (token_hash, user_id, expires_at) VALUES (?, ?, ?)";
-pub(super) const TOKEN_USER: &str = "SELECT t.user_id, u.name FROM resume_tokens t \
+    "INSERT INTO resume_tokens (token_hash, user_id, device, expires_at) VALUES (?, ?, ?, ?)";
+pub(super) const TOKEN_USER: &str = "SELECT t.user_id, u.name, t.device FROM resume_tokens t \
      JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND t.expires_at >= ?";
 pub(super) const REVOKE_TOKEN: &str = "DELETE FROM resume_tokens WHERE token_hash = ?";
 pub(super) const USER_ID: &str = "SELECT id FROM users WHERE id = ?";
@@ -63,40 +63,107 @@ pub(super) const USER_GROUPS_MEMBERS: &str = "SELECT gm.group_id, u.id, u.name, 
      ORDER BY gm.group_id, u.id";
 pub(super) const GROUP_MEMBERS: &str = "SELECT user_id FROM group_members WHERE group_id = ?";
 pub(super) const GROUP_ID: &str = "SELECT id FROM chat_groups WHERE id = ?";
-/// Followed by one `(?, ?, ?, ?, ?, ?)` per message of a batch.
+/// Followed by one `(?, ?, ?, ?, ?, ?, ?)` per message of a batch.
 pub(super) const INSERT_MESSAGES: &str =
-    "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) ";
+    "INSERT INTO messages (conv, seq, sender_id, sender_device, sender_name, body, sent_at) ";
 /// The message a sender already stored under its own id.
 pub(super) const SENT_ID: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
      FROM sent_ids s JOIN messages m ON m.conv = s.conv AND m.seq = s.seq \
      WHERE s.sender_id = ? AND s.client_id = ?";
 pub(super) const INSERT_SENT_ID: &str =
     "INSERT INTO sent_ids (sender_id, client_id, conv, seq) VALUES (?, ?, ?, ?)";
-pub(super) const CURSORS: &str = "SELECT conv, delivered_seq FROM cursors WHERE user_id = ?";
-pub(super) const CURSOR: &str = "SELECT delivered_seq FROM cursors WHERE user_id = ? AND conv = ?";
+/// A device's position in a conversation, with `c` the user's row in
+/// `cursors` and `d` the device's row in `device_cursors` (if any): the
+/// greater of the two (see migrations/sqlite/0004_devices.sql).
+macro_rules! position {
+    () => {
+        "CASE WHEN d.delivered_seq > c.delivered_seq THEN d.delivered_seq ELSE c.delivered_seq END"
+    };
+}
+/// The user's conversations (`c`) with the device's rows (`d`), for a
+/// device `?` and a user `?`.
+macro_rules! positions_of_device {
+    () => {
+        "FROM cursors c LEFT JOIN device_cursors d \
+         ON d.user_id = c.user_id AND d.device = ? AND d.conv = c.conv \
+         WHERE c.user_id = ?"
+    };
+}
+/// Binds: device, user.
+pub(super) const CURSORS: &str =
+    concat!("SELECT c.conv, ", position!(), " ", positions_of_device!());
+/// How far a user (`?`) has got in a conversation (`?`) on any device.
+pub(super) const CURSOR: &str = concat!(
+    "SELECT MAX(",
+    position!(),
+    ") FROM cursors c LEFT JOIN device_cursors d ON d.user_id = c.user_id AND d.conv = c.conv \
+     WHERE c.user_id = ? AND c.conv = ?"
+);
 /// A page of undelivered messages that takes its fair share of each
 /// conversation: the first of each, then the second of each, and so on, so
 /// that one flooded conversation cannot hold back the others. Within a
 /// conversation the page is always a prefix of its backlog (cursors stay
-/// right). The window (`seq <= delivered + ?`, the page size) keeps the sort
+/// right). The window (`seq <= position + ?`, the page size) keeps the sort
 /// to at most a page per conversation; a page cut short by it just means
-/// another page is read. A window can hold only the user's own messages (a
+/// another page is read. A window can hold only the device's own messages (a
 /// long run of them past a cursor that a crash left behind), so an empty
 /// fair page is followed by [`UNDELIVERED_ANY`] before the backlog counts as
-/// empty.
-pub(super) const UNDELIVERED: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
-     FROM cursors c JOIN messages m ON m.conv = c.conv AND m.seq > c.delivered_seq \
-     AND m.seq <= c.delivered_seq + ? \
-     WHERE c.user_id = ? AND m.sender_id <> ? ORDER BY m.seq - c.delivered_seq, m.conv, m.seq LIMIT ?";
+/// empty. Binds: device, user, window, user, device, limit.
+pub(super) const UNDELIVERED: &str = concat!(
+    "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+     FROM cursors c LEFT JOIN device_cursors d \
+     ON d.user_id = c.user_id AND d.device = ? AND d.conv = c.conv \
+     JOIN messages m ON m.conv = c.conv AND m.seq > ",
+    position!(),
+    " AND m.seq <= ",
+    position!(),
+    " + ? WHERE c.user_id = ? AND (m.sender_id <> ? OR m.sender_device <> ?) \
+     ORDER BY m.seq - ",
+    position!(),
+    ", m.conv, m.seq LIMIT ?"
+);
 /// Each cursor row joins the messages past it; ordering by (conv, seq) makes
 /// every conversation's share of a page a prefix, so moving the cursors to a
 /// page's last positions never skips a message. Unfair, but it finds
-/// whatever lies past any window.
-pub(super) const UNDELIVERED_ANY: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
-     FROM cursors c JOIN messages m ON m.conv = c.conv AND m.seq > c.delivered_seq \
-     WHERE c.user_id = ? AND m.sender_id <> ? ORDER BY m.conv, m.seq LIMIT ?";
+/// whatever lies past any window. Binds: device, user, user, device, limit.
+pub(super) const UNDELIVERED_ANY: &str = concat!(
+    "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+     FROM cursors c LEFT JOIN device_cursors d \
+     ON d.user_id = c.user_id AND d.device = ? AND d.conv = c.conv \
+     JOIN messages m ON m.conv = c.conv AND m.seq > ",
+    position!(),
+    " WHERE c.user_id = ? AND (m.sender_id <> ? OR m.sender_device <> ?) \
+     ORDER BY m.conv, m.seq LIMIT ?"
+);
+/// Binds: conv, after, before, user, device.
 pub(super) const BETWEEN: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
-     WHERE m.conv = ? AND m.seq > ? AND m.seq < ? AND m.sender_id <> ? ORDER BY m.seq";
+     WHERE m.conv = ? AND m.seq > ? AND m.seq < ? AND (m.sender_id <> ? OR m.sender_device <> ?) ORDER BY m.seq";
+pub(super) const DEVICES: &str =
+    "SELECT device, last_seen FROM devices WHERE user_id = ? ORDER BY last_seen DESC, device";
+pub(super) const TOUCH_DEVICE: &str =
+    "UPDATE devices SET last_seen = ? WHERE user_id = ? AND device = ?";
+pub(super) const ADD_DEVICE: &str =
+    "INSERT INTO devices (user_id, device, created_at, last_seen) VALUES (?, ?, ?, ?)";
+/// The devices unused the longest first.
+pub(super) const DEVICES_BY_AGE: &str =
+    "SELECT device FROM devices WHERE user_id = ? ORDER BY last_seen, device";
+pub(super) const DROP_DEVICE: &str = "DELETE FROM devices WHERE user_id = ? AND device = ?";
+pub(super) const DROP_DEVICE_CURSORS: &str =
+    "DELETE FROM device_cursors WHERE user_id = ? AND device = ?";
+pub(super) const DROP_DEVICE_TOKENS: &str =
+    "DELETE FROM resume_tokens WHERE user_id = ? AND device = ?";
+/// A new device starts where the furthest of the user's devices has got.
+/// Binds: device, user.
+pub(super) const SNAPSHOT_DEVICE: &str = concat!(
+    "INSERT INTO device_cursors (user_id, device, conv, delivered_seq) \
+     SELECT c.user_id, ?, c.conv, MAX(",
+    position!(),
+    ") FROM cursors c LEFT JOIN device_cursors d ON d.user_id = c.user_id AND d.conv = c.conv \
+     WHERE c.user_id = ? GROUP BY c.user_id, c.conv"
+);
+/// A member who leaves leaves with every device.
+pub(super) const REMOVE_DEVICE_CURSORS: &str =
+    "DELETE FROM device_cursors WHERE user_id = ? AND conv = ?";
 pub(super) const HISTORY: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
      WHERE m.conv = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?";
 
@@ -114,6 +181,15 @@ pub(super) fn message_of(row: MsgRow) -> Option<ChatMessage> {
 
 pub(super) fn messages(rows: Vec<MsgRow>) -> Vec<ChatMessage> {
     rows.into_iter().filter_map(message_of).collect()
+}
+
+pub(super) fn devices(rows: Vec<(String, i64)>) -> Vec<DeviceEntry> {
+    rows.into_iter()
+        .map(|(d, last_seen)| DeviceEntry {
+            device: Device::stored(&d),
+            last_seen,
+        })
+        .collect()
 }
 
 pub(super) fn cursors(rows: Vec<(String, i64)>) -> Vec<(Conversation, Seq)> {
@@ -170,9 +246,9 @@ pub trait Dialect: Database {
 #[async_trait]
 pub trait FastReads: std::fmt::Debug + Send + Sync + 'static {
     /// As [`Store::token_user`].
-    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>>;
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String, Device)>>;
     /// As [`Store::session_start`].
-    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart>;
+    async fn session_start(&self, reader: &Reader, page: usize) -> StoreResult<SessionStart>;
 }
 
 /// A [`Store`] on a SQL database: the pool for reads and for the rare
@@ -309,6 +385,7 @@ where
     async fn create_token(
         &self,
         user: UserId,
+        device: &Device,
         token_hash: &str,
         expires_ms: i64,
     ) -> StoreResult<()> {
@@ -320,10 +397,108 @@ where
         sqlx::query(CREATE_TOKEN)
             .bind(token_hash)
             .bind(user)
+            .bind(device.as_str())
             .bind(expires_ms)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn open_device(
+        &self,
+        user: UserId,
+        device: &Device,
+        max_devices: usize,
+    ) -> StoreResult<Vec<Device>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let touched = DB::rows_affected(
+            &sqlx::query(TOUCH_DEVICE)
+                .bind(now)
+                .bind(user)
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?,
+        );
+        if touched > 0 {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        match sqlx::query(ADD_DEVICE)
+            .bind(user)
+            .bind(device.as_str())
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {}
+            // Another node opened the same new device just now: it is not
+            // new any more.
+            Err(e) if is_unique_violation(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+        // Rows of an earlier device of this name (forgotten while one of
+        // its sessions was still storing positions) do not count.
+        sqlx::query(DROP_DEVICE_CURSORS)
+            .bind(user)
+            .bind(device.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(SNAPSHOT_DEVICE)
+            .bind(device.as_str())
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        let all: Vec<(String,)> = sqlx::query_as(DEVICES_BY_AGE)
+            .bind(user)
+            .fetch_all(&mut *tx)
+            .await?;
+        let excess = all.len().saturating_sub(max_devices.max(1));
+        let mut forgotten = Vec::new();
+        for (old,) in all.into_iter().filter(|(d,)| d != device.as_str()) {
+            if forgotten.len() >= excess {
+                break;
+            }
+            for q in [DROP_DEVICE, DROP_DEVICE_CURSORS, DROP_DEVICE_TOKENS] {
+                sqlx::query(q)
+                    .bind(user)
+                    .bind(old.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            forgotten.push(Device::stored(&old));
+        }
+        tx.commit().await?;
+        Ok(forgotten)
+    }
+
+    async fn forget_device(&self, user: UserId, device: &Device) -> StoreResult<bool> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let gone = DB::rows_affected(
+            &sqlx::query(DROP_DEVICE)
+                .bind(user)
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?,
+        );
+        for q in [DROP_DEVICE_CURSORS, DROP_DEVICE_TOKENS] {
+            sqlx::query(q)
+                .bind(user)
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone > 0)
+    }
+
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceEntry>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(DEVICES)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(devices(rows))
     }
 
     async fn revoke_token(&self, token_hash: &str) -> StoreResult<()> {
@@ -380,11 +555,13 @@ where
                 .execute(&mut *tx)
                 .await?,
         );
-        sqlx::query(REMOVE_CURSOR)
-            .bind(user)
-            .bind(Conversation::Group(group).key())
-            .execute(&mut *tx)
-            .await?;
+        for q in [REMOVE_CURSOR, REMOVE_DEVICE_CURSORS] {
+            sqlx::query(q)
+                .bind(user)
+                .bind(Conversation::Group(group).key())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(left > 0)
     }
@@ -424,43 +601,47 @@ where
 
     async fn advance_cursors(
         &self,
-        user: UserId,
+        reader: &Reader,
         positions: Vec<(Conversation, Seq)>,
     ) -> StoreResult<()> {
-        self.commit.advance_cursors(user, positions).await
+        self.commit.advance_cursors(reader, positions).await
     }
 
     fn queue_cursors(
         &self,
-        user: UserId,
+        reader: &Reader,
         positions: Vec<(Conversation, Seq)>,
     ) -> Result<(), Vec<(Conversation, Seq)>> {
-        self.commit.queue_cursors(user, positions)
+        self.commit.queue_cursors(reader, positions)
     }
 
     async fn cursor(&self, user: UserId, conv: Conversation) -> StoreResult<Seq> {
-        let row: Option<(i64,)> = sqlx::query_as(CURSOR)
+        let row: Option<(Option<i64>,)> = sqlx::query_as(CURSOR)
             .bind(user)
             .bind(conv.key())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(Seq(row.map_or(0, |r| r.0)))
+        Ok(Seq(row.and_then(|r| r.0).unwrap_or(0)))
     }
 
-    async fn cursors(&self, user: UserId) -> StoreResult<Vec<(Conversation, Seq)>> {
+    async fn cursors(&self, reader: &Reader) -> StoreResult<Vec<(Conversation, Seq)>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(CURSORS)
-            .bind(user)
+            .bind(reader.device.as_str())
+            .bind(reader.user)
             .fetch_all(&self.pool)
             .await?;
         Ok(cursors(rows))
     }
 
-    async fn undelivered(&self, user: UserId, limit: usize) -> StoreResult<Vec<ChatMessage>> {
+    async fn undelivered(&self, reader: &Reader, limit: usize) -> StoreResult<Vec<ChatMessage>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let device = reader.device.as_str();
         let rows: Vec<MsgRow> = sqlx::query_as(UNDELIVERED)
+            .bind(device)
             .bind(limit)
-            .bind(user)
-            .bind(user)
+            .bind(reader.user)
+            .bind(reader.user)
+            .bind(device)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -468,8 +649,10 @@ where
             return Ok(messages(rows));
         }
         let rows: Vec<MsgRow> = sqlx::query_as(UNDELIVERED_ANY)
-            .bind(user)
-            .bind(user)
+            .bind(device)
+            .bind(reader.user)
+            .bind(reader.user)
+            .bind(device)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -481,13 +664,14 @@ where
         conv: Conversation,
         after: Seq,
         before: Seq,
-        exclude_sender: UserId,
+        reader: &Reader,
     ) -> StoreResult<Vec<ChatMessage>> {
         let rows: Vec<MsgRow> = sqlx::query_as(BETWEEN)
             .bind(conv.key())
             .bind(after)
             .bind(before)
-            .bind(exclude_sender)
+            .bind(reader.user)
+            .bind(reader.device.as_str())
             .fetch_all(&self.pool)
             .await?;
         Ok(messages(rows))
@@ -523,27 +707,28 @@ where
         self.pool.close().await;
     }
 
-    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String, Device)>> {
         if let Some(fast) = &self.fast_reads {
             return fast.token_user(token_hash).await;
         }
-        let row: Option<(UserId, String)> = sqlx::query_as(TOKEN_USER)
+        let row: Option<(UserId, String, String)> = sqlx::query_as(TOKEN_USER)
             .bind(token_hash)
             .bind(now_ms())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row)
+        Ok(row.map(|(id, name, device)| (id, name, Device::stored(&device))))
     }
 
-    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart> {
+    async fn session_start(&self, reader: &Reader, page: usize) -> StoreResult<SessionStart> {
         if let Some(fast) = &self.fast_reads {
-            return fast.session_start(user, page).await;
+            return fast.session_start(reader, page).await;
         }
         Ok(SessionStart {
-            cursors: self.cursors(user).await?,
-            undelivered: self.undelivered(user, page).await?,
-            friends: self.friends(user).await?,
-            groups: self.user_groups(user).await?,
+            cursors: self.cursors(reader).await?,
+            undelivered: self.undelivered(reader, page).await?,
+            friends: self.friends(reader.user).await?,
+            groups: self.user_groups(reader.user).await?,
+            devices: self.devices(reader.user).await?,
         })
     }
 }

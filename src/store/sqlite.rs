@@ -22,9 +22,9 @@ use sqlx::sqlite::{
 
 use super::commit::{BlockingBatchWriter, GroupCommit, WriteOp};
 use super::sql::{self, Dialect, FastReads, MsgRow, SqlStore};
-use super::{SessionStart, StoreError, StoreResult, now_ms};
+use super::{Reader, SessionStart, StoreError, StoreResult, now_ms};
 use crate::config::SqliteSync;
-use crate::model::{ChatMessage, Conversation, Seq, UserId, UserSummary};
+use crate::model::{ChatMessage, Conversation, Device, Seq, UserId, UserSummary};
 
 /// Conversations whose last sequence number the writer remembers; past this
 /// the cache is dropped and refilled from the table on demand.
@@ -93,23 +93,36 @@ impl Readers {
         result
     }
 
-    fn start_of_session(&self, user: UserId, page: usize) -> StoreResult<SessionStart> {
+    fn start_of_session(&self, reader: &Reader, page: usize) -> StoreResult<SessionStart> {
+        let (user, device) = (reader.user, reader.device.as_str());
         self.with(|c| {
             let cursors: Vec<(String, i64)> = c
                 .prepare_cached(sql::CURSORS)?
-                .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(rusqlite::params![device, user], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
             let limit = i64::try_from(page).unwrap_or(i64::MAX);
             let mut undelivered: Vec<MsgRow> = c
                 .prepare_cached(sql::UNDELIVERED)?
-                .query_map(rusqlite::params![limit, user, user, limit], msg_row)?
+                .query_map(
+                    rusqlite::params![device, limit, user, user, device, limit],
+                    msg_row,
+                )?
                 .collect::<rusqlite::Result<_>>()?;
             if undelivered.is_empty() {
                 undelivered = c
                     .prepare_cached(sql::UNDELIVERED_ANY)?
-                    .query_map(rusqlite::params![user, user, limit], msg_row)?
+                    .query_map(
+                        rusqlite::params![device, user, user, device, limit],
+                        msg_row,
+                    )?
                     .collect::<rusqlite::Result<_>>()?;
             }
+            let devices: Vec<(String, i64)> = c
+                .prepare_cached(sql::DEVICES)?
+                .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
             let friends: Vec<UserSummary> = c
                 .prepare_cached(sql::FRIENDS)?
                 .query_map([user], |r| {
@@ -132,6 +145,7 @@ impl Readers {
                 undelivered: sql::messages(undelivered),
                 friends,
                 groups: sql::assemble_groups(groups, members),
+                devices: sql::devices(devices),
             })
         })
     }
@@ -189,18 +203,20 @@ struct ReadPath(Arc<Readers>);
 
 #[async_trait::async_trait]
 impl FastReads for ReadPath {
-    async fn session_start(&self, user: UserId, page: usize) -> StoreResult<SessionStart> {
-        self.read(move |r| r.start_of_session(user, page)).await
+    async fn session_start(&self, reader: &Reader, page: usize) -> StoreResult<SessionStart> {
+        let reader = reader.clone();
+        self.read(move |r| r.start_of_session(&reader, page)).await
     }
 
-    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String)>> {
+    async fn token_user(&self, token_hash: &str) -> StoreResult<Option<(UserId, String, Device)>> {
         let hash = token_hash.to_owned();
         self.read(move |r| {
             r.with(|c| {
                 use rusqlite::OptionalExtension;
                 c.prepare_cached(sql::TOKEN_USER)?
                     .query_row(rusqlite::params![hash, now_ms()], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
+                        let device: String = row.get(2)?;
+                        Ok((row.get(0)?, row.get(1)?, Device::stored(&device)))
                     })
                     .optional()
             })
@@ -316,13 +332,14 @@ impl Writer {
                     };
                     let seq = last.next();
                     tx.prepare_cached(
-                        "INSERT INTO messages (conv, seq, sender_id, sender_name, body, sent_at) \
-                         VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO messages (conv, seq, sender_id, sender_device, sender_name, body, sent_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?)",
                     )?
                     .execute(rusqlite::params![
                         msg.conv.key(),
                         seq,
                         msg.sender,
+                        msg.sender_device.as_str(),
                         msg.sender_name,
                         msg.body,
                         now
@@ -334,13 +351,22 @@ impl Writer {
                     touched.insert(msg.conv, seq);
                     outcomes.push(Some(Ok(msg.stored(seq, now))));
                 }
-                WriteOp::Cursors { user, positions } => {
-                    let mut update = tx.prepare_cached(
-                        "UPDATE cursors SET delivered_seq = MAX(delivered_seq, ?) \
-                         WHERE user_id = ? AND conv = ?",
+                WriteOp::Cursors { reader, positions } => {
+                    // A row for a conversation the user has left does no
+                    // harm: positions are read through the user's rows in
+                    // `cursors` (see migrations/sqlite/0004_devices.sql).
+                    let mut upsert = tx.prepare_cached(
+                        "INSERT INTO device_cursors (user_id, device, conv, delivered_seq) \
+                         VALUES (?, ?, ?, ?) ON CONFLICT (user_id, device, conv) \
+                         DO UPDATE SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
                     )?;
                     for (conv, seq) in positions {
-                        update.execute(rusqlite::params![seq, user, conv.key()])?;
+                        upsert.execute(rusqlite::params![
+                            reader.user,
+                            reader.device.as_str(),
+                            conv.key(),
+                            seq
+                        ])?;
                     }
                     outcomes.push(None);
                 }

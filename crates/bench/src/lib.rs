@@ -240,6 +240,7 @@ fn login_request(id: UserId, password: &str) -> wire::Login {
         id,
         password: password.to_owned(),
         acks: false,
+        device: None,
     }
 }
 
@@ -906,6 +907,7 @@ async fn resume_all(
         let resume = wire::Resume {
             token: token.clone(),
             acks: false,
+            device: None,
         };
         request_raw(connect_from(addr, None).await?, &resume).await
     }))

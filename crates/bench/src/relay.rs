@@ -170,6 +170,8 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                             token: None,
                             acks: false,
                             more: false,
+                            device: None,
+                            devices: Vec::new(),
                         };
                         Some(Reply::ok_with(msgid::LOGIN_ACK, &reply))
                     }

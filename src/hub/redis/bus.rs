@@ -29,16 +29,18 @@ use crate::model::{ChatMessage, Conversation, Delivery, Seq, UserId};
 use crate::protocol::ChatFrame;
 
 /// Publishes `ARGV[1]` (header and frame) to the channel (`ARGV[2]` .. node) of every node
-/// other than ours (`ARGV[3]`) holding one of the receivers, prefixed with
-/// those receivers' ids. `KEYS[i]` is the presence key of receiver `ARGV[3+i]`.
+/// other than ours (`ARGV[3]`) holding a device of one of the receivers,
+/// prefixed with those receivers' ids (each once per node).
+/// `KEYS[i]` is the presence key of receiver `ARGV[3+i]`.
 /// `PUBLISH` becomes `SPUBLISH` on a Redis Cluster ([`Conn::publish_command`]).
 const ROUTE: &str = r"
 local by_node = {}
 for i, k in ipairs(KEYS) do
-  local cur = redis.call('GET', k)
-  if cur then
+  local seen = {}
+  for _, cur in ipairs(redis.call('HVALS', k)) do
     local node = string.match(cur, '^(.-)|')
-    if node and node ~= ARGV[3] then
+    if node and node ~= ARGV[3] and not seen[node] then
+      seen[node] = true
       by_node[node] = (by_node[node] or '') .. ARGV[3 + i] .. ','
     end
   end
@@ -131,14 +133,32 @@ impl Bus {
     /// that session of `user`: the user logged in again elsewhere, with the
     /// token of fingerprint `fp` if any (`USER HOLDER FP`, `-` for none).
     pub(super) async fn kick(&self, user: UserId, holder: &str, fp: Option<&str>) {
+        self.publish_kick(user, format!("{user} {holder} {}", fp.unwrap_or("-")))
+            .await;
+    }
+
+    /// Tells the node running `holder` to close that session of `user`:
+    /// another device of the user logged its device out.
+    pub(super) async fn revoke(&self, user: UserId, holder: &str) {
+        self.publish_kick(user, format!("{user} {holder} - revoke"))
+            .await;
+    }
+
+    /// Tells every node that `user` has devices on several nodes: each
+    /// routes the user's messages to the others too.
+    pub(super) async fn shared(&self, user: UserId) {
+        self.publish_kick(user, format!("+ {user}")).await;
+    }
+
+    async fn publish_kick(&self, user: UserId, payload: String) {
         let mut conn = self.conn.clone();
         let sent: Result<i64, _> = redis::cmd(self.conn.publish_command())
             .arg(self.keys.kick_channel())
-            .arg(format!("{user} {holder} {}", fp.unwrap_or("-")))
+            .arg(payload)
             .query_async(&mut conn)
             .await;
         if let Err(e) = sent {
-            tracing::warn!(%user, error = %e, "could not tell the replaced session to close");
+            tracing::warn!(%user, error = %e, "could not tell the other nodes about a session");
         }
     }
 
@@ -449,23 +469,29 @@ impl Bus {
     }
 
     /// Closes the local session named by a `USER NODE|INCARNATION|SESSION
-    /// [FP]` kick, if this process runs it: that user logged in elsewhere
-    /// (with the token of fingerprint FP).
+    /// [FP [revoke]]` kick, if this process runs it: that device logged in
+    /// elsewhere (with the token of fingerprint FP), or was logged out by
+    /// another device. `+ USER` says the user has devices on several nodes.
     fn kick_replaced(&self, local: &LocalHub, payload: &[u8]) {
         let Some(text) = std::str::from_utf8(payload).ok() else {
             return;
         };
+        if let Some(user) = text.strip_prefix("+ ").and_then(|u| u.parse().ok()) {
+            local.mark_shared(user);
+            return;
+        }
         let mut parts = text.split(' ');
         let (Some(user), Some(holder)) = (parts.next(), parts.next()) else {
             return;
         };
         let fp = parts.next().filter(|f| *f != "-");
+        let revoked = parts.next() == Some("revoke");
         let ours = self.keys.holder_prefix();
         let (Ok(user), Some(session)) = (user.parse(), holder.strip_prefix(&ours)) else {
             return;
         };
         if let Ok(session) = session.parse() {
-            local.kick_session(user, session, fp);
+            local.kick_session(user, session, fp, revoked);
         }
     }
 }
@@ -574,6 +600,7 @@ fn deliver_published(local: &LocalHub, payload: &[u8]) {
         frame: Bytes::copy_from_slice(frame),
         arrived: std::time::Instant::now(),
         remote: true,
+        origin: 0,
     });
     local.deliver_here(&delivery, &recipients);
 }
@@ -672,6 +699,7 @@ mod tests {
             frame: frame.clone(),
             arrived: std::time::Instant::now(),
             remote: false,
+            origin: 0,
         };
         let mut with_header = b"5,6\n".to_vec();
         with_header.extend_from_slice(&bus_payload(&delivery));

@@ -1,7 +1,7 @@
 //! The cluster hub: presence and delivery between nodes through Redis.
 //!
-//! * Presence: `P:user:ID` holds `NODE|INCARNATION|SESSION` for every
-//!   logged-in user, and each node process keeps `P:node:NODE` set to its
+//! * Presence: `P:devices:ID` maps each logged-in device of a user to
+//!   `NODE|INCARNATION|SESSION`, and each node process keeps `P:node:NODE` set to its
 //!   incarnation (random per process) with a lease it renews. A user counts
 //!   as online only while that very process holds the lease, so the users of
 //!   a node killed with SIGKILL become offline by themselves once its lease
@@ -20,12 +20,19 @@
 //!   every session is told to catch up from the store.
 //! * Group membership changes are announced on `P:groups` so that every node
 //!   drops its cached member list.
-//! * A login takes over the user's presence key whoever held it; if an older
-//!   session on another node held it, `USER HOLDER` is published on
+//! * A login takes over its device's field whoever held it; if an older
+//!   session on another node held it, `USER HOLDER FP` is published on
 //!   `P:kick`, and the node running that session closes it (errno 54). Should
 //!   that publish be missed, the old session still gets no remote pushes
-//!   (they follow the key), and its node drops it when it next re-claims
-//!   presence.
+//!   (they follow the field), and its node drops it when it next re-claims
+//!   presence. Logging a device out from another is `USER HOLDER - revoke`.
+//! * A node delivers to its own sessions directly and routes through Redis
+//!   only receivers it has no session of, or whose devices are on several
+//!   nodes ([`LocalHub::mark_shared`]): a login that finds the user's other
+//!   devices on other nodes publishes `+ USER` on `P:kick`, so that those
+//!   nodes route the user's messages to it too, and has its own session
+//!   catch up from the store a moment later (for what was delivered
+//!   before those nodes heard).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +50,12 @@ pub use conn::Target;
 
 use super::local::LocalHub;
 use super::{GroupChange, Hub, HubError, SessionHandle};
-use crate::model::{Delivery, GroupId, UserId};
+use crate::model::{Delivery, Device, GroupId, UserId};
+
+/// How long after a login that found the user's devices on other nodes its
+/// session reads from the store what those nodes delivered before they
+/// heard of it.
+const SHARED_CATCH_UP: Duration = Duration::from_secs(1);
 use bus::Bus;
 use presence::Presence;
 
@@ -98,7 +110,7 @@ struct Keys {
 
 impl Keys {
     fn user(&self, user: UserId) -> String {
-        format!("{{{}}}:user:{user}", self.prefix)
+        format!("{{{}}}:devices:{user}", self.prefix)
     }
 
     fn node_prefix(&self) -> String {
@@ -234,20 +246,21 @@ impl RedisHub {
     }
 
     /// Claims presence again for every local session (after Redis was
-    /// away, perhaps restarted empty). A user who meanwhile logged in on
+    /// away, perhaps restarted empty). A device that meanwhile logged in on
     /// another node keeps that login; the stale local session is dropped.
     /// Returns whether every claim got an answer.
     async fn reassert_presence(&self) -> bool {
         let mut complete = true;
-        for (user, session_id) in self.local.sessions() {
-            match self.presence.claim(user, session_id).await {
+        for (user, device, session_id) in self.local.sessions() {
+            match self.presence.claim(user, &device, session_id).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
                         %user,
+                        %device,
                         "logged in elsewhere while Redis was away; dropping this session"
                     );
-                    self.local.kick(user);
+                    self.local.kick_device(user, &device);
                 }
                 Err(e) => {
                     tracing::warn!(%user, error = %e, "could not reassert presence");
@@ -256,6 +269,13 @@ impl RedisHub {
             }
         }
         complete
+    }
+}
+
+impl RedisHub {
+    /// What this process's presence values start with.
+    fn presence_holder_prefix(&self) -> String {
+        self.presence.holder_prefix()
     }
 }
 
@@ -271,12 +291,13 @@ fn incarnation() -> String {
 #[async_trait]
 impl Hub for RedisHub {
     async fn connect(&self, user: UserId, handle: SessionHandle) -> Result<(), HubError> {
-        // Reserve locally first: two logins on this node cannot both get
-        // past here, so the claim below never races one of our own.
+        // Reserve locally first: two logins of a device on this node cannot
+        // both get past here, so the claim below never races one of our own.
         let session_id = handle.session_id;
+        let device = handle.device.clone();
         let fp = handle.token_fp.clone();
         self.local.connect(user, handle).await?;
-        let previous = match self.presence.take_over(user, session_id).await {
+        let found = match self.presence.take_over(user, &device, session_id).await {
             Ok(p) => p,
             Err(e) => {
                 self.local.disconnect(user, session_id).await;
@@ -285,19 +306,71 @@ impl Hub for RedisHub {
         };
         // An older session on this node was replaced by `local.connect`;
         // one elsewhere (or in an earlier run of this node) is told to go.
-        if !previous.is_empty() {
-            self.bus.kick(user, &previous, fp.as_deref()).await;
+        if !found.previous.is_empty() {
+            self.bus.kick(user, &found.previous, fp.as_deref()).await;
+        }
+        let ours = self.presence_holder_prefix();
+        if found.others.iter().any(|h| !h.starts_with(&ours)) {
+            // Devices of the user on other nodes: from now on each side
+            // routes the user's messages to the other too.
+            self.local.mark_shared(user);
+            self.bus.shared(user).await;
+            let (local, stop) = (self.local.clone(), self.stop.clone());
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(SHARED_CATCH_UP) => local.resync_session(user, session_id),
+                }
+            });
         }
         Ok(())
     }
 
     async fn disconnect(&self, user: UserId, session_id: u64) {
+        let device = self
+            .local
+            .sessions_of(user)
+            .into_iter()
+            .find(|(_, id)| *id == session_id)
+            .map(|(d, _)| d);
         self.local.disconnect(user, session_id).await;
-        self.presence.release(&[(user, session_id)]).await;
+        if let Some(device) = device {
+            self.presence.release(&[(user, device, session_id)]).await;
+        }
     }
 
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, HubError> {
         self.presence.online(users).await
+    }
+
+    async fn online_devices(&self, user: UserId) -> Result<Vec<Device>, HubError> {
+        Ok(self
+            .presence
+            .devices(user)
+            .await?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    async fn end_device(&self, user: UserId, device: &Device) -> Result<bool, HubError> {
+        if self.local.revoke_device(user, device) {
+            return Ok(true);
+        }
+        let holder = self
+            .presence
+            .devices(user)
+            .await?
+            .into_iter()
+            .find(|(d, _)| d == device)
+            .map(|(_, h)| h);
+        match holder {
+            Some(holder) => {
+                self.bus.revoke(user, &holder).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn deliver(&self, message: Arc<Delivery>, recipients: &[UserId]) -> Result<(), HubError> {

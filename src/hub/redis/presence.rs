@@ -1,43 +1,59 @@
-//! Presence in Redis: who is online on which node process. [`Presence`]
-//! runs the Lua scripts that claim, renew, release and look up; each is one
-//! round trip, whatever the number of users.
+//! Presence in Redis: which devices of whom are online on which node
+//! process. [`Presence`] runs the Lua scripts that claim, renew, release
+//! and look up; each is one round trip, whatever the number of users.
 //!
-//! `P:user:ID` holds `NODE|INCARNATION|SESSION`; `P:node:NODE` holds the
-//! node process's incarnation under a lease. A user is online only while
-//! the process named in its key still holds its node's lease.
+//! `P:devices:ID` is a hash from each online device of the user (the
+//! classic device is the empty field) to `NODE|INCARNATION|SESSION`;
+//! `P:node:NODE` holds the node process's incarnation under a lease. A
+//! device is online only while the process named in its field still holds
+//! its node's lease; fields of processes that are gone are dropped when the
+//! user next logs in.
 
 use redis::Script;
 
 use super::conn::Conn;
 use super::{Keys, unavailable};
 use crate::hub::HubError;
-use crate::model::UserId;
+use crate::model::{Device, UserId};
 
-/// Claims `KEYS[1]` for `ARGV[1]` (`NODE|INCARNATION|SESSION`) unless a live
-/// process other than ours (incarnation `ARGV[3]`) holds it. `ARGV[2]` is the
-/// node-key prefix. (Our own process reserves users locally before claiming,
-/// so a key of ours here is a leftover.)
+/// Claims field `ARGV[1]` of `KEYS[1]` for `ARGV[2]` (`NODE|INCARNATION|SESSION`)
+/// unless a live process other than ours (incarnation `ARGV[4]`) holds it.
+/// `ARGV[3]` is the node-key prefix. (Our own process reserves devices
+/// locally before claiming, so a field of ours here is a leftover.)
 const CLAIM: &str = r"
-local cur = redis.call('GET', KEYS[1])
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local node, inc = string.match(cur, '^(.-)|(.-)|')
-  if node and inc ~= ARGV[3] and redis.call('GET', ARGV[2] .. node) == inc then
+  if node and inc ~= ARGV[4] and redis.call('GET', ARGV[3] .. node) == inc then
     return 0
   end
 end
-redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ";
 
-/// Makes `KEYS[1]` hold `ARGV[1]` whoever held it, and returns the previous
-/// holder (empty when none, or when it was this very session): a login
-/// takes over from an older session of the same user, which its node is
-/// then told to close.
+/// Makes field `ARGV[1]` (the device) of `KEYS[1]` hold `ARGV[2]` whoever
+/// held it. Returns the previous holder of that device (empty when none, or
+/// when it was this very session), then the holders of the user's other
+/// devices that are alive; fields of processes that are gone (`ARGV[3]`:
+/// node-key prefix) are dropped on the way.
 const TAKEOVER: &str = r"
-local cur = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1])
-if cur and cur ~= ARGV[1] then return cur end
-return ''
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local out = {''}
+if cur and cur ~= ARGV[2] then out[1] = cur end
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    local node, inc = string.match(all[i + 1], '^(.-)|(.-)|')
+    if node and redis.call('GET', ARGV[3] .. node) == inc then
+      out[#out + 1] = all[i + 1]
+    else
+      redis.call('HDEL', KEYS[1], all[i])
+    end
+  end
+end
+return out
 ";
 
 /// Renews the node's lease `KEYS[1]` (our incarnation `ARGV[2]`) for
@@ -50,31 +66,56 @@ if cur == ARGV[2] then return 1 end
 return 0
 ";
 
-/// Deletes `KEYS[i]` if it still holds `ARGV[i]`.
+/// Deletes field `ARGV[2i-1]` of `KEYS[i]` if it still holds `ARGV[2i]`.
 const RELEASE: &str = r"
 local n = 0
 for i, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[i] then
-    n = n + redis.call('DEL', k)
+  if redis.call('HGET', k, ARGV[2 * i - 1]) == ARGV[2 * i] then
+    n = n + redis.call('HDEL', k, ARGV[2 * i - 1])
   end
 end
 return n
 ";
 
-/// For each presence key, 1 when the process holding it is alive.
-/// `ARGV[1]`: node-key prefix.
+/// For each presence key, 1 when a process holding one of its devices is
+/// alive. `ARGV[1]`: node-key prefix.
 const ONLINE: &str = r"
 local out = {}
 for i, k in ipairs(KEYS) do
   out[i] = 0
-  local cur = redis.call('GET', k)
-  if cur then
+  for _, cur in ipairs(redis.call('HVALS', k)) do
     local node, inc = string.match(cur, '^(.-)|(.-)|')
-    if node and redis.call('GET', ARGV[1] .. node) == inc then out[i] = 1 end
+    if node and redis.call('GET', ARGV[1] .. node) == inc then
+      out[i] = 1
+      break
+    end
   end
 end
 return out
 ";
+
+/// The devices of `KEYS[1]` held by a live process, each followed by its
+/// holder. `ARGV[1]`: node-key prefix.
+const DEVICES: &str = r"
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local node, inc = string.match(all[i + 1], '^(.-)|(.-)|')
+  if node and redis.call('GET', ARGV[1] .. node) == inc then
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out
+";
+
+/// What a takeover found.
+pub(super) struct TakenOver {
+    /// The holder of the same device before (empty when none).
+    pub(super) previous: String,
+    /// The holders of the user's other devices, alive.
+    pub(super) others: Vec<String>,
+}
 
 /// This node process's presence: its lease and its users' keys.
 pub(super) struct Presence {
@@ -87,6 +128,7 @@ pub(super) struct Presence {
     takeover: Script,
     release: Script,
     online: Script,
+    devices: Script,
 }
 
 impl Presence {
@@ -100,7 +142,13 @@ impl Presence {
             takeover: Script::new(TAKEOVER),
             release: Script::new(RELEASE),
             online: Script::new(ONLINE),
+            devices: Script::new(DEVICES),
         }
+    }
+
+    /// What this process's presence values start with.
+    pub(super) fn holder_prefix(&self) -> String {
+        self.keys.holder_prefix()
     }
 
     /// Renews the node's lease; `Ok(false)` when it had lapsed.
@@ -139,29 +187,67 @@ impl Presence {
         }
     }
 
-    /// Makes `session` of this process hold `user`, whoever held it, and
-    /// returns the previous holder (empty when none).
+    /// Makes `session` of this process hold `device` of `user`, whoever
+    /// held it: what it found.
     pub(super) async fn take_over(
         &self,
         user: UserId,
+        device: &Device,
         session_id: u64,
-    ) -> Result<String, HubError> {
+    ) -> Result<TakenOver, HubError> {
         let mut conn = self.conn.clone();
-        self.takeover
+        let mut found: Vec<String> = self
+            .takeover
             .key(self.keys.user(user))
+            .arg(device.as_str())
             .arg(self.keys.holder(session_id))
+            .arg(self.keys.node_prefix())
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        let previous = if found.is_empty() {
+            String::new()
+        } else {
+            found.remove(0)
+        };
+        Ok(TakenOver {
+            previous,
+            others: found,
+        })
     }
 
-    /// Claims `user` for `session` unless a live session elsewhere holds it:
-    /// `Ok(true)` if this process now holds the user.
-    pub(super) async fn claim(&self, user: UserId, session_id: u64) -> Result<bool, HubError> {
+    /// The devices of `user` online now, each with its holder.
+    pub(super) async fn devices(&self, user: UserId) -> Result<Vec<(Device, String)>, HubError> {
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = self
+            .devices
+            .key(self.keys.user(user))
+            .arg(self.keys.node_prefix())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(flat
+            .chunks(2)
+            .filter_map(|p| match p {
+                [d, h] => Some((Device::stored(d), h.clone())),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Claims `device` of `user` for `session` unless a live session
+    /// elsewhere holds it: `Ok(true)` if this process now holds it.
+    pub(super) async fn claim(
+        &self,
+        user: UserId,
+        device: &Device,
+        session_id: u64,
+    ) -> Result<bool, HubError> {
         let mut conn = self.conn.clone();
         let claimed: i64 = self
             .claim
             .key(self.keys.user(user))
+            .arg(device.as_str())
             .arg(self.keys.holder(session_id))
             .arg(self.keys.node_prefix())
             .arg(&self.keys.incarnation)
@@ -171,17 +257,17 @@ impl Presence {
         Ok(claimed == 1)
     }
 
-    /// Clears the keys of `sessions` that still name them.
-    pub(super) async fn release(&self, sessions: &[(UserId, u64)]) {
+    /// Clears the fields of `sessions` that still name them.
+    pub(super) async fn release(&self, sessions: &[(UserId, Device, u64)]) {
         if sessions.is_empty() {
             return;
         }
         let mut invocation = self.release.prepare_invoke();
-        for (u, _) in sessions {
+        for (u, _, _) in sessions {
             invocation.key(self.keys.user(*u));
         }
-        for (_, s) in sessions {
-            invocation.arg(self.keys.holder(*s));
+        for (_, d, s) in sessions {
+            invocation.arg(d.as_str()).arg(self.keys.holder(*s));
         }
         let mut conn = self.conn.clone();
         let released: Result<i64, _> = invocation.invoke_async(&mut conn).await;
