@@ -482,7 +482,11 @@ async fn devices(store: &SharedStore, backend: &str) {
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let watch = Device::parse(Some("watch")).expect("name");
     let forgotten = store.open_device(fred, &watch, 3).await.expect("open");
-    assert_eq!(forgotten, [phone.clone()], "{backend}: unused the longest");
+    assert_eq!(
+        forgotten,
+        vec![phone.clone()],
+        "{backend}: unused the longest"
+    );
     assert_eq!(
         store.token_user("t-phone").await.expect("read"),
         None,

@@ -210,6 +210,8 @@ pub struct LoginInfo {
     /// The server confirmed that this session's stored positions follow
     /// its acknowledgements ([`Client::ack`]).
     pub acks: bool,
+    /// The user's devices (the one logged in is marked `current`).
+    pub devices: Vec<replies::DeviceInfo>,
 }
 
 /// Requests waiting for their replies, and whether the connection has
@@ -277,6 +279,8 @@ pub struct Client {
     pending: Pending,
     pushes: mpsc::Receiver<Push>,
     next_reqid: AtomicU64,
+    /// The device logins and resumes name ([`Client::set_device`]).
+    device: Option<String>,
     /// Stops the reader task when the client is dropped: the task owns the
     /// read half, and the connection closes only once both halves are gone.
     _reader: tokio_util::sync::DropGuard,
@@ -318,6 +322,7 @@ impl From<replies::LoggedIn<'_>> for LoginInfo {
                 })
                 .collect(),
             offline: r.offlinemsg.into_iter().map(Message::from).collect(),
+            devices: r.devices,
             token: r.token,
             acks: r.acks,
         }
@@ -388,6 +393,7 @@ impl Client {
             pending,
             pushes,
             next_reqid: AtomicU64::new(1),
+            device: None,
             _reader: guard,
         }
     }
@@ -471,6 +477,28 @@ impl Client {
         self.pushes.try_recv().ok()
     }
 
+    /// Names the device the next logins and resumes are for (1 to 64
+    /// visible ASCII characters): a user's devices are online together,
+    /// each with its own positions, and a login replaces only the older
+    /// session of the same device. Without one, the classic device.
+    pub fn set_device(&mut self, device: Option<&str>) {
+        self.device = device.map(str::to_owned);
+    }
+
+    /// The user's devices, and which are online.
+    pub async fn devices(&mut self) -> Result<Vec<replies::DeviceInfo>, ClientError> {
+        Ok(self.call(&wire::Devices {}).await?.devices)
+    }
+
+    /// Logs another of the user's devices out (`""`: the classic device):
+    /// its session ends with errno 63 and its resume tokens stop working.
+    pub async fn device_logout(&mut self, device: &str) -> Result<(), ClientError> {
+        let req = wire::DeviceLogout {
+            device: device.to_owned(),
+        };
+        self.call(&req).await.map(drop)
+    }
+
     pub async fn register(&mut self, name: &str, password: &str) -> Result<UserId, ClientError> {
         let req = wire::Register {
             name: name.to_owned(),
@@ -501,7 +529,7 @@ impl Client {
         acks: bool,
     ) -> Result<LoginInfo, ClientError> {
         let req = wire::Login {
-            device: None,
+            device: self.device.clone(),
             id,
             password: password.to_owned(),
             acks,
@@ -541,7 +569,7 @@ impl Client {
 
     async fn resume_as(&mut self, token: &str, acks: bool) -> Result<LoginInfo, ClientError> {
         let req = wire::Resume {
-            device: None,
+            device: self.device.clone(),
             token: token.to_owned(),
             acks,
         };

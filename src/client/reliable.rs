@@ -46,6 +46,9 @@ pub struct Options {
     /// The server is presumed dead when a request or heartbeat goes
     /// unanswered this long.
     pub answer_timeout: Duration,
+    /// The device this client is (see [`Client::set_device`]); `None`: the
+    /// classic device.
+    pub device: Option<String>,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             ack_batch: 64,
             ping_interval: Duration::from_secs(15),
             answer_timeout: Duration::from_secs(10),
+            device: None,
         }
     }
 }
@@ -125,6 +129,7 @@ impl Reliable {
     ) -> Result<(Reliable, LoginInfo), ClientError> {
         let endpoint = endpoint.into();
         let mut conn = endpoint.connect().await?;
+        conn.set_device(options.device.as_deref());
         let info = conn.login_acking(id, password).await?;
         let mut prefix = [0_u8; 8];
         getrandom::fill(&mut prefix).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -255,6 +260,14 @@ impl Reliable {
                             self.replaced = !ours;
                             self.conn = None;
                         }
+                        if v.get("errno").and_then(Value::as_i64) == Some(63) {
+                            // Logged out from another device: the token is
+                            // gone, and logging in again would only be
+                            // undone by the user.
+                            self.replaced = true;
+                            self.token = None;
+                            self.conn = None;
+                        }
                         return Event::Notice(v);
                     }
                     None => self.conn = None,
@@ -355,6 +368,7 @@ impl Reliable {
         let timeout = self.options.answer_timeout;
         let attempt = async {
             let mut conn = self.endpoint.connect().await?;
+            conn.set_device(self.options.device.as_deref());
             if let Some(token) = self.token.clone() {
                 match conn.resume_acking(&token).await {
                     Ok(info) => return Ok((conn, info)),

@@ -1,0 +1,244 @@
+//! Many devices per user, as a user with a phone and a laptop sees it: both
+//! online together, each gets what is sent to the user, each gets what the
+//! other sent (with the same `seq`), each catches up on its own, a login
+//! replaces only the same device, and one device can log another out. On
+//! one node (either backend), and across two nodes through Redis.
+
+mod common;
+
+use chat::client::{Client, ClientError, LoginInfo, Message};
+use chat::config::Config;
+use chat::model::UserId;
+use chat::protocol::HistoryTarget;
+use common::nodes::{NodeProcess, Shared};
+use common::services;
+use common::{TestServer, assert_quiet, next_other, pw, within};
+
+/// Logs `name` (id `id`) in over `c` as `device` (`None`: the classic
+/// device).
+async fn as_device(
+    mut c: Client,
+    id: UserId,
+    name: &str,
+    device: Option<&str>,
+) -> (Client, LoginInfo) {
+    c.set_device(device);
+    let info = within(c.login(id, &pw(name))).await.expect("login");
+    (c, info)
+}
+
+/// The next chat message, skipping notices.
+async fn next_msg(c: &mut Client) -> Message {
+    within(c.next_message()).await.expect("connection closed")
+}
+
+fn errno(e: ClientError) -> Option<i64> {
+    e.errno()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_devices_are_online_together_and_each_gets_everything() {
+    let server = TestServer::start_with(Config {
+        max_devices: 3,
+        ..Config::default()
+    })
+    .await;
+    let alice = server.register("alice").await;
+    let (mut bob, bob_id) = server.user("bob").await;
+    let (mut phone, _) = as_device(server.client().await, alice, "alice", Some("phone")).await;
+    let (mut laptop, info) = as_device(server.client().await, alice, "alice", Some("laptop")).await;
+    // the login reply lists the devices, this one marked, the phone online
+    let listed: Vec<(&str, bool, bool)> = info
+        .devices
+        .iter()
+        .map(|d| (d.device.as_str(), d.online, d.current))
+        .collect();
+    assert!(listed.contains(&("laptop", true, true)), "{listed:?}");
+    assert!(listed.contains(&("phone", true, false)), "{listed:?}");
+
+    // to the user: both devices, one seq
+    let sent = bob.chat(alice, "hello alice").await.expect("send");
+    let (p, l) = (next_msg(&mut phone).await, next_msg(&mut laptop).await);
+    assert_eq!((p.seq, l.seq), (sent.seq, sent.seq));
+    assert_eq!(p.msg, "hello alice");
+
+    // from one device: the peer and the other device, never back to itself
+    let mine = phone.chat(bob_id, "from my phone").await.expect("send");
+    let synced = next_msg(&mut laptop).await;
+    assert_eq!(
+        (synced.from, synced.to, synced.seq, synced.msg.as_str()),
+        (alice, Some(bob_id), mine.seq, "from my phone")
+    );
+    assert_eq!(
+        synced.conversation(alice),
+        HistoryTarget::User(bob_id),
+        "the laptop files it under bob"
+    );
+    assert_eq!(next_msg(&mut bob).await.seq, mine.seq);
+    assert_quiet(&mut phone).await;
+
+    // groups: a group made on the phone is known to the laptop at once
+    let g = phone.create_group("family", "").await.expect("group");
+    let membership = next_other(&mut laptop).await;
+    assert_eq!(
+        (membership["msgid"].as_i64(), membership["groupid"].as_i64()),
+        (Some(22), Some(g.0))
+    );
+    bob.join_group(g).await.expect("join");
+    let from_bob = bob.group_chat(g, "hi all").await.expect("send");
+    assert_eq!(next_msg(&mut phone).await.seq, from_bob.seq);
+    assert_eq!(next_msg(&mut laptop).await.seq, from_bob.seq);
+    let from_laptop = laptop.group_chat(g, "hi bob").await.expect("send");
+    assert_eq!(next_msg(&mut phone).await.seq, from_laptop.seq);
+    assert_eq!(next_msg(&mut bob).await.seq, from_laptop.seq);
+    assert_quiet(&mut laptop).await;
+
+    // a login of the same device replaces that device only
+    let (mut phone2, _) = as_device(server.client().await, alice, "alice", Some("phone")).await;
+    let notice = next_other(&mut phone).await;
+    assert_eq!(notice["errno"], 54, "{notice}");
+    let sent = bob.chat(alice, "still there?").await.expect("send");
+    assert_eq!(next_msg(&mut laptop).await.seq, sent.seq);
+    assert_eq!(next_msg(&mut phone2).await.seq, sent.seq);
+
+    // each device catches up from its own position: the laptop goes away,
+    // the phone reads on, the laptop comes back to what it missed
+    laptop.logout().await.expect("logout");
+    let missed = bob
+        .chat(alice, "while the laptop was off")
+        .await
+        .expect("send");
+    assert_eq!(next_msg(&mut phone2).await.seq, missed.seq);
+    let (mut laptop, info) = as_device(server.client().await, alice, "alice", Some("laptop")).await;
+    let offline: Vec<_> = info.offline.iter().map(|m| m.seq).collect();
+    assert_eq!(offline, [missed.seq], "the laptop's own backlog");
+
+    // a classic login (no device) is one more device, not a takeover
+    let (mut classic, _) = as_device(server.client().await, alice, "alice", None).await;
+    let sent = bob.chat(alice, "three devices").await.expect("send");
+    for c in [&mut phone2, &mut laptop, &mut classic] {
+        assert_eq!(next_msg(c).await.seq, sent.seq);
+    }
+
+    // bad device names are refused before anything happens
+    for bad in ["", "has space", "é", &"x".repeat(65)] {
+        let mut c = server.client().await;
+        c.set_device(Some(bad));
+        let e = c.login(alice, &pw("alice")).await.expect_err("refused");
+        assert_eq!(errno(e), Some(13), "{bad:?}");
+    }
+    // a token resumes the device it was made for, and no other
+    let token = info.token.clone().expect("token");
+    let mut c = server.client().await;
+    c.set_device(Some("phone"));
+    assert_eq!(
+        errno(c.resume(&token).await.expect_err("other device")),
+        Some(1)
+    );
+
+    // one device logs another out: its session ends (errno 63), its
+    // token is dead, and it is no longer listed
+    phone2
+        .device_logout("laptop")
+        .await
+        .expect("log the laptop out");
+    let notice = next_other(&mut laptop).await;
+    assert_eq!(notice["errno"], 63, "{notice}");
+    let mut c = server.client().await;
+    c.set_device(Some("laptop"));
+    assert_eq!(errno(c.resume(&token).await.expect_err("revoked")), Some(1));
+    let names: Vec<String> = phone2
+        .devices()
+        .await
+        .expect("devices")
+        .into_iter()
+        .map(|d| d.device)
+        .collect();
+    assert!(!names.contains(&"laptop".to_owned()), "{names:?}");
+    assert_eq!(
+        phone2.device_logout("phone").await.map_err(errno).err(),
+        Some(Some(33)),
+        "not oneself"
+    );
+    assert_eq!(
+        phone2.device_logout("tablet").await.map_err(errno).err(),
+        Some(Some(30)),
+        "unknown"
+    );
+
+    // past the limit (3 here) the device unused the longest is forgotten,
+    // and its session ends
+    let (_tablet, _) = as_device(server.client().await, alice, "alice", Some("tablet")).await;
+    let (_watch, info) = as_device(server.client().await, alice, "alice", Some("watch")).await;
+    assert_eq!(info.devices.len(), 3, "{:?}", info.devices);
+    assert!(
+        info.devices.iter().all(|d| d.device != "phone"),
+        "{:?}",
+        info.devices
+    );
+    let notice = next_other(&mut phone2).await;
+    assert_eq!(notice["errno"], 63, "{notice}");
+    let _ = classic;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_on_two_nodes_both_get_everything() {
+    let mut mysql = None;
+    let mut redis = None;
+    let shared = Shared {
+        db_url: services::create_database(&services::mysql_server(&mut mysql)).await,
+        redis_url: services::redis_server(&mut redis),
+        prefix: services::unique("chat"),
+        presence_ttl: 10.0,
+        extra_args: Vec::new(),
+    };
+    let n1 = NodeProcess::start(&shared, "n1").await;
+    let n2 = NodeProcess::start(&shared, "n2").await;
+    let mut c = n1.client().await;
+    let alice = c.register("alice", &pw("alice")).await.expect("register");
+    let bob = c.register("bob", &pw("bob")).await.expect("register");
+    let (mut phone, _) = as_device(n1.client().await, alice, "alice", Some("phone")).await;
+    let (mut laptop, _) = as_device(n2.client().await, alice, "alice", Some("laptop")).await;
+    let (mut b1, _) = as_device(n1.client().await, bob, "bob", None).await;
+
+    // bob on n1: alice's phone beside him and her laptop on n2; the
+    // phone's node learns of the laptop a moment after its login
+    let sent = b1.chat(alice, "to both").await.expect("send");
+    assert_eq!(next_msg(&mut phone).await.seq, sent.seq);
+    assert_eq!(next_msg(&mut laptop).await.seq, sent.seq);
+    for n in 0..20 {
+        let s = b1.chat(alice, &format!("m{n}")).await.expect("send");
+        assert_eq!(next_msg(&mut phone).await.seq, s.seq);
+        assert_eq!(next_msg(&mut laptop).await.seq, s.seq);
+    }
+
+    // self-sync across nodes, both ways
+    let mine = phone.chat(bob, "from n1").await.expect("send");
+    assert_eq!(next_msg(&mut laptop).await.seq, mine.seq);
+    assert_eq!(next_msg(&mut b1).await.seq, mine.seq);
+    let mine = laptop.chat(bob, "from n2").await.expect("send");
+    assert_eq!(next_msg(&mut phone).await.seq, mine.seq);
+    assert_eq!(next_msg(&mut b1).await.seq, mine.seq);
+    assert_quiet(&mut laptop).await;
+
+    // a group made on n2 reaches the phone on n1
+    let g = laptop.create_group("two nodes", "").await.expect("group");
+    let membership = next_other(&mut phone).await;
+    assert_eq!(membership["groupid"].as_i64(), Some(g.0), "{membership}");
+    b1.join_group(g).await.expect("join");
+    let s = b1.group_chat(g, "in the group").await.expect("send");
+    assert_eq!(next_msg(&mut phone).await.seq, s.seq);
+    assert_eq!(next_msg(&mut laptop).await.seq, s.seq);
+
+    // one device leaves, the other stays served
+    phone.logout().await.expect("logout");
+    let s = b1.chat(alice, "laptop only").await.expect("send");
+    assert_eq!(next_msg(&mut laptop).await.seq, s.seq);
+
+    // logged out from n1, the laptop on n2 goes
+    let (mut phone, _) = as_device(n1.client().await, alice, "alice", Some("phone")).await;
+    phone.device_logout("laptop").await.expect("logout laptop");
+    let notice = next_other(&mut laptop).await;
+    assert_eq!(notice["errno"], 63, "{notice}");
+    drop((n1, n2, mysql, redis));
+}
