@@ -222,6 +222,91 @@ pub(super) fn assemble_groups(
         .collect()
 }
 
+/// [`Store::open_device`], once.
+async fn open_device<DB: Dialect>(
+    pool: &Pool<DB>,
+    user: UserId,
+    device: &Device,
+    max_devices: usize,
+) -> Result<Vec<Device>, sqlx::Error>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'e> i64: Encode<'e, DB> + Decode<'e, DB> + Type<DB>,
+    for<'e> &'e str: Encode<'e, DB> + Type<DB>,
+    for<'e> String: Encode<'e, DB> + Decode<'e, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let now = now_ms();
+    let mut tx = pool.begin_with(DB::BEGIN_WRITE).await?;
+    let touched = DB::rows_affected(
+        &sqlx::query(TOUCH_DEVICE)
+            .bind(now)
+            .bind(user)
+            .bind(device.as_str())
+            .execute(&mut *tx)
+            .await?,
+    );
+    if touched > 0 {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    match sqlx::query(ADD_DEVICE)
+        .bind(user)
+        .bind(device.as_str())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => {}
+        // Another node opened the same new device just now: it is not
+        // new any more.
+        Err(e) if is_unique_violation(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    // Rows of an earlier device of this name (forgotten while one of
+    // its sessions was still storing positions) do not count.
+    sqlx::query(DROP_DEVICE_CURSORS)
+        .bind(user)
+        .bind(device.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(SNAPSHOT_DEVICE)
+        .bind(device.as_str())
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    let all: Vec<(String,)> = sqlx::query_as(DEVICES_BY_AGE)
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+    let excess = all.len().saturating_sub(max_devices.max(1));
+    let mut forgotten = Vec::new();
+    for (old,) in all.into_iter().filter(|(d,)| d != device.as_str()) {
+        if forgotten.len() >= excess {
+            break;
+        }
+        for q in [DROP_DEVICE, DROP_DEVICE_CURSORS, DROP_DEVICE_TOKENS] {
+            sqlx::query(q)
+                .bind(user)
+                .bind(old.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        forgotten.push(Device::stored(&old));
+    }
+    tx.commit().await?;
+    Ok(forgotten)
+}
+
+/// A deadlock or serialization failure (SQLSTATE 40001), or SQLite busy:
+/// trying again is the remedy.
+fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().as_deref() == Some("40001") || d.message().contains("database is locked"))
+}
+
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -410,67 +495,15 @@ where
         device: &Device,
         max_devices: usize,
     ) -> StoreResult<Vec<Device>> {
-        let now = now_ms();
-        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
-        let touched = DB::rows_affected(
-            &sqlx::query(TOUCH_DEVICE)
-                .bind(now)
-                .bind(user)
-                .bind(device.as_str())
-                .execute(&mut *tx)
-                .await?,
-        );
-        if touched > 0 {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        match sqlx::query(ADD_DEVICE)
-            .bind(user)
-            .bind(device.as_str())
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-        {
-            Ok(_) => {}
-            // Another node opened the same new device just now: it is not
-            // new any more.
-            Err(e) if is_unique_violation(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        }
-        // Rows of an earlier device of this name (forgotten while one of
-        // its sessions was still storing positions) do not count.
-        sqlx::query(DROP_DEVICE_CURSORS)
-            .bind(user)
-            .bind(device.as_str())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(SNAPSHOT_DEVICE)
-            .bind(device.as_str())
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
-        let all: Vec<(String,)> = sqlx::query_as(DEVICES_BY_AGE)
-            .bind(user)
-            .fetch_all(&mut *tx)
-            .await?;
-        let excess = all.len().saturating_sub(max_devices.max(1));
-        let mut forgotten = Vec::new();
-        for (old,) in all.into_iter().filter(|(d,)| d != device.as_str()) {
-            if forgotten.len() >= excess {
-                break;
+        // Its snapshot reads the rows cursor moves write: on MySQL the two
+        // can deadlock, and trying again is the remedy.
+        let mut attempt = 0;
+        loop {
+            match open_device::<DB>(&self.pool, user, device, max_devices).await {
+                Err(e) if is_retryable(&e) && attempt < 5 => attempt += 1,
+                result => return result.map_err(StoreError::from),
             }
-            for q in [DROP_DEVICE, DROP_DEVICE_CURSORS, DROP_DEVICE_TOKENS] {
-                sqlx::query(q)
-                    .bind(user)
-                    .bind(old.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            forgotten.push(Device::stored(&old));
         }
-        tx.commit().await?;
-        Ok(forgotten)
     }
 
     async fn forget_device(&self, user: UserId, device: &Device) -> StoreResult<bool> {
