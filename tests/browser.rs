@@ -383,3 +383,65 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     a.close().await.expect("close");
     b.close().await.expect("close");
 }
+
+/// Two tabs of one browser are two devices of one user: both online
+/// together, each gets what is sent to the user and what the other tab
+/// sent, and one logs the other out from its device list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_of_one_user_are_online_together() {
+    let server = TestServer::start().await;
+    let driver = Driver::start().await;
+    let web = server.web;
+    let bob = server.register("bob").await;
+    let (mut alice, alice_id) = server.user("alice").await;
+    alice.add_friend(bob).await.expect("friends");
+
+    let b = driver.browser(1000, 700).await;
+    log_in(&b, web, bob, &pw("bob")).await;
+    let first = b.window().await.expect("this tab");
+    let second = b.new_window(true).await.expect("a second tab").handle;
+    b.switch_to_window(second.clone()).await.expect("switch");
+    log_in(&b, web, bob, &pw("bob")).await;
+    // the second tab lists the first as another device, online
+    until(
+        &b,
+        "the first tab listed online",
+        "document.querySelectorAll('#devices li .dot.online').length === 2",
+    )
+    .await;
+
+    // a message to bob reaches both tabs
+    alice.chat(bob, "to both tabs").await.expect("send");
+    listed(&b, "alice listed", &format!("u:{alice_id}"), true).await;
+    open(&b, &format!("u:{alice_id}")).await;
+    shown(&b, "to both tabs").await;
+    b.switch_to_window(first.clone()).await.expect("switch");
+    open(&b, &format!("u:{alice_id}")).await;
+    shown(&b, "to both tabs").await;
+
+    // what the first tab sends shows in the second, as bob's own
+    say(&b, "sent from tab one").await;
+    stored(&b, "sent from tab one").await;
+    let got = within(alice.next_message()).await.expect("alice gets it");
+    assert_eq!(got.msg, "sent from tab one");
+    b.switch_to_window(second.clone()).await.expect("switch");
+    shown(&b, "sent from tab one").await;
+    until(
+        &b,
+        "shown as bob's own",
+        "[...document.querySelectorAll('#messages li.mine .text')].some(e => e.textContent === 'sent from tab one')",
+    )
+    .await;
+
+    // the second tab logs the first out
+    click(&b, "#devices li button").await;
+    b.switch_to_window(first).await.expect("switch");
+    until(
+        &b,
+        "the first tab back at the login form",
+        "!document.getElementById('auth').hidden",
+    )
+    .await;
+    b.switch_to_window(second).await.expect("switch");
+    until(&b, "the second tab still in", APP_SHOWN).await;
+}

@@ -8,11 +8,17 @@
 // - every message it sends carries a client message id (cmid); one resent
 //   after a network loss is stored once, and the reply says where;
 // - the resume token lives in sessionStorage, so a reload or a dropped
-//   network resumes the session without the password.
+//   network resumes the session without the password;
+// - each tab is a device of its own (docs/protocol.md, "Devices"): a name
+//   made of this browser's id (localStorage) and the tab's (sessionStorage,
+//   so a reload stays the same device), so two tabs are online together and
+//   each gets everything, including what the other sent.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = 'chat.token';
+const BROWSER_KEY = 'chat.browser';
+const TAB_KEY = 'chat.tab';
 const HISTORY_PAGE = 50;
 const REQUEST_TIMEOUT_MS = 10000;
 const PING_EVERY_MS = 15000;
@@ -148,7 +154,17 @@ function onFrame(f) {
     case 19:
       presence(f);
       break;
+    case 22:
+      membership(f);
+      break;
     case 100:
+      if (f.errno === 63) {
+        // Logged out from another device: the token is dead.
+        state.replaced = true;
+        sessionStorage.removeItem(TOKEN_KEY);
+        state.ready = false;
+        showAuth(f.errmsg);
+      }
       if (f.errno === 54) {
         // "resumed": replaced by a resume of this tab's own token, an
         // attempt it gave up on and a stopped server carried out late:
@@ -166,8 +182,29 @@ function onFrame(f) {
 
 // ---- session --------------------------------------------------------------
 
+function randomId(bytes) {
+  const b = new Uint8Array(bytes);
+  crypto.getRandomValues(b);
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+/** This tab's device name: web-BROWSER-TAB (visible ASCII, under 64). */
+function deviceName() {
+  let browser = localStorage.getItem(BROWSER_KEY);
+  if (!browser) {
+    browser = randomId(6);
+    localStorage.setItem(BROWSER_KEY, browser);
+  }
+  let tab = sessionStorage.getItem(TAB_KEY);
+  if (!tab) {
+    tab = randomId(3);
+    sessionStorage.setItem(TAB_KEY, tab);
+  }
+  return `web-${browser}-${tab}`;
+}
+
 async function login(id, password) {
-  const r = await request({ msgid: 1, id, password, acks: true });
+  const r = await request({ msgid: 1, id, password, acks: true, device: deviceName() });
   if (r.errno !== 0) throw new Error(r.errmsg || 'login failed');
   if (r.token) sessionStorage.setItem(TOKEN_KEY, r.token);
   startSession(r);
@@ -176,7 +213,7 @@ async function login(id, password) {
 async function resume(token) {
   let r;
   try {
-    r = await request({ msgid: 17, token, acks: true });
+    r = await request({ msgid: 17, token, acks: true, device: deviceName() });
   } catch (_) {
     return; // the socket dropped; the next one tries again
   }
@@ -196,6 +233,7 @@ function decodeList(list) {
 function startSession(r) {
   if (state.me && state.me.id !== r.id) resetData();
   state.me = { id: r.id, name: r.name };
+  state.devices = r.devices || [];
   state.ready = true;
   state.replaced = false;
   for (const f of decodeList(r.friends)) state.friends.set(f.id, f);
@@ -294,6 +332,58 @@ async function refreshFriends() {
   if (list.errno !== 0) return;
   for (const f of decodeList(list.friends)) state.friends.set(f.id, f);
   render();
+}
+
+/** Another of this user's devices joined or left a group. */
+function membership(m) {
+  if (m.member) {
+    if (!state.groups.has(m.groupid)) {
+      state.groups.set(m.groupid, { id: m.groupid, groupname: `group ${m.groupid}`, groupdesc: '', users: [] });
+    }
+  } else {
+    state.groups.delete(m.groupid);
+    if (state.current === 'g:' + m.groupid) state.current = null;
+  }
+  render();
+}
+
+/** The user's devices, with a button to log each other one out. */
+async function refreshDevices() {
+  try {
+    const r = await request({ msgid: 20 });
+    if (r.errno === 0) state.devices = r.devices || [];
+  } catch (_) {
+    // shown as last known
+  }
+  renderDevices();
+}
+
+function renderDevices() {
+  const list = $('devices');
+  if (!list) return;
+  list.replaceChildren(...(state.devices || []).map((d) => {
+    const li = document.createElement('li');
+    const name = document.createElement('span');
+    name.textContent = (d.device || '(classic client)') + (d.current ? ' (this tab)' : '');
+    const dot = document.createElement('span');
+    dot.className = 'dot' + (d.online ? ' online' : '');
+    dot.setAttribute('aria-hidden', 'true');
+    li.append(dot, name);
+    li.dataset.device = d.device;
+    if (!d.current) {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.textContent = 'Log out this device';
+      b.setAttribute('aria-label', `Log out device ${d.device || 'classic client'}`);
+      b.addEventListener('click', async () => {
+        const r = await request({ msgid: 21, device: d.device });
+        if (r.errno !== 0) $('sidebar-error').textContent = r.errmsg || 'could not log the device out';
+        refreshDevices();
+      });
+      li.append(b);
+    }
+    return li;
+  }));
 }
 
 function presence(p) {
@@ -447,6 +537,7 @@ function render() {
   const groups = $('groups');
   groups.replaceChildren(...[...state.groups.values()].map((g) =>
     convButton('g:' + g.id, `${g.groupname} (#${g.id})`, false, conv('g:' + g.id).unread)));
+  renderDevices();
   renderConversation();
 }
 
@@ -595,6 +686,7 @@ window.addEventListener('DOMContentLoaded', () => {
     render();
   });
   $('logout').addEventListener('click', logout);
+  $('refresh-devices').addEventListener('click', refreshDevices);
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden && state.current) {
       conv(state.current).unread = 0;

@@ -36,6 +36,26 @@ struct Cli {
     /// the server address).
     #[arg(long, requires = "tls_ca")]
     tls_name: Option<String>,
+    /// The name of this device (1 to 64 visible ASCII characters): each of
+    /// a user's devices is online at once and gets everything. Default:
+    /// one per machine and system user (cli-HOST-USER); `-` for the
+    /// classic device (one per user, as the original client).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// The device name this machine and system user use by default.
+fn default_device() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let user = std::env::var("USER").unwrap_or_default();
+    let clean = |s: &str| -> String {
+        s.trim()
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(24)
+            .collect()
+    };
+    format!("cli-{}-{}", clean(&host), clean(&user))
 }
 
 type Input = Lines<BufReader<Stdin>>;
@@ -84,6 +104,11 @@ async fn main() -> ExitCode {
         }
     };
     let endpoint = Endpoint { addr, tls };
+    let device = match cli.device.as_deref() {
+        Some("-") => None,
+        Some(d) => Some(d.to_owned()),
+        None => Some(default_device()),
+    };
     let mut client = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => {
@@ -118,7 +143,11 @@ async fn main() -> ExitCode {
                 };
                 // The session gets a connection of its own that outlives
                 // network trouble: it reconnects, resumes and resends.
-                match Reliable::login(endpoint.clone(), id, &password, Options::default()).await {
+                let options = Options {
+                    device: device.clone(),
+                    ..Options::default()
+                };
+                match Reliable::login(endpoint.clone(), id, &password, options).await {
                     Ok((mut session, info)) => {
                         show_login(&info);
                         match chat_loop(&mut session, &mut input).await {
@@ -211,6 +240,14 @@ fn show_help() {
 fn show_event(event: Event) -> bool {
     match event {
         Event::Message(m) => say(m.display()),
+        Event::Notice(v) if v.get("msgid").and_then(|m| m.as_i64()) == Some(22) => {
+            let group = v.get("groupid").and_then(|g| g.as_i64()).unwrap_or(0);
+            if v.get("member").and_then(|m| m.as_bool()) == Some(true) {
+                say(format!("(another of your devices joined group {group})"));
+            } else {
+                say(format!("(another of your devices left group {group})"));
+            }
+        }
         Event::Notice(v) => {
             let msg = v
                 .get("errmsg")
@@ -302,6 +339,22 @@ async fn run(session: &mut Reliable, cmd: Command) -> Result<Option<bool>, Clien
 async fn run_request(client: &mut Client, cmd: Command) -> Result<(), ClientError> {
     match cmd {
         Command::Help | Command::Chat { .. } | Command::GroupChat { .. } | Command::Logout => {}
+        Command::Devices => {
+            say("----------------------your devices--------------------");
+            for d in client.devices().await? {
+                let name = if d.device.is_empty() {
+                    "(classic)"
+                } else {
+                    &d.device
+                };
+                let here = if d.current { " (this one)" } else { "" };
+                say(format!("{name} {}{here}", state(d.online)));
+            }
+        }
+        Command::LogoutDevice(name) => {
+            client.device_logout(&name).await?;
+            say(format!("device {name} is logged out"));
+        }
         Command::AddFriend(id) => {
             client.add_friend(id).await?;
             say(format!("user {id} is now your friend"));

@@ -22,6 +22,11 @@ pub const HELP: &[(&str, &str)] = &[
         "history",
         "聊天记录，格式 history:friend:friendid[:beforeseq[:limit]] 或 history:group:groupid[:beforeseq[:limit]]",
     ),
+    ("devices", "显示登录设备，格式 devices (your devices)"),
+    (
+        "logoutdevice",
+        "注销另一台设备，格式 logoutdevice:devicename (log another device out)",
+    ),
     ("loginout", "注销，格式 loginout"),
 ];
 
@@ -52,6 +57,8 @@ pub enum Command {
         limit: Option<u32>,
     },
     Logout,
+    Devices,
+    LogoutDevice(String),
 }
 
 fn id<T: From<i64>>(s: Option<&str>, what: &str) -> Result<T, String> {
@@ -73,6 +80,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "help" => Command::Help,
         "showfriendlist" => Command::ShowFriendList,
         "loginout" => Command::Logout,
+        "devices" => Command::Devices,
+        "logoutdevice" => Command::LogoutDevice(
+            rest.ok_or("usage: logoutdevice:devicename")?.trim().to_owned(),
+        ),
         "chat" => {
             // The message is everything after the second colon, colons included.
             let (to, msg) = rest
@@ -169,6 +180,11 @@ mod tests {
             })
         );
         assert_eq!(parse("loginout"), Ok(Command::Logout));
+        assert_eq!(parse("devices"), Ok(Command::Devices));
+        assert_eq!(
+            parse("logoutdevice:phone-1"),
+            Ok(Command::LogoutDevice("phone-1".into()))
+        );
         assert_eq!(
             parse("history:group:5:100:10"),
             Ok(Command::History {
