@@ -77,6 +77,9 @@ pub struct Config {
     /// Devices one user may have; a login from one more forgets the device
     /// unused the longest (its session ends, its token stops working).
     pub max_devices: usize,
+    /// Groups up to this size tell every member who read up to where, and
+    /// who is typing; larger ones tell only the reader's own devices.
+    pub receipts_group_max: usize,
     /// Logins and resumes admitted per second, on average: a reconnect storm
     /// after another node's death cannot drown this node's chat.
     pub session_rate: u32,
@@ -306,6 +309,7 @@ impl Default for Config {
             keepalive_interval: Duration::from_secs(10),
             resume_token_ttl: Duration::from_secs(7 * 24 * 3600),
             max_devices: 10,
+            receipts_group_max: 50,
             session_rate: 3000,
             session_burst: 1000,
             pool: PoolConfig::default(),

@@ -242,3 +242,110 @@ async fn two_devices_on_two_nodes_both_get_everything() {
     assert_eq!(notice["errno"], 63, "{notice}");
     drop((n1, n2, mysql, redis));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_on_one_device_clears_the_others_and_ticks_the_peer() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let (mut bob, bob_id) = server.user("bob").await;
+    let (mut phone, _) = as_device(server.client().await, alice, "alice", Some("phone")).await;
+    let (laptop, _) = as_device(server.client().await, alice, "alice", Some("laptop")).await;
+    drop(laptop);
+    let mut last = chat::model::Seq(0);
+    for n in 0..3 {
+        last = bob.chat(alice, &format!("m{n}")).await.expect("send").seq;
+        next_msg(&mut phone).await;
+    }
+    // the laptop, offline, sees three unread at login
+    let (mut laptop, info) = as_device(server.client().await, alice, "alice", Some("laptop")).await;
+    let unread: Vec<(Option<UserId>, u32)> =
+        info.reads.iter().map(|r| (r.toid, r.unread)).collect();
+    assert_eq!(unread, [(Some(bob_id), 3)]);
+
+    // read on the phone: the laptop is told (unread 0), and bob gets a tick
+    let bob_conv = HistoryTarget::User(bob_id);
+    assert_eq!(phone.read(bob_conv, last, false).await.expect("read"), last);
+    let mine = next_other(&mut laptop).await;
+    assert_eq!(
+        (
+            mine["msgid"].as_i64(),
+            mine["id"].as_i64(),
+            mine["toid"].as_i64(),
+            mine["seq"].as_i64()
+        ),
+        (Some(24), Some(alice.0), Some(bob_id.0), Some(last.0)),
+        "{mine}"
+    );
+    let tick = next_other(&mut bob).await;
+    assert_eq!(
+        (tick["msgid"].as_i64(), tick["seq"].as_i64()),
+        (Some(24), Some(last.0)),
+        "{tick}"
+    );
+    let (_, info) = as_device(server.client().await, alice, "alice", Some("tablet")).await;
+    assert!(info.reads.iter().all(|r| r.unread == 0), "{:?}", info.reads);
+    let (_, info) = as_device(server.client().await, bob_id, "bob", Some("b2")).await;
+    assert_eq!(
+        info.reads
+            .iter()
+            .find(|r| r.toid == Some(alice))
+            .and_then(|r| r.peer_read),
+        Some(last),
+        "bob sees how far alice read: {:?}",
+        info.reads
+    );
+
+    // never back, never past the end; private reads tell only oneself
+    assert_eq!(
+        phone
+            .read(bob_conv, chat::model::Seq(1), false)
+            .await
+            .expect("read"),
+        last
+    );
+    let next = bob.chat(alice, "one more").await.expect("send").seq;
+    assert_eq!(
+        phone
+            .read(bob_conv, chat::model::Seq(999), true)
+            .await
+            .expect("read"),
+        next,
+        "clamped to the last message"
+    );
+    let mine = next_other(&mut laptop).await;
+    assert_eq!(mine["seq"].as_i64(), Some(next.0), "{mine}");
+    // bob gets no tick for a private read: his next notice is the typing
+    phone.typing(bob_conv).await.expect("typing");
+    let typing = next_other(&mut bob).await;
+    assert_eq!(
+        (typing["msgid"].as_i64(), typing["id"].as_i64()),
+        (Some(23), Some(alice.0)),
+        "{typing}"
+    );
+
+    // refused: a group one is not in, oneself, a conversation that never
+    // began, and a typing flood
+    let g = bob.create_group("not alice's", "").await.expect("group");
+    let e = phone
+        .read(HistoryTarget::Group(g), chat::model::Seq(1), false)
+        .await;
+    assert_eq!(e.map_err(|e| e.errno()).err(), Some(Some(31)));
+    let e = phone
+        .read(HistoryTarget::User(alice), chat::model::Seq(1), false)
+        .await;
+    assert_eq!(e.map_err(|e| e.errno()).err(), Some(Some(33)));
+    let nobody = server.register("nobody").await;
+    let e = phone
+        .read(HistoryTarget::User(nobody), chat::model::Seq(1), false)
+        .await;
+    assert_eq!(e.map_err(|e| e.errno()).err(), Some(Some(30)));
+    for _ in 0..20 {
+        phone.typing(bob_conv).await.expect("typing");
+    }
+    let refused = next_other(&mut phone).await;
+    assert_eq!(
+        (refused["msgid"].as_i64(), refused["errno"].as_i64()),
+        (Some(123), Some(57)),
+        "{refused}"
+    );
+}

@@ -82,7 +82,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "loginout" => Command::Logout,
         "devices" => Command::Devices,
         "logoutdevice" => Command::LogoutDevice(
-            rest.ok_or("usage: logoutdevice:devicename")?.trim().to_owned(),
+            rest.ok_or("usage: logoutdevice:devicename")?
+                .trim()
+                .to_owned(),
         ),
         "chat" => {
             // The message is everything after the second colon, colons included.

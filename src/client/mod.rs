@@ -212,6 +212,8 @@ pub struct LoginInfo {
     pub acks: bool,
     /// The user's devices (the one logged in is marked `current`).
     pub devices: Vec<replies::DeviceInfo>,
+    /// Conversations with unread messages, or read by their peer.
+    pub reads: Vec<replies::ReadEntry>,
 }
 
 /// Requests waiting for their replies, and whether the connection has
@@ -323,6 +325,7 @@ impl From<replies::LoggedIn<'_>> for LoginInfo {
                 .collect(),
             offline: r.offlinemsg.into_iter().map(Message::from).collect(),
             devices: r.devices,
+            reads: r.reads,
             token: r.token,
             acks: r.acks,
         }
@@ -483,6 +486,36 @@ impl Client {
     /// session of the same device. Without one, the classic device.
     pub fn set_device(&mut self, device: Option<&str>) {
         self.device = device.map(str::to_owned);
+    }
+
+    /// Marks a conversation read up to `seq` (the user's other devices are
+    /// told, and, unless `private`, the peer or the group's members).
+    /// Returns how far it is read now.
+    pub async fn read(
+        &mut self,
+        with: HistoryTarget,
+        seq: Seq,
+        private: bool,
+    ) -> Result<Seq, ClientError> {
+        let (toid, groupid) = target_ids(with);
+        let req = wire::Read {
+            toid,
+            groupid,
+            seq,
+            private,
+        };
+        Ok(self.call(&req).await?.seq)
+    }
+
+    /// Tells the peer or the group that the user is typing (stored nowhere;
+    /// not answered unless refused).
+    pub async fn typing(&mut self, with: HistoryTarget) -> Result<(), ClientError> {
+        let (toid, groupid) = target_ids(with);
+        let frame = wire::frame(&wire::Typing { toid, groupid }, None);
+        self.writer
+            .send(Bytes::from(frame))
+            .await
+            .map_err(frame_error)
     }
 
     /// The user's devices, and which are online.

@@ -66,13 +66,18 @@ impl LocalHub {
     /// Queues a notice for the sessions of `recipients` on this node;
     /// returns the recipients that have none here (or may have some
     /// elsewhere too). A full queue drops it.
-    pub fn notify_here(&self, frame: &bytes::Bytes, recipients: &[UserId]) -> Vec<UserId> {
+    pub fn notify_here(
+        &self,
+        frame: &bytes::Bytes,
+        recipients: &[UserId],
+        origin: u64,
+    ) -> Vec<UserId> {
         let users = self.read();
         let mut elsewhere = Vec::new();
         for user in recipients {
             match users.get(user) {
                 Some(local) => {
-                    for handle in &local.sessions {
+                    for handle in local.sessions.iter().filter(|h| h.session_id != origin) {
                         let _ = handle.pushes.try_send(Push::Notice(frame.clone()));
                     }
                     if local.shared {
@@ -249,8 +254,8 @@ impl Hub for LocalHub {
         Ok(())
     }
 
-    async fn notify(&self, frame: bytes::Bytes, recipients: &[UserId]) {
-        self.notify_here(&frame, recipients);
+    async fn notify_except(&self, frame: bytes::Bytes, recipients: &[UserId], origin: u64) {
+        self.notify_here(&frame, recipients, origin);
     }
 
     async fn group_changed(&self, _group: crate::model::GroupId) {}

@@ -157,7 +157,12 @@ pub trait Hub: Send + Sync + 'static {
     /// Hands `frame` (a notice, stored nowhere) to every online session
     /// among `recipients`, on this node or another. Best effort: a notice
     /// that cannot go is dropped.
-    async fn notify(&self, frame: bytes::Bytes, recipients: &[UserId]);
+    async fn notify(&self, frame: bytes::Bytes, recipients: &[UserId]) {
+        self.notify_except(frame, recipients, 0).await;
+    }
+    /// As [`Hub::notify`], skipping the local session `origin` (the one
+    /// whose request it reports, which knows already).
+    async fn notify_except(&self, frame: bytes::Bytes, recipients: &[UserId], origin: u64);
     /// Tells every node that a group's membership changed (so that cached
     /// member lists are dropped).
     async fn group_changed(&self, group: GroupId);

@@ -301,6 +301,7 @@ mod tests {
             more: false,
             device: None,
             devices: Vec::new(),
+            reads: Vec::new(),
         };
         let messages: Vec<ChatMessage> = (1..=20).map(|s| message(s, "hello there")).collect();
         let carried = fit_login(&mut reply, &messages);
@@ -317,6 +318,7 @@ mod tests {
             more: false,
             device: None,
             devices: Vec::new(),
+            reads: Vec::new(),
             ..reply
         };
         let carried = fit_login(&mut reply, &messages);

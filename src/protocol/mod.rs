@@ -63,6 +63,12 @@ pub mod msgid {
     /// created or left a group (`groupid`, `member`, `seq`: where it
     /// starts).
     pub const MEMBERSHIP: i64 = 22;
+    /// The user is typing in a conversation (request), or a peer or group
+    /// member is (push). Stored nowhere.
+    pub const TYPING: i64 = 23;
+    /// The user has read a conversation up to `seq` (request), or someone
+    /// has (push: to the user's devices and to the peer or group).
+    pub const READ: i64 = 24;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;

@@ -92,6 +92,10 @@ pub struct LoggedIn<'a> {
     /// The user's devices (never sent to the original client).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceInfo>,
+    /// Read positions and unread counts (never sent to the original
+    /// client).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<ReadEntry>,
 }
 
 /// One of the user's devices: its name (`""` for the classic device),
@@ -104,6 +108,30 @@ pub struct DeviceInfo {
     pub last_seen: i64,
     #[serde(default, skip_serializing_if = "is_false")]
     pub current: bool,
+}
+
+/// The reply to READ: how far the conversation is read now (a `seq` past
+/// its last message counts as its last; one behind changes nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadDone {
+    pub seq: Seq,
+}
+
+/// How far a conversation is read, as the login reply lists it (those with
+/// unread messages, or read by the peer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+    /// How far the user has read.
+    pub read: Seq,
+    /// Messages from others past it (counted up to 1000).
+    pub unread: u32,
+    /// Direct conversations: how far the peer has read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_read: Option<Seq>,
 }
 
 /// The reply to DEVICES.
@@ -342,6 +370,7 @@ mod tests {
             more: false,
             device: None,
             devices: Vec::new(),
+            reads: Vec::new(),
         };
         let v = serde_json::to_value(&reply).expect("serialize");
         // what the original client parses: strings holding objects

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::msgid;
 use super::replies::{
     DeviceList, Done, FriendChanged, FriendList, GroupChanged, GroupCreated, GroupJoined,
-    HistoryPage, LoggedIn, Pong, Registered, Sent, ServerInfo as ServerInfoReply,
+    HistoryPage, LoggedIn, Pong, ReadDone, Registered, Sent, ServerInfo as ServerInfoReply,
 };
 use crate::model::{GroupId, Seq, UserId};
 
@@ -157,6 +157,43 @@ call!(Ping, msgid::PING, Pong);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Devices {}
 call!(Devices, msgid::DEVICES, DeviceList);
+
+/// The user is typing in a conversation (exactly one of `toid`,
+/// `groupid`). Answered only when refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Typing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+}
+call!(Typing, msgid::TYPING, Done);
+
+/// The user has read a conversation (exactly one of `toid`, `groupid`) up
+/// to `seq`. With `private`, only the user's own devices are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Read {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+    pub seq: Seq,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private: bool,
+}
+call!(Read, msgid::READ, ReadDone);
+
+impl Typing {
+    pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {
+        super::target_of(self.toid, self.groupid, "typing")
+    }
+}
+
+impl Read {
+    pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {
+        super::target_of(self.toid, self.groupid, "read")
+    }
+}
 
 /// Log another of one's devices out (`""`: the classic device): its session
 /// ends and its resume tokens stop working. Answered with the same field.

@@ -125,6 +125,10 @@ impl Handler for wire::Logout {
     }
 }
 
+/// Typing notices one session may send a second, and at once.
+const TYPING_RATE: f64 = 2.0;
+const TYPING_BURST: f64 = 6.0;
+
 /// How long a RESUME may have waited in the socket before it is refused
 /// (errno 50): clients give up on an answer after a second or more.
 const STALE_RESUME: std::time::Duration = std::time::Duration::from_millis(1000);
@@ -335,6 +339,11 @@ impl Service {
             id,
             reader,
             session: s.id,
+            typing: crate::limits::Bucket::new(
+                TYPING_RATE,
+                TYPING_BURST,
+                std::time::Instant::now(),
+            ),
             name,
             pushes: rx,
             token_hash,
@@ -446,12 +455,28 @@ impl Service {
             more: false,
             device: (!me.reader.device.is_classic()).then(|| me.reader.device.as_str().to_owned()),
             devices: Vec::new(),
+            reads: Vec::new(),
         };
         if !classic {
             // The original client's reply stays as it was (and fits its
-            // one read); other clients see the user's devices.
+            // one read); other clients see the user's devices and where
+            // each conversation is read.
             let online = self.hub.online_devices(me.id).await.unwrap_or_default();
             reply.devices = device_infos(&start.devices, &online, &me.reader.device);
+            reply.reads = start
+                .reads
+                .iter()
+                .map(|r| {
+                    let (toid, groupid) = super::receipts::target_fields(r.conv, me.id);
+                    crate::protocol::replies::ReadEntry {
+                        toid,
+                        groupid,
+                        read: r.read,
+                        unread: r.unread,
+                        peer_read: r.peer_read,
+                    }
+                })
+                .collect();
         }
         let rest = if classic {
             let carried = crate::protocol::classic::fit_login(&mut reply, &first);

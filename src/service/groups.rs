@@ -225,6 +225,6 @@ impl Service {
     /// learns at its next login.
     async fn tell_own_devices(&self, me: &LoggedIn, group: GroupId, member: bool, seq: Seq) {
         let frame = crate::protocol::membership_frame(group, member, seq);
-        self.hub.notify(frame, &[me.id]).await;
+        self.hub.notify_except(frame, &[me.id], me.session).await;
     }
 }

@@ -18,6 +18,7 @@ mod friends;
 mod groups;
 pub mod guard;
 mod presence;
+mod receipts;
 mod requests;
 mod session;
 #[cfg(test)]
@@ -193,8 +194,10 @@ impl Service {
         // would double the traffic it saves. The original client gets no
         // reply where the original server sent none: one it cannot use
         // could share a read with a message and crash it.
-        let silent_ok = matches!(decoded, Ok(Request::AsUser(AsUser::Ack(_))))
-            || (s.classic && unanswered_in_classic(parsed.msgid));
+        let silent_ok = matches!(
+            decoded,
+            Ok(Request::AsUser(AsUser::Ack(_) | AsUser::Typing(_)))
+        ) || (s.classic && unanswered_in_classic(parsed.msgid));
         let result = match decoded {
             Err(fail) => Err(fail),
             Ok(Request::Open(r)) => r.handle(self, s, ack).await,

@@ -79,7 +79,7 @@ requests! {
     open: [Login, Register, Resume, ServerInfo, Ping],
     as_user: [
         Logout, OneChat, AddFriend, CreateGroup, AddGroup, GroupChat, DelGroup, DelFriend,
-        ShowFriendList, History, Ack, Devices, DeviceLogout,
+        ShowFriendList, History, Ack, Devices, DeviceLogout, Typing, Read,
     ],
 }
 
@@ -102,7 +102,12 @@ impl Request {
             Request::AsUser(AsUser::OneChat(c)) => c.cmid.is_some(),
             Request::AsUser(AsUser::GroupChat(c)) => c.cmid.is_some(),
             Request::AsUser(
-                AsUser::History(_) | AsUser::Ack(_) | AsUser::Devices(_) | AsUser::DeviceLogout(_),
+                AsUser::History(_)
+                | AsUser::Ack(_)
+                | AsUser::Devices(_)
+                | AsUser::DeviceLogout(_)
+                | AsUser::Typing(_)
+                | AsUser::Read(_),
             ) => true,
             _ => false,
         }

@@ -56,6 +56,8 @@ pub(super) struct LoggedIn {
     /// The session's id ([`Session::id`]): what it sends is not pushed
     /// back to it, only to the user's other sessions.
     pub(super) session: u64,
+    /// How many typing notices it may send.
+    pub(super) typing: crate::limits::Bucket,
     pub(super) name: String,
     pub(super) pushes: mpsc::Receiver<Push>,
     /// The hash of the resume token this session was given or resumed

@@ -63,7 +63,25 @@ pub struct SessionStart {
     pub groups: Vec<GroupInfo>,
     /// The user's devices, most recently seen first.
     pub devices: Vec<DeviceEntry>,
+    /// Conversations with unread messages, or read by their peer.
+    pub reads: Vec<ReadState>,
 }
+
+/// How far a conversation is read, as the login reply tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadState {
+    pub conv: Conversation,
+    /// How far the user has read it.
+    pub read: Seq,
+    /// Messages from others past that, counted up to [`UNREAD_COUNT_MAX`].
+    pub unread: u32,
+    /// For a direct conversation, how far the peer has read it.
+    pub peer_read: Option<Seq>,
+}
+
+/// Unread messages are counted up to this many per conversation (a count
+/// costs a scan of what it counts).
+pub const UNREAD_COUNT_MAX: i64 = 1000;
 
 /// A user's device as a session names it: whose, and which.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -163,6 +181,16 @@ pub trait Store: Send + Sync + 'static {
         reader: &Reader,
         positions: Vec<(Conversation, Seq)>,
     ) -> Result<(), Vec<(Conversation, Seq)>>;
+    /// Marks `conv` read by `user` up to `seq` (never past the
+    /// conversation's last message, never back). Returns the read position
+    /// after, and whether it moved; `NotFound` for a conversation that does
+    /// not exist.
+    async fn mark_read(
+        &self,
+        user: UserId,
+        conv: Conversation,
+        seq: Seq,
+    ) -> StoreResult<(Seq, bool)>;
     /// Every conversation the user takes part in, with the device's
     /// delivered position.
     async fn cursors(&self, reader: &Reader) -> StoreResult<Vec<(Conversation, Seq)>>;

@@ -70,6 +70,8 @@ impl Dialect for MySql {
     const ADD_FRIENDS: &'static str =
         "INSERT IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
     const BEGIN_WRITE: &'static str = "BEGIN";
+    const UPSERT_READ: &'static str = "INSERT INTO reads (user_id, conv, read_seq) VALUES (?, ?, ?) \
+         ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq))";
 
     fn rows_affected(done: &Self::QueryResult) -> u64 {
         done.rows_affected()

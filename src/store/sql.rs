@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
 
 use super::commit::GroupCommit;
-use super::{Reader, SessionStart, Store, StoreError, StoreResult, now_ms};
+use super::{ReadState, Reader, SessionStart, Store, StoreError, StoreResult, now_ms};
 use crate::model::{
     ChatMessage, Conversation, Credentials, Device, DeviceEntry, GroupId, GroupInfo, GroupMember,
     GroupRole, NewMessage, Seq, UserId, UserSummary,
@@ -161,6 +161,24 @@ pub(super) const SNAPSHOT_DEVICE: &str = concat!(
     ") FROM cursors c LEFT JOIN device_cursors d ON d.user_id = c.user_id AND d.conv = c.conv \
      WHERE c.user_id = ? GROUP BY c.user_id, c.conv"
 );
+/// How far a user (`?`) has read each of its conversations (its base
+/// position without a row), how many messages from others lie past that
+/// (counted up to [`super::UNREAD_COUNT_MAX`]), and, for direct ones, how
+/// far the peer has read.
+pub(super) const READS: &str = "SELECT c.conv, COALESCE(r.read_seq, c.delivered_seq), \
+     (SELECT COUNT(*) FROM messages m WHERE m.conv = c.conv \
+       AND m.seq > COALESCE(r.read_seq, c.delivered_seq) \
+       AND m.seq <= COALESCE(r.read_seq, c.delivered_seq) + 1000 \
+       AND m.sender_id <> c.user_id), \
+     (SELECT MAX(p.read_seq) FROM reads p WHERE p.conv = c.conv AND p.user_id <> c.user_id \
+       AND c.conv LIKE 'd:%') \
+     FROM cursors c LEFT JOIN reads r ON r.user_id = c.user_id AND r.conv = c.conv \
+     WHERE c.user_id = ?";
+/// A user's read position in a conversation: its row, or its base.
+/// Binds: user, conv.
+pub(super) const READ_POSITION: &str = "SELECT COALESCE(r.read_seq, c.delivered_seq) FROM cursors c \
+     LEFT JOIN reads r ON r.user_id = c.user_id AND r.conv = c.conv \
+     WHERE c.user_id = ? AND c.conv = ?";
 /// A member who leaves leaves with every device.
 pub(super) const REMOVE_DEVICE_CURSORS: &str =
     "DELETE FROM device_cursors WHERE user_id = ? AND conv = ?";
@@ -181,6 +199,22 @@ pub(super) fn message_of(row: MsgRow) -> Option<ChatMessage> {
 
 pub(super) fn messages(rows: Vec<MsgRow>) -> Vec<ChatMessage> {
     rows.into_iter().filter_map(message_of).collect()
+}
+
+/// The rows of [`READS`] that say something: unread messages, or a peer
+/// that has read.
+pub(super) fn reads(rows: Vec<(String, i64, i64, Option<i64>)>) -> Vec<ReadState> {
+    rows.into_iter()
+        .filter(|(_, _, unread, peer)| *unread > 0 || peer.is_some())
+        .filter_map(|(conv, read, unread, peer)| {
+            Some(ReadState {
+                conv: Conversation::from_key(&conv)?,
+                read: Seq(read),
+                unread: u32::try_from(unread).unwrap_or(u32::MAX),
+                peer_read: peer.map(Seq),
+            })
+        })
+        .collect()
 }
 
 pub(super) fn devices(rows: Vec<(String, i64)>) -> Vec<DeviceEntry> {
@@ -316,6 +350,8 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
 pub trait Dialect: Database {
     /// Inserts both friendship rows (`a, b, b, a`), skipping existing ones.
     const ADD_FRIENDS: &'static str;
+    /// Moves a read position forward (`user, conv, seq`), never back.
+    const UPSERT_READ: &'static str;
     /// Begins a transaction that will write. SQLite takes the write lock up
     /// front (`IMMEDIATE`), so that a read inside the transaction cannot
     /// turn into a busy snapshot when the message writer commits in between.
@@ -648,6 +684,45 @@ where
         self.commit.queue_cursors(reader, positions)
     }
 
+    async fn mark_read(
+        &self,
+        user: UserId,
+        conv: Conversation,
+        seq: Seq,
+    ) -> StoreResult<(Seq, bool)> {
+        let key = conv.key();
+        let last: Option<(i64,)> = sqlx::query_as(LAST_SEQ)
+            .bind(&key)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some((last,)) = last else {
+            return Err(StoreError::NotFound("conversation"));
+        };
+        let position = || async {
+            let row: Option<(i64,)> = sqlx::query_as(READ_POSITION)
+                .bind(user)
+                .bind(&key)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok::<_, StoreError>(row.map(|r| Seq(r.0)))
+        };
+        let Some(before) = position().await? else {
+            return Err(StoreError::NotFound("conversation"));
+        };
+        let target = seq.min(Seq(last));
+        if target <= before {
+            return Ok((before, false));
+        }
+        sqlx::query(DB::UPSERT_READ)
+            .bind(user)
+            .bind(&key)
+            .bind(target)
+            .execute(&self.pool)
+            .await?;
+        let after = position().await?.unwrap_or(target);
+        Ok((after, after > before))
+    }
+
     async fn cursor(&self, user: UserId, conv: Conversation) -> StoreResult<Seq> {
         let row: Option<(Option<i64>,)> = sqlx::query_as(CURSOR)
             .bind(user)
@@ -762,6 +837,13 @@ where
             friends: self.friends(reader.user).await?,
             groups: self.user_groups(reader.user).await?,
             devices: self.devices(reader.user).await?,
+            reads: {
+                let rows: Vec<(String, i64, i64, Option<i64>)> = sqlx::query_as(READS)
+                    .bind(reader.user)
+                    .fetch_all(&self.pool)
+                    .await?;
+                reads(rows)
+            },
         })
     }
 }

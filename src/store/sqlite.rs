@@ -39,6 +39,8 @@ impl Dialect for Sqlite {
     const ADD_FRIENDS: &'static str =
         "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const UPSERT_READ: &'static str = "INSERT INTO reads (user_id, conv, read_seq) VALUES (?, ?, ?) \
+         ON CONFLICT (user_id, conv) DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)";
 
     fn rows_affected(done: &Self::QueryResult) -> u64 {
         done.rows_affected()
@@ -123,6 +125,10 @@ impl Readers {
                 .prepare_cached(sql::DEVICES)?
                 .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
+            let reads: Vec<(String, i64, i64, Option<i64>)> = c
+                .prepare_cached(sql::READS)?
+                .query_map([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
             let friends: Vec<UserSummary> = c
                 .prepare_cached(sql::FRIENDS)?
                 .query_map([user], |r| {
@@ -146,6 +152,7 @@ impl Readers {
                 friends,
                 groups: sql::assemble_groups(groups, members),
                 devices: sql::devices(devices),
+                reads: sql::reads(reads),
             })
         })
     }

@@ -172,6 +172,7 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                             more: false,
                             device: None,
                             devices: Vec::new(),
+                            reads: Vec::new(),
                         };
                         Some(Reply::ok_with(msgid::LOGIN_ACK, &reply))
                     }

@@ -581,7 +581,7 @@ fn deliver_published(local: &LocalHub, payload: &[u8]) {
             .split(',')
             .filter_map(|s| s.parse().ok())
             .collect();
-        local.notify_here(&Bytes::copy_from_slice(frame), &recipients);
+        local.notify_here(&Bytes::copy_from_slice(frame), &recipients, 0);
         return;
     }
     let Some(Published {

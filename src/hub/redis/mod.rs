@@ -381,8 +381,8 @@ impl Hub for RedisHub {
         self.bus.send(&message, elsewhere).await
     }
 
-    async fn notify(&self, frame: bytes::Bytes, recipients: &[UserId]) {
-        let elsewhere = self.local.notify_here(&frame, recipients);
+    async fn notify_except(&self, frame: bytes::Bytes, recipients: &[UserId], origin: u64) {
+        let elsewhere = self.local.notify_here(&frame, recipients, origin);
         if !elsewhere.is_empty() {
             self.bus.send_notice(&frame, elsewhere);
         }
