@@ -80,6 +80,10 @@ pub struct Config {
     /// Groups up to this size tell every member who read up to where, and
     /// who is typing; larger ones tell only the reader's own devices.
     pub receipts_group_max: usize,
+    /// How long after sending a sender may recall a message.
+    pub recall_window: Duration,
+    /// How long after sending a sender may edit a message.
+    pub edit_window: Duration,
     /// Logins and resumes admitted per second, on average: a reconnect storm
     /// after another node's death cannot drown this node's chat.
     pub session_rate: u32,
@@ -310,6 +314,8 @@ impl Default for Config {
             resume_token_ttl: Duration::from_secs(7 * 24 * 3600),
             max_devices: 10,
             receipts_group_max: 50,
+            recall_window: Duration::from_secs(120),
+            edit_window: Duration::from_secs(24 * 3600),
             session_rate: 3000,
             session_burst: 1000,
             pool: PoolConfig::default(),

@@ -240,6 +240,53 @@ pub struct DeviceEntry {
     pub last_seen: i64,
 }
 
+/// What a row of a conversation is: a message (as sent, edited or
+/// recalled), or an event that changed an earlier message. Events have a
+/// `seq` of their own and travel like messages, so every device of every
+/// participant learns of them, online or later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MsgKind {
+    #[default]
+    Message,
+    /// A message whose text its sender changed.
+    Edited,
+    /// A message taken back (its text is gone).
+    Recalled,
+    /// The event that recalled message `seq`.
+    RecallOf(Seq),
+    /// The event that edited message `seq`; its body is the new text.
+    EditOf(Seq),
+}
+
+impl MsgKind {
+    /// The storage columns `kind` and `ref_seq`.
+    pub fn columns(self) -> (i64, i64) {
+        match self {
+            MsgKind::Message => (0, 0),
+            MsgKind::Edited => (1, 0),
+            MsgKind::Recalled => (2, 0),
+            MsgKind::RecallOf(s) => (3, s.0),
+            MsgKind::EditOf(s) => (4, s.0),
+        }
+    }
+
+    /// Inverse of [`MsgKind::columns`]; anything unknown reads as a message.
+    pub fn from_columns(kind: i64, ref_seq: i64) -> Self {
+        match kind {
+            1 => MsgKind::Edited,
+            2 => MsgKind::Recalled,
+            3 => MsgKind::RecallOf(Seq(ref_seq)),
+            4 => MsgKind::EditOf(Seq(ref_seq)),
+            _ => MsgKind::Message,
+        }
+    }
+
+    /// Whether this is an event rather than a message.
+    pub fn is_event(self) -> bool {
+        matches!(self, MsgKind::RecallOf(_) | MsgKind::EditOf(_))
+    }
+}
+
 /// A chat message before the store has given it a place.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -254,6 +301,9 @@ pub struct NewMessage {
     /// The sender's own id for the message: a resend with the same id is
     /// not stored again; the store answers with the original.
     pub client_id: Option<String>,
+    /// [`MsgKind::Message`], or an event ([`MsgKind::RecallOf`],
+    /// [`MsgKind::EditOf`]): the store then changes that message too.
+    pub kind: MsgKind,
 }
 
 impl NewMessage {
@@ -266,6 +316,7 @@ impl NewMessage {
             sender_name: self.sender_name.clone(),
             body: self.body.clone(),
             ts_ms,
+            kind: self.kind,
         }
     }
 }
@@ -281,6 +332,7 @@ pub struct ChatMessage {
     pub body: String,
     /// Milliseconds since the Unix epoch, server clock.
     pub ts_ms: i64,
+    pub kind: MsgKind,
 }
 
 /// A stored message together with its wire form, rendered once and shared by

@@ -215,6 +215,7 @@ async fn concurrent_appends_of_one_client_id_store_one_message_on_both_backends(
             sender_name: "alice".into(),
             body: format!("body of {cid}"),
             client_id: Some(cid),
+            kind: Default::default(),
         };
         let mut appends = Vec::new();
         for n in 0..24 {

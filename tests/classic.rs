@@ -388,3 +388,29 @@ async fn a_person_at_the_menu_is_left_alone() {
     assert_eq!(texts(&c.messages(1).await), ["welcome back"]);
     c.assert_all_parsed();
 }
+
+/// Recall and edit reach the original client, which knows neither, as
+/// ordinary chat frames whose text says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_and_edit_reach_the_original_client_as_readable_lines() {
+    let server = TestServer::start_with(quick_grace()).await;
+    let alice = server.register("alice").await;
+    let (mut bob, _) = server.user("bob").await;
+    let mut a = Original::connect(&server).await;
+    a.login(alice, "alice").await;
+    let first = bob.chat(alice, "meet at 5").await.expect("send").seq;
+    let second = bob.chat(alice, "oops, wrong chat").await.expect("send").seq;
+    assert_eq!(a.messages(2).await.len(), 2);
+    let with = chat::protocol::HistoryTarget::User(alice);
+    bob.edit(with, first, "meet at 6").await.expect("edit");
+    bob.recall(with, second).await.expect("recall");
+    let got = a.messages(2).await;
+    assert_eq!(
+        texts(&got),
+        [
+            format!("[edited message #{first}] meet at 6"),
+            format!("[recalled message #{second}]"),
+        ]
+    );
+    a.assert_all_parsed();
+}

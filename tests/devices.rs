@@ -349,3 +349,150 @@ async fn reading_on_one_device_clears_the_others_and_ticks_the_peer() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_and_edit_reach_every_device_and_history_shows_the_current_version() {
+    let server = TestServer::start_with(Config {
+        recall_window: std::time::Duration::from_secs(3),
+        ..Config::default()
+    })
+    .await;
+    let alice = server.register("alice").await;
+    let (mut bob, bob_id) = server.user("bob").await;
+    let (mut phone, _) = as_device(server.client().await, alice, "alice", Some("phone")).await;
+    let (laptop, _) = as_device(server.client().await, alice, "alice", Some("laptop")).await;
+    let with_alice = HistoryTarget::User(alice);
+    let with_bob = HistoryTarget::User(bob_id);
+
+    let typo = bob.chat(alice, "see you at 5").await.expect("send").seq;
+    let mistake = bob.chat(alice, "my pin is 1234").await.expect("send").seq;
+    next_msg(&mut phone).await;
+    next_msg(&mut phone).await;
+    // the laptop goes away before the changes
+    drop(laptop);
+
+    let edit = bob
+        .edit(with_alice, typo, "see you at 6")
+        .await
+        .expect("edit");
+    let recall = bob.recall(with_alice, mistake).await.expect("recall");
+    let e = next_msg(&mut phone).await;
+    assert_eq!(
+        (e.seq, e.kind, e.text.as_deref()),
+        (
+            edit,
+            chat::model::MsgKind::EditOf(typo),
+            Some("see you at 6")
+        )
+    );
+    let r = next_msg(&mut phone).await;
+    assert_eq!(
+        (r.seq, r.kind),
+        (recall, chat::model::MsgKind::RecallOf(mistake))
+    );
+
+    // the laptop (which had both messages) gets the events when it is back
+    let (_laptop, info) = as_device(server.client().await, alice, "alice", Some("laptop")).await;
+    let got: Vec<_> = info
+        .offline
+        .iter()
+        .map(|m| (m.seq, m.kind, m.msg.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                edit,
+                chat::model::MsgKind::EditOf(typo),
+                format!("[edited message #{typo}] see you at 6")
+            ),
+            (
+                recall,
+                chat::model::MsgKind::RecallOf(mistake),
+                format!("[recalled message #{mistake}]")
+            ),
+        ]
+    );
+    // a new device starts where the others are: nothing is offline for it
+    let (_tablet, info) = as_device(server.client().await, alice, "alice", Some("tablet")).await;
+    assert!(
+        info.offline.is_empty(),
+        "a new device starts where the others are"
+    );
+    // history shows the current version; the recalled text is gone
+    let history = phone.history(with_bob, None, None).await.expect("history");
+    let texts: Vec<&str> = history.iter().map(|m| m.msg.as_str()).collect();
+    assert!(texts.contains(&"see you at 6"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.contains("1234")), "{texts:?}");
+
+    // refused: someone else's message, a recalled one, an event, one that
+    // does not exist, and a recall after the window
+    let mine = phone.chat(bob_id, "hello bob").await.expect("send").seq;
+    let code = |r: Result<chat::model::Seq, ClientError>| r.map_err(|e| e.errno()).err().flatten();
+    assert_eq!(
+        code(phone.recall(with_bob, typo).await),
+        Some(31),
+        "bob's message"
+    );
+    assert_eq!(code(phone.edit(with_bob, typo, "x").await), Some(31));
+    assert_eq!(
+        code(bob.edit(with_alice, mistake, "x").await),
+        Some(65),
+        "recalled"
+    );
+    assert_eq!(code(bob.recall(with_alice, mistake).await), Some(65));
+    assert_eq!(
+        code(bob.recall(with_alice, edit).await),
+        Some(30),
+        "an event"
+    );
+    assert_eq!(
+        code(bob.recall(with_alice, chat::model::Seq(999)).await),
+        Some(30)
+    );
+    assert_eq!(
+        code(bob.edit(with_alice, typo, "").await),
+        Some(13),
+        "empty text"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    assert_eq!(
+        code(phone.recall(with_bob, mine).await),
+        Some(64),
+        "too late"
+    );
+    assert!(
+        phone.edit(with_bob, mine, "hello, bob").await.is_ok(),
+        "edits have a day"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_creator_removes_any_message_and_members_cannot() {
+    let server = TestServer::start().await;
+    let (mut owner, _) = server.user("owner").await;
+    let (mut member, _) = server.user("member").await;
+    let (mut other, _) = server.user("other").await;
+    let g = owner.create_group("moderated", "").await.expect("group");
+    member.join_group(g).await.expect("join");
+    other.join_group(g).await.expect("join");
+    let spam = member
+        .group_chat(g, "buy my stuff")
+        .await
+        .expect("send")
+        .seq;
+    let with = HistoryTarget::Group(g);
+    assert_eq!(
+        other.recall(with, spam).await.map_err(|e| e.errno()).err(),
+        Some(Some(31)),
+        "a member cannot remove another's message"
+    );
+    let event = owner.recall(with, spam).await.expect("the creator can");
+    loop {
+        let m = next_msg(&mut other).await;
+        if m.seq == event {
+            assert_eq!(m.kind, chat::model::MsgKind::RecallOf(spam));
+            break;
+        }
+    }
+}

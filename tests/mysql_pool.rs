@@ -40,6 +40,7 @@ async fn an_exhausted_pool_fails_after_the_wait_instead_of_hanging() {
         sender_name: "alice".into(),
         body: "hello".into(),
         client_id: None,
+        kind: Default::default(),
     };
     let err = store
         .append(msg.clone())

@@ -21,6 +21,7 @@ fn from_device(conv: Conversation, sender: UserId, device: &Device, body: &str) 
         sender_name: format!("user{sender}"),
         body: body.into(),
         client_id: None,
+        kind: Default::default(),
     }
 }
 

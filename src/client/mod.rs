@@ -116,6 +116,11 @@ pub struct Message {
     pub time: String,
     pub seq: Seq,
     pub ts: i64,
+    /// A message (as sent, edited or recalled), or an event that changed
+    /// message `n` (`RecallOf(n)`, `EditOf(n)`, whose new text is `text`).
+    pub kind: crate::model::MsgKind,
+    /// An edit event's new text.
+    pub text: Option<String>,
 }
 
 impl Message {
@@ -157,6 +162,7 @@ impl Message {
 
 impl From<ChatFrame<'_>> for Message {
     fn from(f: ChatFrame<'_>) -> Self {
+        let kind = f.kind();
         Message {
             from: f.id,
             name: f.name.into_owned(),
@@ -164,6 +170,8 @@ impl From<ChatFrame<'_>> for Message {
             to: f.toid,
             msg: f.msg.into_owned(),
             time: f.time.into_owned(),
+            kind,
+            text: f.text.map(|t| t.into_owned()),
             seq: f.seq,
             ts: f.ts,
         }
@@ -503,6 +511,40 @@ impl Client {
             groupid,
             seq,
             private,
+        };
+        Ok(self.call(&req).await?.seq)
+    }
+
+    /// Takes back message `seq` (one's own within the recall window, or,
+    /// for a group's creator, any): every participant's devices get an
+    /// event (`recall`), and history shows it recalled. Returns the
+    /// event's own `seq`.
+    pub async fn recall(&mut self, with: HistoryTarget, seq: Seq) -> Result<Seq, ClientError> {
+        let (toid, groupid) = target_ids(with);
+        let req = wire::Recall {
+            toid,
+            groupid,
+            seq,
+            cmid: None,
+        };
+        Ok(self.call(&req).await?.seq)
+    }
+
+    /// Changes the text of one's own message `seq` (within the edit
+    /// window); returns the event's own `seq`.
+    pub async fn edit(
+        &mut self,
+        with: HistoryTarget,
+        seq: Seq,
+        msg: &str,
+    ) -> Result<Seq, ClientError> {
+        let (toid, groupid) = target_ids(with);
+        let req = wire::Edit {
+            toid,
+            groupid,
+            seq,
+            msg: msg.to_owned(),
+            cmid: None,
         };
         Ok(self.call(&req).await?.seq)
     }

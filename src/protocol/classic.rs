@@ -210,6 +210,7 @@ mod tests {
             sender_name: "alice".into(),
             body: body.into(),
             ts_ms: 1_700_000_000_000,
+            kind: Default::default(),
         }
     }
 

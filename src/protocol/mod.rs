@@ -69,6 +69,11 @@ pub mod msgid {
     /// The user has read a conversation up to `seq` (request), or someone
     /// has (push: to the user's devices and to the peer or group).
     pub const READ: i64 = 24;
+    /// Take back one's own message (within the recall window), or, for a
+    /// group's creator, any message of the group.
+    pub const RECALL: i64 = 25;
+    /// Change the text of one's own message (within the edit window).
+    pub const EDIT: i64 = 26;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;
@@ -148,6 +153,10 @@ pub enum ErrCode {
     /// logged this device out (or it was forgotten, the user having logged
     /// in from more devices than allowed): its resume token no longer works.
     DeviceLoggedOut = 63,
+    /// RECALL or EDIT after the window for it has passed.
+    TooLate = 64,
+    /// RECALL or EDIT of a message that was recalled.
+    Recalled = 65,
 }
 
 /// MEMBERSHIP (msgid 22), as pushed to a user's other devices. Rendered by
@@ -571,6 +580,7 @@ mod tests {
             sender_name: "bob".into(),
             body: "hello".into(),
             ts_ms: 1_700_000_000_000,
+            kind: Default::default(),
         };
         let v: Value = serde_json::from_slice(&render_push(&m)).expect("json");
         assert_eq!(v["msgid"], 6);

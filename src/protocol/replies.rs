@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ChatMessage, Conversation, GroupId, Seq, UserId};
+use crate::model::{ChatMessage, Conversation, GroupId, MsgKind, Seq, UserId};
 
 use super::msgid;
 
@@ -235,16 +235,36 @@ pub struct ChatFrame<'a> {
     pub seq: Seq,
     #[serde(default)]
     pub ts: i64,
+    /// Its sender changed its text since (`msg` is the new one).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub edited: bool,
+    /// Taken back: its text is gone (`msg` says so).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recalled: bool,
+    /// An event: message `recall` of this conversation was taken back.
+    /// (`msg` says so in words, for clients that know no events.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<Seq>,
+    /// An event: message `edit` now reads `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Cow<'a, str>>,
 }
 
+/// What a recalled message shows instead of its text.
+pub const RECALLED_TEXT: &str = "(this message was recalled)";
+
 impl<'a> ChatFrame<'a> {
-    /// The wire form of a stored message.
+    /// The wire form of a stored message. Events also say in `msg`, in
+    /// words, what they did, so that the original client, which knows no
+    /// events, shows its user a readable line.
     pub fn of(m: &'a ChatMessage) -> Self {
         let (msgid, toid, groupid) = match m.conv {
             Conversation::Direct { .. } => (msgid::ONE_CHAT, m.conv.peer_of(m.sender), None),
             Conversation::Group(g) => (msgid::GROUP_CHAT, None, Some(g)),
         };
-        ChatFrame {
+        let mut f = ChatFrame {
             msgid,
             id: m.sender,
             name: Cow::Borrowed(&m.sender_name),
@@ -254,7 +274,30 @@ impl<'a> ChatFrame<'a> {
             time: Cow::Owned(super::classic_time(m.ts_ms)),
             seq: m.seq,
             ts: m.ts_ms,
+            edited: false,
+            recalled: false,
+            recall: None,
+            edit: None,
+            text: None,
+        };
+        match m.kind {
+            MsgKind::Message => {}
+            MsgKind::Edited => f.edited = true,
+            MsgKind::Recalled => {
+                f.recalled = true;
+                f.msg = Cow::Borrowed(RECALLED_TEXT);
+            }
+            MsgKind::RecallOf(s) => {
+                f.recall = Some(s);
+                f.msg = Cow::Owned(format!("[recalled message #{s}]"));
+            }
+            MsgKind::EditOf(s) => {
+                f.edit = Some(s);
+                f.msg = Cow::Owned(format!("[edited message #{s}] {}", m.body));
+                f.text = Some(Cow::Borrowed(&m.body));
+            }
         }
+        f
     }
 
     /// The same frame, owning its text.
@@ -263,7 +306,19 @@ impl<'a> ChatFrame<'a> {
             name: Cow::Owned(self.name.into_owned()),
             msg: Cow::Owned(self.msg.into_owned()),
             time: Cow::Owned(self.time.into_owned()),
+            text: self.text.map(|t| Cow::Owned(t.into_owned())),
             ..self
+        }
+    }
+
+    /// What the row is, as the frame says.
+    pub fn kind(&self) -> MsgKind {
+        match (self.recall, self.edit, self.edited, self.recalled) {
+            (Some(s), _, _, _) => MsgKind::RecallOf(s),
+            (None, Some(s), _, _) => MsgKind::EditOf(s),
+            (None, None, _, true) => MsgKind::Recalled,
+            (None, None, true, false) => MsgKind::Edited,
+            _ => MsgKind::Message,
         }
     }
 
@@ -290,8 +345,13 @@ impl<'a> ChatFrame<'a> {
             seq: self.seq,
             sender: self.id,
             sender_name: self.name.clone().into_owned(),
-            body: self.msg.clone().into_owned(),
+            body: match (self.kind(), &self.text) {
+                (MsgKind::EditOf(_), Some(t)) => t.clone().into_owned(),
+                (MsgKind::RecallOf(_) | MsgKind::Recalled, _) => String::new(),
+                _ => self.msg.clone().into_owned(),
+            },
             ts_ms: self.ts,
+            kind: self.kind(),
         })
     }
 }
@@ -343,6 +403,7 @@ mod tests {
             sender_name: "bob".into(),
             body: "你好 👋".into(),
             ts_ms: 1_700_000_000_000,
+            kind: Default::default(),
         };
         let reply = LoggedIn {
             id: UserId(3),

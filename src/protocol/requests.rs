@@ -183,6 +183,46 @@ pub struct Read {
 }
 call!(Read, msgid::READ, ReadDone);
 
+/// Take back message `seq` of a conversation (exactly one of `toid`,
+/// `groupid`). Answered with the event's own `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Recall {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+    pub seq: Seq,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmid: Option<String>,
+}
+call!(Recall, msgid::RECALL, Sent);
+
+/// Change the text of message `seq` to `msg`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Edit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toid: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupid: Option<GroupId>,
+    pub seq: Seq,
+    pub msg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmid: Option<String>,
+}
+call!(Edit, msgid::EDIT, Sent);
+
+impl Recall {
+    pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {
+        super::target_of(self.toid, self.groupid, "recall")
+    }
+}
+
+impl Edit {
+    pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {
+        super::target_of(self.toid, self.groupid, "edit")
+    }
+}
+
 impl Typing {
     pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {
         super::target_of(self.toid, self.groupid, "typing")

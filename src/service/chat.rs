@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::requests::Handler;
 use super::{LoggedIn, Service, Session, invalid};
 use crate::metrics::{METRICS, inc};
-use crate::model::{Conversation, Delivery, GroupId, NewMessage, Seq, UserId, check_body};
+use crate::model::{Conversation, Delivery, GroupId, MsgKind, NewMessage, Seq, UserId, check_body};
 use crate::protocol::replies::{Done, HistoryPage, Sent};
 use crate::protocol::requests as wire;
 use crate::protocol::{ChatFrame, ErrCode, Fail, HistoryTarget, classic_time, render_push};
@@ -143,6 +143,21 @@ impl Service {
         recipients: &[UserId],
     ) -> Result<Sent, Fail> {
         check_body(&body, self.config.max_message_bytes).map_err(invalid)?;
+        self.store_and_deliver(me, conv, body, cmid, MsgKind::Message, recipients)
+            .await
+    }
+
+    /// Stores a message or event and hands it to its receivers' sessions
+    /// (the sender's other devices among them).
+    pub(super) async fn store_and_deliver(
+        &self,
+        me: &mut LoggedIn,
+        conv: Conversation,
+        body: String,
+        cmid: Option<String>,
+        kind: MsgKind,
+        recipients: &[UserId],
+    ) -> Result<Sent, Fail> {
         if !self.guard.may_store(me.id, body.len()) {
             inc(&METRICS.limited);
             return Err(Fail::new(
@@ -162,6 +177,7 @@ impl Service {
                 sender_name: me.name.clone(),
                 body,
                 client_id: cmid,
+                kind,
             })
             .await?;
         if stored.conv != conv {
@@ -297,6 +313,7 @@ mod tests {
             sender_name: "a".into(),
             body: "x".repeat(935),
             ts_ms: 0,
+            kind: Default::default(),
         };
         let mut page: Vec<ChatMessage> = (1..=10).rev().map(msg).collect();
         keep_newest_within(&mut page, 3000);

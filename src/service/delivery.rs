@@ -572,6 +572,7 @@ mod tests {
             sender_name: "x".into(),
             body: String::new(),
             ts_ms: 0,
+            kind: Default::default(),
         }
     }
 

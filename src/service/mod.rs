@@ -12,6 +12,7 @@
 
 mod account;
 mod admission;
+mod changes;
 mod chat;
 pub mod delivery;
 mod friends;

@@ -79,7 +79,7 @@ requests! {
     open: [Login, Register, Resume, ServerInfo, Ping],
     as_user: [
         Logout, OneChat, AddFriend, CreateGroup, AddGroup, GroupChat, DelGroup, DelFriend,
-        ShowFriendList, History, Ack, Devices, DeviceLogout, Typing, Read,
+        ShowFriendList, History, Ack, Devices, DeviceLogout, Typing, Read, Recall, Edit,
     ],
 }
 
@@ -107,7 +107,9 @@ impl Request {
                 | AsUser::Devices(_)
                 | AsUser::DeviceLogout(_)
                 | AsUser::Typing(_)
-                | AsUser::Read(_),
+                | AsUser::Read(_)
+                | AsUser::Recall(_)
+                | AsUser::Edit(_),
             ) => true,
             _ => false,
         }

@@ -497,6 +497,7 @@ mod tests {
             sender_name: "x".into(),
             body: String::new(),
             ts_ms,
+            kind: Default::default(),
         }
     }
 

@@ -216,6 +216,14 @@ pub trait Store: Send + Sync + 'static {
         before: Seq,
         reader: &Reader,
     ) -> StoreResult<Vec<ChatMessage>>;
+    /// Message `seq` of `conv`, as it stands now.
+    async fn message(&self, conv: Conversation, seq: Seq) -> StoreResult<Option<ChatMessage>>;
+    /// `user`'s role in `group`, if a member.
+    async fn group_role(
+        &self,
+        group: GroupId,
+        user: UserId,
+    ) -> StoreResult<Option<crate::model::GroupRole>>;
     /// Up to `limit` messages of `conv` before `before` (or the newest),
     /// newest first.
     async fn history(

@@ -70,7 +70,7 @@ impl Dialect for MySql {
     const ADD_FRIENDS: &'static str =
         "INSERT IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
     const BEGIN_WRITE: &'static str = "BEGIN";
-    const UPSERT_READ: &'static str = "INSERT INTO reads (user_id, conv, read_seq) VALUES (?, ?, ?) \
+    const UPSERT_READ: &'static str = "INSERT INTO read_marks (user_id, conv, read_seq) VALUES (?, ?, ?) \
          ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq))";
 
     fn rows_affected(done: &Self::QueryResult) -> u64 {
@@ -431,9 +431,10 @@ impl Writer {
                 text.push_str("VALUES ");
             }
             let sep = if row_in_statement > 0 { ", " } else { "" };
+            let (kind, ref_seq) = msg.kind.columns();
             let _ = write!(
                 text,
-                "{sep}({}, {seq}, {}, {}, {}, {}, {now})",
+                "{sep}({}, {seq}, {}, {}, {}, {}, {now}, {kind}, {ref_seq})",
                 conv_literal(&msg.conv.key())?,
                 msg.sender,
                 ascii_literal(msg.sender_device.as_str()),
@@ -444,6 +445,20 @@ impl Writer {
         }
         if !text.is_empty() {
             text.push_str("; ");
+        }
+        // What events do to the messages they name, after every insert (an
+        // event may name a message of this very batch).
+        for (i, _) in &rows {
+            if let WriteOp::Append(msg) = &batch[*i]
+                && let Some((kind, body, target)) = super::sqlite::change_of(msg)
+            {
+                let _ = write!(
+                    text,
+                    "UPDATE messages SET kind = {kind}, body = {} WHERE conv = {} AND seq = {target} AND kind IN (0, 1); ",
+                    text_literal(body),
+                    conv_literal(&msg.conv.key())?
+                );
+            }
         }
         let mut ids = String::new();
         for (i, seq) in &rows {
@@ -664,7 +679,7 @@ async fn resends(
         return Ok((resent, twins));
     }
     let text = format!(
-        "SELECT s.sender_id, s.client_id, m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+        "SELECT s.sender_id, s.client_id, m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.ref_seq \
          FROM sent_ids s JOIN messages m ON m.conv = s.conv AND m.seq = s.seq \
          WHERE (s.sender_id, s.client_id) IN ({list})"
     );
@@ -680,6 +695,8 @@ async fn resends(
             row.try_get(5)?,
             row.try_get(6)?,
             row.try_get(7)?,
+            row.try_get(8)?,
+            row.try_get(9)?,
         );
         if let (Some(&i), Some(m)) = (first.get(&(key.0, key.1.as_str())), sql::message_of(stored))
         {
@@ -792,6 +809,7 @@ mod tests {
                 sender_name: "one".into(),
                 body: format!("to {to}"),
                 client_id: cid.map(str::to_owned),
+                kind: Default::default(),
             })
         };
         let batch = vec![
@@ -812,6 +830,7 @@ mod tests {
             sender_name: "one".into(),
             body: "to 5".into(),
             ts_ms: 1,
+            kind: Default::default(),
         };
         // as try_batch has them just before its commit
         let mut outcomes: Outcomes = vec![None; batch.len()];

@@ -21,8 +21,9 @@ use crate::model::{
     GroupRole, NewMessage, Seq, UserId, UserSummary,
 };
 
-/// A message row: conv, seq, sender_id, sender_name, body, sent_at.
-pub(super) type MsgRow = (String, i64, i64, String, String, i64);
+/// A message row: conv, seq, sender_id, sender_name, body, sent_at, kind,
+/// ref_seq.
+pub(super) type MsgRow = (String, i64, i64, String, String, i64, i64, i64);
 
 pub(super) const CREDENTIALS: &str = "SELECT name, password_hash FROM users WHERE id = ?";
 pub(super) const DROP_EXPIRED_TOKENS: &str =
@@ -63,11 +64,21 @@ pub(super) const USER_GROUPS_MEMBERS: &str = "SELECT gm.group_id, u.id, u.name, 
      ORDER BY gm.group_id, u.id";
 pub(super) const GROUP_MEMBERS: &str = "SELECT user_id FROM group_members WHERE group_id = ?";
 pub(super) const GROUP_ID: &str = "SELECT id FROM chat_groups WHERE id = ?";
-/// Followed by one `(?, ?, ?, ?, ?, ?, ?)` per message of a batch.
-pub(super) const INSERT_MESSAGES: &str =
-    "INSERT INTO messages (conv, seq, sender_id, sender_device, sender_name, body, sent_at) ";
+pub(super) const GROUP_ROLE: &str =
+    "SELECT role FROM group_members WHERE group_id = ? AND user_id = ?";
+/// Followed by one `(?, ?, ?, ?, ?, ?, ?, ?, ?)` per message of a batch.
+pub(super) const INSERT_MESSAGES: &str = "INSERT INTO messages \
+     (conv, seq, sender_id, sender_device, sender_name, body, sent_at, kind, ref_seq) ";
+/// What an event does to the message it names: a recall empties it, an
+/// edit replaces its text (unless it was recalled first). Binds: kind, body,
+/// conv, seq.
+pub(super) const APPLY_CHANGE: &str = "UPDATE messages SET kind = ?, body = ? \
+     WHERE conv = ? AND seq = ? AND kind IN (0, 1)";
+/// One message of a conversation. Binds: conv, seq.
+pub(super) const MESSAGE: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.ref_seq \
+     FROM messages m WHERE m.conv = ? AND m.seq = ?";
 /// The message a sender already stored under its own id.
-pub(super) const SENT_ID: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+pub(super) const SENT_ID: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.ref_seq \
      FROM sent_ids s JOIN messages m ON m.conv = s.conv AND m.seq = s.seq \
      WHERE s.sender_id = ? AND s.client_id = ?";
 pub(super) const INSERT_SENT_ID: &str =
@@ -110,7 +121,7 @@ pub(super) const CURSOR: &str = concat!(
 /// fair page is followed by [`UNDELIVERED_ANY`] before the backlog counts as
 /// empty. Binds: device, user, window, user, device, limit.
 pub(super) const UNDELIVERED: &str = concat!(
-    "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+    "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.ref_seq \
      FROM cursors c LEFT JOIN device_cursors d \
      ON d.user_id = c.user_id AND d.device = ? AND d.conv = c.conv \
      JOIN messages m ON m.conv = c.conv AND m.seq > ",
@@ -127,7 +138,7 @@ pub(super) const UNDELIVERED: &str = concat!(
 /// page's last positions never skips a message. Unfair, but it finds
 /// whatever lies past any window. Binds: device, user, user, device, limit.
 pub(super) const UNDELIVERED_ANY: &str = concat!(
-    "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at \
+    "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.ref_seq \
      FROM cursors c LEFT JOIN device_cursors d \
      ON d.user_id = c.user_id AND d.device = ? AND d.conv = c.conv \
      JOIN messages m ON m.conv = c.conv AND m.seq > ",
@@ -136,7 +147,7 @@ pub(super) const UNDELIVERED_ANY: &str = concat!(
      ORDER BY m.conv, m.seq LIMIT ?"
 );
 /// Binds: conv, after, before, user, device.
-pub(super) const BETWEEN: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
+pub(super) const BETWEEN: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.ref_seq FROM messages m \
      WHERE m.conv = ? AND m.seq > ? AND m.seq < ? AND (m.sender_id <> ? OR m.sender_device <> ?) ORDER BY m.seq";
 pub(super) const DEVICES: &str =
     "SELECT device, last_seen FROM devices WHERE user_id = ? ORDER BY last_seen DESC, device";
@@ -170,23 +181,23 @@ pub(super) const READS: &str = "SELECT c.conv, COALESCE(r.read_seq, c.delivered_
        AND m.seq > COALESCE(r.read_seq, c.delivered_seq) \
        AND m.seq <= COALESCE(r.read_seq, c.delivered_seq) + 1000 \
        AND m.sender_id <> c.user_id), \
-     (SELECT MAX(p.read_seq) FROM reads p WHERE p.conv = c.conv AND p.user_id <> c.user_id \
+     (SELECT MAX(p.read_seq) FROM read_marks p WHERE p.conv = c.conv AND p.user_id <> c.user_id \
        AND c.conv LIKE 'd:%') \
-     FROM cursors c LEFT JOIN reads r ON r.user_id = c.user_id AND r.conv = c.conv \
+     FROM cursors c LEFT JOIN read_marks r ON r.user_id = c.user_id AND r.conv = c.conv \
      WHERE c.user_id = ?";
 /// A user's read position in a conversation: its row, or its base.
 /// Binds: user, conv.
 pub(super) const READ_POSITION: &str = "SELECT COALESCE(r.read_seq, c.delivered_seq) FROM cursors c \
-     LEFT JOIN reads r ON r.user_id = c.user_id AND r.conv = c.conv \
+     LEFT JOIN read_marks r ON r.user_id = c.user_id AND r.conv = c.conv \
      WHERE c.user_id = ? AND c.conv = ?";
 /// A member who leaves leaves with every device.
 pub(super) const REMOVE_DEVICE_CURSORS: &str =
     "DELETE FROM device_cursors WHERE user_id = ? AND conv = ?";
-pub(super) const HISTORY: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at FROM messages m \
+pub(super) const HISTORY: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.ref_seq FROM messages m \
      WHERE m.conv = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?";
 
 pub(super) fn message_of(row: MsgRow) -> Option<ChatMessage> {
-    let (conv, seq, sender, sender_name, body, ts_ms) = row;
+    let (conv, seq, sender, sender_name, body, ts_ms, kind, ref_seq) = row;
     Some(ChatMessage {
         conv: Conversation::from_key(&conv)?,
         seq: Seq(seq),
@@ -194,6 +205,7 @@ pub(super) fn message_of(row: MsgRow) -> Option<ChatMessage> {
         sender_name,
         body,
         ts_ms,
+        kind: crate::model::MsgKind::from_columns(kind, ref_seq),
     })
 }
 
@@ -783,6 +795,24 @@ where
             .fetch_all(&self.pool)
             .await?;
         Ok(messages(rows))
+    }
+
+    async fn message(&self, conv: Conversation, seq: Seq) -> StoreResult<Option<ChatMessage>> {
+        let row: Option<MsgRow> = sqlx::query_as(MESSAGE)
+            .bind(conv.key())
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(message_of))
+    }
+
+    async fn group_role(&self, group: GroupId, user: UserId) -> StoreResult<Option<GroupRole>> {
+        let row: Option<(String,)> = sqlx::query_as(GROUP_ROLE)
+            .bind(group)
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(r,)| GroupRole::parse(&r)))
     }
 
     async fn history(

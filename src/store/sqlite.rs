@@ -39,7 +39,7 @@ impl Dialect for Sqlite {
     const ADD_FRIENDS: &'static str =
         "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
-    const UPSERT_READ: &'static str = "INSERT INTO reads (user_id, conv, read_seq) VALUES (?, ?, ?) \
+    const UPSERT_READ: &'static str = "INSERT INTO read_marks (user_id, conv, read_seq) VALUES (?, ?, ?) \
          ON CONFLICT (user_id, conv) DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)";
 
     fn rows_affected(done: &Self::QueryResult) -> u64 {
@@ -268,7 +268,20 @@ fn msg_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MsgRow> {
         r.get(3)?,
         r.get(4)?,
         r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
     ))
+}
+
+/// What an event does to the message it names ([`sql::APPLY_CHANGE`]'s
+/// kind, body and seq), if `msg` is an event.
+pub(super) fn change_of(msg: &crate::model::NewMessage) -> Option<(i64, &str, i64)> {
+    use crate::model::MsgKind;
+    match msg.kind {
+        MsgKind::RecallOf(s) => Some((MsgKind::Recalled.columns().0, "", s.0)),
+        MsgKind::EditOf(s) => Some((MsgKind::Edited.columns().0, msg.body.as_str(), s.0)),
+        _ => None,
+    }
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -338,9 +351,11 @@ impl Writer {
                         },
                     };
                     let seq = last.next();
+                    let (kind, ref_seq) = msg.kind.columns();
                     tx.prepare_cached(
-                        "INSERT INTO messages (conv, seq, sender_id, sender_device, sender_name, body, sent_at) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO messages \
+                         (conv, seq, sender_id, sender_device, sender_name, body, sent_at, kind, ref_seq) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     )?
                     .execute(rusqlite::params![
                         msg.conv.key(),
@@ -349,8 +364,14 @@ impl Writer {
                         msg.sender_device.as_str(),
                         msg.sender_name,
                         msg.body,
-                        now
+                        now,
+                        kind,
+                        ref_seq
                     ])?;
+                    if let Some((kind, body, target)) = change_of(msg) {
+                        tx.prepare_cached(sql::APPLY_CHANGE)?
+                            .execute(rusqlite::params![kind, body, msg.conv.key(), target])?;
+                    }
                     if let Some(cid) = &msg.client_id {
                         tx.prepare_cached(sql::INSERT_SENT_ID)?
                             .execute(rusqlite::params![msg.sender, cid, msg.conv.key(), seq])?;

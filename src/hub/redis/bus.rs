@@ -669,6 +669,7 @@ mod tests {
             sender_name: "nine".into(),
             body: "hi\nthere".into(),
             ts_ms: 1_700_000_000_123,
+            kind: Default::default(),
         };
         assert_eq!(
             message_of_frame(&crate::protocol::render_push(&m)),
@@ -691,6 +692,7 @@ mod tests {
             sender_name: "three".into(),
             body: "hello".into(),
             ts_ms: 1_700_000_000_000,
+            kind: Default::default(),
         };
         let frame = crate::protocol::render_push(&m);
         let delivery = Delivery {

@@ -1,8 +1,8 @@
--- See migrations/sqlite/0005_reads.sql.
-CREATE TABLE reads (
+-- See migrations/sqlite/0005_read_marks.sql.
+CREATE TABLE read_marks (
     user_id  BIGINT      NOT NULL,
     conv     VARCHAR(48) NOT NULL,
     read_seq BIGINT      NOT NULL,
     PRIMARY KEY (user_id, conv),
-    KEY reads_by_conv (conv)
+    KEY read_marks_by_conv (conv)
 ) ENGINE=InnoDB DEFAULT CHARSET=ascii;

@@ -2,10 +2,10 @@
 -- counts), per user rather than per device: reading on the phone clears
 -- the laptop's unread count. No row: read up to the user's base position
 -- in `cursors` (where the conversation began for it).
-CREATE TABLE reads (
+CREATE TABLE read_marks (
     user_id  INTEGER NOT NULL,
     conv     TEXT    NOT NULL,
     read_seq INTEGER NOT NULL,
     PRIMARY KEY (user_id, conv)
 ) WITHOUT ROWID;
-CREATE INDEX reads_by_conv ON reads (conv);
+CREATE INDEX read_marks_by_conv ON read_marks (conv);
