@@ -386,7 +386,8 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
 
 /// Two tabs of one browser are two devices of one user: both online
 /// together, each gets what is sent to the user and what the other tab
-/// sent, and one logs the other out from its device list.
+/// sent, both show the peer's read tick and a recall, and one logs the
+/// other out from its device list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_of_one_user_are_online_together() {
     let server = TestServer::start().await;
@@ -432,6 +433,31 @@ async fn two_tabs_of_one_user_are_online_together() {
         "[...document.querySelectorAll('#messages li.mine .text')].some(e => e.textContent === 'sent from tab one')",
     )
     .await;
+
+    // alice reads it: both tabs show the read tick
+    alice
+        .read(chat::protocol::HistoryTarget::User(bob), got.seq, false)
+        .await
+        .expect("read");
+    const READ_TICK: &str = "[...document.querySelectorAll('#messages li.read .text')].some(e => e.textContent === 'sent from tab one')";
+    until(&b, "the read tick in the second tab", READ_TICK).await;
+    b.switch_to_window(first.clone()).await.expect("switch");
+    until(&b, "the read tick in the first tab", READ_TICK).await;
+
+    // the first tab recalls it from the message's menu: alice and the
+    // second tab see it recalled
+    click(&b, "#messages li.mine .recall").await;
+    shown(&b, "(this message was recalled)").await;
+    let event = within(alice.next_message())
+        .await
+        .expect("the recall event");
+    assert_eq!(event.kind, chat::model::MsgKind::RecallOf(got.seq));
+    b.switch_to_window(second.clone()).await.expect("switch");
+    shown(&b, "(this message was recalled)").await;
+    assert!(
+        !texts(&b).await.iter().any(|t| t == "sent from tab one"),
+        "the recalled text is gone"
+    );
 
     // the second tab logs the first out
     click(&b, "#devices li button").await;

@@ -19,6 +19,9 @@ const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = 'chat.token';
 const BROWSER_KEY = 'chat.browser';
 const TAB_KEY = 'chat.tab';
+const RECEIPTS_KEY = 'chat.receipts';
+const TYPING_EVERY_MS = 3000;
+const TYPING_SHOWN_MS = 5000;
 const HISTORY_PAGE = 50;
 const REQUEST_TIMEOUT_MS = 10000;
 const PING_EVERY_MS = 15000;
@@ -157,6 +160,12 @@ function onFrame(f) {
     case 22:
       membership(f);
       break;
+    case 23:
+      typingNotice(f);
+      break;
+    case 24:
+      readNotice(f);
+      break;
     case 100:
       if (f.errno === 63) {
         // Logged out from another device: the token is dead.
@@ -241,7 +250,17 @@ function startSession(r) {
     g.users = decodeList(g.users);
     state.groups.set(g.id, g);
   }
+  // Read positions and read ticks as the server keeps them (per user, so
+  // what was read on another device is not unread here), then the unread
+  // counts, which also count what the offline page did not carry.
+  const reads = r.reads || [];
+  for (const e of reads) {
+    const c = conv(e.groupid ? 'g:' + e.groupid : 'u:' + e.toid);
+    c.readUpTo = Math.max(c.readUpTo || 0, e.read);
+    if (e.peer_read) c.peerRead = Math.max(c.peerRead || 0, e.peer_read);
+  }
   for (const m of decodeList(r.offlinemsg)) receive(m, true);
+  for (const e of reads) conv(e.groupid ? 'g:' + e.groupid : 'u:' + e.toid).unread = e.unread;
   $('me').textContent = `${r.name} (id ${r.id})`;
   setStatus('online', 'online');
   showApp();
@@ -298,17 +317,111 @@ function keyOf(m) {
 function receive(m, live) {
   const key = keyOf(m);
   const c = conv(key);
+  if (m.recall || m.edit) {
+    // An event: it changes an earlier message, and is not shown itself.
+    const target = c.messages.get(m.recall || m.edit);
+    if (target && m.recall) Object.assign(target, { msg: '(this message was recalled)', recalled: true });
+    if (target && m.edit && !target.recalled) Object.assign(target, { msg: m.text, edited: true });
+    if (!target) c.changes = Object.assign(c.changes || {}, { [m.recall || m.edit]: m });
+    c.messages.set(m.seq, Object.assign(m, { event: true }));
+    if (live) queueAck(key, m.seq);
+    return;
+  }
+  const pending = c.changes && c.changes[m.seq];
+  if (pending && pending.recall) Object.assign(m, { msg: '(this message was recalled)', recalled: true });
+  if (pending && pending.edit && !m.recalled) Object.assign(m, { msg: pending.text, edited: true });
   if (m.msgid === 6 && m.id !== state.me.id && !state.friends.has(m.id)) {
     state.friends.set(m.id, { id: m.id, name: m.name, state: '', stranger: true });
   }
   const fresh = !c.messages.has(m.seq);
   c.messages.set(m.seq, m);
   if (!live) return;
-  if (fresh && m.id !== state.me.id && (key !== state.current || document.hidden)) {
+  if (fresh && m.id !== state.me.id && m.seq > (c.readUpTo || 0)
+      && (key !== state.current || document.hidden)) {
     c.unread += 1;
     if (c.firstUnread === null) c.firstUnread = m.seq;
   }
+  if (fresh && m.id !== state.me.id && key === state.current && !document.hidden) markRead(key);
   queueAck(key, m.seq);
+}
+
+/** The conversation a READ or TYPING push is about. */
+function keyOfNotice(f) {
+  if (f.groupid) return 'g:' + f.groupid;
+  return 'u:' + (f.id === state.me.id ? f.toid : f.id);
+}
+
+/** Tells the server (and so the user's other devices, and the peer unless
+ * receipts are off) that the open conversation is read to its end. */
+function markRead(key) {
+  const c = conv(key);
+  const seqs = [...c.messages.keys()];
+  if (!seqs.length) return;
+  const seq = Math.max(...seqs);
+  if (seq <= (c.readUpTo || 0)) return;
+  c.readUpTo = seq;
+  const id = Number(key.slice(2));
+  const frame = key[0] === 'u' ? { msgid: 24, toid: id, seq } : { msgid: 24, groupid: id, seq };
+  if (localStorage.getItem(RECEIPTS_KEY) === 'off') frame.private = true;
+  request(frame).catch(() => {});
+}
+
+/** Someone read a conversation: this user on another device (no longer
+ * unread here), or the peer or a member (read ticks). */
+function readNotice(f) {
+  const c = conv(keyOfNotice(f));
+  if (f.id === state.me.id) {
+    c.readUpTo = Math.max(c.readUpTo || 0, f.seq);
+    let unread = 0;
+    for (const m of c.messages.values()) {
+      if (!m.event && m.id !== state.me.id && m.seq > c.readUpTo) unread += 1;
+    }
+    c.unread = unread;
+    if (c.firstUnread !== null && c.firstUnread <= c.readUpTo) c.firstUnread = null;
+  } else {
+    c.peerRead = Math.max(c.peerRead || 0, f.seq);
+    c.readBy = Object.assign(c.readBy || {}, { [f.id]: Math.max((c.readBy || {})[f.id] || 0, f.seq) });
+  }
+  render();
+}
+
+/** Someone is typing: shown for a few seconds. */
+function typingNotice(f) {
+  const key = keyOfNotice(f);
+  const c = conv(key);
+  c.typing = { name: f.name, until: Date.now() + TYPING_SHOWN_MS };
+  render();
+  setTimeout(render, TYPING_SHOWN_MS + 50);
+}
+
+/** Tells the peer the user is typing, at most every few seconds. */
+function typing() {
+  const key = state.current;
+  if (!key || !state.ready) return;
+  const now = Date.now();
+  if (now - (state.lastTyping || 0) < TYPING_EVERY_MS) return;
+  state.lastTyping = now;
+  const id = Number(key.slice(2));
+  send(key[0] === 'u' ? { msgid: 23, toid: id } : { msgid: 23, groupid: id });
+}
+
+/** Recalls or edits one of the user's messages. */
+async function changeMessage(key, seq, newText) {
+  const id = Number(key.slice(2));
+  const where = key[0] === 'u' ? { toid: id } : { groupid: id };
+  const frame = newText === null
+    ? Object.assign({ msgid: 25, seq }, where)
+    : Object.assign({ msgid: 26, seq, msg: newText }, where);
+  const r = await request(frame).catch(() => null);
+  if (!r || r.errno !== 0) {
+    $('sidebar-error').textContent = (r && r.errmsg) || 'could not change the message';
+    return;
+  }
+  const c = conv(key);
+  const target = c.messages.get(seq);
+  if (target && newText === null) Object.assign(target, { msg: '(this message was recalled)', recalled: true });
+  if (target && newText !== null) Object.assign(target, { msg: newText, edited: true });
+  render();
 }
 
 function queueAck(key, seq) {
@@ -407,6 +520,7 @@ async function openConversation(key) {
   render();
   $('message-input').focus();
   if (!c.loaded) await loadHistory(key);
+  markRead(key);
 }
 
 async function loadHistory(key) {
@@ -561,13 +675,42 @@ function renderConversation() {
   $('conv-members').textContent = g
     ? g.users.map((u) => `${u.name}${u.state === 'online' ? ' ●' : ''}`).join(', ')
     : '';
+  const typingNow = c.typing && c.typing.until > Date.now();
+  $('typing').textContent = typingNow ? `${c.typing.name} is typing…` : '';
   $('older').hidden = !c.loaded || c.complete;
   const list = $('messages');
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  const items = [...c.messages.values()].sort((a, b) => a.seq - b.seq).map((m) => {
+  const items = [...c.messages.values()].filter((m) => !m.event).sort((a, b) => a.seq - b.seq).map((m) => {
     const mine = m.id === state.me.id;
-    return messageItem(m.msg, mine, mine ? 'stored' : 'received',
-      `${mine ? 'you' : m.name} · ${m.time || ''}${mine ? ' · stored' : ''}`, m.seq, c.firstUnread === m.seq);
+    const read = mine && key[0] === 'u' && (c.peerRead || 0) >= m.seq;
+    const readers = mine && key[0] === 'g'
+      ? Object.values(c.readBy || {}).filter((s) => s >= m.seq).length : 0;
+    let meta = `${mine ? 'you' : m.name} · ${m.time || ''}${mine ? ' · stored' : ''}`;
+    if (m.edited) meta += ' · edited';
+    if (read) meta += ' · ✓✓ read';
+    if (readers) meta += ` · read by ${readers}`;
+    const li = messageItem(m.msg, mine, mine ? 'stored' : 'received', meta, m.seq, c.firstUnread === m.seq);
+    if (read) li.classList.add('read');
+    if (m.recalled) li.classList.add('recalled');
+    if (mine && !m.recalled) {
+      const edit = document.createElement('button');
+      edit.type = 'button';
+      edit.className = 'edit';
+      edit.textContent = 'Edit';
+      edit.setAttribute('aria-label', 'Edit this message');
+      edit.addEventListener('click', () => {
+        const text = prompt('New text', m.msg);
+        if (text !== null && text.trim()) changeMessage(key, m.seq, text);
+      });
+      const recall = document.createElement('button');
+      recall.type = 'button';
+      recall.className = 'recall';
+      recall.textContent = 'Recall';
+      recall.setAttribute('aria-label', 'Recall this message');
+      recall.addEventListener('click', () => changeMessage(key, m.seq, null));
+      li.querySelector('.meta').append(edit, recall);
+    }
+    return li;
   });
   for (const entry of state.outbox.values()) {
     if (entry.key !== key) continue;
@@ -668,6 +811,11 @@ window.addEventListener('DOMContentLoaded', () => {
     const input = $('message-input');
     sendMessage(input.value);
     input.value = '';
+  });
+  $('message-input').addEventListener('input', typing);
+  $('receipts').checked = localStorage.getItem(RECEIPTS_KEY) !== 'off';
+  $('receipts').addEventListener('change', (e) => {
+    localStorage.setItem(RECEIPTS_KEY, e.target.checked ? 'on' : 'off');
   });
   $('message-input').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {

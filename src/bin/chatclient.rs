@@ -237,9 +237,22 @@ fn show_help() {
 }
 
 /// Shows an event; false once the session is over (replaced elsewhere).
-fn show_event(event: Event) -> bool {
+fn show_event(event: Event, me: chat::model::UserId) -> bool {
     match event {
         Event::Message(m) => say(m.display()),
+        Event::Notice(v) if v.get("msgid").and_then(|m| m.as_i64()) == Some(23) => {
+            let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("someone");
+            say(format!("({name} is typing...)"));
+        }
+        Event::Notice(v) if v.get("msgid").and_then(|m| m.as_i64()) == Some(24) => {
+            // Read receipts: the peer's, shown; the user's own (from
+            // another device), not.
+            let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("");
+            let seq = v.get("seq").and_then(|s| s.as_i64()).unwrap_or(0);
+            if v.get("id").and_then(|i| i.as_i64()) != Some(me.0) {
+                say(format!("({name} has read up to #{seq})"));
+            }
+        }
         Event::Notice(v) if v.get("msgid").and_then(|m| m.as_i64()) == Some(22) => {
             let group = v.get("groupid").and_then(|g| g.as_i64()).unwrap_or(0);
             if v.get("member").and_then(|m| m.as_bool()) == Some(true) {
@@ -276,7 +289,7 @@ async fn chat_loop(client: &mut Reliable, input: &mut Input) -> Result<bool, Cli
         let line = tokio::select! {
             line = read_line(input) => line,
             event = client.next_event() => {
-                if show_event(event) {
+                if show_event(event, client.id()) {
                     continue;
                 }
                 return Err(ClientError::Closed);
@@ -288,7 +301,7 @@ async fn chat_loop(client: &mut Reliable, input: &mut Input) -> Result<bool, Cli
             while let Ok(event) =
                 tokio::time::timeout(Duration::from_millis(100), client.next_event()).await
             {
-                if !show_event(event) {
+                if !show_event(event, client.id()) {
                     break;
                 }
             }
@@ -350,6 +363,14 @@ async fn run_request(client: &mut Client, cmd: Command) -> Result<(), ClientErro
                 let here = if d.current { " (this one)" } else { "" };
                 say(format!("{name} {}{here}", state(d.online)));
             }
+        }
+        Command::Recall { with, seq } => {
+            let event = client.recall(with, seq).await?;
+            say(format!("message #{seq} recalled (event #{event})"));
+        }
+        Command::Edit { with, seq, msg } => {
+            let event = client.edit(with, seq, &msg).await?;
+            say(format!("message #{seq} edited (event #{event})"));
         }
         Command::LogoutDevice(name) => {
             client.device_logout(&name).await?;

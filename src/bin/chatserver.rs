@@ -138,6 +138,15 @@ struct Cli {
     /// unused the longest.
     #[arg(long, default_value_t = Config::default().max_devices)]
     max_devices: usize,
+    /// Seconds after sending within which a sender may recall a message.
+    #[arg(long, default_value_t = Config::default().recall_window.as_secs_f64())]
+    recall_window: f64,
+    /// Seconds after sending within which a sender may edit a message.
+    #[arg(long, default_value_t = Config::default().edit_window.as_secs_f64())]
+    edit_window: f64,
+    /// Groups up to this many members share read receipts and typing.
+    #[arg(long, default_value_t = Config::default().receipts_group_max)]
+    receipts_group_max: usize,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -352,6 +361,9 @@ async fn run() -> Result<(), Fatal> {
         keepalive_idle: seconds("keepalive", cli.keepalive)?,
         resume_token_ttl: seconds("token-ttl", cli.token_ttl)?,
         max_devices: cli.max_devices.max(1),
+        recall_window: seconds("recall-window", cli.recall_window)?,
+        edit_window: seconds("edit-window", cli.edit_window)?,
+        receipts_group_max: cli.receipts_group_max,
         session_rate: cli.session_rate,
         session_burst: cli.session_burst,
         limits,

@@ -22,6 +22,14 @@ pub const HELP: &[(&str, &str)] = &[
         "history",
         "聊天记录，格式 history:friend:friendid[:beforeseq[:limit]] 或 history:group:groupid[:beforeseq[:limit]]",
     ),
+    (
+        "recall",
+        "撤回消息，格式 recall:friend:friendid:seq 或 recall:group:groupid:seq",
+    ),
+    (
+        "edit",
+        "编辑消息，格式 edit:friend:friendid:seq:new text 或 edit:group:groupid:seq:new text",
+    ),
     ("devices", "显示登录设备，格式 devices (your devices)"),
     (
         "logoutdevice",
@@ -59,6 +67,29 @@ pub enum Command {
     Logout,
     Devices,
     LogoutDevice(String),
+    Recall {
+        with: HistoryTarget,
+        seq: Seq,
+    },
+    Edit {
+        with: HistoryTarget,
+        seq: Seq,
+        msg: String,
+    },
+}
+
+/// `friend:ID` or `group:ID`, then the rest.
+fn conversation<'a>(
+    parts: &mut impl Iterator<Item = &'a str>,
+    usage: &str,
+) -> Result<HistoryTarget, String> {
+    let kind = parts.next().ok_or(usage)?;
+    let target: i64 = id(parts.next(), "id")?;
+    match kind {
+        "friend" | "user" => Ok(HistoryTarget::User(target.into())),
+        "group" => Ok(HistoryTarget::Group(target.into())),
+        _ => Err(usage.to_owned()),
+    }
 }
 
 fn id<T: From<i64>>(s: Option<&str>, what: &str) -> Result<T, String> {
@@ -81,6 +112,26 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "showfriendlist" => Command::ShowFriendList,
         "loginout" => Command::Logout,
         "devices" => Command::Devices,
+        "recall" => {
+            let usage = "usage: recall:friend:ID:seq or recall:group:ID:seq";
+            let mut parts = rest.ok_or(usage)?.split(':');
+            let with = conversation(&mut parts, usage)?;
+            Command::Recall {
+                with,
+                seq: id(parts.next(), "seq")?,
+            }
+        }
+        "edit" => {
+            let usage = "usage: edit:friend:ID:seq:new text or edit:group:ID:seq:new text";
+            let mut parts = rest.ok_or(usage)?.splitn(4, ':');
+            let with = conversation(&mut parts, usage)?;
+            let seq = id(parts.next(), "seq")?;
+            Command::Edit {
+                with,
+                seq,
+                msg: parts.next().ok_or(usage)?.to_owned(),
+            }
+        }
         "logoutdevice" => Command::LogoutDevice(
             rest.ok_or("usage: logoutdevice:devicename")?
                 .trim()
@@ -183,6 +234,21 @@ mod tests {
         );
         assert_eq!(parse("loginout"), Ok(Command::Logout));
         assert_eq!(parse("devices"), Ok(Command::Devices));
+        assert_eq!(
+            parse("recall:friend:2:17"),
+            Ok(Command::Recall {
+                with: HistoryTarget::User(UserId(2)),
+                seq: Seq(17)
+            })
+        );
+        assert_eq!(
+            parse("edit:group:5:9:at 6: not 5"),
+            Ok(Command::Edit {
+                with: HistoryTarget::Group(GroupId(5)),
+                seq: Seq(9),
+                msg: "at 6: not 5".into()
+            })
+        );
         assert_eq!(
             parse("logoutdevice:phone-1"),
             Ok(Command::LogoutDevice("phone-1".into()))
