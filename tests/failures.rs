@@ -3,8 +3,10 @@
 //! messages one to one and in a group while the cluster is hurt: a node
 //! killed with SIGKILL and restarted, Redis restarted (empty), the database
 //! restarted, a node frozen with SIGSTOP for longer than the presence TTL
-//! and then resumed. At the end every accepted message must have reached
-//! every receiver exactly once, in order per conversation.
+//! and then resumed. The receivers of the one-to-one chats are each on two
+//! devices (the classic one and a named one), which may land on different
+//! nodes. At the end every accepted message must have reached every
+//! receiver's every device exactly once, in order per conversation.
 
 mod common;
 
@@ -380,6 +382,9 @@ async fn galera_with_database() -> (Galera, String) {
 /// see.
 struct Load {
     ids: Vec<UserId>,
+    /// The user (index into `ids`) of each client of `seen`: a receiver's
+    /// second device is a client of its own.
+    owners: Vec<usize>,
     stop: Instant,
     done: Arc<tokio::sync::Notify>,
     seen: Vec<Arc<Mutex<Seen>>>,
@@ -424,14 +429,29 @@ async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
                 .await
                 .expect("join");
         }
-        clients.push(r);
+        clients.push((i, r));
+    }
+    // the receivers of the one-to-one chats have a second device
+    for i in PAIRS..2 * PAIRS {
+        let second = Options {
+            device: Some("second".into()),
+            ..options()
+        };
+        let (r, _) = Reliable::login(&addr, ids[i], &pw(&format!("u{i}")), second)
+            .await
+            .expect("login of a second device");
+        clients.push((i, r));
     }
     let stop = Instant::now() + duration;
     let done = Arc::new(tokio::sync::Notify::new());
     let mut seen = Vec::new();
     let mut tasks = Vec::new();
-    for (i, r) in clients.into_iter().enumerate() {
+    let mut owners = Vec::new();
+    for (k, (i, r)) in clients.into_iter().enumerate() {
+        owners.push(i);
         let to = match i {
+            // a second device only reads
+            _ if k >= USERS => None,
             _ if i < PAIRS => Some(HistoryTarget::User(ids[i + PAIRS])),
             _ if i < 2 * PAIRS => None,
             _ => Some(HistoryTarget::Group(group)),
@@ -443,6 +463,7 @@ async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
 
     Load {
         ids,
+        owners,
         stop,
         done,
         seen,
@@ -456,6 +477,7 @@ async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
 async fn finish(load: Load) {
     let Load {
         ids,
+        owners,
         stop,
         done,
         seen,
@@ -465,7 +487,8 @@ async fn finish(load: Load) {
     let expected = |seen: &[Seen]| {
         // conversation (as the receiver names it) -> accepted seqs, per receiver
         let mut want: Vec<HashMap<HistoryTarget, Vec<i64>>> = vec![HashMap::new(); ids.len()];
-        for (i, s) in seen.iter().enumerate() {
+        for (k, s) in seen.iter().enumerate() {
+            let i = owners[k];
             for (to, seqs) in &s.accepted {
                 match *to {
                     HistoryTarget::User(u) => {
@@ -490,7 +513,8 @@ async fn finish(load: Load) {
                 seqs.sort_unstable();
             }
         }
-        want
+        // per client: what its user is owed
+        owners.iter().map(|&u| want[u].clone()).collect::<Vec<_>>()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let snapshot = loop {
@@ -524,7 +548,12 @@ async fn finish(load: Load) {
     let want = expected(&snapshot);
     let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
     let mut problems = Vec::new();
-    for (r, (w, s)) in want.iter().zip(&snapshot).enumerate() {
+    for (k, (w, s)) in want.iter().zip(&snapshot).enumerate() {
+        let r = format!(
+            "{}{}",
+            owners[k],
+            if k >= USERS { " (second device)" } else { "" }
+        );
         *totals.entry("sent").or_default() += s.attempted;
         *totals.entry("send failed").or_default() += s.failed;
         *totals.entry("accepted").or_default() +=
