@@ -328,4 +328,61 @@ mod tests {
         }
         assert_eq!(queued, 2, "the queue holds what fits, nothing more");
     }
+
+    fn handle(session_id: u64, device: &str) -> (SessionHandle, mpsc::Receiver<Push>) {
+        let (tx, rx) = mpsc::channel(8);
+        let handle = SessionHandle {
+            session_id,
+            device: Device::parse(Some(device)).expect("device"),
+            pushes: tx,
+            lagging: Arc::new(AtomicBool::new(false)),
+            kick: super::super::Kick::default(),
+            ended: tokio_util::sync::CancellationToken::new(),
+            token_fp: None,
+        };
+        (handle, rx)
+    }
+
+    #[tokio::test]
+    async fn a_users_devices_each_get_its_messages_but_the_one_that_sent_it() {
+        let hub = LocalHub::new();
+        let me = UserId(7);
+        let (phone, mut phone_rx) = handle(1, "phone");
+        let (laptop, mut laptop_rx) = handle(2, "laptop");
+        hub.connect(me, phone).await.expect("connect");
+        hub.connect(me, laptop.clone()).await.expect("connect");
+        let d = Arc::new(Delivery {
+            conv: Conversation::Group(GroupId(1)),
+            seq: Seq(1),
+            frame: bytes::Bytes::new(),
+            arrived: std::time::Instant::now(),
+            remote: false,
+            origin: 1,
+        });
+        assert!(
+            hub.deliver_here(&d, &[me]).is_empty(),
+            "all of them are here"
+        );
+        assert!(laptop_rx.try_recv().is_ok(), "the other device gets it");
+        assert!(phone_rx.try_recv().is_err(), "the sender does not");
+        // the same device again replaces only itself
+        let (laptop2, _rx) = handle(3, "laptop");
+        laptop.ended.cancel(); // as if it had stored its positions at once
+        hub.connect(me, laptop2).await.expect("connect");
+        let kicked =
+            tokio::time::timeout(std::time::Duration::from_millis(50), laptop.kick.kicked());
+        assert!(kicked.await.is_ok(), "the older laptop session goes");
+        let mut devices = hub.devices_here(me);
+        devices.sort();
+        assert_eq!(
+            devices.iter().map(Device::as_str).collect::<Vec<_>>(),
+            ["laptop", "phone"]
+        );
+        // devices on other nodes too: delivered here and routed there
+        hub.mark_shared(me);
+        assert_eq!(hub.deliver_here(&d, &[me]), vec![me]);
+        hub.disconnect(me, 1).await;
+        hub.disconnect(me, 3).await;
+        assert_eq!(hub.online(&[me]).await.expect("online"), vec![false]);
+    }
 }
