@@ -432,12 +432,12 @@ async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
         clients.push((i, r));
     }
     // the receivers of the one-to-one chats have a second device
-    for i in PAIRS..2 * PAIRS {
+    for (i, &id) in ids.iter().enumerate().take(2 * PAIRS).skip(PAIRS) {
         let second = Options {
             device: Some("second".into()),
             ..options()
         };
-        let (r, _) = Reliable::login(&addr, ids[i], &pw(&format!("u{i}")), second)
+        let (r, _) = Reliable::login(&addr, id, &pw(&format!("u{i}")), second)
             .await
             .expect("login of a second device");
         clients.push((i, r));
