@@ -253,8 +253,8 @@ impl RedisHub {
         let mut complete = true;
         for (user, device, session_id) in self.local.sessions() {
             match self.presence.claim(user, &device, session_id).await {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Some(others)) => self.note_siblings(user, session_id, &others).await,
+                Ok(None) => {
                     tracing::warn!(
                         %user,
                         %device,
@@ -276,6 +276,27 @@ impl RedisHub {
     /// What this process's presence values start with.
     fn presence_holder_prefix(&self) -> String {
         self.presence.holder_prefix()
+    }
+
+    /// `session` of `user` holds its device, and `others` hold the user's
+    /// other devices: if some are on other nodes, from now on each side
+    /// routes the user's messages to the other too, and this session reads
+    /// from the store, a moment later, what those nodes delivered before
+    /// they heard.
+    async fn note_siblings(&self, user: UserId, session_id: u64, others: &[String]) {
+        let ours = self.presence_holder_prefix();
+        if !others.iter().any(|h| !h.starts_with(&ours)) {
+            return;
+        }
+        self.local.mark_shared(user);
+        self.bus.shared(user).await;
+        let (local, stop) = (self.local.clone(), self.stop.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(SHARED_CATCH_UP) => local.resync_session(user, session_id),
+            }
+        });
     }
 }
 
@@ -309,20 +330,7 @@ impl Hub for RedisHub {
         if !found.previous.is_empty() {
             self.bus.kick(user, &found.previous, fp.as_deref()).await;
         }
-        let ours = self.presence_holder_prefix();
-        if found.others.iter().any(|h| !h.starts_with(&ours)) {
-            // Devices of the user on other nodes: from now on each side
-            // routes the user's messages to the other too.
-            self.local.mark_shared(user);
-            self.bus.shared(user).await;
-            let (local, stop) = (self.local.clone(), self.stop.clone());
-            self.tasks.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(SHARED_CATCH_UP) => local.resync_session(user, session_id),
-                }
-            });
-        }
+        self.note_siblings(user, session_id, &found.others).await;
         Ok(())
     }
 

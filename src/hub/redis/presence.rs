@@ -20,16 +20,28 @@ use crate::model::{Device, UserId};
 /// unless a live process other than ours (incarnation `ARGV[4]`) holds it.
 /// `ARGV[3]` is the node-key prefix. (Our own process reserves devices
 /// locally before claiming, so a field of ours here is a leftover.)
+/// Returns `'1'` when claimed (`'0'` when not), then the holders of the
+/// user's other devices that are alive.
 const CLAIM: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local node, inc = string.match(cur, '^(.-)|(.-)|')
   if node and inc ~= ARGV[4] and redis.call('GET', ARGV[3] .. node) == inc then
-    return 0
+    return {'0'}
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
+local out = {'1'}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    local node, inc = string.match(all[i + 1], '^(.-)|(.-)|')
+    if node and redis.call('GET', ARGV[3] .. node) == inc then
+      out[#out + 1] = all[i + 1]
+    end
+  end
+end
+return out
 ";
 
 /// Makes field `ARGV[1]` (the device) of `KEYS[1]` hold `ARGV[2]` whoever
@@ -236,15 +248,16 @@ impl Presence {
     }
 
     /// Claims `device` of `user` for `session` unless a live session
-    /// elsewhere holds it: `Ok(true)` if this process now holds it.
+    /// elsewhere holds it: `Ok(Some(others))` if this process now holds it,
+    /// with the holders of the user's other live devices.
     pub(super) async fn claim(
         &self,
         user: UserId,
         device: &Device,
         session_id: u64,
-    ) -> Result<bool, HubError> {
+    ) -> Result<Option<Vec<String>>, HubError> {
         let mut conn = self.conn.clone();
-        let claimed: i64 = self
+        let mut found: Vec<String> = self
             .claim
             .key(self.keys.user(user))
             .arg(device.as_str())
@@ -254,7 +267,11 @@ impl Presence {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(claimed == 1)
+        if found.first().map(String::as_str) != Some("1") {
+            return Ok(None);
+        }
+        found.remove(0);
+        Ok(Some(found))
     }
 
     /// Clears the fields of `sessions` that still name them.
