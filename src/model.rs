@@ -353,6 +353,11 @@ pub struct Delivery {
     /// The local session that sent it (0: none here), which has it already
     /// and is skipped; the sender's other sessions get it.
     pub origin: u64,
+    /// Who sent it, from which device: a later session of that very device
+    /// (the client reconnected while the send was under way) must not get
+    /// it back as a message from someone.
+    pub sender: UserId,
+    pub sender_device: Device,
 }
 
 /// What the hub hands to a session's queue.

@@ -316,6 +316,8 @@ mod tests {
                 arrived: std::time::Instant::now(),
                 remote: false,
                 origin: 0,
+                sender: UserId(1),
+                sender_device: Device::classic(),
             });
             hub.deliver(d, &[UserId(7)]).await.expect("deliver");
         }
@@ -358,6 +360,8 @@ mod tests {
             arrived: std::time::Instant::now(),
             remote: false,
             origin: 1,
+            sender: me,
+            sender_device: Device::parse(Some("phone")).expect("device"),
         });
         assert!(
             hub.deliver_here(&d, &[me]).is_empty(),

@@ -204,6 +204,8 @@ impl Service {
             arrived: std::time::Instant::now(),
             remote: false,
             origin: me.session,
+            sender: me.id,
+            sender_device: me.reader.device.clone(),
         });
         if let Err(e) = self.hub.deliver(delivery, recipients).await {
             // Stored already: receivers get it at their next gap check or login.

@@ -397,6 +397,12 @@ impl Service {
             Push::Notice(frame) => return vec![frame],
         };
         let m = &*d;
+        if m.sender == me.id && m.sender_device == me.reader.device {
+            // Sent from this very device, by an earlier session of it (the
+            // client reconnected while its send was under way): it has it.
+            me.delivery.record_own(m.conv, m.seq);
+            return Vec::new();
+        }
         match me.delivery.classify(m.conv, m.seq) {
             Incoming::Duplicate => Vec::new(),
             Incoming::InOrder => {

@@ -588,6 +588,7 @@ fn deliver_published(local: &LocalHub, payload: &[u8]) {
         recipients,
         conv,
         seq,
+        sender,
         frame,
     }) = parse_published(payload)
     else {
@@ -601,6 +602,8 @@ fn deliver_published(local: &LocalHub, payload: &[u8]) {
         arrived: std::time::Instant::now(),
         remote: true,
         origin: 0,
+        sender: sender.as_ref().map_or(UserId(0), |s| s.0),
+        sender_device: sender.map(|s| s.1).unwrap_or_default(),
     });
     local.deliver_here(&delivery, &recipients);
 }
@@ -611,6 +614,8 @@ struct Published<'a> {
     recipients: Vec<UserId>,
     conv: Conversation,
     seq: Seq,
+    /// The sender and its device (`None` from a node that does not say).
+    sender: Option<(UserId, crate::model::Device)>,
     frame: &'a [u8],
 }
 
@@ -620,17 +625,29 @@ fn parse_published(payload: &[u8]) -> Option<Published<'_>> {
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
-    let (conv, seq, frame) = if rest.first() == Some(&b'{') {
-        message_of_frame(rest).map(|m| (m.conv, m.seq, rest))?
+    let (conv, seq, sender, frame) = if rest.first() == Some(&b'{') {
+        message_of_frame(rest).map(|m| (m.conv, m.seq, None, rest))?
     } else {
+        // `CONV SEQ [SENDER:DEVICE]`
         let (header, frame) = split_line(rest)?;
-        let (conv, seq) = std::str::from_utf8(header).ok()?.split_once(' ')?;
-        (Conversation::from_key(conv)?, seq.parse().ok()?, frame)
+        let mut fields = std::str::from_utf8(header).ok()?.splitn(3, ' ');
+        let (conv, seq) = (fields.next()?, fields.next()?);
+        let sender = fields.next().and_then(|s| {
+            let (id, device) = s.split_once(':')?;
+            Some((id.parse().ok()?, crate::model::Device::stored(device)))
+        });
+        (
+            Conversation::from_key(conv)?,
+            seq.parse().ok()?,
+            sender,
+            frame,
+        )
     };
     Some(Published {
         recipients,
         conv,
         seq,
+        sender,
         frame,
     })
 }
@@ -643,7 +660,13 @@ fn split_line(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// The bus form of a message: its header line, then its frame.
 fn bus_payload(d: &Delivery) -> Vec<u8> {
-    let header = format!("{} {}\n", d.conv.key(), d.seq);
+    let header = format!(
+        "{} {} {}:{}\n",
+        d.conv.key(),
+        d.seq,
+        d.sender,
+        d.sender_device.as_str()
+    );
     let mut out = Vec::with_capacity(header.len() + d.frame.len());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&d.frame);
@@ -702,6 +725,8 @@ mod tests {
             arrived: std::time::Instant::now(),
             remote: false,
             origin: 0,
+            sender: UserId(3),
+            sender_device: crate::model::Device::parse(Some("pho:ne")).expect("device"),
         };
         let mut with_header = b"5,6\n".to_vec();
         with_header.extend_from_slice(&bus_payload(&delivery));
@@ -711,10 +736,15 @@ mod tests {
             recipients: vec![UserId(5), UserId(6)],
             conv: Conversation::Group(GroupId(7)),
             seq: Seq(42),
+            sender: Some((UserId(3), delivery.sender_device.clone())),
             frame: &frame[..],
         };
         assert_eq!(parse_published(&with_header), Some(expected));
-        assert_eq!(parse_published(&old), parse_published(&with_header));
+        let old = parse_published(&old).expect("an old payload");
+        assert_eq!(
+            (old.conv, old.seq, old.frame, old.sender),
+            (m.conv, m.seq, &frame[..], None)
+        );
         assert_eq!(parse_published(b"5,6"), None);
         assert_eq!(parse_published(b"5\nnot-a-conv 1\n{}"), None);
     }
