@@ -222,6 +222,8 @@ pub struct LoginInfo {
     pub devices: Vec<replies::DeviceInfo>,
     /// Conversations with unread messages, or read by their peer.
     pub reads: Vec<replies::ReadEntry>,
+    /// The users this user blocks.
+    pub blocked: Vec<UserId>,
 }
 
 /// Requests waiting for their replies, and whether the connection has
@@ -334,6 +336,7 @@ impl From<replies::LoggedIn<'_>> for LoginInfo {
             offline: r.offlinemsg.into_iter().map(Message::from).collect(),
             devices: r.devices,
             reads: r.reads,
+            blocked: r.blocked,
             token: r.token,
             acks: r.acks,
         }
@@ -547,6 +550,25 @@ impl Client {
             cmid: None,
         };
         Ok(self.call(&req).await?.seq)
+    }
+
+    /// Blocks `user`: neither messages the other one to one, befriends the
+    /// other or sees the other's presence; their friendship ends.
+    pub async fn block(&mut self, user: UserId) -> Result<(), ClientError> {
+        self.call(&wire::Block { userid: user }).await.map(drop)
+    }
+
+    /// Ends the block of `user`.
+    pub async fn unblock(&mut self, user: UserId) -> Result<(), ClientError> {
+        self.call(&wire::Unblock { userid: user }).await.map(drop)
+    }
+
+    /// Takes one-to-one messages from friends only (or from anyone).
+    pub async fn set_only_friends(&mut self, on: bool) -> Result<bool, ClientError> {
+        let req = wire::Settings {
+            only_friends: Some(on),
+        };
+        Ok(self.call(&req).await?.only_friends)
     }
 
     /// Tells the peer or the group that the user is typing (stored nowhere;

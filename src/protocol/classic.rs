@@ -303,6 +303,8 @@ mod tests {
             device: None,
             devices: Vec::new(),
             reads: Vec::new(),
+            blocked: Vec::new(),
+            only_friends: false,
         };
         let messages: Vec<ChatMessage> = (1..=20).map(|s| message(s, "hello there")).collect();
         let carried = fit_login(&mut reply, &messages);
@@ -320,6 +322,8 @@ mod tests {
             device: None,
             devices: Vec::new(),
             reads: Vec::new(),
+            blocked: Vec::new(),
+            only_friends: false,
             ..reply
         };
         let carried = fit_login(&mut reply, &messages);

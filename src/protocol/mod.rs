@@ -74,6 +74,13 @@ pub mod msgid {
     pub const RECALL: i64 = 25;
     /// Change the text of one's own message (within the edit window).
     pub const EDIT: i64 = 26;
+    /// Block a user: neither messages the other one to one, befriends the
+    /// other or sees the other's presence.
+    pub const BLOCK: i64 = 27;
+    /// End a block.
+    pub const UNBLOCK: i64 = 28;
+    /// The user's settings (`only_friends`).
+    pub const SETTINGS: i64 = 29;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;
@@ -157,6 +164,9 @@ pub enum ErrCode {
     TooLate = 64,
     /// RECALL or EDIT of a message that was recalled.
     Recalled = 65,
+    /// ONE_CHAT or ADD_FRIEND between users one of whom blocks the other,
+    /// or ONE_CHAT to a user who takes messages from friends only.
+    Blocked = 66,
 }
 
 /// MEMBERSHIP (msgid 22), as pushed to a user's other devices. Rendered by
@@ -184,6 +194,21 @@ pub fn membership_of(frame: &[u8]) -> Option<(GroupId, bool, crate::model::Seq)>
     }
     let m: Membership = serde_json::from_slice(frame).ok()?;
     Some((m.groupid, m.member, m.seq))
+}
+
+/// A notice between sessions that no client ever sees: `user` changed
+/// who may reach it (a block), so sessions forget what they knew of it.
+pub fn reach_frame(user: UserId) -> Bytes {
+    Bytes::from(format!(r#"{{"msgid":0,"reach":{user}}}"#))
+}
+
+/// The user of a [`reach_frame`]; `None` for any other frame.
+pub fn reach_of(frame: &[u8]) -> Option<UserId> {
+    let rest = frame.strip_prefix(br#"{"msgid":0,"reach":"#)?;
+    std::str::from_utf8(rest.strip_suffix(b"}")?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A failed request: the code and a message for humans.

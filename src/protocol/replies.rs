@@ -96,6 +96,12 @@ pub struct LoggedIn<'a> {
     /// client).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reads: Vec<ReadEntry>,
+    /// The users this user blocks (never sent to the original client).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<UserId>,
+    /// The user takes one-to-one messages from friends only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub only_friends: bool,
 }
 
 /// One of the user's devices: its name (`""` for the classic device),
@@ -132,6 +138,18 @@ pub struct ReadEntry {
     /// Direct conversations: how far the peer has read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_read: Option<Seq>,
+}
+
+/// The reply to BLOCK and UNBLOCK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockChanged {
+    pub userid: UserId,
+}
+
+/// The reply to SETTINGS: the settings as they are now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsNow {
+    pub only_friends: bool,
 }
 
 /// The reply to DEVICES.
@@ -432,6 +450,8 @@ mod tests {
             device: None,
             devices: Vec::new(),
             reads: Vec::new(),
+            blocked: Vec::new(),
+            only_friends: false,
         };
         let v = serde_json::to_value(&reply).expect("serialize");
         // what the original client parses: strings holding objects

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::msgid;
 use super::replies::{
-    DeviceList, Done, FriendChanged, FriendList, GroupChanged, GroupCreated, GroupJoined,
-    HistoryPage, LoggedIn, Pong, ReadDone, Registered, Sent, ServerInfo as ServerInfoReply,
+    BlockChanged, DeviceList, Done, FriendChanged, FriendList, GroupChanged, GroupCreated,
+    GroupJoined, HistoryPage, LoggedIn, Pong, ReadDone, Registered, Sent,
+    ServerInfo as ServerInfoReply, SettingsNow,
 };
 use crate::model::{GroupId, Seq, UserId};
 
@@ -210,6 +211,29 @@ pub struct Edit {
     pub cmid: Option<String>,
 }
 call!(Edit, msgid::EDIT, Sent);
+
+/// Block user `userid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub userid: UserId,
+}
+call!(Block, msgid::BLOCK, BlockChanged);
+
+/// End the block of user `userid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unblock {
+    pub userid: UserId,
+}
+call!(Unblock, msgid::UNBLOCK, BlockChanged);
+
+/// Changes the settings given; answers with all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Settings {
+    /// Take one-to-one messages from friends only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_friends: Option<bool>,
+}
+call!(Settings, msgid::SETTINGS, SettingsNow);
 
 impl Recall {
     pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {

@@ -339,6 +339,7 @@ impl Service {
             id,
             reader,
             session: s.id,
+            reach: HashMap::new(),
             typing: crate::limits::Bucket::new(
                 TYPING_RATE,
                 TYPING_BURST,
@@ -407,8 +408,12 @@ impl Service {
             .copied()
             .zip(self.hub.online(&ids).await?)
             .collect();
-        let is_online = |id: &UserId| online.get(id).copied().unwrap_or(false);
+        // Users who block each other do not see each other's presence.
+        let blocks = self.store.blocks(me.id).await?;
+        let is_online =
+            |id: &UserId| !blocks.between(*id) && online.get(id).copied().unwrap_or(false);
         me.contacts = super::presence::contacts_of(me.id, &friends, &groups);
+        me.contacts.retain(|c| !blocks.between(*c));
         let online_contacts: Vec<UserId> = me
             .contacts
             .iter()
@@ -456,6 +461,8 @@ impl Service {
             device: (!me.reader.device.is_classic()).then(|| me.reader.device.as_str().to_owned()),
             devices: Vec::new(),
             reads: Vec::new(),
+            blocked: Vec::new(),
+            only_friends: false,
         };
         if !classic {
             // The original client's reply stays as it was (and fits its
@@ -463,6 +470,8 @@ impl Service {
             // each conversation is read.
             let online = self.hub.online_devices(me.id).await.unwrap_or_default();
             reply.devices = device_infos(&start.devices, &online, &me.reader.device);
+            reply.blocked = blocks.blocking.clone();
+            reply.only_friends = blocks.only_friends;
             reply.reads = start
                 .reads
                 .iter()

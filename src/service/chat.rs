@@ -64,6 +64,7 @@ impl Service {
             ));
         }
         let conv = Conversation::direct(me.id, to);
+        self.may_reach(me, to, false).await?;
         self.check_unread(me, conv, to).await?;
         // The sender's other devices get it too (self-sync).
         let sent = self.send(me, conv, body, cmid, &[to, me.id]).await?;

@@ -38,6 +38,7 @@ impl Service {
                 "you cannot add yourself as a friend",
             ));
         }
+        self.may_reach(me, friend, true).await?;
         let max = self.config.limits.friends_per_user as usize;
         let friends = self.store.friends(me.id).await?;
         if friends.len() >= max && !friends.iter().any(|f| f.id == friend) {

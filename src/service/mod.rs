@@ -12,6 +12,7 @@
 
 mod account;
 mod admission;
+mod blocking;
 mod changes;
 mod chat;
 pub mod delivery;
@@ -54,6 +55,10 @@ pub struct Service {
     /// Login throttling and registration limits.
     guard: guard::Guard,
     next_session: AtomicU64,
+    /// Bumped whenever a block is made on this node or heard of: every
+    /// session's remembered "may I message you" answers are void (see
+    /// `blocking`).
+    reach_generation: AtomicU64,
     /// Background cursor writes and the group-changes listener; shutdown
     /// waits for them before closing the store.
     tasks: TaskTracker,
@@ -141,6 +146,7 @@ impl Service {
             admission,
             guard,
             next_session: AtomicU64::new(1),
+            reach_generation: AtomicU64::new(0),
             tasks,
             stop,
         })

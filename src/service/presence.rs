@@ -28,6 +28,15 @@ impl Service {
         if contacts.is_empty() {
             return;
         }
+        // Nobody hears of a user who blocks them, or whom they block.
+        let contacts: Vec<UserId> = match self.store.blocks(user).await {
+            Ok(b) => contacts
+                .iter()
+                .copied()
+                .filter(|c| !b.between(*c))
+                .collect(),
+            Err(_) => contacts.to_vec(),
+        };
         let frame = serde_json::json!({
             "msgid": crate::protocol::msgid::PRESENCE,
             "id": user,
@@ -37,7 +46,7 @@ impl Service {
         let Ok(frame) = serde_json::to_vec(&frame) else {
             return;
         };
-        self.hub.notify(bytes::Bytes::from(frame), contacts).await;
+        self.hub.notify(bytes::Bytes::from(frame), &contacts).await;
     }
 
     /// Tells `user`'s contacts that it went offline, unless a newer

@@ -71,7 +71,16 @@ impl Service {
     /// members of a group small enough (never the user itself).
     async fn audience(&self, me: UserId, conv: Conversation) -> Result<Vec<UserId>, Fail> {
         Ok(match conv {
-            Conversation::Direct { .. } => conv.peer_of(me).into_iter().collect(),
+            Conversation::Direct { .. } => match conv.peer_of(me) {
+                // A user who blocks, or is blocked by, the other hears nothing.
+                Some(peer) => match self.store.may_reach(me, peer).await? {
+                    crate::store::Reach::BlockedByThem | crate::store::Reach::BlockedByYou => {
+                        Vec::new()
+                    }
+                    _ => vec![peer],
+                },
+                None => Vec::new(),
+            },
             Conversation::Group(g) => match self.groups.members(self.store.as_ref(), g).await? {
                 Some(m) if m.len() <= self.config.receipts_group_max => {
                     m.iter().copied().filter(|u| *u != me).collect()

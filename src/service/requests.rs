@@ -80,6 +80,7 @@ requests! {
     as_user: [
         Logout, OneChat, AddFriend, CreateGroup, AddGroup, GroupChat, DelGroup, DelFriend,
         ShowFriendList, History, Ack, Devices, DeviceLogout, Typing, Read, Recall, Edit,
+        Block, Unblock, Settings,
     ],
 }
 
@@ -109,7 +110,10 @@ impl Request {
                 | AsUser::Typing(_)
                 | AsUser::Read(_)
                 | AsUser::Recall(_)
-                | AsUser::Edit(_),
+                | AsUser::Edit(_)
+                | AsUser::Block(_)
+                | AsUser::Unblock(_)
+                | AsUser::Settings(_),
             ) => true,
             _ => false,
         }

@@ -58,6 +58,9 @@ pub(super) struct LoggedIn {
     pub(super) session: u64,
     /// How many typing notices it may send.
     pub(super) typing: crate::limits::Bucket,
+    /// Receivers found to take this user's one-to-one messages, and when
+    /// (see `blocking`).
+    pub(super) reach: HashMap<UserId, (Instant, u64)>,
     pub(super) name: String,
     pub(super) pushes: mpsc::Receiver<Push>,
     /// The hash of the resume token this session was given or resumed
@@ -372,6 +375,15 @@ impl Service {
             Push::Message(d) => d,
             Push::Resync => {
                 me.delivery.resync();
+                return Vec::new();
+            }
+            // Someone changed who may reach them: ask again next time.
+            // (Never written to the client.)
+            Push::Notice(frame) if crate::protocol::reach_of(&frame).is_some() => {
+                if let Some(user) = crate::protocol::reach_of(&frame) {
+                    me.reach.remove(&user);
+                    self.reach_changed();
+                }
                 return Vec::new();
             }
             // Another device of the user joined or left a group: this

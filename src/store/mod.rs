@@ -83,6 +83,36 @@ pub struct ReadState {
 /// costs a scan of what it counts).
 pub const UNREAD_COUNT_MAX: i64 = 1000;
 
+/// Blocks that concern one user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Blocks {
+    /// Whom the user blocks.
+    pub blocking: Vec<UserId>,
+    /// Who blocks the user.
+    pub blocked_by: Vec<UserId>,
+    /// The user takes one-to-one messages from friends only.
+    pub only_friends: bool,
+}
+
+impl Blocks {
+    /// Whether the user and `other` block each other either way.
+    pub fn between(&self, other: UserId) -> bool {
+        self.blocking.contains(&other) || self.blocked_by.contains(&other)
+    }
+}
+
+/// Whether one user may reach another one to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    Yes,
+    /// The receiver blocks the sender.
+    BlockedByThem,
+    /// The sender blocks the receiver.
+    BlockedByYou,
+    /// The receiver takes messages from friends only.
+    FriendsOnly,
+}
+
 /// A user's device as a session names it: whose, and which.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reader {
@@ -145,6 +175,18 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool>;
     /// The user's friends, by id.
     async fn friends(&self, user: UserId) -> StoreResult<Vec<UserSummary>>;
+
+    /// `user` blocks `other`: their friendship ends. False when it did
+    /// already; `NotFound` for an unknown `other`.
+    async fn block(&self, user: UserId, other: UserId) -> StoreResult<bool>;
+    /// Ends a block; false when there was none.
+    async fn unblock(&self, user: UserId, other: UserId) -> StoreResult<bool>;
+    /// Whom `user` blocks, and who blocks `user`.
+    async fn blocks(&self, user: UserId) -> StoreResult<Blocks>;
+    /// Whether `to` takes one-to-one messages (and friendship) from `from`.
+    async fn may_reach(&self, from: UserId, to: UserId) -> StoreResult<Reach>;
+    /// Sets whether `user` takes one-to-one messages from friends only.
+    async fn set_only_friends(&self, user: UserId, on: bool) -> StoreResult<()>;
 
     /// Creates a group with `creator` as its creator member; `Conflict` when
     /// the name is taken.

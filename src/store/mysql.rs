@@ -70,6 +70,8 @@ impl Dialect for MySql {
     const ADD_FRIENDS: &'static str =
         "INSERT IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
     const BEGIN_WRITE: &'static str = "BEGIN";
+    const ADD_BLOCK: &'static str =
+        "INSERT IGNORE INTO blocks (user_id, blocked_id, created_at) VALUES (?, ?, ?)";
     const UPSERT_READ: &'static str = "INSERT INTO read_marks (user_id, conv, read_seq) VALUES (?, ?, ?) \
          ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq))";
 

@@ -64,6 +64,20 @@ pub(super) const USER_GROUPS_MEMBERS: &str = "SELECT gm.group_id, u.id, u.name, 
      ORDER BY gm.group_id, u.id";
 pub(super) const GROUP_MEMBERS: &str = "SELECT user_id FROM group_members WHERE group_id = ?";
 pub(super) const GROUP_ID: &str = "SELECT id FROM chat_groups WHERE id = ?";
+pub(super) const BLOCKING: &str =
+    "SELECT blocked_id FROM blocks WHERE user_id = ? ORDER BY blocked_id";
+pub(super) const BLOCKED_BY: &str =
+    "SELECT user_id FROM blocks WHERE blocked_id = ? ORDER BY user_id";
+pub(super) const ONLY_FRIENDS: &str = "SELECT only_friends FROM users WHERE id = ?";
+pub(super) const SET_ONLY_FRIENDS: &str = "UPDATE users SET only_friends = ? WHERE id = ?";
+pub(super) const UNBLOCK: &str = "DELETE FROM blocks WHERE user_id = ? AND blocked_id = ?";
+/// Whether `to` blocks `from`, `from` blocks `to`, `to` takes friends
+/// only, and they are friends. Binds: to, from, from, to, to, to, from.
+pub(super) const REACH: &str = "SELECT \
+     (SELECT COUNT(*) FROM blocks WHERE user_id = ? AND blocked_id = ?), \
+     (SELECT COUNT(*) FROM blocks WHERE user_id = ? AND blocked_id = ?), \
+     COALESCE((SELECT only_friends FROM users WHERE id = ?), 0), \
+     (SELECT COUNT(*) FROM friends WHERE user_id = ? AND friend_id = ?)";
 pub(super) const GROUP_ROLE: &str =
     "SELECT role FROM group_members WHERE group_id = ? AND user_id = ?";
 /// Followed by one `(?, ?, ?, ?, ?, ?, ?, ?, ?)` per message of a batch.
@@ -362,6 +376,8 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
 pub trait Dialect: Database {
     /// Inserts both friendship rows (`a, b, b, a`), skipping existing ones.
     const ADD_FRIENDS: &'static str;
+    /// Adds a block (`user, blocked, created_at`), skipping an existing one.
+    const ADD_BLOCK: &'static str;
     /// Moves a read position forward (`user, conv, seq`), never back.
     const UPSERT_READ: &'static str;
     /// Begins a transaction that will write. SQLite takes the write lock up
@@ -611,6 +627,96 @@ where
             .execute(&self.pool)
             .await?;
         Ok(DB::rows_affected(&done) > 0)
+    }
+
+    async fn block(&self, user: UserId, other: UserId) -> StoreResult<bool> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let exists: Option<(i64,)> = sqlx::query_as(USER_ID)
+            .bind(other)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        let added = DB::rows_affected(
+            &sqlx::query(DB::ADD_BLOCK)
+                .bind(user)
+                .bind(other)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?,
+        );
+        sqlx::query(REMOVE_FRIENDSHIP)
+            .bind(user)
+            .bind(other)
+            .bind(other)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(added > 0)
+    }
+
+    async fn unblock(&self, user: UserId, other: UserId) -> StoreResult<bool> {
+        let done = sqlx::query(UNBLOCK)
+            .bind(user)
+            .bind(other)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    async fn blocks(&self, user: UserId) -> StoreResult<super::Blocks> {
+        let ids = |rows: Vec<(i64,)>| rows.into_iter().map(|(id,)| UserId(id)).collect();
+        let blocking: Vec<(i64,)> = sqlx::query_as(BLOCKING)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        let blocked_by: Vec<(i64,)> = sqlx::query_as(BLOCKED_BY)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        let only: Option<(i64,)> = sqlx::query_as(ONLY_FRIENDS)
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(super::Blocks {
+            blocking: ids(blocking),
+            blocked_by: ids(blocked_by),
+            only_friends: only.is_some_and(|(o,)| o != 0),
+        })
+    }
+
+    async fn may_reach(&self, from: UserId, to: UserId) -> StoreResult<super::Reach> {
+        let (they_block, you_block, only_friends, friends): (i64, i64, i64, i64) =
+            sqlx::query_as(REACH)
+                .bind(to)
+                .bind(from)
+                .bind(from)
+                .bind(to)
+                .bind(to)
+                .bind(to)
+                .bind(from)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(if they_block > 0 {
+            super::Reach::BlockedByThem
+        } else if you_block > 0 {
+            super::Reach::BlockedByYou
+        } else if only_friends != 0 && friends == 0 {
+            super::Reach::FriendsOnly
+        } else {
+            super::Reach::Yes
+        })
+    }
+
+    async fn set_only_friends(&self, user: UserId, on: bool) -> StoreResult<()> {
+        sqlx::query(SET_ONLY_FRIENDS)
+            .bind(i64::from(on))
+            .bind(user)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn friends(&self, user: UserId) -> StoreResult<Vec<UserSummary>> {

@@ -39,6 +39,8 @@ impl Dialect for Sqlite {
     const ADD_FRIENDS: &'static str =
         "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?, ?), (?, ?)";
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const ADD_BLOCK: &'static str =
+        "INSERT OR IGNORE INTO blocks (user_id, blocked_id, created_at) VALUES (?, ?, ?)";
     const UPSERT_READ: &'static str = "INSERT INTO read_marks (user_id, conv, read_seq) VALUES (?, ?, ?) \
          ON CONFLICT (user_id, conv) DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)";
 

@@ -173,6 +173,8 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                             device: None,
                             devices: Vec::new(),
                             reads: Vec::new(),
+                            blocked: Vec::new(),
+                            only_friends: false,
                         };
                         Some(Reply::ok_with(msgid::LOGIN_ACK, &reply))
                     }
