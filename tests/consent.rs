@@ -106,3 +106,44 @@ async fn a_user_may_take_messages_from_friends_only() {
         .await
         .expect("anyone may now");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_made_on_one_node_stops_a_conversation_on_another_at_once() {
+    use common::nodes::{NodeProcess, Shared};
+    use common::services;
+    let mut mysql = None;
+    let mut redis = None;
+    let shared = Shared {
+        db_url: services::create_database(&services::mysql_server(&mut mysql)).await,
+        redis_url: services::redis_server(&mut redis),
+        prefix: services::unique("chat"),
+        presence_ttl: 10.0,
+        extra_args: Vec::new(),
+    };
+    let n1 = NodeProcess::start(&shared, "n1").await;
+    let n2 = NodeProcess::start(&shared, "n2").await;
+    let mut a = n1.client().await;
+    let alice = a.register("alice", &pw("alice")).await.expect("register");
+    a.login(alice, &pw("alice")).await.expect("login");
+    let mut b = n2.client().await;
+    let bob = b.register("bob", &pw("bob")).await.expect("register");
+    b.login(bob, &pw("bob")).await.expect("login");
+    // alice's session remembers that bob takes her messages
+    a.chat(bob, "hello").await.expect("send");
+    within(b.next_message()).await.expect("bob gets it");
+    b.block(alice).await.expect("block on n2");
+    // the notice reaches n1 within moments; alice's next send is refused
+    let mut refused = false;
+    for _ in 0..20 {
+        match a.chat(bob, "still there?").await {
+            Err(e) if e.errno() == Some(66) => {
+                refused = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused, "the block reached n1");
+    drop((n1, n2, mysql, redis));
+}

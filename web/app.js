@@ -243,6 +243,7 @@ function startSession(r) {
   if (state.me && state.me.id !== r.id) resetData();
   state.me = { id: r.id, name: r.name };
   state.devices = r.devices || [];
+  state.blocked = new Set(r.blocked || []);
   state.ready = true;
   state.replaced = false;
   for (const f of decodeList(r.friends)) state.friends.set(f.id, f);
@@ -675,6 +676,14 @@ function renderConversation() {
   $('conv-members').textContent = g
     ? g.users.map((u) => `${u.name}${u.state === 'online' ? ' ●' : ''}`).join(', ')
     : '';
+  const peer = key[0] === 'u' ? Number(key.slice(2)) : null;
+  const blockButton = $('block');
+  blockButton.hidden = peer === null;
+  if (peer !== null) {
+    const blocked = state.blocked && state.blocked.has(peer);
+    blockButton.textContent = blocked ? 'Unblock' : 'Block';
+    blockButton.dataset.peer = String(peer);
+  }
   const typingNow = c.typing && c.typing.until > Date.now();
   $('typing').textContent = typingNow ? `${c.typing.name} is typing…` : '';
   $('older').hidden = !c.loaded || c.complete;
@@ -835,6 +844,20 @@ window.addEventListener('DOMContentLoaded', () => {
   });
   $('logout').addEventListener('click', logout);
   $('refresh-devices').addEventListener('click', refreshDevices);
+  // Blocking: neither reaches the other one to one (docs/protocol.md).
+  $('block').addEventListener('click', async () => {
+    const peer = Number($('block').dataset.peer);
+    if (!state.blocked) state.blocked = new Set();
+    const unblock = state.blocked.has(peer);
+    const r = await request({ msgid: unblock ? 28 : 27, userid: peer }).catch(() => null);
+    if (!r || r.errno !== 0) {
+      $('sidebar-error').textContent = (r && r.errmsg) || 'could not change the block';
+      return;
+    }
+    if (unblock) state.blocked.delete(peer); else state.blocked.add(peer);
+    if (!unblock) state.friends.delete(peer);
+    render();
+  });
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden && state.current) {
       conv(state.current).unread = 0;

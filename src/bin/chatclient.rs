@@ -372,6 +372,22 @@ async fn run_request(client: &mut Client, cmd: Command) -> Result<(), ClientErro
             let event = client.edit(with, seq, &msg).await?;
             say(format!("message #{seq} edited (event #{event})"));
         }
+        Command::Block(id) => {
+            client.block(id).await?;
+            say(format!("user {id} is blocked"));
+        }
+        Command::Unblock(id) => {
+            client.unblock(id).await?;
+            say(format!("user {id} is no longer blocked"));
+        }
+        Command::OnlyFriends(on) => {
+            let now = client.set_only_friends(on).await?;
+            say(if now {
+                "you take messages from friends only"
+            } else {
+                "you take messages from anyone"
+            });
+        }
         Command::LogoutDevice(name) => {
             client.device_logout(&name).await?;
             say(format!("device {name} is logged out"));

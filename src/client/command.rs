@@ -30,6 +30,12 @@ pub const HELP: &[(&str, &str)] = &[
         "edit",
         "编辑消息，格式 edit:friend:friendid:seq:new text 或 edit:group:groupid:seq:new text",
     ),
+    ("block", "屏蔽用户，格式 block:userid (block a user)"),
+    ("unblock", "取消屏蔽，格式 unblock:userid"),
+    (
+        "onlyfriends",
+        "只接收好友消息，格式 onlyfriends:on 或 onlyfriends:off",
+    ),
     ("devices", "显示登录设备，格式 devices (your devices)"),
     (
         "logoutdevice",
@@ -67,6 +73,9 @@ pub enum Command {
     Logout,
     Devices,
     LogoutDevice(String),
+    Block(UserId),
+    Unblock(UserId),
+    OnlyFriends(bool),
     Recall {
         with: HistoryTarget,
         seq: Seq,
@@ -112,6 +121,13 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "showfriendlist" => Command::ShowFriendList,
         "loginout" => Command::Logout,
         "devices" => Command::Devices,
+        "block" => Command::Block(id(rest, "userid")?),
+        "unblock" => Command::Unblock(id(rest, "userid")?),
+        "onlyfriends" => match rest.map(str::trim) {
+            Some("on") => Command::OnlyFriends(true),
+            Some("off") => Command::OnlyFriends(false),
+            _ => return Err("usage: onlyfriends:on or onlyfriends:off".to_owned()),
+        },
         "recall" => {
             let usage = "usage: recall:friend:ID:seq or recall:group:ID:seq";
             let mut parts = rest.ok_or(usage)?.split(':');
@@ -234,6 +250,9 @@ mod tests {
         );
         assert_eq!(parse("loginout"), Ok(Command::Logout));
         assert_eq!(parse("devices"), Ok(Command::Devices));
+        assert_eq!(parse("block:4"), Ok(Command::Block(UserId(4))));
+        assert_eq!(parse("onlyfriends:on"), Ok(Command::OnlyFriends(true)));
+        assert!(parse("onlyfriends:maybe").is_err());
         assert_eq!(
             parse("recall:friend:2:17"),
             Ok(Command::Recall {
