@@ -147,3 +147,48 @@ async fn a_block_made_on_one_node_stops_a_conversation_on_another_at_once() {
     assert!(refused, "the block reached n1");
     drop((n1, n2, mysql, redis));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_account_is_gone_and_its_name_stays_taken() {
+    let server = TestServer::start().await;
+    let (mut alice, alice_id) = server.user("alice").await;
+    let (mut bob, bob_id) = server.user("bob").await;
+    alice.add_friend(bob_id).await.expect("friends");
+    let g = bob.create_group("club", "").await.expect("group");
+    alice.join_group(g).await.expect("join");
+    alice.chat(bob_id, "remember me").await.expect("send");
+    within(bob.next_message()).await.expect("got it");
+    let mut phone = server.client().await;
+    phone.set_device(Some("phone"));
+    phone.login(alice_id, &pw("alice")).await.expect("login");
+
+    assert_eq!(errno(alice.delete_account("wrong").await), Some(1));
+    alice.delete_account(&pw("alice")).await.expect("delete");
+    // every session ends; the password and tokens no longer work
+    let notice = common::next_other(&mut phone).await;
+    assert_eq!(notice["errno"], 63, "{notice}");
+    assert_eq!(
+        errno(alice.chat(bob_id, "still me?").await),
+        Some(20),
+        "logged out"
+    );
+    let mut again = server.client().await;
+    assert_eq!(errno(again.login(alice_id, &pw("alice")).await), Some(1));
+    // friendships and memberships are gone; what alice sent stays
+    assert!(bob.friends().await.expect("friends").is_empty());
+    let mut laptop = server.client().await;
+    laptop.set_device(Some("laptop"));
+    let info = laptop.login(bob_id, &pw("bob")).await.expect("login");
+    let club = info.groups.iter().find(|x| x.id == g).expect("the group");
+    let ids: Vec<_> = club.members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [bob_id], "alice left every group");
+    assert_eq!(errno(bob.chat(alice_id, "hello?").await), Some(30));
+    let history = bob
+        .history(HistoryTarget::User(alice_id), None, None)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1, "what she sent stays");
+    // her name stays taken: nobody can pass for her
+    let mut mallory = server.client().await;
+    assert_eq!(errno(mallory.register("alice", "x").await), Some(1));
+}

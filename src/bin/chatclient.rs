@@ -372,6 +372,10 @@ async fn run_request(client: &mut Client, cmd: Command) -> Result<(), ClientErro
             let event = client.edit(with, seq, &msg).await?;
             say(format!("message #{seq} edited (event #{event})"));
         }
+        Command::DeleteAccount(password) => {
+            client.delete_account(&password).await?;
+            say("your account is deleted");
+        }
         Command::Block(id) => {
             client.block(id).await?;
             say(format!("user {id} is blocked"));

@@ -36,6 +36,10 @@ pub const HELP: &[(&str, &str)] = &[
         "onlyfriends",
         "只接收好友消息，格式 onlyfriends:on 或 onlyfriends:off",
     ),
+    (
+        "deleteaccount",
+        "注销账号，格式 deleteaccount:password (delete your account)",
+    ),
     ("devices", "显示登录设备，格式 devices (your devices)"),
     (
         "logoutdevice",
@@ -73,6 +77,7 @@ pub enum Command {
     Logout,
     Devices,
     LogoutDevice(String),
+    DeleteAccount(String),
     Block(UserId),
     Unblock(UserId),
     OnlyFriends(bool),
@@ -122,6 +127,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "loginout" => Command::Logout,
         "devices" => Command::Devices,
         "block" => Command::Block(id(rest, "userid")?),
+        "deleteaccount" => {
+            Command::DeleteAccount(rest.ok_or("usage: deleteaccount:password")?.to_owned())
+        }
         "unblock" => Command::Unblock(id(rest, "userid")?),
         "onlyfriends" => match rest.map(str::trim) {
             Some("on") => Command::OnlyFriends(true),

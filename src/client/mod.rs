@@ -563,6 +563,15 @@ impl Client {
         self.call(&wire::Unblock { userid: user }).await.map(drop)
     }
 
+    /// Deletes this user's account (`password` confirms it): every session
+    /// of it ends, and this connection is logged out.
+    pub async fn delete_account(&mut self, password: &str) -> Result<(), ClientError> {
+        let req = wire::DeleteAccount {
+            password: password.to_owned(),
+        };
+        self.call(&req).await.map(drop)
+    }
+
     /// Takes one-to-one messages from friends only (or from anyone).
     pub async fn set_only_friends(&mut self, on: bool) -> Result<bool, ClientError> {
         let req = wire::Settings {

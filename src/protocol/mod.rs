@@ -81,6 +81,8 @@ pub mod msgid {
     pub const UNBLOCK: i64 = 28;
     /// The user's settings (`only_friends`).
     pub const SETTINGS: i64 = 29;
+    /// Delete one's own account (with its password).
+    pub const DELETE_ACCOUNT: i64 = 30;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;

@@ -235,6 +235,13 @@ pub struct Settings {
 }
 call!(Settings, msgid::SETTINGS, SettingsNow);
 
+/// Deletes the logged-in user's account; `password` confirms it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteAccount {
+    pub password: String,
+}
+call!(DeleteAccount, msgid::DELETE_ACCOUNT, Done);
+
 impl Recall {
     pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {
         super::target_of(self.toid, self.groupid, "recall")

@@ -119,6 +119,14 @@ fn device_infos(
         .collect()
 }
 
+/// Deletes the account (its password confirms it): every session and token
+/// of it ends, its friendships and memberships go, its name stays taken.
+impl Handler for wire::DeleteAccount {
+    async fn handle(self, svc: &Service, s: &mut Session) -> Result<Done, Fail> {
+        svc.delete_account(s, self.password).await
+    }
+}
+
 impl Handler for wire::Logout {
     async fn handle(self, svc: &Service, s: &mut Session) -> Result<Done, Fail> {
         svc.logout(s).await
@@ -499,6 +507,63 @@ impl Service {
             Vec::new()
         };
         Ok((reply, online_contacts, rest))
+    }
+
+    pub(super) async fn delete_account(
+        &self,
+        s: &mut Session,
+        password: String,
+    ) -> Result<Done, Fail> {
+        let peer = s.peer();
+        let me = s.me_mut()?;
+        let id = me.id;
+        let bad = || Fail::new(ErrCode::Failed, "the password is not right");
+        if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+            return Err(bad());
+        }
+        if let Err(wait) = self.guard.may_login(id, peer) {
+            inc(&METRICS.limited);
+            return Err(Fail::retry_after(
+                ErrCode::LoginThrottled,
+                "too many wrong passwords for this account or from your address",
+                wait,
+            ));
+        }
+        let creds = self.store.credentials(id).await?;
+        if !self
+            .hasher
+            .verify(password, creds.map(|c| c.password_hash))
+            .await?
+        {
+            self.guard.login_failed(Some(id), peer);
+            return Err(bad());
+        }
+        let groups = self.store.user_groups(id).await?;
+        let devices = self.store.devices(id).await?;
+        if !self.store.delete_account(id).await? {
+            return Err(Fail::new(
+                ErrCode::NotFound,
+                "this account is deleted already",
+            ));
+        }
+        tracing::info!(user = %id, "account deleted");
+        for g in groups {
+            self.groups.invalidate(g.id);
+            self.hub.group_changed(g.id).await;
+        }
+        let mine = me.reader.device.clone();
+        for d in devices.into_iter().filter(|d| d.device != mine) {
+            if let Err(e) = self.hub.end_device(id, &d.device).await {
+                tracing::warn!(user = %id, error = %e, "could not end a deleted account's session");
+            }
+        }
+        // This session ends too, without storing positions (there is
+        // nothing left to store them for).
+        if s.user.take().is_some() {
+            self.hub.disconnect(id, s.id).await;
+            METRICS.sessions_online.dec();
+        }
+        Ok(Done {})
     }
 
     pub(super) async fn logout(&self, s: &mut Session) -> Result<Done, Fail> {

@@ -109,6 +109,9 @@ impl Service {
         let refuse = |msg: &str| Err(Fail::new(ErrCode::Blocked, msg));
         match reach {
             Reach::Yes => {}
+            Reach::NoSuchUser => {
+                return Err(Fail::new(ErrCode::NotFound, format!("user {to} not found")));
+            }
             Reach::FriendsOnly if friendship => {}
             Reach::BlockedByThem => return refuse("this user does not take messages from you"),
             Reach::BlockedByYou => return refuse("you block this user; unblock them first"),

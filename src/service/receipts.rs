@@ -74,9 +74,9 @@ impl Service {
             Conversation::Direct { .. } => match conv.peer_of(me) {
                 // A user who blocks, or is blocked by, the other hears nothing.
                 Some(peer) => match self.store.may_reach(me, peer).await? {
-                    crate::store::Reach::BlockedByThem | crate::store::Reach::BlockedByYou => {
-                        Vec::new()
-                    }
+                    crate::store::Reach::BlockedByThem
+                    | crate::store::Reach::BlockedByYou
+                    | crate::store::Reach::NoSuchUser => Vec::new(),
                     _ => vec![peer],
                 },
                 None => Vec::new(),

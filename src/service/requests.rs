@@ -80,7 +80,7 @@ requests! {
     as_user: [
         Logout, OneChat, AddFriend, CreateGroup, AddGroup, GroupChat, DelGroup, DelFriend,
         ShowFriendList, History, Ack, Devices, DeviceLogout, Typing, Read, Recall, Edit,
-        Block, Unblock, Settings,
+        Block, Unblock, Settings, DeleteAccount,
     ],
 }
 
@@ -113,7 +113,8 @@ impl Request {
                 | AsUser::Edit(_)
                 | AsUser::Block(_)
                 | AsUser::Unblock(_)
-                | AsUser::Settings(_),
+                | AsUser::Settings(_)
+                | AsUser::DeleteAccount(_),
             ) => true,
             _ => false,
         }

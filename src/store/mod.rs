@@ -105,6 +105,8 @@ impl Blocks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reach {
     Yes,
+    /// No such user (or a deleted account).
+    NoSuchUser,
     /// The receiver blocks the sender.
     BlockedByThem,
     /// The sender blocks the receiver.
@@ -179,6 +181,12 @@ pub trait Store: Send + Sync + 'static {
     /// `user` blocks `other`: their friendship ends. False when it did
     /// already; `NotFound` for an unknown `other`.
     async fn block(&self, user: UserId, other: UserId) -> StoreResult<bool>;
+    /// Deletes `user`'s account: its password stops working, and its
+    /// friendships, memberships, devices, positions, tokens, read marks and
+    /// blocks go. Its row stays, so its name stays taken (nobody can pass
+    /// for it), and the messages it sent stay in their conversations.
+    /// False when it was deleted already.
+    async fn delete_account(&self, user: UserId) -> StoreResult<bool>;
     /// Ends a block; false when there was none.
     async fn unblock(&self, user: UserId, other: UserId) -> StoreResult<bool>;
     /// Whom `user` blocks, and who blocks `user`.

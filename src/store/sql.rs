@@ -25,7 +25,24 @@ use crate::model::{
 /// ref_seq.
 pub(super) type MsgRow = (String, i64, i64, String, String, i64, i64, i64);
 
-pub(super) const CREDENTIALS: &str = "SELECT name, password_hash FROM users WHERE id = ?";
+/// A deleted account keeps its row (and so its name, which nobody can
+/// take to pass for it) with this in place of a password hash.
+pub(super) const DELETED: &str = "!";
+pub(super) const CREDENTIALS: &str =
+    "SELECT name, password_hash FROM users WHERE id = ? AND password_hash <> '!'";
+/// What deleting an account removes, each statement binding the user's id
+/// (twice where it says so).
+pub(super) const DELETE_ACCOUNT: [(&str, usize); 9] = [
+    ("DELETE FROM friends WHERE user_id = ? OR friend_id = ?", 2),
+    ("DELETE FROM group_members WHERE user_id = ?", 1),
+    ("DELETE FROM cursors WHERE user_id = ?", 1),
+    ("DELETE FROM device_cursors WHERE user_id = ?", 1),
+    ("DELETE FROM devices WHERE user_id = ?", 1),
+    ("DELETE FROM resume_tokens WHERE user_id = ?", 1),
+    ("DELETE FROM read_marks WHERE user_id = ?", 1),
+    ("DELETE FROM blocks WHERE user_id = ? OR blocked_id = ?", 2),
+    ("DELETE FROM sent_ids WHERE sender_id = ?", 1),
+];
 pub(super) const DROP_EXPIRED_TOKENS: &str =
     "DELETE FROM resume_tokens WHERE user_id = ? AND expires_at < ?";
 pub(super) const CREATE_TOKEN: &str =
@@ -72,12 +89,14 @@ pub(super) const ONLY_FRIENDS: &str = "SELECT only_friends FROM users WHERE id =
 pub(super) const SET_ONLY_FRIENDS: &str = "UPDATE users SET only_friends = ? WHERE id = ?";
 pub(super) const UNBLOCK: &str = "DELETE FROM blocks WHERE user_id = ? AND blocked_id = ?";
 /// Whether `to` blocks `from`, `from` blocks `to`, `to` takes friends
-/// only, and they are friends. Binds: to, from, from, to, to, to, from.
+/// only, they are friends, and `to` is a live account. Binds: to, from,
+/// from, to, to, to, from, to.
 pub(super) const REACH: &str = "SELECT \
      (SELECT COUNT(*) FROM blocks WHERE user_id = ? AND blocked_id = ?), \
      (SELECT COUNT(*) FROM blocks WHERE user_id = ? AND blocked_id = ?), \
      COALESCE((SELECT only_friends FROM users WHERE id = ?), 0), \
-     (SELECT COUNT(*) FROM friends WHERE user_id = ? AND friend_id = ?)";
+     (SELECT COUNT(*) FROM friends WHERE user_id = ? AND friend_id = ?), \
+     (SELECT COUNT(*) FROM users WHERE id = ? AND password_hash <> '!')";
 pub(super) const GROUP_ROLE: &str =
     "SELECT role FROM group_members WHERE group_id = ? AND user_id = ?";
 /// Followed by one `(?, ?, ?, ?, ?, ?, ?, ?, ?)` per message of a batch.
@@ -657,6 +676,30 @@ where
         Ok(added > 0)
     }
 
+    async fn delete_account(&self, user: UserId) -> StoreResult<bool> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let marked = DB::rows_affected(
+            &sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash <> ?")
+                .bind(DELETED)
+                .bind(user)
+                .bind(DELETED)
+                .execute(&mut *tx)
+                .await?,
+        );
+        if marked == 0 {
+            return Ok(false);
+        }
+        for (q, binds) in DELETE_ACCOUNT {
+            let mut query = sqlx::query(q).bind(user);
+            if binds == 2 {
+                query = query.bind(user);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn unblock(&self, user: UserId, other: UserId) -> StoreResult<bool> {
         let done = sqlx::query(UNBLOCK)
             .bind(user)
@@ -688,7 +731,7 @@ where
     }
 
     async fn may_reach(&self, from: UserId, to: UserId) -> StoreResult<super::Reach> {
-        let (they_block, you_block, only_friends, friends): (i64, i64, i64, i64) =
+        let (they_block, you_block, only_friends, friends, live): (i64, i64, i64, i64, i64) =
             sqlx::query_as(REACH)
                 .bind(to)
                 .bind(from)
@@ -697,9 +740,12 @@ where
                 .bind(to)
                 .bind(to)
                 .bind(from)
+                .bind(to)
                 .fetch_one(&self.pool)
                 .await?;
-        Ok(if they_block > 0 {
+        Ok(if live == 0 {
+            super::Reach::NoSuchUser
+        } else if they_block > 0 {
             super::Reach::BlockedByThem
         } else if you_block > 0 {
             super::Reach::BlockedByYou
