@@ -33,8 +33,20 @@ wait_port() {
 start_mariadb() {
     local dir=$1 port=$2
     mkdir -p "$dir"
-    mariadb-install-db --no-defaults --datadir="$dir/data" \
-        --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1
+    # The bootstrap has failed, rarely and silently, in CI (cause not
+    # found yet): say what it said, and try once more from scratch.
+    local try
+    for try in 1 2; do
+        if mariadb-install-db --no-defaults --datadir="$dir/data" \
+            --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1; then
+            break
+        fi
+        echo "mariadb-install-db failed (attempt $try); its last lines:" >&2
+        tail -n 30 "$dir/install.log" >&2
+        [ "$try" = 2 ] && return 1
+        rm -rf "$dir/data"
+        sleep 1
+    done
     mariadbd --no-defaults --datadir="$dir/data" --port="$port" --socket="$dir/mariadb.sock" \
         --bind-address=127.0.0.1 --user="$(id -un)" --skip-log-bin \
         --innodb-buffer-pool-size=64M --innodb-log-file-size=16M \
