@@ -45,24 +45,7 @@ impl Service {
         text: Option<String>,
         cmid: Option<String>,
     ) -> Result<Sent, Fail> {
-        let conv = match target {
-            HistoryTarget::User(peer) if peer == me.id => {
-                return Err(Fail::new(
-                    ErrCode::InvalidTarget,
-                    "there is no conversation with yourself",
-                ));
-            }
-            HistoryTarget::User(peer) => Conversation::direct(me.id, peer),
-            HistoryTarget::Group(g) if me.delivery.knows(Conversation::Group(g)) => {
-                Conversation::Group(g)
-            }
-            HistoryTarget::Group(g) => {
-                return Err(Fail::new(
-                    ErrCode::Forbidden,
-                    format!("you are not a member of group {g}"),
-                ));
-            }
-        };
+        let conv = self.conversation_of(me, target)?;
         if let Some(t) = &text {
             check_body(t, self.config.max_message_bytes).map_err(super::invalid)?;
         }

@@ -17,7 +17,9 @@ const WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 impl Service {
     /// Tells `contacts` (those online get it) that `user` came online or
     /// went offline: PRESENCE (msgid 19), stored nowhere. The original
-    /// client ignores it.
+    /// client ignores it. Callers leave out users blocked either way (a
+    /// login has them at hand, a logout reads them with the contacts, and
+    /// befriending is refused between them).
     pub(super) async fn announce(
         &self,
         user: UserId,
@@ -28,15 +30,6 @@ impl Service {
         if contacts.is_empty() {
             return;
         }
-        // Nobody hears of a user who blocks them, or whom they block.
-        let contacts: Vec<UserId> = match self.store.blocks(user).await {
-            Ok(b) => contacts
-                .iter()
-                .copied()
-                .filter(|c| !b.between(*c))
-                .collect(),
-            Err(_) => contacts.to_vec(),
-        };
         let frame = serde_json::json!({
             "msgid": crate::protocol::msgid::PRESENCE,
             "id": user,
@@ -46,7 +39,7 @@ impl Service {
         let Ok(frame) = serde_json::to_vec(&frame) else {
             return;
         };
-        self.hub.notify(bytes::Bytes::from(frame), &contacts).await;
+        self.hub.notify(bytes::Bytes::from(frame), contacts).await;
     }
 
     /// Tells `user`'s contacts that it went offline, unless a newer
@@ -61,13 +54,21 @@ impl Service {
             if on.first() != Some(&false) {
                 return;
             }
-            // Read again: friendships and groups may have changed since
-            // login, made by others too.
-            let contacts =
-                match tokio::try_join!(self.store.friends(user), self.store.user_groups(user)) {
-                    Ok((friends, groups)) => contacts_of(user, &friends, &groups),
-                    Err(_) => known.to_vec(),
-                };
+            // Read again: friendships, groups and blocks may have changed
+            // since login, made by others too.
+            let read = tokio::try_join!(
+                self.store.friends(user),
+                self.store.user_groups(user),
+                self.store.blocks(user)
+            );
+            let contacts = match read {
+                Ok((friends, groups, blocks)) => {
+                    let mut c = contacts_of(user, &friends, &groups);
+                    c.retain(|id| !blocks.between(*id));
+                    c
+                }
+                Err(_) => known.to_vec(),
+            };
             self.announce(user, name, false, &contacts).await;
         })
         .await;

@@ -42,8 +42,9 @@ pub(super) fn target_fields(conv: Conversation, me: UserId) -> (Option<UserId>, 
 }
 
 impl Service {
-    /// The conversation `target` names for `me`, if `me` takes part in it.
-    async fn conversation_of(
+    /// The conversation `target` names for `me`, if `me` takes part in it
+    /// (READ, TYPING, RECALL and EDIT).
+    pub(super) fn conversation_of(
         &self,
         me: &LoggedIn,
         target: HistoryTarget,
@@ -97,7 +98,7 @@ impl Service {
         seq: Seq,
         private: bool,
     ) -> Result<ReadDone, Fail> {
-        let conv = self.conversation_of(me, target).await?;
+        let conv = self.conversation_of(me, target)?;
         let (read, moved) = self.store.mark_read(me.id, conv, seq).await?;
         if moved {
             let frame = notice(msgid::READ, me, conv, Some(read));
@@ -115,7 +116,7 @@ impl Service {
         me: &mut LoggedIn,
         target: HistoryTarget,
     ) -> Result<(), Fail> {
-        let conv = self.conversation_of(me, target).await?;
+        let conv = self.conversation_of(me, target)?;
         if me.typing.try_take(std::time::Instant::now()).is_err() {
             crate::metrics::inc(&crate::metrics::METRICS.limited);
             return Err(Fail::new(
