@@ -166,6 +166,13 @@ pub struct Limits {
     pub friends_per_user: u32,
     /// Members one group may have.
     pub members_per_group: u32,
+    /// Friend requests one user may have waiting for an answer, and
+    /// requests to join groups likewise.
+    pub pending_requests: usize,
+    /// Friend requests one user may make in a day (a rolling 24 hours).
+    pub friend_requests_per_day: usize,
+    /// Invitations one group may have waiting for an answer.
+    pub invites_per_group: usize,
     /// Message bytes one user may store in a day (UTC), over all its
     /// conversations; past it chat messages get errno 61 until midnight.
     pub bytes_per_user_day: u64,
@@ -200,6 +207,9 @@ impl Default for Limits {
             groups_per_user: 500,
             friends_per_user: 2000,
             members_per_group: 20_000,
+            pending_requests: 100,
+            friend_requests_per_day: 50,
+            invites_per_group: 200,
             bytes_per_user_day: 64 << 20,
             unread_per_sender: 10_000,
             history_max_bytes: 256 * 1024,
@@ -231,6 +241,9 @@ impl Limits {
             groups_per_user: u32::MAX,
             friends_per_user: u32::MAX,
             members_per_group: u32::MAX,
+            pending_requests: usize::MAX,
+            friend_requests_per_day: usize::MAX,
+            invites_per_group: usize::MAX,
             bytes_per_user_day: u64::MAX,
             unread_per_sender: u64::MAX,
             history_max_bytes: usize::MAX,

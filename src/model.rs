@@ -391,7 +391,11 @@ pub struct Credentials {
 /// A member's role inside a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupRole {
+    /// The owner (the original's "creator", kept for its client): names
+    /// admins, hands the group over, dissolves it.
     Creator,
+    /// Removes members, approves requests, invites, renames the group.
+    Admin,
     Normal,
 }
 
@@ -400,16 +404,22 @@ impl GroupRole {
     pub fn as_str(&self) -> &'static str {
         match self {
             GroupRole::Creator => "creator",
+            GroupRole::Admin => "admin",
             GroupRole::Normal => "normal",
         }
     }
 
+    /// Whether the role manages members (the owner and admins).
+    pub fn manages(&self) -> bool {
+        matches!(self, GroupRole::Creator | GroupRole::Admin)
+    }
+
     /// Inverse of [`GroupRole::as_str`]; anything unknown reads as normal.
     pub fn parse(s: &str) -> Self {
-        if s == "creator" {
-            GroupRole::Creator
-        } else {
-            GroupRole::Normal
+        match s {
+            "creator" => GroupRole::Creator,
+            "admin" => GroupRole::Admin,
+            _ => GroupRole::Normal,
         }
     }
 }

@@ -3,20 +3,29 @@
 mod common;
 
 use chat::model::UserId;
-use common::{TestServer, next_other, pw, within};
+use common::{TestServer, befriend, next_other, next_with_msgid, pw, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn friends_are_mutual_and_show_presence() {
+async fn friendship_takes_a_request_and_its_acceptance() {
     let s = TestServer::start().await;
     let (mut a, alice) = s.user("alice").await;
     let (mut b, bob) = s.user("bob").await;
-    let carol = s.register("carol").await;
+    let (mut c, carol) = s.user("carol").await;
 
-    a.add_friend(bob).await.expect("add bob");
+    // Asking is not befriending: bob is told, and until he accepts
+    // neither is in the other's list or sees the other's presence.
+    assert!(a.add_friend(bob).await.expect("ask bob"), "pending");
+    let push = next_with_msgid(&mut b, 31).await;
+    assert_eq!(
+        (push["id"].as_i64(), push["name"].as_str()),
+        (Some(alice.0), Some("alice"))
+    );
+    assert!(a.friends().await.expect("friends").is_empty());
+    assert!(b.friends().await.expect("friends").is_empty());
     assert_eq!(
         a.add_friend(bob).await.unwrap_err().errno(),
         Some(32),
-        "already friends"
+        "asked already"
     );
     assert_eq!(
         a.add_friend(alice).await.unwrap_err().errno(),
@@ -28,15 +37,81 @@ async fn friends_are_mutual_and_show_presence() {
         Some(30),
         "no such user"
     );
-    a.add_friend(carol).await.expect("add carol");
+    let r = a.friend_requests().await.expect("requests");
+    assert_eq!(
+        (
+            r.incoming.len(),
+            r.outgoing.iter().map(|u| u.id).collect::<Vec<_>>()
+        ),
+        (0, vec![bob])
+    );
+    // bob logs in again: the request waits in his login reply
+    b.logout().await.expect("logout");
+    let info = b.login(bob, &pw("bob")).await.expect("login");
+    assert_eq!(
+        info.requests.iter().map(|u| u.id).collect::<Vec<_>>(),
+        vec![alice]
+    );
+    assert_eq!(
+        b.answer_friend(carol, true).await.unwrap_err().errno(),
+        Some(30),
+        "carol never asked"
+    );
+    let answered = b.answer_friend(alice, true).await.expect("accept");
+    assert_eq!(answered.state, Some(chat::protocol::replies::State::Online));
+    let push = next_with_msgid(&mut a, 32).await;
+    assert_eq!(
+        (push["id"].as_i64(), push["accept"].as_bool()),
+        (Some(bob.0), Some(true))
+    );
+    assert!(
+        b.friend_requests()
+            .await
+            .expect("requests")
+            .incoming
+            .is_empty()
+    );
+
+    // Declined: carol is not told and cannot ask again; her request looks
+    // pending until she withdraws it (DEL_FRIEND).
+    assert!(c.add_friend(alice).await.expect("ask"));
+    next_with_msgid(&mut a, 31).await;
+    a.answer_friend(carol, false).await.expect("decline");
+    assert_eq!(c.add_friend(alice).await.unwrap_err().errno(), Some(32));
+    let r = c.friend_requests().await.expect("requests");
+    assert_eq!(
+        r.outgoing.iter().map(|u| u.id).collect::<Vec<_>>(),
+        vec![alice]
+    );
+    assert!(
+        a.friend_requests()
+            .await
+            .expect("requests")
+            .incoming
+            .is_empty()
+    );
+    c.del_friend(alice).await.expect("withdraw");
+    assert!(
+        c.friend_requests()
+            .await
+            .expect("requests")
+            .outgoing
+            .is_empty()
+    );
+    // Two users who each ask the other are friends (the original client's
+    // way: it has no other).
+    assert!(a.add_friend(carol).await.expect("alice asks carol"));
+    assert!(
+        !c.add_friend(alice).await.expect("carol asks back"),
+        "friends now"
+    );
 
     let list = a.friends().await.expect("friends");
     let seen: Vec<_> = list
         .iter()
         .map(|f| (f.id, f.name.as_str(), f.online))
         .collect();
-    assert_eq!(seen, vec![(bob, "bob", true), (carol, "carol", false)]);
-    // mutual: bob sees alice without having added her
+    assert_eq!(seen, vec![(bob, "bob", true), (carol, "carol", true)]);
     let list = b.friends().await.expect("friends");
     assert_eq!(
         list.iter().map(|f| (f.id, f.online)).collect::<Vec<_>>(),
@@ -99,7 +174,7 @@ async fn login_refusals_and_presence_after_disconnect() {
     // a second login wins: the older session (a client whose network died
     // silently, say) is told why and closed, instead of locking alice out
     let (mut b, bob) = s.user("bob").await;
-    b.add_friend(alice).await.expect("add alice");
+    befriend(&mut b, bob, &mut a, alice).await;
     let info = other
         .login(alice, &pw("alice"))
         .await

@@ -241,7 +241,12 @@ async fn concurrent_appends_of_one_client_id_store_one_message_on_both_backends(
         let later = store.append(msg("same".into())).await.expect("resend");
         assert_eq!(later.seq, same[0].0, "and later too");
         let all = store
-            .history(chat::model::Conversation::direct(alice, bob), None, 100)
+            .history(
+                chat::model::Conversation::direct(alice, bob),
+                chat::model::Seq(0),
+                None,
+                100,
+            )
             .await
             .expect("history");
         assert_eq!(all.len(), 17, "16 other ids and one `same`");

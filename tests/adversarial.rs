@@ -564,7 +564,8 @@ async fn look_alike_names_are_refused() {
 async fn quotas_answer_with_errno_61() {
     let server = TestServer::start_with(config(Limits {
         groups_per_user: 3,
-        friends_per_user: 2,
+        pending_requests: 2,
+        friend_requests_per_day: 3,
         bytes_per_user_day: 10_000,
         history_max_bytes: 4000,
         ..Limits::default()
@@ -576,14 +577,28 @@ async fn quotas_answer_with_errno_61() {
     }
     let err = a.create_group("g3", "").await.expect_err("fourth group");
     assert_eq!(err.errno(), Some(61));
-    let (f1, f2, f3) = (
+    let (f1, f2, f3, f4) = (
         server.register("f1").await,
         server.register("f2").await,
         server.register("f3").await,
+        server.register("f4").await,
     );
-    a.add_friend(f1).await.expect("friend");
-    a.add_friend(f2).await.expect("friend");
-    assert_eq!(a.add_friend(f3).await.expect_err("third").errno(), Some(61));
+    // Two friend requests may wait for an answer, three be made a day.
+    a.add_friend(f1).await.expect("ask");
+    a.add_friend(f2).await.expect("ask");
+    assert_eq!(
+        a.add_friend(f3).await.expect_err("third pending").errno(),
+        Some(61)
+    );
+    a.del_friend(f2).await.expect("withdraw");
+    a.add_friend(f3).await.expect("ask");
+    a.del_friend(f3).await.expect("withdraw");
+    assert_eq!(
+        a.add_friend(f4).await.expect_err("fourth today").errno(),
+        Some(61)
+    );
+    // (Asking again one withdrawn today is not a new request of the day.)
+    a.add_friend(f2).await.expect("ask again");
     // 10 messages of 900 bytes fit the day's 10,000 bytes; the 12th does not.
     let body = "b".repeat(900);
     for _ in 0..11 {

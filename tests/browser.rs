@@ -398,7 +398,13 @@ async fn two_tabs_of_one_user_are_online_together() {
     let web = server.web;
     let bob = server.register("bob").await;
     let (mut alice, alice_id) = server.user("alice").await;
-    alice.add_friend(bob).await.expect("friends");
+    alice.add_friend(bob).await.expect("ask");
+    {
+        let mut b = server.client().await;
+        b.login(bob, &pw("bob")).await.expect("login");
+        b.answer_friend(alice_id, true).await.expect("accept");
+        b.logout().await.expect("logout");
+    }
 
     let b = driver.browser(1000, 700).await;
     log_in(&b, web, bob, &pw("bob")).await;

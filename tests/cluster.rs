@@ -62,9 +62,10 @@ async fn chat_presence_and_offline_delivery_across_three_nodes() {
     assert_eq!(node_of(&mut a).await, "n1");
     assert_eq!(node_of(&mut b).await, "n2");
 
-    // friend lists show cluster-wide presence
-    a.add_friend(bob).await.expect("friend");
-    a.add_friend(carol).await.expect("friend");
+    // friend lists show cluster-wide presence; requests and their
+    // acceptance cross nodes
+    common::befriend(&mut a, alice, &mut b, bob).await;
+    common::befriend(&mut a, alice, &mut c, carol).await;
     let states: Vec<_> = a
         .friends()
         .await
@@ -265,15 +266,13 @@ async fn a_node_restarted_under_the_same_name_does_not_revive_its_dead_sessions(
     let e = env(60.0).await;
     let n1 = NodeProcess::start(&e.shared, "n1").await;
     let n2 = NodeProcess::start(&e.shared, "n2").await;
-    let (mut a, _) = user_on(&n1, "alice").await;
-    let (_b, bob) = user_on(&n2, "bob").await;
+    let (mut a, alice) = user_on(&n1, "alice").await;
+    let (mut b, bob) = user_on(&n2, "bob").await;
+    common::befriend(&mut a, alice, &mut b, bob).await;
     n2.kill().await;
     let _n2 = NodeProcess::start(&e.shared, "n2").await;
     // the new n2 holds the lease now; bob's key names the dead process
-    let friends_online = {
-        a.add_friend(bob).await.expect("friend");
-        a.friends().await.expect("friends")[0].online
-    };
+    let friends_online = a.friends().await.expect("friends")[0].online;
     assert!(!friends_online, "bob is not online anywhere");
     let mut b = n1.client().await;
     b.login(bob, &pw("bob")).await.expect("bob logs in at once");

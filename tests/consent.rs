@@ -6,7 +6,7 @@ mod common;
 
 use chat::client::ClientError;
 use chat::protocol::HistoryTarget;
-use common::{TestServer, assert_quiet, pw, within};
+use common::{TestServer, assert_quiet, befriend, pw, within};
 
 fn errno<T>(r: Result<T, ClientError>) -> Option<i64> {
     r.err().and_then(|e| e.errno())
@@ -17,7 +17,7 @@ async fn a_blocked_user_reaches_the_blocker_no_more() {
     let server = TestServer::start().await;
     let (mut alice, alice_id) = server.user("alice").await;
     let (mut bob, bob_id) = server.user("bob").await;
-    alice.add_friend(bob_id).await.expect("friends");
+    befriend(&mut alice, alice_id, &mut bob, bob_id).await;
     alice
         .chat(bob_id, "hi bob")
         .await
@@ -90,7 +90,7 @@ async fn a_user_may_take_messages_from_friends_only() {
     let (mut bob, bob_id) = server.user("bob").await;
     let (mut carol, _) = server.user("carol").await;
     assert!(bob.set_only_friends(true).await.expect("settings"));
-    bob.add_friend(alice_id).await.expect("friends");
+    befriend(&mut bob, bob_id, &mut alice, alice_id).await;
     assert_eq!(errno(carol.chat(bob_id, "hello stranger").await), Some(66));
     alice
         .chat(bob_id, "hello friend")
@@ -153,7 +153,7 @@ async fn a_deleted_account_is_gone_and_its_name_stays_taken() {
     let server = TestServer::start().await;
     let (mut alice, alice_id) = server.user("alice").await;
     let (mut bob, bob_id) = server.user("bob").await;
-    alice.add_friend(bob_id).await.expect("friends");
+    befriend(&mut alice, alice_id, &mut bob, bob_id).await;
     let g = bob.create_group("club", "").await.expect("group");
     alice.join_group(g).await.expect("join");
     alice.chat(bob_id, "remember me").await.expect("send");

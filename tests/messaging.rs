@@ -304,7 +304,7 @@ async fn restart_keeps_users_friends_groups_and_undelivered_messages() {
     let s = TestServer::start().await;
     let (mut a, alice) = s.user("alice").await;
     let (mut b, bob) = s.user("bob").await;
-    a.add_friend(bob).await.expect("friend");
+    common::befriend(&mut a, alice, &mut b, bob).await;
     let g = a.create_group("team", "the team").await.expect("group");
     b.join_group(g).await.expect("join");
     b.logout().await.expect("logout");
@@ -403,12 +403,15 @@ async fn friends_and_small_groups_hear_when_someone_comes_and_goes() {
     let alice = server.register("presence_alice").await;
     let mut a = server.client().await;
     a.login(alice, &pw("presence_alice")).await.expect("login");
-    // A new friend hears at once that alice is online.
-    a.add_friend(bob_id).await.expect("friend");
-    let p = next_presence(&mut bob).await;
+    // New friends learn at once whether the other is online: bob from
+    // his answer, alice from a presence push.
+    assert!(a.add_friend(bob_id).await.expect("ask"));
+    let answered = bob.answer_friend(alice, true).await.expect("accept");
+    assert_eq!(answered.state, Some(chat::protocol::replies::State::Online));
+    let p = next_presence(&mut a).await;
     assert_eq!(
         (p["id"].as_i64(), p["state"].as_str()),
-        (Some(alice.0), Some("online"))
+        (Some(bob_id.0), Some("online"))
     );
     let g = a.create_group("presence", "").await.expect("group");
     carol.join_group(g).await.expect("join");

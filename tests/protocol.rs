@@ -200,7 +200,13 @@ async fn login_reply_has_the_classic_double_encoded_shapes() {
     let s = TestServer::start().await;
     let (mut a, alice) = s.user("alice").await;
     let bob = s.register("bob").await;
-    a.add_friend(bob).await.expect("friend");
+    a.add_friend(bob).await.expect("ask");
+    {
+        let mut b = s.client().await;
+        b.login(bob, &pw("bob")).await.expect("login");
+        b.answer_friend(alice, true).await.expect("accept");
+        b.logout().await.expect("logout");
+    }
     let g = a.create_group("g", "desc").await.expect("group");
     a.chat(bob, "hello").await.expect("send");
     a.group_chat(g, "to nobody").await.expect("send");

@@ -111,11 +111,11 @@ async fn contract(store: SharedStore, backend: &str) {
 
     // groups: the creator starts at 0, a joiner at the present
     let g = store
-        .create_group(alice, "rust", "we like it")
+        .create_group(alice, "rust", "we like it", false)
         .await
         .expect("group");
     assert!(matches!(
-        store.create_group(bob, "rust", "").await,
+        store.create_group(bob, "rust", "", false).await,
         Err(StoreError::Conflict(_))
     ));
     let gconv = Conversation::Group(g);
@@ -255,7 +255,7 @@ async fn contract(store: SharedStore, backend: &str) {
         "{backend}: exclusive bounds, not the reader's own"
     );
     let history: Vec<_> = store
-        .history(direct, None, 3)
+        .history(direct, Seq(0), None, 3)
         .await
         .expect("read")
         .iter()
@@ -263,7 +263,7 @@ async fn contract(store: SharedStore, backend: &str) {
         .collect();
     assert_eq!(history, [4, 3, 2], "{backend}: newest first");
     let older: Vec<_> = store
-        .history(direct, Some(Seq(2)), 10)
+        .history(direct, Seq(0), Some(Seq(2)), 10)
         .await
         .expect("read")
         .iter()
@@ -506,7 +506,7 @@ async fn devices(store: &SharedStore, backend: &str) {
     assert!(!store.forget_device(fred, &watch).await.expect("forget"));
     // a group left and joined again: the laptop's old row does not count
     let g = store
-        .create_group(gina, "devices", "")
+        .create_group(gina, "devices", "", false)
         .await
         .expect("group");
     let gconv = Conversation::Group(g);

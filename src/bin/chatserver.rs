@@ -218,6 +218,16 @@ struct LimitArgs {
     /// Members one group may have.
     #[arg(long, default_value_t = Limits::default().members_per_group)]
     max_members: u32,
+    /// Friend requests (and requests to join groups) one user may have
+    /// waiting for an answer (errno 61 beyond).
+    #[arg(long, default_value_t = Limits::default().pending_requests)]
+    max_pending_requests: usize,
+    /// Friend requests one user may make in 24 hours (errno 61 beyond).
+    #[arg(long, default_value_t = Limits::default().friend_requests_per_day)]
+    friend_requests_per_day: usize,
+    /// Invitations one group may have waiting for an answer.
+    #[arg(long, default_value_t = Limits::default().invites_per_group)]
+    max_group_invites: usize,
     /// Message bytes one user may store per day (UTC).
     #[arg(long, default_value_t = Limits::default().bytes_per_user_day)]
     bytes_per_day: u64,
@@ -254,6 +264,9 @@ impl LimitArgs {
             groups_per_user: self.max_groups,
             friends_per_user: self.max_friends,
             members_per_group: self.max_members,
+            pending_requests: self.max_pending_requests,
+            friend_requests_per_day: self.friend_requests_per_day,
+            invites_per_group: self.max_group_invites,
             bytes_per_user_day: self.bytes_per_day,
             unread_per_sender: self.max_unread,
             history_max_bytes: self.history_max_bytes,

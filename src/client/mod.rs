@@ -224,6 +224,10 @@ pub struct LoginInfo {
     pub reads: Vec<replies::ReadEntry>,
     /// The users this user blocks.
     pub blocked: Vec<UserId>,
+    /// Pending friend requests to this user.
+    pub requests: Vec<replies::UserRef>,
+    /// Invitations to private groups this user holds.
+    pub invitations: Vec<replies::InviteEntry>,
 }
 
 /// Requests waiting for their replies, and whether the connection has
@@ -337,6 +341,8 @@ impl From<replies::LoggedIn<'_>> for LoginInfo {
             devices: r.devices,
             reads: r.reads,
             blocked: r.blocked,
+            requests: r.requests,
+            invitations: r.invitations,
             token: r.token,
             acks: r.acks,
         }
@@ -738,8 +744,24 @@ impl Client {
         }
     }
 
-    pub async fn add_friend(&mut self, friendid: UserId) -> Result<(), ClientError> {
-        self.call(&wire::AddFriend { friendid }).await.map(drop)
+    /// Asks `friendid` to be friends; true when a request is pending,
+    /// false when they are friends now (it had asked too).
+    pub async fn add_friend(&mut self, friendid: UserId) -> Result<bool, ClientError> {
+        Ok(self.call(&wire::AddFriend { friendid }).await?.pending)
+    }
+
+    /// The user's pending friend requests, both ways.
+    pub async fn friend_requests(&mut self) -> Result<replies::FriendRequestList, ClientError> {
+        self.call(&wire::FriendRequests {}).await
+    }
+
+    /// Accepts or declines `userid`'s friend request.
+    pub async fn answer_friend(
+        &mut self,
+        userid: UserId,
+        accept: bool,
+    ) -> Result<replies::FriendAnswered, ClientError> {
+        self.call(&wire::FriendAnswer { userid, accept }).await
     }
 
     pub async fn del_friend(&mut self, friendid: UserId) -> Result<(), ClientError> {
@@ -752,11 +774,110 @@ impl Client {
     }
 
     pub async fn create_group(&mut self, name: &str, desc: &str) -> Result<GroupId, ClientError> {
+        self.create_group_as(name, desc, false).await
+    }
+
+    /// Creates a group, private (joined by invitation or approved request
+    /// only) or public.
+    pub async fn create_group_as(
+        &mut self,
+        name: &str,
+        desc: &str,
+        private: bool,
+    ) -> Result<GroupId, ClientError> {
         let req = wire::CreateGroup {
             groupname: name.to_owned(),
             groupdesc: Some(desc.to_owned()),
+            private,
         };
         Ok(self.call(&req).await?.groupid)
+    }
+
+    /// Invites `userid` into a group (owner or admin).
+    pub async fn group_invite(
+        &mut self,
+        groupid: GroupId,
+        userid: UserId,
+    ) -> Result<replies::MemberChanged, ClientError> {
+        self.call(&wire::GroupInvite { groupid, userid }).await
+    }
+
+    /// Asks to join a private group.
+    pub async fn group_join_request(&mut self, groupid: GroupId) -> Result<(), ClientError> {
+        self.call(&wire::GroupJoinRequest { groupid })
+            .await
+            .map(drop)
+    }
+
+    /// Without `userid`: answers one's invitation to the group. With it
+    /// (owner or admin): answers that user's request to join.
+    pub async fn group_answer(
+        &mut self,
+        groupid: GroupId,
+        userid: Option<UserId>,
+        accept: bool,
+    ) -> Result<replies::MemberChanged, ClientError> {
+        self.call(&wire::GroupAnswer {
+            groupid,
+            userid,
+            accept,
+        })
+        .await
+    }
+
+    /// The owner makes `userid` "admin" or "normal", or hands the group
+    /// over to it ("creator").
+    pub async fn set_group_role(
+        &mut self,
+        groupid: GroupId,
+        userid: UserId,
+        role: &str,
+    ) -> Result<replies::MemberChanged, ClientError> {
+        self.call(&wire::SetGroupRole {
+            groupid,
+            userid,
+            role: role.to_owned(),
+        })
+        .await
+    }
+
+    /// Removes a member (owner or admin).
+    pub async fn group_remove(
+        &mut self,
+        groupid: GroupId,
+        userid: UserId,
+    ) -> Result<replies::MemberChanged, ClientError> {
+        self.call(&wire::GroupRemove { groupid, userid }).await
+    }
+
+    /// Renames a group or changes its description (owner or admin).
+    pub async fn group_update(
+        &mut self,
+        groupid: GroupId,
+        name: Option<&str>,
+        desc: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.call(&wire::GroupUpdate {
+            groupid,
+            groupname: name.map(str::to_owned),
+            groupdesc: desc.map(str::to_owned),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Dissolves a group (its owner).
+    pub async fn group_dissolve(&mut self, groupid: GroupId) -> Result<(), ClientError> {
+        self.call(&wire::GroupDissolve { groupid }).await.map(drop)
+    }
+
+    /// A group's members with their roles, and (to its owner and admins)
+    /// its pending invitations and requests.
+    pub async fn group_info(
+        &mut self,
+        groupid: GroupId,
+    ) -> Result<replies::GroupDetails, ClientError> {
+        self.call(&wire::GroupInfo { groupid }).await
     }
 
     pub async fn join_group(&mut self, groupid: GroupId) -> Result<(), ClientError> {

@@ -305,6 +305,8 @@ mod tests {
             reads: Vec::new(),
             blocked: Vec::new(),
             only_friends: false,
+            requests: Vec::new(),
+            invitations: Vec::new(),
         };
         let messages: Vec<ChatMessage> = (1..=20).map(|s| message(s, "hello there")).collect();
         let carried = fit_login(&mut reply, &messages);

@@ -83,6 +83,31 @@ pub mod msgid {
     pub const SETTINGS: i64 = 29;
     /// Delete one's own account (with its password).
     pub const DELETE_ACCOUNT: i64 = 30;
+    /// The user's pending friend requests (request), or a new one to the
+    /// user (push: `id`, `name`).
+    pub const FRIEND_REQUESTS: i64 = 31;
+    /// Accept or decline a friend request (request), or one's request was
+    /// accepted (push to the asker: `id`, `name`, `accept`).
+    pub const FRIEND_ANSWER: i64 = 32;
+    /// Invite a user into a group (request), or an invitation (push to the
+    /// invitee: `groupid`, `groupname`, `id`, `name` of who invited).
+    pub const GROUP_INVITE: i64 = 33;
+    /// Ask to join a private group (request), or someone asks (push to its
+    /// owner and admins: `groupid`, `groupname`, `id`, `name`).
+    pub const GROUP_JOIN_REQUEST: i64 = 34;
+    /// Answer one's invitation, or (owner, admins) a user's request.
+    pub const GROUP_ANSWER: i64 = 35;
+    /// The owner names or removes an admin, or hands the group over.
+    pub const GROUP_ROLE: i64 = 36;
+    /// The owner or an admin removes a member.
+    pub const GROUP_REMOVE: i64 = 37;
+    /// The owner or an admin renames a group or changes its description.
+    pub const GROUP_UPDATE: i64 = 38;
+    /// The owner dissolves a group.
+    pub const GROUP_DISSOLVE: i64 = 39;
+    /// A group's members and roles (request), or the group changed (push
+    /// to its members: `groupid`; ask again for the details).
+    pub const GROUP_INFO: i64 = 40;
     /// Reply to a frame that is not a request we can name (bad JSON, no or
     /// unknown msgid), and notices the server sends before closing.
     pub const ERROR: i64 = 100;
@@ -202,6 +227,25 @@ pub fn membership_of(frame: &[u8]) -> Option<(GroupId, bool, crate::model::Seq)>
 /// who may reach it (a block), so sessions forget what they knew of it.
 pub fn reach_frame(user: UserId) -> Bytes {
     Bytes::from(format!(r#"{{"msgid":0,"reach":{user}}}"#))
+}
+
+/// FRIEND_ANSWER (msgid 32) as pushed to the user whose request `id`
+/// (`name`) accepted. Rendered by hand so that it begins with its msgid
+/// and `id` ([`accepted_friend_of`]).
+pub fn friend_accepted_frame(id: UserId, name: &str) -> Bytes {
+    let name = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+    Bytes::from(format!(
+        r#"{{"msgid":{},"id":{id},"name":{name},"accept":true}}"#,
+        msgid::FRIEND_ANSWER
+    ))
+}
+
+/// The new friend of a FRIEND_ANSWER push (msgid 32, which the service
+/// renders with `msgid` first and `id` second); `None` for any other frame.
+pub fn accepted_friend_of(frame: &[u8]) -> Option<UserId> {
+    let rest = frame.strip_prefix(br#"{"msgid":32,"id":"#)?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(rest.get(..end)?).ok()?.parse().ok()
 }
 
 /// The user of a [`reach_frame`]; `None` for any other frame.

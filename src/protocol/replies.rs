@@ -102,6 +102,12 @@ pub struct LoggedIn<'a> {
     /// The user takes one-to-one messages from friends only.
     #[serde(default, skip_serializing_if = "is_false")]
     pub only_friends: bool,
+    /// Pending friend requests to the user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<UserRef>,
+    /// Invitations to private groups the user holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invitations: Vec<InviteEntry>,
 }
 
 /// One of the user's devices: its name (`""` for the classic device),
@@ -172,6 +178,79 @@ pub struct Sent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FriendChanged {
     pub friendid: UserId,
+    /// ADD_FRIEND: a request is pending (they are not friends yet).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pending: bool,
+}
+
+/// A user named by id and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// The reply to FRIEND_REQUESTS.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FriendRequestList {
+    /// Who asks the user.
+    pub incoming: Vec<UserRef>,
+    /// Whom the user asked.
+    pub outgoing: Vec<UserRef>,
+}
+
+/// The reply to FRIEND_ANSWER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendAnswered {
+    pub userid: UserId,
+    pub accept: bool,
+    /// Accepted: whether the new friend is online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+}
+
+/// An invitation the user holds (login reply), or a pending invitation or
+/// request of a group (GROUP_INFO).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteEntry {
+    pub groupid: GroupId,
+    pub groupname: String,
+    /// The invitee or asker.
+    pub id: UserId,
+    pub name: String,
+    /// Who invited (the asker itself for a request).
+    pub by: UserId,
+    pub byname: String,
+    /// "invitation" or "request".
+    pub kind: String,
+}
+
+/// The reply to GROUP_INVITE, GROUP_ANSWER, GROUP_ROLE and GROUP_REMOVE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChanged {
+    pub groupid: GroupId,
+    pub userid: UserId,
+    /// GROUP_INVITE: the user had asked to join, so it is a member now.
+    /// GROUP_ANSWER: whether the user is a member now.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub joined: bool,
+    /// GROUP_ROLE: the role now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// The reply to GROUP_INFO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDetails {
+    pub groupid: GroupId,
+    pub groupname: String,
+    pub groupdesc: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private: bool,
+    pub users: Vec<Contact>,
+    /// Pending invitations and requests (to the owner and admins only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invites: Vec<InviteEntry>,
 }
 
 /// The reply to SHOW_FRIEND_LIST (plain objects, not JSON texts).
@@ -186,6 +265,8 @@ pub struct GroupCreated {
     pub groupid: GroupId,
     pub groupname: String,
     pub groupdesc: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private: bool,
 }
 
 /// The reply to ADD_GROUP: the classic `groupid`, plus what a client needs
@@ -452,6 +533,8 @@ mod tests {
             reads: Vec::new(),
             blocked: Vec::new(),
             only_friends: false,
+            requests: Vec::new(),
+            invitations: Vec::new(),
         };
         let v = serde_json::to_value(&reply).expect("serialize");
         // what the original client parses: strings holding objects

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::msgid;
 use super::replies::{
-    BlockChanged, DeviceList, Done, FriendChanged, FriendList, GroupChanged, GroupCreated,
-    GroupJoined, HistoryPage, LoggedIn, Pong, ReadDone, Registered, Sent,
-    ServerInfo as ServerInfoReply, SettingsNow,
+    BlockChanged, DeviceList, Done, FriendAnswered, FriendChanged, FriendList, FriendRequestList,
+    GroupChanged, GroupCreated, GroupDetails, GroupJoined, HistoryPage, LoggedIn, MemberChanged,
+    Pong, ReadDone, Registered, Sent, ServerInfo as ServerInfoReply, SettingsNow,
 };
 use crate::model::{GroupId, Seq, UserId};
 
@@ -115,6 +115,10 @@ pub struct CreateGroup {
     pub groupname: String,
     #[serde(default)]
     pub groupdesc: Option<String>,
+    /// Joined only by invitation or an approved request, and showing a
+    /// member nothing from before it joined.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private: bool,
 }
 call!(CreateGroup, msgid::CREATE_GROUP, GroupCreated);
 
@@ -241,6 +245,89 @@ pub struct DeleteAccount {
     pub password: String,
 }
 call!(DeleteAccount, msgid::DELETE_ACCOUNT, Done);
+
+/// The user's pending friend requests, both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FriendRequests {}
+call!(FriendRequests, msgid::FRIEND_REQUESTS, FriendRequestList);
+
+/// Accept or decline `userid`'s friend request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendAnswer {
+    pub userid: UserId,
+    pub accept: bool,
+}
+call!(FriendAnswer, msgid::FRIEND_ANSWER, FriendAnswered);
+
+/// Invite `userid` into a group (its owner or an admin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInvite {
+    pub groupid: GroupId,
+    pub userid: UserId,
+}
+call!(GroupInvite, msgid::GROUP_INVITE, MemberChanged);
+
+/// Ask to join a private group; its owner and admins approve or decline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupJoinRequest {
+    pub groupid: GroupId,
+}
+call!(GroupJoinRequest, msgid::GROUP_JOIN_REQUEST, GroupChanged);
+
+/// Without `userid`: accept or decline one's invitation to the group. With
+/// it (the owner or an admin): approve or decline that user's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupAnswer {
+    pub groupid: GroupId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userid: Option<UserId>,
+    pub accept: bool,
+}
+call!(GroupAnswer, msgid::GROUP_ANSWER, MemberChanged);
+
+/// The owner makes a member an "admin" or "normal" member again, or hands
+/// the group over to it ("creator").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetGroupRole {
+    pub groupid: GroupId,
+    pub userid: UserId,
+    pub role: String,
+}
+call!(SetGroupRole, msgid::GROUP_ROLE, MemberChanged);
+
+/// Remove a member (the owner: anyone; an admin: normal members).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRemove {
+    pub groupid: GroupId,
+    pub userid: UserId,
+}
+call!(GroupRemove, msgid::GROUP_REMOVE, MemberChanged);
+
+/// Rename a group or change its description (the owner or an admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupUpdate {
+    pub groupid: GroupId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupdesc: Option<String>,
+}
+call!(GroupUpdate, msgid::GROUP_UPDATE, GroupChanged);
+
+/// Dissolve a group (its owner): every member leaves and its messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDissolve {
+    pub groupid: GroupId,
+}
+call!(GroupDissolve, msgid::GROUP_DISSOLVE, GroupChanged);
+
+/// A group one is a member of: its members with their roles, and (to the
+/// owner and admins) its pending invitations and requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub groupid: GroupId,
+}
+call!(GroupInfo, msgid::GROUP_INFO, GroupDetails);
 
 impl Recall {
     pub fn target(&self) -> Result<super::HistoryTarget, super::Fail> {

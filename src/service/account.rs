@@ -471,6 +471,8 @@ impl Service {
             reads: Vec::new(),
             blocked: Vec::new(),
             only_friends: false,
+            requests: Vec::new(),
+            invitations: Vec::new(),
         };
         if !classic {
             // The original client's reply stays as it was (and fits its
@@ -480,6 +482,25 @@ impl Service {
             reply.devices = device_infos(&start.devices, &online, &me.reader.device);
             reply.blocked = blocks.blocking.clone();
             reply.only_friends = blocks.only_friends;
+            // What waits for the user's consent.
+            reply.requests = self
+                .store
+                .friend_requests(me.id)
+                .await?
+                .incoming
+                .into_iter()
+                .map(|u| crate::protocol::replies::UserRef {
+                    id: u.id,
+                    name: u.name,
+                })
+                .collect();
+            reply.invitations = self
+                .store
+                .user_invites(me.id)
+                .await?
+                .into_iter()
+                .map(super::group_admin::invite_entry)
+                .collect();
             reply.reads = start
                 .reads
                 .iter()

@@ -12,7 +12,7 @@
 
 use super::requests::Handler;
 use super::{LoggedIn, Service, Session};
-use crate::model::{Conversation, GroupRole, MsgKind, Seq, UserId, check_body};
+use crate::model::{Conversation, MsgKind, Seq, UserId, check_body};
 use crate::protocol::replies::Sent;
 use crate::protocol::requests as wire;
 use crate::protocol::{ErrCode, Fail, HistoryTarget};
@@ -70,12 +70,15 @@ impl Service {
         let mine = original.sender == me.id;
         let kind = match text {
             None => {
-                // A group's creator may remove any message of the group,
-                // at any time; a sender its own, within the window.
+                // A group's owner and admins may remove any message of
+                // the group, at any time; a sender its own, within the
+                // window.
                 let moderator = match conv {
-                    Conversation::Group(g) => {
-                        self.store.group_role(g, me.id).await? == Some(GroupRole::Creator)
-                    }
+                    Conversation::Group(g) => self
+                        .store
+                        .membership(g, me.id)
+                        .await?
+                        .is_some_and(|m| m.role.manages()),
                     Conversation::Direct { .. } => false,
                 };
                 if !mine && !moderator {

@@ -116,19 +116,25 @@ impl Service {
         body: String,
         cmid: Option<String>,
     ) -> Result<Sent, Fail> {
-        let member = me.delivery.knows(Conversation::Group(group));
-        let members = self
-            .groups
-            .members(self.store.as_ref(), group)
-            .await?
-            .ok_or_else(|| Fail::new(ErrCode::NotFound, format!("group {group} not found")))?;
         // Membership is the session's own knowledge (from login, join and
-        // leave), never the shared member cache, which may lag behind.
-        if !member {
+        // leave, and the notices of other devices and of admins).
+        if !me.delivery.knows(Conversation::Group(group)) {
+            return Err(self.not_member(group).await);
+        }
+        let Some(members) = self.groups.members(self.store.as_ref(), group).await? else {
+            me.delivery.leave(Conversation::Group(group));
             return Err(Fail::new(
-                ErrCode::Forbidden,
-                format!("you are not a member of group {group}"),
+                ErrCode::NotFound,
+                format!("group {group} not found"),
             ));
+        };
+        if !members.contains(&me.id) {
+            // Removed, and the notice did not reach this session (or the
+            // shared list lags behind a join): the store decides.
+            if self.store.membership(group, me.id).await?.is_none() {
+                me.delivery.leave(Conversation::Group(group));
+                return Err(self.not_member(group).await);
+            }
         }
         // Every member, the sender too: its other devices get it.
         self.send(me, Conversation::Group(group), body, cmid, &members)
@@ -222,6 +228,7 @@ impl Service {
         before: Option<Seq>,
         limit: Option<u32>,
     ) -> Result<HistoryPage<'static>, Fail> {
+        let mut after = Seq(0);
         let conv = match target {
             HistoryTarget::User(peer) if peer == me.id => {
                 return Err(Fail::new(
@@ -231,15 +238,15 @@ impl Service {
             }
             HistoryTarget::User(peer) => Conversation::direct(me.id, peer),
             HistoryTarget::Group(g) => {
-                let member = me.delivery.knows(Conversation::Group(g));
-                if !member && self.groups.members(self.store.as_ref(), g).await?.is_none() {
-                    return Err(Fail::new(ErrCode::NotFound, format!("group {g} not found")));
+                if !me.delivery.knows(Conversation::Group(g)) {
+                    return Err(self.not_member(g).await);
                 }
-                if !member {
-                    return Err(Fail::new(
-                        ErrCode::Forbidden,
-                        format!("you are not a member of group {g}"),
-                    ));
+                // A private group shows a member nothing from before it
+                // joined.
+                match self.store.membership(g, me.id).await? {
+                    Some(m) if m.private => after = m.joined,
+                    Some(_) => {}
+                    None => return Err(self.not_member(g).await),
                 }
                 Conversation::Group(g)
             }
@@ -249,7 +256,7 @@ impl Service {
             Some(0) => return Err(Fail::new(ErrCode::InvalidValue, "limit must be at least 1")),
             Some(n) => n.min(self.config.history_max),
         };
-        let mut messages = self.store.history(conv, before, limit).await?;
+        let mut messages = self.store.history(conv, after, before, limit).await?;
         keep_newest_within(&mut messages, self.config.limits.history_max_bytes);
         Ok(HistoryPage {
             messages: messages

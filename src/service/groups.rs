@@ -1,5 +1,11 @@
 //! CREATE_GROUP_MSG, ADD_GROUP_MSG and DEL_GROUP_MSG, and the membership
 //! cache that keeps group chat from querying the database per message.
+//!
+//! A public group is joined by its id, as in the original. A private one
+//! (`"private": true` at creation) is joined only by an invitation the
+//! invitee accepts (ADD_GROUP accepts it too) or a request an admin
+//! approves (`group_admin`); to anyone else it answers exactly as a group
+//! that does not exist, and its id is drawn at random.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,7 +94,8 @@ impl GroupCache {
 impl Handler for wire::CreateGroup {
     async fn handle(self, svc: &Service, s: &mut Session) -> Result<GroupCreated, Fail> {
         let desc = self.groupdesc.unwrap_or_default();
-        svc.create_group(s.me_mut()?, &self.groupname, &desc).await
+        svc.create_group(s.me_mut()?, &self.groupname, &desc, self.private)
+            .await
     }
 }
 
@@ -110,13 +117,14 @@ impl Service {
         me: &mut LoggedIn,
         name: &str,
         desc: &str,
+        private: bool,
     ) -> Result<GroupCreated, Fail> {
         let name = GroupName::parse(name).map_err(invalid)?;
         let desc = GroupDesc::parse(desc).map_err(invalid)?;
         self.groups_quota(me)?;
         let id = self
             .store
-            .create_group(me.id, name.as_str(), desc.as_str())
+            .create_group(me.id, name.as_str(), desc.as_str(), private)
             .await?;
         me.delivery.join(Conversation::Group(id), Seq(0));
         self.groups.invalidate(id);
@@ -126,6 +134,7 @@ impl Service {
             groupid: id,
             groupname: name.as_str().to_owned(),
             groupdesc: desc.as_str().to_owned(),
+            private,
         })
     }
 
@@ -153,6 +162,7 @@ impl Service {
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
         self.tell_own_devices(me, group, true, start).await;
+        self.members_changed(group, false).await;
         let info = self
             .store
             .user_groups(me.id)
@@ -189,7 +199,7 @@ impl Service {
     }
 
     /// Refuses a create or join past the groups-per-user quota.
-    fn groups_quota(&self, me: &LoggedIn) -> Result<(), Fail> {
+    pub(super) fn groups_quota(&self, me: &LoggedIn) -> Result<(), Fail> {
         let max = self.config.limits.groups_per_user;
         if me.delivery.groups() >= max as usize {
             inc(&METRICS.limited);
@@ -216,14 +226,54 @@ impl Service {
         self.groups.invalidate(group);
         self.hub.group_changed(group).await;
         self.tell_own_devices(me, group, false, Seq(0)).await;
+        self.members_changed(group, false).await;
         Ok(GroupChanged { groupid: group })
+    }
+
+    /// The refusal for a user who is not a member of `group`: a public
+    /// group says so (errno 31); a private group answers as one that does
+    /// not exist (errno 30), so that nobody learns which ids are taken.
+    pub(super) async fn not_member(&self, group: GroupId) -> Fail {
+        match self.store.group(group).await {
+            Ok(Some(g)) if !g.private => Fail::new(
+                ErrCode::Forbidden,
+                format!("you are not a member of group {group}"),
+            ),
+            Ok(_) => Fail::new(ErrCode::NotFound, format!("group {group} not found")),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Tells the members of `group` that it changed (msgid 40: members,
+    /// roles, name), for clients that show it to ask again. Joins and
+    /// leaves are told to groups of at most `receipts_group_max` members
+    /// only (each would be a message to every member); a rename or a
+    /// change of roles (`always`) to every group.
+    pub(super) async fn members_changed(&self, group: GroupId, always: bool) {
+        let Ok(Some(members)) = self.groups.members(self.store.as_ref(), group).await else {
+            return;
+        };
+        if !always && members.len() > self.config.receipts_group_max {
+            return;
+        }
+        self.push(
+            serde_json::json!({"msgid": crate::protocol::msgid::GROUP_INFO, "groupid": group}),
+            &members,
+        )
+        .await;
     }
 
     /// Tells the user's other sessions that one of its devices joined (at
     /// `seq`) or left `group`, so that they deliver its messages from
     /// there, or no more (MEMBERSHIP, msgid 22). A session that misses it
     /// learns at its next login.
-    async fn tell_own_devices(&self, me: &LoggedIn, group: GroupId, member: bool, seq: Seq) {
+    pub(super) async fn tell_own_devices(
+        &self,
+        me: &LoggedIn,
+        group: GroupId,
+        member: bool,
+        seq: Seq,
+    ) {
         let frame = crate::protocol::membership_frame(group, member, seq);
         self.hub.notify_except(frame, &[me.id], me.session).await;
     }

@@ -17,6 +17,7 @@ mod changes;
 mod chat;
 pub mod delivery;
 mod friends;
+mod group_admin;
 mod groups;
 pub mod guard;
 mod presence;

@@ -80,7 +80,9 @@ requests! {
     as_user: [
         Logout, OneChat, AddFriend, CreateGroup, AddGroup, GroupChat, DelGroup, DelFriend,
         ShowFriendList, History, Ack, Devices, DeviceLogout, Typing, Read, Recall, Edit,
-        Block, Unblock, Settings, DeleteAccount,
+        Block, Unblock, Settings, DeleteAccount, FriendRequests, FriendAnswer, GroupInvite,
+        GroupJoinRequest, GroupAnswer, SetGroupRole, GroupRemove, GroupUpdate, GroupDissolve,
+        GroupInfo,
     ],
 }
 
@@ -102,21 +104,18 @@ impl Request {
             Request::Open(Open::Resume(_) | Open::ServerInfo(_) | Open::Ping(_)) => true,
             Request::AsUser(AsUser::OneChat(c)) => c.cmid.is_some(),
             Request::AsUser(AsUser::GroupChat(c)) => c.cmid.is_some(),
-            Request::AsUser(
-                AsUser::History(_)
-                | AsUser::Ack(_)
-                | AsUser::Devices(_)
-                | AsUser::DeviceLogout(_)
-                | AsUser::Typing(_)
-                | AsUser::Read(_)
-                | AsUser::Recall(_)
-                | AsUser::Edit(_)
-                | AsUser::Block(_)
-                | AsUser::Unblock(_)
-                | AsUser::Settings(_)
-                | AsUser::DeleteAccount(_),
-            ) => true,
-            _ => false,
+            Request::AsUser(AsUser::CreateGroup(c)) => c.private,
+            Request::Open(Open::Register(_))
+            | Request::AsUser(
+                AsUser::Logout(_)
+                | AsUser::AddFriend(_)
+                | AsUser::AddGroup(_)
+                | AsUser::DelGroup(_)
+                | AsUser::DelFriend(_)
+                | AsUser::ShowFriendList(_),
+            ) => false,
+            // Every other request is ours.
+            _ => true,
         }
     }
 

@@ -404,6 +404,19 @@ impl Service {
                 }
                 return vec![frame];
             }
+            // A friend request of this user was accepted: it hears of the
+            // new friend's comings and goings from now on, and they of its.
+            Push::Notice(frame) if crate::protocol::accepted_friend_of(&frame).is_some() => {
+                if let Some(friend) = crate::protocol::accepted_friend_of(&frame)
+                    && !me.contacts.contains(&friend)
+                {
+                    me.contacts.push(friend);
+                }
+                if s.classic {
+                    return Vec::new();
+                }
+                return vec![frame];
+            }
             // Presence is ours; the original server never sent it.
             Push::Notice(_) if s.classic => return Vec::new(),
             Push::Notice(frame) => return vec![frame],

@@ -15,6 +15,7 @@
 //!   it, and delivering moves it forward ([`Store::advance_cursors`]).
 
 mod commit;
+mod consent;
 pub mod hosts;
 pub mod mysql;
 pub mod sql;
@@ -25,8 +26,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::model::{
-    ChatMessage, Conversation, Credentials, Device, DeviceEntry, GroupId, GroupInfo, NewMessage,
-    Seq, UserId, UserSummary,
+    ChatMessage, Conversation, Credentials, Device, DeviceEntry, GroupId, GroupInfo, GroupRole,
+    NewMessage, Seq, UserId, UserSummary,
 };
 
 /// What went wrong in storage, in terms the service can answer with.
@@ -115,6 +116,99 @@ pub enum Reach {
     FriendsOnly,
 }
 
+/// What asking another user for friendship did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FriendAsk {
+    /// A new request is pending.
+    Requested,
+    /// The same request is pending already (or was declined, which the
+    /// asker is not told).
+    AlreadyAsked,
+    /// The other user had asked too: they are friends now.
+    Befriended,
+    /// The asker has this many requests pending, the most allowed.
+    TooManyPending(usize),
+    /// The asker made this many requests in the last day, the most allowed.
+    TooManyToday(usize),
+}
+
+/// Bounds on one user's outgoing friend requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AskLimits {
+    pub pending: usize,
+    pub per_day: usize,
+}
+
+/// A user's pending friend requests, both ways.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FriendRequests {
+    /// Who asks the user (not those it declined).
+    pub incoming: Vec<UserSummary>,
+    /// Whom the user asked.
+    pub outgoing: Vec<UserSummary>,
+}
+
+/// A group as anyone may see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMeta {
+    pub id: GroupId,
+    pub name: String,
+    pub desc: String,
+    pub private: bool,
+}
+
+/// One user's place in one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub role: GroupRole,
+    /// The group's last sequence number when the user joined: a private
+    /// group shows it nothing up to there.
+    pub joined: Seq,
+    pub private: bool,
+}
+
+/// A pending way into a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteKind {
+    /// An admin invited the user; the user accepts.
+    Invitation = 0,
+    /// The user asked; an admin approves.
+    Request = 1,
+}
+
+impl InviteKind {
+    pub fn from_column(v: i64) -> Self {
+        if v == 1 {
+            InviteKind::Request
+        } else {
+            InviteKind::Invitation
+        }
+    }
+}
+
+/// What [`Store::invite`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteOutcome {
+    Pending,
+    AlreadyPending,
+    /// The other side had asked or invited already: the user joined here.
+    Joined(Seq),
+    /// This many are pending, the most allowed.
+    TooMany(usize),
+}
+
+/// An invitation a user holds, or a request an admin sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    pub group: GroupId,
+    pub group_name: String,
+    /// The invitee or asker.
+    pub user: UserSummary,
+    /// Who invited (the asker itself for a request).
+    pub by: UserSummary,
+    pub kind: InviteKind,
+}
+
 /// A user's device as a session names it: whose, and which.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reader {
@@ -170,9 +264,26 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a token (logout).
     async fn revoke_token(&self, token_hash: &str) -> StoreResult<()>;
 
-    /// Makes `a` and `b` friends of each other; `NotFound` when `b` does not
-    /// exist, `Conflict` when they already are.
+    /// Makes `a` and `b` friends of each other (and drops requests between
+    /// them); `NotFound` when `b` does not exist, `Conflict` when they
+    /// already are.
     async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()>;
+    /// `from` asks `to` for friendship: a request, or friendship when `to`
+    /// had asked `from` (even if `from` declined it). `NotFound` for an
+    /// unknown or deleted `to`, `Conflict` when they are friends already.
+    async fn ask_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        limits: AskLimits,
+    ) -> StoreResult<FriendAsk>;
+    /// `user` accepts (they become friends) or declines `from`'s pending
+    /// request; false when there is none.
+    async fn answer_friend(&self, user: UserId, from: UserId, accept: bool) -> StoreResult<bool>;
+    /// `from` withdraws its request to `to`; false when there was none.
+    async fn withdraw_friend_request(&self, from: UserId, to: UserId) -> StoreResult<bool>;
+    /// The user's pending requests, both ways.
+    async fn friend_requests(&self, user: UserId) -> StoreResult<FriendRequests>;
     /// Ends the friendship both ways; false when there was none.
     async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool>;
     /// The user's friends, by id.
@@ -196,15 +307,73 @@ pub trait Store: Send + Sync + 'static {
     /// Sets whether `user` takes one-to-one messages from friends only.
     async fn set_only_friends(&self, user: UserId, on: bool) -> StoreResult<()>;
 
-    /// Creates a group with `creator` as its creator member; `Conflict` when
-    /// the name is taken.
-    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId>;
-    /// Adds `user` to the group as a normal member and returns the group's
-    /// current last sequence number (the member's starting position);
-    /// `NotFound` for an unknown group, `Conflict` for a member.
+    /// Creates a group with `creator` as its owner; `Conflict` when the
+    /// name is taken. Public groups are numbered in order from 1; a private
+    /// group gets a random id from [`PRIVATE_GROUP_IDS`], so that the ids
+    /// of public groups say nothing of private ones.
+    async fn create_group(
+        &self,
+        creator: UserId,
+        name: &str,
+        desc: &str,
+        private: bool,
+    ) -> StoreResult<GroupId>;
+    /// The group's name, description and kind, if it exists.
+    async fn group(&self, group: GroupId) -> StoreResult<Option<GroupMeta>>;
+    /// The group with its members and their roles, if it exists.
+    async fn group_info(&self, group: GroupId) -> StoreResult<Option<GroupInfo>>;
+    /// Adds `user` to a public group, or to a private one that invited it
+    /// (the invitation is used up), as a normal member and returns the
+    /// group's current last sequence number (the member's starting
+    /// position). `NotFound` for an unknown group and for a private group
+    /// that did not invite the user (the two are told apart by nobody);
+    /// `Conflict` for a member.
     async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq>;
-    /// Removes `user` from the group; false when not a member.
+    /// Removes `user` from the group; false when not a member. When the
+    /// owner leaves, the longest-standing admin (else member) becomes it.
     async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool>;
+    /// Records a pending way into `group` for `user` (an invitation by
+    /// `by`, or `user`'s own request); when the other kind was pending
+    /// (both sides want it), the user joins. `NotFound` for an unknown
+    /// user, `Conflict` for a member; at most `max_pending` are pending
+    /// per group (invitations) or per user (requests).
+    async fn invite(
+        &self,
+        group: GroupId,
+        user: UserId,
+        by: UserId,
+        kind: InviteKind,
+        max_pending: usize,
+    ) -> StoreResult<InviteOutcome>;
+    /// Uses up `user`'s pending invitation or request of `kind` to
+    /// `group`: with `admit`, the user joins (returns its starting
+    /// position); else it is dropped. `None` when there was none.
+    async fn answer_invite(
+        &self,
+        group: GroupId,
+        user: UserId,
+        kind: InviteKind,
+        admit: bool,
+    ) -> StoreResult<Option<Seq>>;
+    /// Pending invitations and requests of a group.
+    async fn group_invites(&self, group: GroupId) -> StoreResult<Vec<Invite>>;
+    /// Invitations `user` holds.
+    async fn user_invites(&self, user: UserId) -> StoreResult<Vec<Invite>>;
+    /// Gives `user` the role `role` (admin or normal); with
+    /// [`GroupRole::Creator`] the group is handed over to it and the
+    /// present owner becomes an admin. False when `user` is not a member.
+    async fn set_role(&self, group: GroupId, user: UserId, role: GroupRole) -> StoreResult<bool>;
+    /// Renames the group or changes its description; `Conflict` when the
+    /// name is taken.
+    async fn update_group(
+        &self,
+        group: GroupId,
+        name: Option<&str>,
+        desc: Option<&str>,
+    ) -> StoreResult<()>;
+    /// Deletes the group, its members, messages and invitations, and
+    /// returns who were its members.
+    async fn dissolve_group(&self, group: GroupId) -> StoreResult<Vec<UserId>>;
     /// The groups `user` belongs to, each with all its members.
     async fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupInfo>>;
     /// The member ids of a group; `None` when the group does not exist.
@@ -268,17 +437,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ChatMessage>>;
     /// Message `seq` of `conv`, as it stands now.
     async fn message(&self, conv: Conversation, seq: Seq) -> StoreResult<Option<ChatMessage>>;
-    /// `user`'s role in `group`, if a member.
-    async fn group_role(
-        &self,
-        group: GroupId,
-        user: UserId,
-    ) -> StoreResult<Option<crate::model::GroupRole>>;
-    /// Up to `limit` messages of `conv` before `before` (or the newest),
-    /// newest first.
+    /// `user`'s place in `group`, if a member.
+    async fn membership(&self, group: GroupId, user: UserId) -> StoreResult<Option<Membership>>;
+    /// Up to `limit` messages of `conv` after `after` and before `before`
+    /// (or the newest), newest first.
     async fn history(
         &self,
         conv: Conversation,
+        after: Seq,
         before: Option<Seq>,
         limit: u32,
     ) -> StoreResult<Vec<ChatMessage>>;
@@ -292,6 +458,11 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes pending writes and closes connections.
     async fn close(&self);
 }
+
+/// The ids private groups are drawn from at random (below 2^31, which the
+/// original client reads as an `int`); public groups count up from 1
+/// below them.
+pub const PRIVATE_GROUP_IDS: std::ops::Range<i64> = (1 << 30)..(1 << 31);
 
 /// A shared store handle.
 pub type SharedStore = Arc<dyn Store>;

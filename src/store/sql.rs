@@ -32,7 +32,7 @@ pub(super) const CREDENTIALS: &str =
     "SELECT name, password_hash FROM users WHERE id = ? AND password_hash <> '!'";
 /// What deleting an account removes, each statement binding the user's id
 /// (twice where it says so).
-pub(super) const DELETE_ACCOUNT: [(&str, usize); 9] = [
+pub(super) const DELETE_ACCOUNT: [(&str, usize); 11] = [
     ("DELETE FROM friends WHERE user_id = ? OR friend_id = ?", 2),
     ("DELETE FROM group_members WHERE user_id = ?", 1),
     ("DELETE FROM cursors WHERE user_id = ?", 1),
@@ -42,6 +42,11 @@ pub(super) const DELETE_ACCOUNT: [(&str, usize); 9] = [
     ("DELETE FROM read_marks WHERE user_id = ?", 1),
     ("DELETE FROM blocks WHERE user_id = ? OR blocked_id = ?", 2),
     ("DELETE FROM sent_ids WHERE sender_id = ?", 1),
+    (
+        "DELETE FROM friend_requests WHERE from_id = ? OR to_id = ?",
+        2,
+    ),
+    ("DELETE FROM group_invites WHERE user_id = ?", 1),
 ];
 pub(super) const DROP_EXPIRED_TOKENS: &str =
     "DELETE FROM resume_tokens WHERE user_id = ? AND expires_at < ?";
@@ -58,21 +63,7 @@ pub(super) const REMOVE_FRIENDSHIP: &str =
     "DELETE FROM friends WHERE (user_id = ? AND friend_id = ?) OR (user_id = ? AND friend_id = ?)";
 pub(super) const FRIENDS: &str = "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id \
      WHERE f.user_id = ? ORDER BY u.id";
-pub(super) const CREATE_GROUP: &str =
-    "INSERT INTO chat_groups (name, description, created_at) VALUES (?, ?, ?)";
-pub(super) const ADD_CREATOR: &str =
-    "INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'creator')";
-pub(super) const ADD_MEMBER: &str =
-    "INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, 'normal')";
-pub(super) const NEW_CONVERSATION: &str =
-    "INSERT INTO conversations (conv, last_seq) VALUES (?, 0)";
 pub(super) const LAST_SEQ: &str = "SELECT last_seq FROM conversations WHERE conv = ?";
-pub(super) const REMOVE_MEMBER: &str =
-    "DELETE FROM group_members WHERE group_id = ? AND user_id = ?";
-/// `REPLACE INTO` means the same in both dialects.
-pub(super) const SET_CURSOR: &str =
-    "REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?)";
-pub(super) const REMOVE_CURSOR: &str = "DELETE FROM cursors WHERE user_id = ? AND conv = ?";
 pub(super) const USER_GROUPS: &str = "SELECT g.id, g.name, g.description FROM group_members gm \
      JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ? ORDER BY g.id";
 pub(super) const USER_GROUPS_MEMBERS: &str = "SELECT gm.group_id, u.id, u.name, gm.role FROM group_members gm \
@@ -97,8 +88,6 @@ pub(super) const REACH: &str = "SELECT \
      COALESCE((SELECT only_friends FROM users WHERE id = ?), 0), \
      (SELECT COUNT(*) FROM friends WHERE user_id = ? AND friend_id = ?), \
      (SELECT COUNT(*) FROM users WHERE id = ? AND password_hash <> '!')";
-pub(super) const GROUP_ROLE: &str =
-    "SELECT role FROM group_members WHERE group_id = ? AND user_id = ?";
 /// Followed by one `(?, ?, ?, ?, ?, ?, ?, ?, ?)` per message of a batch.
 pub(super) const INSERT_MESSAGES: &str = "INSERT INTO messages \
      (conv, seq, sender_id, sender_device, sender_name, body, sent_at, kind, ref_seq) ";
@@ -224,10 +213,8 @@ pub(super) const READ_POSITION: &str = "SELECT COALESCE(r.read_seq, c.delivered_
      LEFT JOIN read_marks r ON r.user_id = c.user_id AND r.conv = c.conv \
      WHERE c.user_id = ? AND c.conv = ?";
 /// A member who leaves leaves with every device.
-pub(super) const REMOVE_DEVICE_CURSORS: &str =
-    "DELETE FROM device_cursors WHERE user_id = ? AND conv = ?";
 pub(super) const HISTORY: &str = "SELECT m.conv, m.seq, m.sender_id, m.sender_name, m.body, m.sent_at, m.kind, m.ref_seq FROM messages m \
-     WHERE m.conv = ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?";
+     WHERE m.conv = ? AND m.seq > ? AND m.seq < ? ORDER BY m.seq DESC LIMIT ?";
 
 pub(super) fn message_of(row: MsgRow) -> Option<ChatMessage> {
     let (conv, seq, sender, sender_name, body, ts_ms, kind, ref_seq) = row;
@@ -456,98 +443,96 @@ where
     }
 
     async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
-        let exists: Option<(i64,)> = sqlx::query_as(USER_ID)
-            .bind(b)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound("user"));
-        }
-        let added = DB::rows_affected(
-            &sqlx::query(DB::ADD_FRIENDS)
-                .bind(a)
-                .bind(b)
-                .bind(b)
-                .bind(a)
-                .execute(&mut *tx)
-                .await?,
-        );
-        if added == 0 {
-            return Err(StoreError::Conflict("already friends"));
-        }
-        tx.commit().await?;
-        Ok(())
+        self.sql_add_friendship(a, b).await
     }
 
-    async fn create_group(&self, creator: UserId, name: &str, desc: &str) -> StoreResult<GroupId> {
-        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
-        let res = sqlx::query(CREATE_GROUP)
-            .bind(name)
-            .bind(desc)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await;
-        let id = match res {
-            Ok(done) => DB::inserted_id(&done)?,
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict("group name is already taken"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let id = GroupId(id);
-        let conv = Conversation::Group(id).key();
-        sqlx::query(ADD_CREATOR)
-            .bind(id)
-            .bind(creator)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(NEW_CONVERSATION)
-            .bind(&conv)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(SET_CURSOR)
-            .bind(creator)
-            .bind(&conv)
-            .bind(0_i64)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(id)
+    async fn ask_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        limits: super::AskLimits,
+    ) -> StoreResult<super::FriendAsk> {
+        self.sql_ask_friend(from, to, limits).await
+    }
+
+    async fn answer_friend(&self, user: UserId, from: UserId, accept: bool) -> StoreResult<bool> {
+        self.sql_answer_friend(user, from, accept).await
+    }
+
+    async fn withdraw_friend_request(&self, from: UserId, to: UserId) -> StoreResult<bool> {
+        self.sql_withdraw_friend_request(from, to).await
+    }
+
+    async fn friend_requests(&self, user: UserId) -> StoreResult<super::FriendRequests> {
+        self.sql_friend_requests(user).await
+    }
+
+    async fn create_group(
+        &self,
+        creator: UserId,
+        name: &str,
+        desc: &str,
+        private: bool,
+    ) -> StoreResult<GroupId> {
+        self.sql_create_group(creator, name, desc, private).await
+    }
+
+    async fn group(&self, group: GroupId) -> StoreResult<Option<super::GroupMeta>> {
+        self.sql_group(group).await
+    }
+
+    async fn group_info(&self, group: GroupId) -> StoreResult<Option<GroupInfo>> {
+        self.sql_group_info(group).await
     }
 
     async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
-        let conv = Conversation::Group(group).key();
-        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
-        let last: Option<(i64,)> = sqlx::query_as(LAST_SEQ)
-            .bind(&conv)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((last,)) = last else {
-            return Err(StoreError::NotFound("group"));
-        };
-        match sqlx::query(ADD_MEMBER)
-            .bind(group)
-            .bind(user)
-            .execute(&mut *tx)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict("already a member of this group"));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // A new member starts at the present: earlier messages are
-        // history, not offline messages.
-        sqlx::query(SET_CURSOR)
-            .bind(user)
-            .bind(&conv)
-            .bind(last)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Seq(last))
+        self.sql_join_group(user, group).await
+    }
+
+    async fn invite(
+        &self,
+        group: GroupId,
+        user: UserId,
+        by: UserId,
+        kind: super::InviteKind,
+        max_pending: usize,
+    ) -> StoreResult<super::InviteOutcome> {
+        self.sql_invite(group, user, by, kind, max_pending).await
+    }
+
+    async fn answer_invite(
+        &self,
+        group: GroupId,
+        user: UserId,
+        kind: super::InviteKind,
+        admit: bool,
+    ) -> StoreResult<Option<Seq>> {
+        self.sql_answer_invite(group, user, kind, admit).await
+    }
+
+    async fn group_invites(&self, group: GroupId) -> StoreResult<Vec<super::Invite>> {
+        self.sql_group_invites(group).await
+    }
+
+    async fn user_invites(&self, user: UserId) -> StoreResult<Vec<super::Invite>> {
+        self.sql_user_invites(user).await
+    }
+
+    async fn set_role(&self, group: GroupId, user: UserId, role: GroupRole) -> StoreResult<bool> {
+        self.sql_set_role(group, user, role).await
+    }
+
+    async fn update_group(
+        &self,
+        group: GroupId,
+        name: Option<&str>,
+        desc: Option<&str>,
+    ) -> StoreResult<()> {
+        self.sql_update_group(group, name, desc).await
+    }
+
+    async fn dissolve_group(&self, group: GroupId) -> StoreResult<Vec<UserId>> {
+        self.sql_dissolve_group(group).await
     }
 
     async fn create_token(
@@ -665,13 +650,15 @@ where
                 .execute(&mut *tx)
                 .await?,
         );
-        sqlx::query(REMOVE_FRIENDSHIP)
-            .bind(user)
-            .bind(other)
-            .bind(other)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
+        for q in [REMOVE_FRIENDSHIP, super::consent::DROP_REQUESTS_BETWEEN] {
+            sqlx::query(q)
+                .bind(user)
+                .bind(other)
+                .bind(other)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(added > 0)
     }
@@ -689,6 +676,7 @@ where
         if marked == 0 {
             return Ok(false);
         }
+        Self::hand_over_all(&mut tx, user).await?;
         for (q, binds) in DELETE_ACCOUNT {
             let mut query = sqlx::query(q).bind(user);
             if binds == 2 {
@@ -780,23 +768,7 @@ where
     }
 
     async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let left = DB::rows_affected(
-            &sqlx::query(REMOVE_MEMBER)
-                .bind(group)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?,
-        );
-        for q in [REMOVE_CURSOR, REMOVE_DEVICE_CURSORS] {
-            sqlx::query(q)
-                .bind(user)
-                .bind(Conversation::Group(group).key())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(left > 0)
+        self.sql_leave_group(user, group).await
     }
 
     async fn user_groups(&self, user: UserId) -> StoreResult<Vec<GroupInfo>> {
@@ -958,23 +930,24 @@ where
         Ok(row.and_then(message_of))
     }
 
-    async fn group_role(&self, group: GroupId, user: UserId) -> StoreResult<Option<GroupRole>> {
-        let row: Option<(String,)> = sqlx::query_as(GROUP_ROLE)
-            .bind(group)
-            .bind(user)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(r,)| GroupRole::parse(&r)))
+    async fn membership(
+        &self,
+        group: GroupId,
+        user: UserId,
+    ) -> StoreResult<Option<super::Membership>> {
+        self.sql_membership(group, user).await
     }
 
     async fn history(
         &self,
         conv: Conversation,
+        after: Seq,
         before: Option<Seq>,
         limit: u32,
     ) -> StoreResult<Vec<ChatMessage>> {
         let rows: Vec<MsgRow> = sqlx::query_as(HISTORY)
             .bind(conv.key())
+            .bind(after)
             .bind(before.unwrap_or(Seq::MAX))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)

@@ -188,6 +188,30 @@ pub async fn next_other(c: &mut Client) -> Value {
     }
 }
 
+/// The next push with `msgid`, skipping every other one.
+pub async fn next_with_msgid(c: &mut Client, msgid: i64) -> Value {
+    loop {
+        if let Push::Other(v) = within(c.next_push()).await.expect("connection closed")
+            && v["msgid"] == msgid
+        {
+            return v;
+        }
+    }
+}
+
+/// Makes two logged-in users friends as users do: `a` asks, `b` accepts.
+/// Waits for the pushes it causes (the request to `b`; the acceptance
+/// and `b`'s presence to `a`), so that they do not surprise the test later.
+pub async fn befriend(a: &mut Client, a_id: UserId, b: &mut Client, b_id: UserId) {
+    assert!(
+        a.add_friend(b_id).await.expect("ask"),
+        "a request is pending"
+    );
+    next_with_msgid(b, 31).await;
+    b.answer_friend(a_id, true).await.expect("accept");
+    next_with_msgid(a, 32).await;
+}
+
 /// Asserts that no chat message arrives within a short while.
 pub async fn assert_quiet(c: &mut Client) {
     let got = tokio::time::timeout(Duration::from_millis(300), c.next_message()).await;

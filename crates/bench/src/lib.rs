@@ -1004,6 +1004,7 @@ pub async fn fanout(opts: &FanoutOptions) -> Result<FanoutReport, BenchError> {
     let create = wire::CreateGroup {
         groupname: name,
         groupdesc: Some("bench".into()),
+        private: false,
     };
     let group = exchange(&mut sr, &mut sw, &create).await?.groupid;
     let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<u64>();

@@ -175,6 +175,8 @@ async fn serve(relay: Arc<Relay>, stream: TcpStream) {
                             reads: Vec::new(),
                             blocked: Vec::new(),
                             only_friends: false,
+                            requests: Vec::new(),
+                            invitations: Vec::new(),
                         };
                         Some(Reply::ok_with(msgid::LOGIN_ACK, &reply))
                     }
