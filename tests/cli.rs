@@ -30,7 +30,9 @@ async fn chatclient_logs_in_and_chats_through_a_pipe() {
     );
     stdin.write_all(script.as_bytes()).await.expect("write");
 
-    // bob gets alice's message
+    // bob gets alice's friend request, which he accepts, and her message
+    common::next_with_msgid(&mut bob_client, 31).await;
+    bob_client.answer_friend(alice, true).await.expect("accept");
     let m = within(bob_client.next_message()).await.expect("message");
     assert_eq!((m.from, m.msg.as_str()), (alice, "hello from the pipe"));
     // and alice's terminal shows bob's answer as it arrives
@@ -53,7 +55,7 @@ async fn chatclient_logs_in_and_chats_through_a_pipe() {
     );
     assert!(
         seen.iter()
-            .any(|l| l.contains(&format!("user {bob} is now your friend"))),
+            .any(|l| l.contains(&format!("bob (id {bob}) accepted: you are friends now"))),
         "{seen:#?}"
     );
 

@@ -360,15 +360,17 @@ async fn recall_and_edit_reach_every_device_and_history_shows_the_current_versio
     let alice = server.register("alice").await;
     let (mut bob, bob_id) = server.user("bob").await;
     let (mut phone, _) = as_device(server.client().await, alice, "alice", Some("phone")).await;
-    let (laptop, _) = as_device(server.client().await, alice, "alice", Some("laptop")).await;
+    let (mut laptop, _) = as_device(server.client().await, alice, "alice", Some("laptop")).await;
     let with_alice = HistoryTarget::User(alice);
     let with_bob = HistoryTarget::User(bob_id);
 
     let typo = bob.chat(alice, "see you at 5").await.expect("send").seq;
     let mistake = bob.chat(alice, "my pin is 1234").await.expect("send").seq;
-    next_msg(&mut phone).await;
-    next_msg(&mut phone).await;
-    // the laptop goes away before the changes
+    for device in [&mut phone, &mut laptop] {
+        next_msg(device).await;
+        next_msg(device).await;
+    }
+    // the laptop goes away (with both) before the changes
     drop(laptop);
 
     let edit = bob

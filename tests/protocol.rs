@@ -206,6 +206,7 @@ async fn login_reply_has_the_classic_double_encoded_shapes() {
         b.login(bob, &pw("bob")).await.expect("login");
         b.answer_friend(alice, true).await.expect("accept");
         b.logout().await.expect("logout");
+        common::next_with_msgid(&mut a, 32).await;
     }
     let g = a.create_group("g", "desc").await.expect("group");
     a.chat(bob, "hello").await.expect("send");

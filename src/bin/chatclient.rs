@@ -218,10 +218,26 @@ fn show_login(info: &LoginInfo) {
             ));
         }
     }
+    for u in &info.requests {
+        say(format!(
+            "{} {} asks to be your friend (accept:{} or decline:{})",
+            u.id, u.name, u.id, u.id
+        ));
+    }
+    for i in &info.invitations {
+        say(format!(
+            "{} {} invites you into group {} (id {}): acceptinvite:{}",
+            i.by, i.byname, i.groupname, i.groupid, i.groupid
+        ));
+    }
     say("======================================================");
     for m in &info.offline {
         say(m.display());
     }
+}
+
+fn msgid_of(v: &serde_json::Value) -> Option<i64> {
+    v.get("msgid").and_then(|m| m.as_i64())
 }
 
 fn state(online: bool) -> &'static str {
@@ -256,11 +272,32 @@ fn show_event(event: Event, me: chat::model::UserId) -> bool {
         Event::Notice(v) if v.get("msgid").and_then(|m| m.as_i64()) == Some(22) => {
             let group = v.get("groupid").and_then(|g| g.as_i64()).unwrap_or(0);
             if v.get("member").and_then(|m| m.as_bool()) == Some(true) {
-                say(format!("(another of your devices joined group {group})"));
+                say(format!("(you are a member of group {group} now)"));
             } else {
-                say(format!("(another of your devices left group {group})"));
+                say(format!("(you are no longer a member of group {group})"));
             }
         }
+        Event::Notice(v) if matches!(msgid_of(&v), Some(31..=34)) => {
+            let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+            let num = |k: &str| v.get(k).and_then(|x| x.as_i64()).unwrap_or(0);
+            let (id, name, group) = (num("id"), text("name"), num("groupid"));
+            say(match msgid_of(&v) {
+                Some(31) => format!(
+                    "({name} (id {id}) asks to be your friend: accept:{id} or decline:{id})"
+                ),
+                Some(32) => format!("({name} (id {id}) accepted: you are friends now)"),
+                Some(33) => format!(
+                    "({name} invites you into group {} (id {group}): acceptinvite:{group} or declineinvite:{group})",
+                    text("groupname")
+                ),
+                _ => format!(
+                    "({name} (id {id}) asks to join group {} (id {group}): approve:{group}:{id} or reject:{group}:{id})",
+                    text("groupname")
+                ),
+            });
+        }
+        // "The group changed": shown by groupinfo when asked.
+        Event::Notice(v) if msgid_of(&v) == Some(40) => {}
         Event::Notice(v) => {
             let msg = v
                 .get("errmsg")
@@ -397,15 +434,112 @@ async fn run_request(client: &mut Client, cmd: Command) -> Result<(), ClientErro
             say(format!("device {name} is logged out"));
         }
         Command::AddFriend(id) => {
-            client.add_friend(id).await?;
-            say(format!("user {id} is now your friend"));
+            if client.add_friend(id).await? {
+                say(format!(
+                    "asked user {id} to be your friend; you are friends once they accept"
+                ));
+            } else {
+                say(format!("user {id} is now your friend"));
+            }
+        }
+        Command::FriendRequests => {
+            let r = client.friend_requests().await?;
+            say("----------------------friend requests-----------------");
+            for u in &r.incoming {
+                say(format!(
+                    "{} {} asks you (accept:{} or decline:{})",
+                    u.id, u.name, u.id, u.id
+                ));
+            }
+            for u in &r.outgoing {
+                say(format!("{} {} has not answered you yet", u.id, u.name));
+            }
+        }
+        Command::AnswerFriend(id, accept) => {
+            client.answer_friend(id, accept).await?;
+            say(if accept {
+                format!("user {id} is now your friend")
+            } else {
+                format!("declined user {id}'s request (they are not told)")
+            });
+        }
+        Command::Invite(g, u) => {
+            let r = client.group_invite(g, u).await?;
+            say(if r.joined {
+                format!("user {u} had asked to join group {g}: they are a member now")
+            } else {
+                format!("invited user {u} into group {g}")
+            });
+        }
+        Command::JoinRequest(g) => {
+            client.group_join_request(g).await?;
+            say(format!(
+                "asked to join group {g}; its admins decide (nothing more is said if there is no such group)"
+            ));
+        }
+        Command::AnswerInvite(g, accept) => {
+            client.group_answer(g, None, accept).await?;
+            say(if accept {
+                format!("joined group {g}")
+            } else {
+                format!("declined the invitation to group {g}")
+            });
+        }
+        Command::AnswerRequest(g, u, accept) => {
+            client.group_answer(g, Some(u), accept).await?;
+            say(if accept {
+                format!("user {u} is a member of group {g} now")
+            } else {
+                format!("declined user {u}'s request to join group {g}")
+            });
+        }
+        Command::SetRole(g, u, role) => {
+            client.set_group_role(g, u, &role).await?;
+            say(format!("user {u} is {role} of group {g} now"));
+        }
+        Command::RemoveMember(g, u) => {
+            client.group_remove(g, u).await?;
+            say(format!("removed user {u} from group {g}"));
+        }
+        Command::RenameGroup(g, name) => {
+            client.group_update(g, Some(&name), None).await?;
+            say(format!("group {g} is called {name} now"));
+        }
+        Command::Dissolve(g) => {
+            client.group_dissolve(g).await?;
+            say(format!("group {g} is dissolved"));
+        }
+        Command::GroupInfo(g) => {
+            let info = client.group_info(g).await?;
+            let kind = if info.private { "private" } else { "public" };
+            say(format!(
+                "{} {} {} ({kind})",
+                info.groupid, info.groupname, info.groupdesc
+            ));
+            for m in &info.users {
+                let online = m.state == chat::protocol::replies::State::Online;
+                say(format!(
+                    "\t{} {} {} {}",
+                    m.id,
+                    m.name,
+                    state(online),
+                    m.role.as_deref().unwrap_or("normal")
+                ));
+            }
+            for i in &info.invites {
+                say(format!("\tpending {}: {} {}", i.kind, i.id, i.name));
+            }
         }
         Command::DelFriend(id) => {
             client.del_friend(id).await?;
             say(format!("user {id} is no longer your friend"));
         }
-        Command::CreateGroup { name, desc } => {
-            let id = client.create_group(&name, &desc).await?;
+        Command::CreateGroup {
+            name,
+            desc,
+            private,
+        } => {
+            let id = client.create_group_as(&name, &desc, private).await?;
             say(format!("group {name} created, groupid is {id}"));
         }
         Command::AddGroup(id) => {

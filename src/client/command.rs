@@ -40,6 +40,33 @@ pub const HELP: &[(&str, &str)] = &[
         "deleteaccount",
         "注销账号，格式 deleteaccount:password (delete your account)",
     ),
+    (
+        "requests",
+        "好友请求，格式 requests (friend requests, both ways)",
+    ),
+    ("accept", "接受好友请求，格式 accept:userid"),
+    ("decline", "拒绝好友请求，格式 decline:userid"),
+    (
+        "createprivategroup",
+        "创建私有群组，格式 createprivategroup:groupname:groupdesc (joined by invitation only)",
+    ),
+    ("invite", "邀请入群，格式 invite:groupid:userid"),
+    ("joinrequest", "申请加入私有群组，格式 joinrequest:groupid"),
+    ("acceptinvite", "接受入群邀请，格式 acceptinvite:groupid"),
+    ("declineinvite", "拒绝入群邀请，格式 declineinvite:groupid"),
+    ("approve", "批准入群申请，格式 approve:groupid:userid"),
+    ("reject", "拒绝入群申请，格式 reject:groupid:userid"),
+    (
+        "setrole",
+        "设置成员角色，格式 setrole:groupid:userid:admin|normal|creator (creator hands the group over)",
+    ),
+    (
+        "removemember",
+        "移除群成员，格式 removemember:groupid:userid",
+    ),
+    ("renamegroup", "群组改名，格式 renamegroup:groupid:newname"),
+    ("dissolve", "解散群组，格式 dissolve:groupid"),
+    ("groupinfo", "群组成员，格式 groupinfo:groupid"),
     ("devices", "显示登录设备，格式 devices (your devices)"),
     (
         "logoutdevice",
@@ -61,7 +88,22 @@ pub enum Command {
     CreateGroup {
         name: String,
         desc: String,
+        private: bool,
     },
+    FriendRequests,
+    /// Accept (true) or decline a friend request.
+    AnswerFriend(UserId, bool),
+    Invite(GroupId, UserId),
+    JoinRequest(GroupId),
+    /// Accept (true) or decline one's invitation.
+    AnswerInvite(GroupId, bool),
+    /// Approve (true) or reject a user's request to join.
+    AnswerRequest(GroupId, UserId, bool),
+    SetRole(GroupId, UserId, String),
+    RemoveMember(GroupId, UserId),
+    RenameGroup(GroupId, String),
+    Dissolve(GroupId),
+    GroupInfo(GroupId),
     AddGroup(GroupId),
     DelGroup(GroupId),
     GroupChat {
@@ -184,13 +226,47 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "delfriend" => Command::DelFriend(id(rest, "friendid")?),
         "addgroup" => Command::AddGroup(id(rest, "groupid")?),
         "delgroup" => Command::DelGroup(id(rest, "groupid")?),
-        "creategroup" => {
+        "creategroup" | "createprivategroup" => {
+            let private = name == "createprivategroup";
             let r = rest.ok_or("usage: creategroup:groupname:groupdesc")?;
             let (name, desc) = r.split_once(':').unwrap_or((r, ""));
             Command::CreateGroup {
                 name: name.to_owned(),
                 desc: desc.to_owned(),
+                private,
             }
+        }
+        "requests" => Command::FriendRequests,
+        "accept" => Command::AnswerFriend(id(rest, "userid")?, true),
+        "decline" => Command::AnswerFriend(id(rest, "userid")?, false),
+        "joinrequest" => Command::JoinRequest(id(rest, "groupid")?),
+        "acceptinvite" => Command::AnswerInvite(id(rest, "groupid")?, true),
+        "declineinvite" => Command::AnswerInvite(id(rest, "groupid")?, false),
+        "dissolve" => Command::Dissolve(id(rest, "groupid")?),
+        "groupinfo" => Command::GroupInfo(id(rest, "groupid")?),
+        "invite" | "approve" | "reject" | "removemember" => {
+            let usage = format!("usage: {name}:groupid:userid");
+            let (g, u) = rest.and_then(|r| r.split_once(':')).ok_or(usage)?;
+            let (g, u) = (id(Some(g), "groupid")?, id(Some(u), "userid")?);
+            match name {
+                "invite" => Command::Invite(g, u),
+                "approve" => Command::AnswerRequest(g, u, true),
+                "reject" => Command::AnswerRequest(g, u, false),
+                _ => Command::RemoveMember(g, u),
+            }
+        }
+        "setrole" => {
+            let usage = "usage: setrole:groupid:userid:admin|normal|creator";
+            let mut parts = rest.ok_or(usage)?.splitn(3, ':');
+            let g = id(parts.next(), "groupid")?;
+            let u = id(parts.next(), "userid")?;
+            Command::SetRole(g, u, parts.next().ok_or(usage)?.trim().to_owned())
+        }
+        "renamegroup" => {
+            let (g, name) = rest
+                .and_then(|r| r.split_once(':'))
+                .ok_or("usage: renamegroup:groupid:newname")?;
+            Command::RenameGroup(id(Some(g), "groupid")?, name.to_owned())
         }
         "history" => {
             let usage = "usage: history:friend:ID[:beforeseq[:limit]] or history:group:ID[:beforeseq[:limit]]";
@@ -232,6 +308,44 @@ mod tests {
     use crate::model::{GroupId, Seq, UserId};
 
     #[test]
+    fn consent_commands_parse() {
+        assert_eq!(
+            parse("accept:7"),
+            Ok(Command::AnswerFriend(UserId(7), true))
+        );
+        assert_eq!(
+            parse("decline:7"),
+            Ok(Command::AnswerFriend(UserId(7), false))
+        );
+        assert_eq!(
+            parse("createprivategroup:club:us only"),
+            Ok(Command::CreateGroup {
+                name: "club".into(),
+                desc: "us only".into(),
+                private: true,
+            })
+        );
+        assert_eq!(
+            parse("approve:1073741900:3"),
+            Ok(Command::AnswerRequest(
+                GroupId(1_073_741_900),
+                UserId(3),
+                true
+            ))
+        );
+        assert_eq!(
+            parse("setrole:5:3:admin"),
+            Ok(Command::SetRole(GroupId(5), UserId(3), "admin".into()))
+        );
+        assert_eq!(
+            parse("renamegroup:5:new: name"),
+            Ok(Command::RenameGroup(GroupId(5), "new: name".into()))
+        );
+        assert!(parse("invite:5").is_err());
+        assert!(parse("setrole:5:3").is_err());
+    }
+
+    #[test]
     fn classic_commands_parse() {
         assert_eq!(
             parse("chat:2:hello: world"),
@@ -253,7 +367,8 @@ mod tests {
             parse("creategroup:rust:we like it"),
             Ok(Command::CreateGroup {
                 name: "rust".into(),
-                desc: "we like it".into()
+                desc: "we like it".into(),
+                private: false,
             })
         );
         assert_eq!(parse("loginout"), Ok(Command::Logout));

@@ -180,8 +180,9 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
 pub async fn next_other(c: &mut Client) -> Value {
     loop {
         match within(c.next_push()).await.expect("connection closed") {
-            // Presence (msgid 19) comes and goes with other users.
-            Push::Other(v) if v["msgid"] == 19 => continue,
+            // Presence (msgid 19) comes and goes with other users, and
+            // "the group changed" (40) with other members.
+            Push::Other(v) if v["msgid"] == 19 || v["msgid"] == 40 => continue,
             Push::Other(v) => return v,
             Push::Message(_) => continue,
         }
@@ -210,6 +211,8 @@ pub async fn befriend(a: &mut Client, a_id: UserId, b: &mut Client, b_id: UserId
     next_with_msgid(b, 31).await;
     b.answer_friend(a_id, true).await.expect("accept");
     next_with_msgid(a, 32).await;
+    let online = next_with_msgid(a, 19).await;
+    assert_eq!(online["id"].as_i64(), Some(b_id.0), "{online}");
 }
 
 /// Asserts that no chat message arrives within a short while.
