@@ -43,4 +43,4 @@ cargo test --locked --all-targets "$@"
 
 echo "== the single-node behaviour suite again, on the MySQL backend"
 CHAT_TEST_BACKEND=mysql cargo test --locked \
-    --test accounts --test messaging --test protocol --test cli --test acks "$@"
+    --test accounts --test messaging --test protocol --test cli --test acks --test consent "$@"

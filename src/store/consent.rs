@@ -256,6 +256,20 @@ where
                 .await?;
         }
         tx.commit().await?;
+        // Two users asking each other at once (MySQL reads a snapshot, so
+        // neither transaction saw the other's request): whichever looks
+        // again after both committed befriends them; both may, alike.
+        let theirs: Option<(i64, i64)> = sqlx::query_as(REQUEST_STATE)
+            .bind(to)
+            .bind(from)
+            .fetch_optional(&self.pool)
+            .await?;
+        if theirs.is_some_and(|(state, _)| state != 2) {
+            let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+            Self::befriend(&mut tx, from, to).await?;
+            tx.commit().await?;
+            return Ok(FriendAsk::Befriended);
+        }
         Ok(FriendAsk::Requested)
     }
 
