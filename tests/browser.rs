@@ -255,13 +255,14 @@ async fn people_chat_from_browsers_and_with_tcp_users() {
     let a = driver.browser(1000, 700).await;
     log_in(&a, web, alice, &pw("alice")).await;
 
-    // They befriend each other and see each other online.
+    // They befriend each other (each asks the other: the second ask
+    // befriends) and see each other online.
     type_into(&a, "#add-friend-id", &bob.to_string()).await;
     click(&a, "#add-friend-button").await;
-    listed(&a, "bob listed online", &format!("u:{bob}"), true).await;
     type_into(&b, "#add-friend-id", &alice.to_string()).await;
     click(&b, "#add-friend-button").await;
     listed(&b, "alice listed", &format!("u:{alice}"), false).await;
+    listed(&a, "bob listed online", &format!("u:{bob}"), true).await;
 
     // Two browser users chat; CJK and emoji intact.
     open(&a, &format!("u:{bob}")).await;
@@ -479,4 +480,161 @@ async fn two_tabs_of_one_user_are_online_together() {
     .await;
     b.switch_to_window(second).await.expect("switch");
     until(&b, "the second tab still in", APP_SHOWN).await;
+}
+
+/// Consent in the browser: alice asks bob to be her friend and her page
+/// says the request is sent (bob is not listed yet); bob's page shows the
+/// request and he accepts it there; both then list each other, online.
+/// Alice creates a private group, opens its members panel (where she is
+/// the owner) and invites bob by his id; bob's page shows the invitation,
+/// he accepts it, the group appears in his list by name, alice's panel
+/// shows him a member, and what alice says in the group reaches his page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friend_request_and_group_invitation_accepted_in_the_browser() {
+    let server = TestServer::start().await;
+    let driver = Driver::start().await;
+    let web = server.web;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let a = driver.browser(1000, 700).await;
+    log_in(&a, web, alice, &pw("alice")).await;
+    let b = driver.browser(1000, 700).await;
+    log_in(&b, web, bob, &pw("bob")).await;
+
+    // Alice asks: the request is sent, bob is not her friend yet.
+    type_into(&a, "#add-friend-id", &bob.to_string()).await;
+    click(&a, "#add-friend-button").await;
+    until(
+        &a,
+        "the request said sent",
+        &format!("document.getElementById('add-friend-note').textContent.includes('Request sent to bob ({bob})')"),
+    )
+    .await;
+    until(
+        &a,
+        "the request listed as waiting",
+        &format!("document.getElementById('outgoing-{bob}')"),
+    )
+    .await;
+    let listed_early = a
+        .execute(
+            &format!("return !!document.querySelector(\"button[data-conv='u:{bob}']\");"),
+            vec![],
+        )
+        .await
+        .expect("query");
+    assert_eq!(listed_early, json!(false), "bob listed before he accepts");
+
+    // Bob's page shows the request; he accepts it.
+    until(
+        &b,
+        "alice's request shown",
+        &format!("document.querySelector('#request-{alice}')?.textContent.includes('alice')"),
+    )
+    .await;
+    click(&b, &format!("#request-{alice} .accept")).await;
+    listed(&b, "alice listed online", &format!("u:{alice}"), true).await;
+    until(
+        &b,
+        "the request gone",
+        &format!("!document.getElementById('request-{alice}')"),
+    )
+    .await;
+    listed(&a, "bob listed online", &format!("u:{bob}"), true).await;
+    until(
+        &a,
+        "the waiting request gone",
+        &format!("!document.getElementById('outgoing-{bob}')"),
+    )
+    .await;
+
+    // Alice creates a private group and invites bob by his id.
+    type_into(&a, "#create-group-name", "secret 秘密").await;
+    click(&a, "#create-group-private").await;
+    click(&a, "#create-group-button").await;
+    let group = until(
+        &a,
+        "the new group listed",
+        "document.querySelector(\"#groups button[data-conv^='g:']\")?.dataset.conv",
+    )
+    .await;
+    let group = group.as_str().expect("conv key").to_owned();
+    let gid = &group[2..];
+    open(&a, &group).await;
+    click(&a, "#members-button").await;
+    until(
+        &a,
+        "alice shown as the owner",
+        &format!("document.getElementById('member-{alice}')?.dataset.role === 'creator'"),
+    )
+    .await;
+    type_into(&a, "#invite-user-id", &bob.to_string()).await;
+    click(&a, "#invite-button").await;
+    until(
+        &a,
+        "bob shown invited",
+        &format!("document.getElementById('invited-{bob}')"),
+    )
+    .await;
+
+    // Bob's page shows the invitation; he accepts; the group is his.
+    until(
+        &b,
+        "the invitation shown",
+        &format!(
+            "document.querySelector('#invitation-{gid}')?.textContent.includes('secret 秘密')"
+        ),
+    )
+    .await;
+    click(&b, &format!("#invitation-{gid} .accept")).await;
+    until(
+        &b,
+        "the group listed by name",
+        &format!("document.querySelector(\"button[data-conv='{group}']\")?.textContent.includes('secret 秘密')"),
+    )
+    .await;
+    until(
+        &b,
+        "the invitation gone",
+        &format!("!document.getElementById('invitation-{gid}')"),
+    )
+    .await;
+    until(
+        &a,
+        "bob shown a member in alice's panel",
+        &format!("document.getElementById('member-{bob}')?.dataset.role === 'normal'"),
+    )
+    .await;
+    open(&b, &group).await;
+
+    // What alice says in the group reaches bob.
+    say(&a, "welcome to the secret").await;
+    stored(&a, "welcome to the secret").await;
+    shown(&b, "welcome to the secret").await;
+
+    // Bob's members panel lists both, and offers him nothing to manage.
+    click(&b, "#members-button").await;
+    until(
+        &b,
+        "both members listed",
+        &format!(
+            "document.getElementById('member-{alice}') && document.getElementById('member-{bob}')"
+        ),
+    )
+    .await;
+    let manage_hidden = b
+        .execute(
+            "return document.getElementById('manage-group').hidden;",
+            vec![],
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        manage_hidden,
+        json!(true),
+        "a normal member manages nothing"
+    );
+
+    a.close().await.expect("close");
+    b.close().await.expect("close");
 }

@@ -370,7 +370,262 @@ async fn contract(store: SharedStore, backend: &str) {
     );
 
     devices(&store, backend).await;
+    consent(&store, backend).await;
     store.close().await;
+}
+
+/// Consent: requests, mutual asking, declines that look pending, the
+/// bounds; private groups that a non-invited user cannot join, ids apart
+/// from public ones, history from the join on; roles and hand-over.
+async fn consent(store: &SharedStore, backend: &str) {
+    use chat::store::{AskLimits, FriendAsk, InviteKind, InviteOutcome};
+    let limits = AskLimits {
+        pending: 2,
+        per_day: 3,
+    };
+    let [hana, ivo, jon, kim] = ["hana", "ivo", "jon", "kim"].map(|n| n.to_owned());
+    let hana = store.create_user(&hana, "h").await.expect("user");
+    let ivo = store.create_user(&ivo, "h").await.expect("user");
+    let jon = store.create_user(&jon, "h").await.expect("user");
+    let kim = store.create_user(&kim, "h").await.expect("user");
+    let ask = |a, b| store.ask_friend(a, b, limits);
+    assert_eq!(ask(hana, ivo).await, Ok(FriendAsk::Requested), "{backend}");
+    assert_eq!(
+        ask(hana, ivo).await,
+        Ok(FriendAsk::AlreadyAsked),
+        "{backend}"
+    );
+    assert!(store.friends(hana).await.expect("friends").is_empty());
+    assert_eq!(
+        ask(ivo, hana).await,
+        Ok(FriendAsk::Befriended),
+        "{backend}: both asked"
+    );
+    assert_eq!(store.friends(ivo).await.expect("friends")[0].id, hana);
+    assert!(
+        store
+            .friend_requests(hana)
+            .await
+            .expect("r")
+            .outgoing
+            .is_empty()
+    );
+    // a declined request looks pending to its asker and stays declined
+    assert_eq!(ask(jon, hana).await, Ok(FriendAsk::Requested));
+    assert!(
+        store
+            .answer_friend(hana, jon, false)
+            .await
+            .expect("decline")
+    );
+    assert!(
+        store
+            .friend_requests(hana)
+            .await
+            .expect("r")
+            .incoming
+            .is_empty()
+    );
+    assert_eq!(
+        store.friend_requests(jon).await.expect("r").outgoing[0].id,
+        hana
+    );
+    assert_eq!(ask(jon, hana).await, Ok(FriendAsk::AlreadyAsked));
+    assert!(!store.answer_friend(hana, kim, true).await.expect("none"));
+    // bounds: 2 waiting, 3 a day (withdrawn ones count in the day)
+    assert_eq!(ask(jon, kim).await, Ok(FriendAsk::Requested));
+    assert_eq!(ask(jon, ivo).await, Ok(FriendAsk::TooManyPending(2)));
+    assert!(
+        store
+            .withdraw_friend_request(jon, kim)
+            .await
+            .expect("withdraw")
+    );
+    assert_eq!(ask(jon, ivo).await, Ok(FriendAsk::Requested));
+    assert!(
+        store
+            .withdraw_friend_request(jon, ivo)
+            .await
+            .expect("withdraw")
+    );
+    assert!(
+        store
+            .withdraw_friend_request(jon, hana)
+            .await
+            .expect("withdraw")
+    );
+    assert_eq!(
+        ask(jon, kim).await,
+        Ok(FriendAsk::Requested),
+        "asked again today"
+    );
+    let lee = store.create_user("lee", "h").await.expect("user");
+    assert_eq!(ask(jon, lee).await, Ok(FriendAsk::TooManyToday(3)));
+    assert_eq!(
+        ask(jon, UserId(99_999)).await,
+        Err(StoreError::NotFound("user"))
+    );
+
+    // private groups
+    let public = store
+        .create_group(hana, "pub", "", false)
+        .await
+        .expect("group");
+    let private = store
+        .create_group(hana, "priv", "", true)
+        .await
+        .expect("group");
+    assert!(
+        public.0 < 1 << 30 && private.0 >= 1 << 30,
+        "{backend}: {public} {private}"
+    );
+    let next = store
+        .create_group(hana, "pub2", "", false)
+        .await
+        .expect("group");
+    assert_eq!(next.0, public.0 + 1, "{backend}: public ids still count up");
+    let conv = Conversation::Group(private);
+    store
+        .append(message(conv, hana, "before"))
+        .await
+        .expect("append");
+    assert_eq!(
+        store.join_group(kim, private).await,
+        Err(StoreError::NotFound("group"))
+    );
+    assert_eq!(
+        store
+            .invite(private, kim, hana, InviteKind::Invitation, 10)
+            .await,
+        Ok(InviteOutcome::Pending)
+    );
+    assert_eq!(
+        store
+            .invite(private, kim, hana, InviteKind::Invitation, 10)
+            .await,
+        Ok(InviteOutcome::AlreadyPending)
+    );
+    assert_eq!(
+        store.user_invites(kim).await.expect("invites")[0].group,
+        private
+    );
+    let start = store.join_group(kim, private).await.expect("invited");
+    assert_eq!(start, Seq(1));
+    let m = store
+        .membership(private, kim)
+        .await
+        .expect("read")
+        .expect("member");
+    assert_eq!(
+        (m.role, m.joined, m.private),
+        (GroupRole::Normal, Seq(1), true)
+    );
+    assert!(store.user_invites(kim).await.expect("invites").is_empty());
+    // a request met by an invitation joins
+    assert_eq!(
+        store
+            .invite(private, ivo, ivo, InviteKind::Request, 10)
+            .await,
+        Ok(InviteOutcome::Pending)
+    );
+    assert!(matches!(
+        store
+            .invite(private, ivo, hana, InviteKind::Invitation, 10)
+            .await,
+        Ok(InviteOutcome::Joined(_))
+    ));
+    assert_eq!(
+        store
+            .invite(private, jon, jon, InviteKind::Request, 10)
+            .await,
+        Ok(InviteOutcome::Pending)
+    );
+    assert_eq!(
+        store.group_invites(private).await.expect("invites").len(),
+        1
+    );
+    assert_eq!(
+        store
+            .answer_invite(private, jon, InviteKind::Request, false)
+            .await,
+        Ok(Some(Seq(0)))
+    );
+    assert_eq!(
+        store
+            .answer_invite(private, jon, InviteKind::Request, true)
+            .await,
+        Ok(None),
+        "{backend}: declined, nothing left to approve"
+    );
+    store
+        .append(message(conv, hana, "after"))
+        .await
+        .expect("append");
+    let page = store
+        .history(conv, m.joined, None, 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        page.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["after"]
+    );
+    // roles: hand over, then the owner leaving passes it on
+    assert!(
+        store
+            .set_role(private, kim, GroupRole::Admin)
+            .await
+            .expect("role")
+    );
+    assert!(
+        store
+            .set_role(private, ivo, GroupRole::Creator)
+            .await
+            .expect("hand over")
+    );
+    let role = |u| async move {
+        store
+            .membership(private, u)
+            .await
+            .expect("read")
+            .map(|m| m.role)
+    };
+    assert_eq!(role(hana).await, Some(GroupRole::Admin));
+    assert_eq!(role(ivo).await, Some(GroupRole::Creator));
+    assert!(store.leave_group(ivo, private).await.expect("leave"));
+    assert_eq!(
+        (role(hana).await, role(kim).await),
+        (Some(GroupRole::Creator), Some(GroupRole::Admin)),
+        "{backend}: the longest-standing admin is the owner now"
+    );
+    store
+        .update_group(private, Some("renamed"), None)
+        .await
+        .expect("rename");
+    assert!(matches!(
+        store.update_group(private, Some("pub"), None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let members = store.dissolve_group(private).await.expect("dissolve");
+    assert_eq!(members.len(), 2);
+    assert!(store.group(private).await.expect("read").is_none());
+    assert!(store.group_members(private).await.expect("read").is_none());
+    assert_eq!(
+        store.join_group(kim, private).await,
+        Err(StoreError::NotFound("group"))
+    );
+    assert!(
+        store
+            .history(conv, Seq(0), None, 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    // its name is free, and its id is not handed out again
+    let again = store
+        .create_group(hana, "renamed", "", false)
+        .await
+        .expect("group");
+    assert_eq!(again.0, next.0 + 1);
 }
 
 /// Devices: each has its own positions; a device does not get back what

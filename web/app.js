@@ -33,7 +33,12 @@ const state = {
   pending: new Map(), // reqid -> {resolve, reject, timer}
   me: null,           // {id, name}
   friends: new Map(), // id -> {id, name, state, stranger?}
-  groups: new Map(),  // id -> {id, groupname, groupdesc, users: [...]}
+  groups: new Map(),  // id -> {id, groupname, groupdesc, users: [...], private?, invites?}
+  requests: new Map(), // id -> {id, name}: who asks to be our friend
+  outgoing: new Map(), // id -> {id, name}: whom we asked, waiting
+  invitations: new Map(), // groupid -> {groupid, groupname, by, byname}: held invitations
+  membersOpen: false, // the members panel of the open group is shown
+  infoTimers: new Map(), // groupid -> timer of a GROUP_INFO due
   convs: new Map(),   // 'u:ID' | 'g:ID' -> conversation
   current: null,
   outbox: new Map(),  // cmid -> {cmid, key, text, state, error?}
@@ -166,6 +171,21 @@ function onFrame(f) {
     case 24:
       readNotice(f);
       break;
+    case 31:
+      friendRequested(f);
+      break;
+    case 32:
+      friendAnswered(f);
+      break;
+    case 33:
+      invited(f);
+      break;
+    case 34:
+    case 40:
+      // Someone asks to join (to the owner and admins), or the group
+      // changed: its members, roles or name.
+      if (state.groups.has(f.groupid)) refreshGroupInfoSoon(f.groupid);
+      break;
     case 100:
       if (f.errno === 63) {
         // Logged out from another device: the token is dead.
@@ -247,9 +267,29 @@ function startSession(r) {
   state.ready = true;
   state.replaced = false;
   for (const f of decodeList(r.friends)) state.friends.set(f.id, f);
+  // The reply lists every group the user is in: one left, dissolved or
+  // removed from while this tab was away goes.
+  const groups = new Map();
   for (const g of decodeList(r.groups)) {
     g.users = decodeList(g.users);
-    state.groups.set(g.id, g);
+    const known = state.groups.get(g.id);
+    if (known && known.invites) g.invites = known.invites;
+    if (known && known.private) g.private = known.private;
+    groups.set(g.id, g);
+  }
+  const current = currentGroup();
+  state.groups = groups;
+  if (current && !groups.has(current.id)) forgetGroup(current.id);
+  // What waits for the user's consent.
+  state.requests = new Map((r.requests || []).map((u) => [u.id, { id: u.id, name: u.name }]));
+  for (const id of state.requests.keys()) {
+    if (state.friends.has(id) && !state.friends.get(id).stranger) state.requests.delete(id);
+  }
+  state.invitations = new Map();
+  for (const i of r.invitations || []) {
+    if (i.kind !== 'request') {
+      state.invitations.set(i.groupid, { groupid: i.groupid, groupname: i.groupname, by: i.by, byname: i.byname });
+    }
   }
   // Read positions and read ticks as the server keeps them (per user, so
   // what was read on another device is not unread here), then the unread
@@ -272,11 +312,17 @@ function startSession(r) {
   }
   flushAcks();
   render();
+  loadFriendRequests().catch(() => {});
+  if (state.current && state.current[0] === 'g') refreshGroupInfo(Number(state.current.slice(2)));
 }
 
 function resetData() {
   state.friends.clear();
   state.groups.clear();
+  state.requests.clear();
+  state.outgoing.clear();
+  state.invitations.clear();
+  state.membersOpen = false;
   state.convs.clear();
   state.outbox.clear();
   state.ackDue.clear();
@@ -448,17 +494,321 @@ async function refreshFriends() {
   render();
 }
 
-/** Another of this user's devices joined or left a group. */
+/** The user joined a group (on another device, by an accepted invitation
+ * or an approved request) or left it (on another device, removed, or the
+ * group dissolved). */
 function membership(m) {
   if (m.member) {
+    const invitation = state.invitations.get(m.groupid);
+    state.invitations.delete(m.groupid);
     if (!state.groups.has(m.groupid)) {
-      state.groups.set(m.groupid, { id: m.groupid, groupname: `group ${m.groupid}`, groupdesc: '', users: [] });
+      state.groups.set(m.groupid, {
+        id: m.groupid, groupname: (invitation && invitation.groupname) || `group ${m.groupid}`, groupdesc: '', users: [],
+      });
     }
+    // Its name and members.
+    refreshGroupInfo(m.groupid);
   } else {
-    state.groups.delete(m.groupid);
-    if (state.current === 'g:' + m.groupid) state.current = null;
+    forgetGroup(m.groupid);
   }
   render();
+}
+
+function forgetGroup(id) {
+  state.groups.delete(id);
+  if (state.current === 'g:' + id) {
+    state.current = null;
+    state.membersOpen = false;
+    $('app').classList.remove('in-conversation');
+  }
+}
+
+// ---- friend requests ------------------------------------------------------
+
+/** Who asks to be the user's friend, and whom the user asked. */
+async function loadFriendRequests() {
+  const r = await request({ msgid: 31 });
+  if (r.errno !== 0) return;
+  state.requests = new Map((r.incoming || []).map((u) => [u.id, { id: u.id, name: u.name }]));
+  state.outgoing = new Map((r.outgoing || []).map((u) => [u.id, { id: u.id, name: u.name }]));
+  render();
+}
+
+/** Push: someone asks to be the user's friend. */
+function friendRequested(f) {
+  state.requests.set(f.id, { id: f.id, name: f.name });
+  render();
+}
+
+/** Push: someone the user asked answered (accepted: a friend now). */
+function friendAnswered(f) {
+  state.outgoing.delete(f.id);
+  state.requests.delete(f.id);
+  if (f.accept) {
+    const known = state.friends.get(f.id);
+    state.friends.set(f.id, { id: f.id, name: f.name, state: known && !known.stranger ? known.state : '' });
+    $('add-friend-note').textContent = `${f.name} (${f.id}) accepted your friend request`;
+    // Whether the new friend is online (a presence push says so too).
+    refreshFriends().catch(() => {});
+  }
+  render();
+}
+
+/** Accepts or declines `id`'s friend request. */
+async function answerFriend(id, accept) {
+  $('sidebar-error').textContent = '';
+  const asker = state.requests.get(id);
+  const r = await request({ msgid: 32, userid: id, accept }).catch(() => null);
+  if (!r || r.errno !== 0) {
+    $('sidebar-error').textContent = (r && r.errmsg) || 'could not answer the request';
+    if (r && r.errno === 30) state.requests.delete(id); // withdrawn meanwhile
+    render();
+    return;
+  }
+  state.requests.delete(id);
+  if (accept) {
+    const name = asker ? asker.name : `user ${id}`;
+    state.friends.set(id, { id, name, state: r.state || '' });
+    $('add-friend-note').textContent = `${name} (${id}) is your friend now`;
+  }
+  render();
+}
+
+/** Withdraws the user's request to `id`. */
+async function withdrawRequest(id) {
+  $('sidebar-error').textContent = '';
+  const r = await request({ msgid: 12, friendid: id }).catch(() => null);
+  if (!r || r.errno !== 0) {
+    $('sidebar-error').textContent = (r && r.errmsg) || 'could not withdraw the request';
+    return;
+  }
+  state.outgoing.delete(id);
+  render();
+}
+
+function renderRequests() {
+  reconcile($('friend-requests'), [...state.requests.values()].map((u) => {
+    const li = document.createElement('li');
+    li.id = `request-${u.id}`;
+    li.dataset.request = String(u.id);
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = `${u.name} (${u.id}) asks to be your friend`;
+    li.append(who,
+      smallButton('Accept', 'accept', `Accept ${u.name}'s friend request`, () => answerFriend(u.id, true)),
+      smallButton('Decline', 'decline', `Decline ${u.name}'s friend request`, () => answerFriend(u.id, false)));
+    return li;
+  }));
+  reconcile($('outgoing-requests'), [...state.outgoing.values()].map((u) => {
+    const li = document.createElement('li');
+    li.id = `outgoing-${u.id}`;
+    li.dataset.outgoing = String(u.id);
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = `You asked ${u.name} (${u.id})`;
+    li.append(who, smallButton('Withdraw', 'withdraw', `Withdraw your request to ${u.name}`, () => withdrawRequest(u.id)));
+    return li;
+  }));
+  $('requests-section').hidden = state.requests.size === 0 && state.outgoing.size === 0;
+}
+
+function smallButton(text, className, label, action) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = className;
+  b.textContent = text;
+  if (label) b.setAttribute('aria-label', label);
+  b.addEventListener('click', action);
+  return b;
+}
+
+// ---- group invitations and administration ---------------------------------
+
+/** Push: the user is invited into a group. */
+function invited(f) {
+  state.invitations.set(f.groupid, { groupid: f.groupid, groupname: f.groupname, by: f.id, byname: f.name });
+  render();
+}
+
+/** Accepts or declines the user's invitation to group `id`. */
+async function answerInvitation(id, accept) {
+  $('sidebar-error').textContent = '';
+  const invitation = state.invitations.get(id);
+  const r = await request({ msgid: 35, groupid: id, accept }).catch(() => null);
+  if (!r || r.errno !== 0) {
+    $('sidebar-error').textContent = (r && r.errmsg) || 'could not answer the invitation';
+    if (r && r.errno === 30) state.invitations.delete(id); // gone meanwhile
+    render();
+    return;
+  }
+  state.invitations.delete(id);
+  if (accept && r.joined !== false) {
+    if (!state.groups.has(id)) {
+      state.groups.set(id, {
+        id, groupname: invitation ? invitation.groupname : `group ${id}`, groupdesc: '', users: [], private: true,
+      });
+    }
+    refreshGroupInfo(id);
+  }
+  render();
+}
+
+function renderInvitations() {
+  reconcile($('invitations'), [...state.invitations.values()].map((i) => {
+    const li = document.createElement('li');
+    li.id = `invitation-${i.groupid}`;
+    li.dataset.invitation = String(i.groupid);
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = `${i.byname} (${i.by}) invites you to ${i.groupname} (#${i.groupid})`;
+    li.append(who,
+      smallButton('Accept', 'accept', `Join ${i.groupname}`, () => answerInvitation(i.groupid, true)),
+      smallButton('Decline', 'decline', `Decline the invitation to ${i.groupname}`, () => answerInvitation(i.groupid, false)));
+    return li;
+  }));
+  $('invitations-section').hidden = state.invitations.size === 0;
+}
+
+/** Asks for group `id`'s name, members, roles and (to its owner and
+ * admins) pending invitations and requests. */
+async function refreshGroupInfo(id) {
+  let r;
+  try {
+    r = await request({ msgid: 40, groupid: id });
+  } catch (_) {
+    return;
+  }
+  if (r.errno === 30 || r.errno === 31) {
+    // Not (or no longer) a member: removed, or the group is gone.
+    forgetGroup(id);
+    render();
+    return;
+  }
+  if (r.errno !== 0) return;
+  const g = state.groups.get(id);
+  if (!g) return; // left meanwhile
+  Object.assign(g, {
+    groupname: r.groupname, groupdesc: r.groupdesc || '', private: !!r.private,
+    users: r.users || [], invites: r.invites || [],
+  });
+  render();
+}
+
+/** The same, a moment later, once for a burst of pushes. */
+function refreshGroupInfoSoon(id) {
+  if (state.infoTimers.has(id)) return;
+  state.infoTimers.set(id, setTimeout(() => {
+    state.infoTimers.delete(id);
+    refreshGroupInfo(id);
+  }, 150));
+}
+
+function currentGroup() {
+  if (!state.current || state.current[0] !== 'g') return null;
+  return state.groups.get(Number(state.current.slice(2))) || null;
+}
+
+function myRole(g) {
+  const me = g.users.find((u) => u.id === state.me.id);
+  return me ? me.role || 'normal' : 'normal';
+}
+
+const ROLE_NAMES = { creator: 'owner', admin: 'admin', normal: 'member' };
+
+/** Runs a group administration request; shows its failure in the panel. */
+async function administer(frame, otherwise) {
+  $('members-error').textContent = '';
+  const r = await request(frame).catch((e) => ({ errno: -1, errmsg: e.message === 'disconnected' ? 'not connected; try again in a moment' : 'no answer from the server' }));
+  if (r.errno !== 0) {
+    $('members-error').textContent = r.errmsg || otherwise;
+    return null;
+  }
+  const gone = frame.msgid === 11 || frame.msgid === 39; // left, dissolved
+  if (!gone && state.groups.has(frame.groupid)) refreshGroupInfo(frame.groupid);
+  return r;
+}
+
+function renderMembers() {
+  const g = currentGroup();
+  const button = $('members-button');
+  button.hidden = !g;
+  const open = !!g && state.membersOpen;
+  button.setAttribute('aria-expanded', open ? 'true' : 'false');
+  $('members-panel').hidden = !open;
+  if (!open) return;
+  const mine = myRole(g);
+  const owner = mine === 'creator';
+  const manages = owner || mine === 'admin';
+  $('group-about').textContent = `${g.private ? 'Private group: joined by invitation' : 'Public group: anyone with its id joins'}`
+    + ` · id ${g.id}${g.groupdesc ? ' · ' + g.groupdesc : ''} · you are ${ROLE_NAMES[mine] || mine}`;
+  const order = { creator: 0, admin: 1, normal: 2 };
+  const users = [...g.users].sort((a, b) => (order[a.role] ?? 2) - (order[b.role] ?? 2) || a.name.localeCompare(b.name));
+  reconcile($('member-list'), users.map((u) => {
+    const li = document.createElement('li');
+    li.id = `member-${u.id}`;
+    li.dataset.member = String(u.id);
+    li.dataset.role = u.role || 'normal';
+    const dot = document.createElement('span');
+    dot.className = 'dot' + (u.state === 'online' ? ' online' : '');
+    dot.setAttribute('aria-hidden', 'true');
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = `${u.name} (${u.id})${u.id === state.me.id ? ' · you' : ''}`;
+    const role = document.createElement('span');
+    role.className = 'role';
+    role.textContent = ROLE_NAMES[u.role] || u.role || 'member';
+    li.append(dot, who, role);
+    if (u.id === state.me.id) return li;
+    const gid = g.id;
+    if (owner && u.role === 'normal') {
+      li.append(smallButton('Make admin', 'make-admin', `Make ${u.name} an admin`,
+        () => administer({ msgid: 36, groupid: gid, userid: u.id, role: 'admin' }, 'could not change the role')));
+    }
+    if (owner && u.role === 'admin') {
+      li.append(smallButton('Remove admin', 'remove-admin', `Make ${u.name} a normal member`,
+        () => administer({ msgid: 36, groupid: gid, userid: u.id, role: 'normal' }, 'could not change the role')));
+    }
+    if (owner) {
+      li.append(smallButton('Hand over', 'hand-over', `Hand the group over to ${u.name}`, () => {
+        if (confirm(`Hand ${g.groupname} over to ${u.name}? You will be an admin.`)) {
+          administer({ msgid: 36, groupid: gid, userid: u.id, role: 'creator' }, 'could not hand the group over');
+        }
+      }));
+    }
+    if (manages && u.role !== 'creator' && (u.role !== 'admin' || owner)) {
+      li.append(smallButton('Remove', 'remove-member', `Remove ${u.name} from the group`, () => {
+        if (confirm(`Remove ${u.name} from ${g.groupname}?`)) {
+          administer({ msgid: 37, groupid: gid, userid: u.id }, 'could not remove the member');
+        }
+      }));
+    }
+    return li;
+  }));
+  $('manage-group').hidden = !manages;
+  const invites = manages ? g.invites || [] : [];
+  $('group-invites-title').hidden = invites.length === 0;
+  reconcile($('group-invites'), invites.map((i) => {
+    const li = document.createElement('li');
+    const who = document.createElement('span');
+    who.className = 'who';
+    if (i.kind === 'request') {
+      li.id = `join-request-${i.id}`;
+      li.dataset.joinRequest = String(i.id);
+      who.textContent = `${i.name} (${i.id}) asks to join`;
+      li.append(who,
+        smallButton('Approve', 'approve', `Let ${i.name} join`,
+          () => administer({ msgid: 35, groupid: g.id, userid: i.id, accept: true }, 'could not approve the request')),
+        smallButton('Decline', 'decline', `Decline ${i.name}'s request`,
+          () => administer({ msgid: 35, groupid: g.id, userid: i.id, accept: false }, 'could not decline the request')));
+    } else {
+      li.id = `invited-${i.id}`;
+      li.dataset.invited = String(i.id);
+      who.textContent = `${i.name} (${i.id}) invited by ${i.byname}, not answered yet`;
+      li.append(who);
+    }
+    return li;
+  }));
+  $('dissolve-button').hidden = !owner;
 }
 
 /** The user's devices, with a button to log each other one out. */
@@ -475,7 +825,7 @@ async function refreshDevices() {
 function renderDevices() {
   const list = $('devices');
   if (!list) return;
-  list.replaceChildren(...(state.devices || []).map((d) => {
+  reconcile(list, (state.devices || []).map((d) => {
     const li = document.createElement('li');
     const name = document.createElement('span');
     name.textContent = (d.device || '(classic client)') + (d.current ? ' (this tab)' : '');
@@ -484,6 +834,7 @@ function renderDevices() {
     dot.setAttribute('aria-hidden', 'true');
     li.append(dot, name);
     li.dataset.device = d.device;
+    li.dataset.key = 'device:' + d.device;
     if (!d.current) {
       const b = document.createElement('button');
       b.type = 'button';
@@ -514,12 +865,17 @@ function presence(p) {
 
 async function openConversation(key) {
   if (state.current && state.current !== key) conv(state.current).firstUnread = null;
+  if (state.current !== key) {
+    $('invite-note').textContent = '';
+    $('members-error').textContent = '';
+  }
   const c = conv(key);
   state.current = key;
   c.unread = 0;
   $('app').classList.add('in-conversation');
   render();
   $('message-input').focus();
+  if (key[0] === 'g') refreshGroupInfo(Number(key.slice(2)));
   if (!c.loaded) await loadHistory(key);
   markRead(key);
 }
@@ -605,6 +961,26 @@ async function transmit(entry) {
 
 // ---- rendering ------------------------------------------------------------
 
+/** Puts `fresh` (elements just built) in `list`, keeping each element
+ * already there that looks the same (same key, equal node): one being
+ * clicked or focused is not swapped for a copy under the pointer. Keys are
+ * `data-key`, else the element's id. */
+function reconcile(list, fresh) {
+  const old = new Map();
+  for (const el of list.children) {
+    const key = el.dataset.key || el.id;
+    if (key) old.set(key, el);
+  }
+  const nodes = fresh.map((el) => {
+    const key = el.dataset.key || el.id;
+    const was = key && old.get(key);
+    return was && was.isEqualNode(el) ? was : el;
+  });
+  const kids = list.children;
+  const same = nodes.length === kids.length && nodes.every((n, i) => kids[i] === n);
+  if (!same) list.replaceChildren(...nodes);
+}
+
 function showAuth(error) {
   $('auth').hidden = false;
   $('app').hidden = true;
@@ -620,6 +996,7 @@ function showApp() {
 
 function convButton(key, label, online, unread) {
   const li = document.createElement('li');
+  li.dataset.key = key;
   const b = document.createElement('button');
   b.type = 'button';
   b.dataset.conv = key;
@@ -647,11 +1024,24 @@ function convButton(key, label, online, unread) {
 function render() {
   if (!state.me) return;
   const friends = $('friends');
-  friends.replaceChildren(...[...state.friends.values()].map((f) =>
+  reconcile(friends, [...state.friends.values()].map((f) =>
     convButton('u:' + f.id, `${f.name} (${f.id})`, f.state === 'online', conv('u:' + f.id).unread)));
   const groups = $('groups');
-  groups.replaceChildren(...[...state.groups.values()].map((g) =>
-    convButton('g:' + g.id, `${g.groupname} (#${g.id})`, false, conv('g:' + g.id).unread)));
+  reconcile(groups, [...state.groups.values()].map((g) => {
+    const li = convButton('g:' + g.id, `${g.groupname} (#${g.id})`, false, conv('g:' + g.id).unread);
+    const asking = (g.invites || []).filter((i) => i.kind === 'request').length;
+    if (asking > 0) {
+      const badge = document.createElement('span');
+      badge.className = 'asking';
+      badge.textContent = `${asking} asking to join`;
+      const b = li.querySelector('button');
+      b.append(badge);
+      b.setAttribute('aria-label', b.getAttribute('aria-label') + `, ${asking} asking to join`);
+    }
+    return li;
+  }));
+  renderRequests();
+  renderInvitations();
   renderDevices();
   renderConversation();
 }
@@ -669,6 +1059,7 @@ function titleOf(key) {
 function renderConversation() {
   const key = state.current;
   $('composer').hidden = !key;
+  renderMembers();
   if (!key) return;
   const c = conv(key);
   $('conv-title').textContent = titleOf(key);
@@ -725,6 +1116,7 @@ function renderConversation() {
     if (entry.key !== key) continue;
     const note = entry.state === 'sending' ? 'sending…' : `not sent: ${entry.error || 'failed'}`;
     const li = messageItem(entry.text, true, entry.state, `you · ${note}`, null, false);
+    li.dataset.key = 'o:' + entry.cmid;
     if (entry.state === 'failed') {
       const retry = document.createElement('button');
       retry.type = 'button';
@@ -736,7 +1128,7 @@ function renderConversation() {
     }
     items.push(li);
   }
-  list.replaceChildren(...items);
+  reconcile(list, items);
   if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
@@ -745,6 +1137,7 @@ function messageItem(text, mine, kind, meta, seq, firstUnread) {
   li.className = (mine ? 'mine ' : '') + 'state-' + kind + (firstUnread ? ' first-unread' : '');
   li.dataset.state = kind;
   if (seq !== null) li.dataset.seq = String(seq);
+  if (seq !== null) li.dataset.key = 's:' + seq;
   const body = document.createElement('span');
   body.className = 'text';
   body.textContent = text;
@@ -787,32 +1180,131 @@ window.addEventListener('DOMContentLoaded', () => {
     $('login-id').value = String(r.id);
     $('login-password').focus();
   });
+  // Adding a friend asks them; they are friends once they accept (or at
+  // once, if they had asked the user too).
   onSubmit('add-friend-form', 'sidebar-error', async () => {
     const id = Number($('add-friend-id').value);
+    $('add-friend-note').textContent = '';
     const r = await request({ msgid: 7, friendid: id });
-    // Friendship is mutual: someone who added us is a friend already.
+    if (r.errno === 0 && r.pending) {
+      if (!state.outgoing.has(id)) state.outgoing.set(id, { id, name: `user ${id}` });
+      $('add-friend-id').value = '';
+      // The list of requests names whom the user asked.
+      await loadFriendRequests().catch(() => {});
+      const asked = state.outgoing.get(id);
+      const name = asked && asked.name !== `user ${id}` ? `${asked.name} (${id})` : String(id);
+      $('add-friend-note').textContent = `Request sent to ${name}; you are friends once they accept`;
+      render();
+      return;
+    }
+    if (r.errno === 0) {
+      // They had asked too: friends now.
+      state.requests.delete(id);
+      state.outgoing.delete(id);
+      await refreshFriends();
+      const f = state.friends.get(id);
+      $('add-friend-note').textContent = `${f ? `${f.name} (${id})` : id} is your friend now`;
+      $('add-friend-id').value = '';
+      render();
+      return;
+    }
     await refreshFriends();
-    if (r.errno !== 0 && !state.friends.has(id)) throw new Error(r.errmsg || 'could not add the friend');
-    $('add-friend-id').value = '';
-    render();
+    const f = state.friends.get(id);
+    if (f && !f.stranger) {
+      $('add-friend-note').textContent = `${f.name} (${id}) is your friend already`;
+      $('add-friend-id').value = '';
+      render();
+      return;
+    }
+    throw new Error(r.errmsg || 'could not add the friend');
   });
   onSubmit('create-group-form', 'sidebar-error', async () => {
-    const r = await ask({ msgid: 8, groupname: $('create-group-name').value, groupdesc: '' },
-      'could not create the group');
+    const frame = { msgid: 8, groupname: $('create-group-name').value, groupdesc: '' };
+    if ($('create-group-private').checked) frame.private = true;
+    const r = await ask(frame, 'could not create the group');
     state.groups.set(r.groupid, {
-      id: r.groupid, groupname: r.groupname, groupdesc: r.groupdesc || '',
-      users: [{ id: state.me.id, name: state.me.name, role: 'creator', state: 'online' }],
+      id: r.groupid, groupname: r.groupname, groupdesc: r.groupdesc || '', private: !!r.private,
+      users: [{ id: state.me.id, name: state.me.name, role: 'creator', state: 'online' }], invites: [],
     });
     $('create-group-name').value = '';
+    $('create-group-private').checked = false;
+    $('join-group-note').textContent = r.private
+      ? `Private group ${r.groupname} (#${r.groupid}) created: open it and invite people from its members panel`
+      : '';
     render();
   });
   onSubmit('join-group-form', 'sidebar-error', async () => {
     const id = Number($('join-group-id').value);
+    $('join-group-note').textContent = '';
+    // (For a private group the user is invited to, this accepts.)
     const r = await ask({ msgid: 9, groupid: id }, 'could not join the group');
+    state.invitations.delete(id);
     state.groups.set(id, {
       id, groupname: r.groupname || `group ${id}`, groupdesc: r.groupdesc || '', users: r.users || [],
     });
     $('join-group-id').value = '';
+    render();
+  });
+  // A private group answers a join by id as one that does not exist: ask
+  // its owner and admins instead.
+  $('request-join-button').addEventListener('click', async () => {
+    const input = $('join-group-id');
+    $('sidebar-error').textContent = '';
+    $('join-group-note').textContent = '';
+    if (!input.reportValidity()) return;
+    const id = Number(input.value);
+    const r = await request({ msgid: 34, groupid: id }).catch(() => null);
+    if (!r || r.errno !== 0) {
+      $('sidebar-error').textContent = (r && r.errmsg) || 'could not ask to join';
+      return;
+    }
+    input.value = '';
+    if (state.groups.has(id)) {
+      refreshGroupInfo(id); // it was an invitation: joined
+    } else {
+      $('join-group-note').textContent = `Asked to join group ${id}: if it is a private group, its owner or an admin will answer`;
+    }
+  });
+  // The members panel of the open group.
+  $('members-button').addEventListener('click', () => {
+    state.membersOpen = !state.membersOpen;
+    const g = currentGroup();
+    if (state.membersOpen && g) refreshGroupInfo(g.id);
+    render();
+  });
+  onSubmit('invite-form', 'members-error', async () => {
+    const g = currentGroup();
+    if (!g) return;
+    const id = Number($('invite-user-id').value);
+    $('invite-note').textContent = '';
+    const r = await administer({ msgid: 33, groupid: g.id, userid: id }, 'could not invite');
+    if (!r) return;
+    $('invite-user-id').value = '';
+    $('invite-note').textContent = r.joined
+      ? `User ${id} had asked to join: a member now`
+      : `Invited user ${id}; they join once they accept`;
+  });
+  onSubmit('rename-group-form', 'members-error', async () => {
+    const g = currentGroup();
+    if (!g) return;
+    const r = await administer({ msgid: 38, groupid: g.id, groupname: $('rename-group-name').value },
+      'could not rename the group');
+    if (r) $('rename-group-name').value = '';
+  });
+  $('leave-group-button').addEventListener('click', async () => {
+    const g = currentGroup();
+    if (!g || !confirm(`Leave ${g.groupname}?`)) return;
+    const r = await administer({ msgid: 11, groupid: g.id }, 'could not leave the group');
+    if (!r) return;
+    forgetGroup(g.id);
+    render();
+  });
+  $('dissolve-button').addEventListener('click', async () => {
+    const g = currentGroup();
+    if (!g || !confirm(`Dissolve ${g.groupname}? Every member leaves and its messages go.`)) return;
+    const r = await administer({ msgid: 39, groupid: g.id }, 'could not dissolve the group');
+    if (!r) return;
+    forgetGroup(g.id);
     render();
   });
   $('composer').addEventListener('submit', (e) => {
@@ -840,6 +1332,7 @@ window.addEventListener('DOMContentLoaded', () => {
   $('back').addEventListener('click', () => {
     $('app').classList.remove('in-conversation');
     state.current = null;
+    state.membersOpen = false;
     render();
   });
   $('logout').addEventListener('click', logout);

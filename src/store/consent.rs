@@ -36,7 +36,10 @@ const INCOMING: &str = "SELECT u.id, u.name FROM friend_requests r JOIN users u 
 const OUTGOING: &str = "SELECT u.id, u.name FROM friend_requests r JOIN users u ON u.id = r.to_id \
      WHERE r.from_id = ? AND r.state IN (0, 1) ORDER BY r.created_at, u.id";
 
-const GROUP_META: &str = "SELECT id, name, description, private FROM chat_groups WHERE id = ?";
+/// `chat_groups.private`: 0 public, 1 private, 2 dissolved (a tombstone
+/// that keeps the id from being handed out again).
+const GROUP_META: &str =
+    "SELECT id, name, description, private FROM chat_groups WHERE id = ? AND private <> 2";
 const GROUP_BY_NAME: &str = "SELECT id FROM chat_groups WHERE name = ?";
 const NEXT_PUBLIC_GROUP: &str = "SELECT COALESCE(MAX(id), 0) + 1 FROM chat_groups WHERE id < ?";
 const CREATE_GROUP: &str =
@@ -79,17 +82,22 @@ const RENAME_GROUP: &str = "UPDATE chat_groups SET name = ? WHERE id = ?";
 const DESCRIBE_GROUP: &str = "UPDATE chat_groups SET description = ? WHERE id = ?";
 const GROUP_MEMBER_IDS: &str = "SELECT user_id FROM group_members WHERE group_id = ?";
 /// What dissolving a group deletes, each binding the group's id, except
-/// the ones on its conversation key (marked true).
-const DISSOLVE: [(&str, bool); 7] = [
+/// the ones on its conversation key (marked true). The group's row stays
+/// as a tombstone (its id is never handed out again, and SQLite's writer
+/// may remember the conversation's last number), and so does the
+/// conversation's counter row.
+const DISSOLVE: [(&str, bool); 6] = [
     ("DELETE FROM group_members WHERE group_id = ?", false),
     ("DELETE FROM group_invites WHERE group_id = ?", false),
     ("DELETE FROM cursors WHERE conv = ?", true),
     ("DELETE FROM device_cursors WHERE conv = ?", true),
     ("DELETE FROM read_marks WHERE conv = ?", true),
     ("DELETE FROM messages WHERE conv = ?", true),
-    ("DELETE FROM conversations WHERE conv = ?", true),
 ];
-const DROP_GROUP: &str = "DELETE FROM chat_groups WHERE id = ?";
+/// Frees the name (the tombstone's has a control character, which no
+/// group name may have) and marks the row dissolved. Binds: name, id.
+const TOMBSTONE: &str =
+    "UPDATE chat_groups SET name = ?, description = '', private = 2 WHERE id = ?";
 const LAST_SEQ: &str = "SELECT last_seq FROM conversations WHERE conv = ?";
 const SET_CURSOR: &str = "REPLACE INTO cursors (user_id, conv, delivered_seq) VALUES (?, ?, ?)";
 
@@ -478,7 +486,7 @@ where
     pub(super) async fn sql_join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
         let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
         let private: Option<(i64,)> =
-            sqlx::query_as("SELECT private FROM chat_groups WHERE id = ?")
+            sqlx::query_as("SELECT private FROM chat_groups WHERE id = ? AND private <> 2")
                 .bind(group)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -752,7 +760,8 @@ where
             };
             query.execute(&mut *tx).await?;
         }
-        sqlx::query(DROP_GROUP)
+        sqlx::query(TOMBSTONE)
+            .bind(format!("\u{1}dissolved {group}"))
             .bind(group)
             .execute(&mut *tx)
             .await?;

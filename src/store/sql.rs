@@ -71,7 +71,7 @@ pub(super) const USER_GROUPS_MEMBERS: &str = "SELECT gm.group_id, u.id, u.name, 
      WHERE gm.group_id IN (SELECT group_id FROM group_members WHERE user_id = ?) \
      ORDER BY gm.group_id, u.id";
 pub(super) const GROUP_MEMBERS: &str = "SELECT user_id FROM group_members WHERE group_id = ?";
-pub(super) const GROUP_ID: &str = "SELECT id FROM chat_groups WHERE id = ?";
+pub(super) const GROUP_ID: &str = "SELECT id FROM chat_groups WHERE id = ? AND private <> 2";
 pub(super) const BLOCKING: &str =
     "SELECT blocked_id FROM blocks WHERE user_id = ? ORDER BY blocked_id";
 pub(super) const BLOCKED_BY: &str =
