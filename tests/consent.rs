@@ -114,19 +114,7 @@ async fn a_user_may_take_messages_from_friends_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_made_on_one_node_stops_a_conversation_on_another_at_once() {
-    use common::nodes::{NodeProcess, Shared};
-    use common::services;
-    let mut mysql = None;
-    let mut redis = None;
-    let shared = Shared {
-        db_url: services::create_database(&services::mysql_server(&mut mysql)).await,
-        redis_url: services::redis_server(&mut redis),
-        prefix: services::unique("chat"),
-        presence_ttl: 10.0,
-        extra_args: Vec::new(),
-    };
-    let n1 = NodeProcess::start(&shared, "n1").await;
-    let n2 = NodeProcess::start(&shared, "n2").await;
+    let common::nodes::TwoNodes { n1, n2, .. } = &common::nodes::two_nodes().await;
     let mut a = n1.client().await;
     let alice = a.register("alice", &pw("alice")).await.expect("register");
     a.login(alice, &pw("alice")).await.expect("login");
@@ -150,7 +138,6 @@ async fn a_block_made_on_one_node_stops_a_conversation_on_another_at_once() {
         }
     }
     assert!(refused, "the block reached n1");
-    drop((n1, n2, mysql, redis));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,19 +608,7 @@ async fn owners_and_admins_run_a_group_and_members_do_not() {
 /// removed member on another node gets nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_consent_works_across_nodes() {
-    use common::nodes::{NodeProcess, Shared};
-    use common::services;
-    let mut mysql = None;
-    let mut redis = None;
-    let shared = Shared {
-        db_url: services::create_database(&services::mysql_server(&mut mysql)).await,
-        redis_url: services::redis_server(&mut redis),
-        prefix: services::unique("chat"),
-        presence_ttl: 10.0,
-        extra_args: Vec::new(),
-    };
-    let n1 = NodeProcess::start(&shared, "n1").await;
-    let n2 = NodeProcess::start(&shared, "n2").await;
+    let common::nodes::TwoNodes { n1, n2, .. } = &common::nodes::two_nodes().await;
     let mut a = n1.client().await;
     let alice = a.register("alice", &pw("alice")).await.expect("register");
     a.login(alice, &pw("alice")).await.expect("login");
@@ -671,5 +646,4 @@ async fn group_consent_works_across_nodes() {
     a.group_chat(g, "after bob").await.expect("post");
     assert_quiet(&mut b).await;
     assert_eq!(errno(b.group_chat(g, "hello?").await), Some(30));
-    drop((n1, n2, mysql, redis));
 }

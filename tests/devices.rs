@@ -10,8 +10,6 @@ use chat::client::{Client, ClientError, LoginInfo, Message};
 use chat::config::Config;
 use chat::model::UserId;
 use chat::protocol::HistoryTarget;
-use common::nodes::{NodeProcess, Shared};
-use common::services;
 use common::{TestServer, assert_quiet, next_other, pw, within};
 
 /// Logs `name` (id `id`) in over `c` as `device` (`None`: the classic
@@ -183,17 +181,7 @@ async fn a_users_devices_are_online_together_and_each_gets_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_on_two_nodes_both_get_everything() {
-    let mut mysql = None;
-    let mut redis = None;
-    let shared = Shared {
-        db_url: services::create_database(&services::mysql_server(&mut mysql)).await,
-        redis_url: services::redis_server(&mut redis),
-        prefix: services::unique("chat"),
-        presence_ttl: 10.0,
-        extra_args: Vec::new(),
-    };
-    let n1 = NodeProcess::start(&shared, "n1").await;
-    let n2 = NodeProcess::start(&shared, "n2").await;
+    let common::nodes::TwoNodes { n1, n2, .. } = &common::nodes::two_nodes().await;
     let mut c = n1.client().await;
     let alice = c.register("alice", &pw("alice")).await.expect("register");
     let bob = c.register("bob", &pw("bob")).await.expect("register");
@@ -240,7 +228,6 @@ async fn two_devices_on_two_nodes_both_get_everything() {
     phone.device_logout("laptop").await.expect("logout laptop");
     let notice = next_other(&mut laptop).await;
     assert_eq!(notice["errno"], 63, "{notice}");
-    drop((n1, n2, mysql, redis));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,3 +221,32 @@ impl Deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Two nodes on a fresh database and key prefix (on MariaDB and Redis of
+/// this machine, or private ones started for the test), for tests of what
+/// crosses nodes. The nodes stop before the services they use.
+pub struct TwoNodes {
+    pub n1: NodeProcess,
+    pub n2: NodeProcess,
+    _services: (
+        Option<super::services::MariaDb>,
+        Option<super::services::Redis>,
+    ),
+}
+
+pub async fn two_nodes() -> TwoNodes {
+    use super::services;
+    let (mut mysql, mut redis) = (None, None);
+    let shared = Shared {
+        db_url: services::create_database(&services::mysql_server(&mut mysql)).await,
+        redis_url: services::redis_server(&mut redis),
+        prefix: services::unique("chat"),
+        presence_ttl: 10.0,
+        extra_args: Vec::new(),
+    };
+    TwoNodes {
+        n1: NodeProcess::start(&shared, "n1").await,
+        n2: NodeProcess::start(&shared, "n2").await,
+        _services: (mysql, redis),
+    }
+}
