@@ -163,6 +163,57 @@ pub async fn login_raw(
     .await
 }
 
+/// Logs in exactly as the original client does: its login frame (keys in
+/// nlohmann::json's sorted order, NUL-terminated) and no `reqid`, so that
+/// the server treats the session as the original client's (unanswered
+/// chat requests, spaced pushes, reads confirmed after a grace period).
+pub async fn login_original(
+    addr: &str,
+    id: UserId,
+    password: &str,
+) -> Result<(Reader, WriteHalf), BenchError> {
+    let (r, mut w) = connect_from(addr, None).await?;
+    let mut reader = FramedRead::new(r, FrameCodec::new(64 << 20));
+    let mut frame = serde_json::to_vec(&serde_json::json!({
+        "msgid": msgid::LOGIN, "id": id, "password": password,
+    }))
+    .map_err(|e| BenchError::Protocol(format!("login frame: {e}")))?;
+    frame.push(0);
+    w.write_all(&frame)
+        .await
+        .map_err(|e| BenchError::Io("send", e))?;
+    loop {
+        let frame = match reader.next().await {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Err(BenchError::Protocol(format!("read: {e}"))),
+            None => return Err(BenchError::Protocol("connection closed".into())),
+        };
+        let Some(h) = head(&frame) else { continue };
+        if h.msgid == msgid::LOGIN_ACK || h.msgid == msgid::ERROR {
+            if h.errno != 0 {
+                return Err(BenchError::Refused {
+                    errno: h.errno,
+                    frame: String::from_utf8_lossy(&frame).into_owned(),
+                });
+            }
+            return Ok((reader, w));
+        }
+    }
+}
+
+/// ONE_CHAT exactly as the original client writes it: `id`, `name` and
+/// `time` included (the server ignores them), keys sorted as nlohmann::json
+/// sorts them, NUL-terminated, no `reqid`.
+fn original_chat_frame(from: UserId, to: UserId, msg: &str) -> Vec<u8> {
+    let mut frame = serde_json::to_vec(&serde_json::json!({
+        "msgid": msgid::ONE_CHAT, "id": from, "name": format!("user{from}"), "toid": to,
+        "msg": msg, "time": "2026-12-06 12:00:00",
+    }))
+    .unwrap_or_default();
+    frame.push(0);
+    frame
+}
+
 /// Connects to `addr`, from `source` (an IP on this machine) if given:
 /// spreading connections over loopback sources lifts the limit of about
 /// 28,000 ephemeral ports per source address. Runs the TLS handshake if
@@ -273,6 +324,9 @@ pub struct PairsOptions {
     /// cannot hide its stall by slowing the senders down (no coordinated
     /// omission). `None`: closed loop.
     pub rate: Option<f64>,
+    /// Log in and send exactly as the original client does
+    /// ([`login_original`]); such a session gets no acknowledgements.
+    pub original_frames: bool,
 }
 
 /// What one pairs run measured: its window, and every message's fate.
@@ -374,20 +428,33 @@ impl PairsRun {
         let mut conns = Vec::with_capacity(opts.pairs);
         for p in 0..opts.pairs {
             let (from, to) = (opts.users[p], opts.users[opts.pairs + p]);
-            let sender = login_raw(&opts.addr, from, &opts.password).await?;
-            let receiver = login_raw(
-                opts.recv_addr.as_deref().unwrap_or(&opts.addr),
-                to,
-                &opts.password,
-            )
-            .await?;
+            let recv_addr = opts.recv_addr.as_deref().unwrap_or(&opts.addr);
+            let (sender, receiver) = if opts.original_frames {
+                (
+                    login_original(&opts.addr, from, &opts.password).await?,
+                    login_original(recv_addr, to, &opts.password).await?,
+                )
+            } else {
+                (
+                    login_raw(&opts.addr, from, &opts.password).await?,
+                    login_raw(recv_addr, to, &opts.password).await?,
+                )
+            };
             conns.push((from, to, sender, receiver));
         }
+        let original = opts.original_frames;
+        let frame_for = move |from: UserId, to: UserId, msg: String| {
+            if original {
+                original_chat_frame(from, to, &msg)
+            } else {
+                chat_frame(to, msg)
+            }
+        };
         let mut tasks = tokio::task::JoinSet::new();
         let mut readers = tokio::task::JoinSet::new();
         // Open loop: pairs start spread over one interval, not in a burst.
         let base = Instant::now();
-        for (p, (_from, to, (mut acks, mut out), (mut inbox, inbox_writer))) in
+        for (p, (from, to, (mut acks, mut out), (mut inbox, inbox_writer))) in
             conns.into_iter().enumerate()
         {
             let shared2 = shared.clone();
@@ -459,7 +526,7 @@ impl PairsRun {
                             Instant::now()
                         };
                         since_w[slot(k)].store(nanos(counts_from), Ordering::Relaxed);
-                        let frame = chat_frame(to, format!("{k} {filler}"));
+                        let frame = frame_for(from, to, format!("{k} {filler}"));
                         out.write_all(&frame)
                             .await
                             .map_err(|e| BenchError::Io("send", e))?;
@@ -477,7 +544,7 @@ impl PairsRun {
                 while !shared.stop.load(Ordering::Relaxed) {
                     k += 1;
                     let token = format!("{k} {filler}");
-                    let frame = chat_frame(to, token.clone());
+                    let frame = frame_for(from, to, token.clone());
                     let t0 = Instant::now();
                     out.write_all(&frame)
                         .await
@@ -515,7 +582,7 @@ impl PairsRun {
             readers,
             server_pids: opts.server_pids.clone(),
             tiers: opts.tiers.clone(),
-            expect_acks: opts.expect_acks,
+            expect_acks: opts.expect_acks && !opts.original_frames,
         })
     }
 

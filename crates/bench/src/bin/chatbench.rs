@@ -196,6 +196,11 @@ struct RunArgs {
     /// Also draw the delivery latency by percentile into this SVG file.
     #[arg(long, value_name = "FILE")]
     plot: Option<std::path::PathBuf>,
+    /// Log in and chat exactly as the original C++ client does (its
+    /// frames, no reqid): the server then treats every session as the
+    /// original client's, which gets no acknowledgements.
+    #[arg(long)]
+    original_frames: bool,
 }
 
 fn main() -> ExitCode {
@@ -552,6 +557,7 @@ fn options(
         password: PASSWORD.to_owned(),
         body_len: run.body,
         rate: None,
+        original_frames: run.original_frames,
     }
 }
 
