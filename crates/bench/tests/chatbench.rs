@@ -100,6 +100,44 @@ fn open_loop_pairs_deliver_at_the_offered_rate_and_every_message_is_acked() {
     assert_eq!(report["acked"], report["sent"], "{report}");
 }
 
+/// `--original-frames` drives the server exactly as the original C++
+/// client would: the server takes every session for the original client's,
+/// so it answers no chat request (nothing acked, nothing refused), and the
+/// receivers, read one frame at a time, get every message.
+#[test]
+fn pairs_with_the_original_clients_frames_are_delivered_unanswered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, addr) = start_server(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_chatbench"))
+        .args([
+            "pairs",
+            "--addr",
+            &addr,
+            "--pairs",
+            "3",
+            "--original-frames",
+        ])
+        .args(["--duration", "1", "--warmup", "0.2"])
+        .output()
+        .expect("run chatbench");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chatbench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).expect("JSON report");
+    assert!(report["delivered"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert_eq!(
+        report["acked"], 0,
+        "the original client is not answered: {report}"
+    );
+    assert_eq!(report["refused"], 0, "{report}");
+}
+
 #[test]
 fn resumes_take_every_user_back_without_passwords() {
     let dir = tempfile::tempdir().expect("tempdir");
