@@ -1,10 +1,14 @@
 //! Password hashing: argon2id, off the reactor threads, bounded in parallel.
 //!
 //! Hashing is deliberately slow and memory-hungry, so it runs on a few
-//! threads of its own, behind a semaphore. Those threads run in the idle
-//! scheduling class: during a login storm the core goes to chat traffic
-//! first and the logins queue (for at most [`HASH_WAIT`], then "server busy,
-//! try again"), instead of every logged-in user's delivery latency growing.
+//! threads of its own, behind a semaphore. Their priority is a choice
+//! (`Config::hash_niceness`). By default they compete as equals with the
+//! reactor: during a login storm on a busy core every login gets through
+//! (about 20 a second on one core here, with chat's p50 unchanged and its
+//! p99 about 7 ms), where the idle scheduling class, used before, kept
+//! chat's p99 at its quiet value but let a saturating chat load starve the
+//! logins until two thirds of them gave up ([`HASH_WAIT`], "server busy,
+//! try again"; `docs/benchmarks.md`, "A login storm").
 //! Each hash works in ~19 MiB of memory. Every hashing thread allocates
 //! that once and hashes in it ever after, so memory is one block per thread
 //! however many logins there are. (Tokio's blocking pool, used before, grew
@@ -42,10 +46,6 @@ pub enum AuthError {
 /// only add load); bounded so that nobody waits forever.
 const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Niceness of the hashing threads where the idle class is refused (0 is
-/// the reactor's; 19 the lowest).
-const HASH_NICENESS: libc::c_int = 10;
-
 /// Work for a hashing thread, given the thread's own argon2 memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
@@ -60,8 +60,9 @@ pub struct PasswordHasherPool {
 }
 
 impl PasswordHasherPool {
-    /// A pool computing at most `parallel` hashes at once.
-    pub fn new(parallel: usize) -> Result<Self, AuthError> {
+    /// A pool computing at most `parallel` hashes at once, on threads of
+    /// `niceness` (`None`: the idle scheduling class).
+    pub fn new(parallel: usize, niceness: Option<i32>) -> Result<Self, AuthError> {
         let dummy = hash_now(b"dummy password for absent accounts", &mut Vec::new())?;
         let parallel = parallel.max(1);
         // At most `parallel` jobs are queued or running (the permits), so
@@ -73,7 +74,7 @@ impl PasswordHasherPool {
             std::thread::Builder::new()
                 .name(format!("hash-{i}"))
                 .spawn(move || {
-                    lower_priority();
+                    lower_priority(niceness);
                     let mut memory = Vec::new();
                     loop {
                         // The lock is held only while waiting for a job.
@@ -137,22 +138,30 @@ impl PasswordHasherPool {
     }
 }
 
-/// Puts the calling thread in the idle scheduling class (Linux: per thread):
-/// it runs only when no chat work wants the core, and any chat work that
-/// wakes up takes the core from it at once. Where that is refused, a high
-/// niceness does most of the same. Failing both is harmless: hashing then
-/// competes as an equal.
-fn lower_priority() {
+/// Gives the calling thread `niceness` (Linux: per thread), or with `None`
+/// puts it in the idle scheduling class: it then runs only when no chat
+/// work wants the core (where that class is refused, niceness 19 does most
+/// of the same). Failing is harmless: hashing then competes as an equal.
+fn lower_priority(niceness: Option<i32>) {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on the calling thread's own id, with a
     // zeroed parameter struct (priority 0 is what SCHED_IDLE requires).
     unsafe {
-        let param: libc::sched_param = std::mem::zeroed();
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICENESS);
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        match niceness {
+            Some(n) => {
+                libc::setpriority(libc::PRIO_PROCESS, tid, n);
+            }
+            None => {
+                let param: libc::sched_param = std::mem::zeroed();
+                if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+                }
+            }
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = niceness;
 }
 
 /// `memory` sized for `params` (grown once, then reused).
@@ -220,7 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_are_salted() {
-        let pool = PasswordHasherPool::new(2).expect("pool");
+        let pool = PasswordHasherPool::new(2, None).expect("pool");
         let pw = Password::parse("s3cret").expect("pw");
         let a = pool.hash(pw.clone()).await.expect("hash");
         let b = pool.hash(pw).await.expect("hash");

@@ -121,6 +121,11 @@ struct Cli {
     /// connection still open, before it counts as read.
     #[arg(long, default_value_t = Config::default().classic_read_grace.as_secs_f64())]
     classic_read_grace: f64,
+    /// Niceness of the password-hashing threads (0, the reactor's, to 19),
+    /// or "idle": hash only on a core nothing else wants (logins may then
+    /// wait out a busy spell and be refused with errno 50).
+    #[arg(long, default_value = "0")]
+    hash_niceness: String,
     /// Seconds of silence before TCP keepalive starts probing a peer.
     #[arg(long, default_value_t = Config::default().keepalive_idle.as_secs_f64())]
     keepalive: f64,
@@ -369,6 +374,8 @@ async fn run() -> Result<(), Fatal> {
         push_queue: cli.push_queue,
         classic_spacing: seconds("classic-spacing-ms", cli.classic_spacing_ms / 1000.0)?,
         classic_read_grace: seconds("classic-read-grace", cli.classic_read_grace)?,
+        hash_niceness: parse_niceness(&cli.hash_niceness)
+            .map_err(|e| Fatal::Usage(format!("--hash-niceness {e}")))?,
         sqlite_sync: cli.sync,
         heartbeat_timeout: seconds("heartbeat-timeout", cli.heartbeat_timeout)?,
         keepalive_idle: seconds("keepalive", cli.keepalive)?,
@@ -468,4 +475,15 @@ async fn cancel_on_signal(token: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
     token.cancel();
+}
+
+/// `idle`, or a niceness from 0 to 19.
+fn parse_niceness(s: &str) -> Result<Option<i32>, String> {
+    if s == "idle" {
+        return Ok(None);
+    }
+    match s.parse::<i32>() {
+        Ok(n) if (0..=19).contains(&n) => Ok(Some(n)),
+        _ => Err(format!("{s:?}: say \"idle\" or a niceness from 0 to 19")),
+    }
 }

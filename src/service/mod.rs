@@ -139,7 +139,7 @@ impl Service {
         let admission = admission::Admission::new(config.session_rate, config.session_burst);
         let guard = guard::Guard::new(&config.limits);
         Ok(Service {
-            hasher: PasswordHasherPool::new(config.max_concurrent_hashes)?,
+            hasher: PasswordHasherPool::new(config.max_concurrent_hashes, config.hash_niceness)?,
             store,
             hub,
             config,
