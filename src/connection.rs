@@ -418,9 +418,12 @@ async fn send_spaced(
     shutdown: &CancellationToken,
 ) -> Result<(), FrameError> {
     for frame in frames.into_iter().flat_map(classic::fit) {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep_until((*next_write).into()) => {}
+        // Most frames come after the gap has passed: no timer for them.
+        if *next_write > std::time::Instant::now() {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep_until((*next_write).into()) => {}
+            }
         }
         send_all(conn, vec![frame], timeout, shutdown).await?;
         *next_write = std::time::Instant::now() + spacing;
