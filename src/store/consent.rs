@@ -589,52 +589,66 @@ where
         kind: InviteKind,
         max_pending: usize,
     ) -> StoreResult<InviteOutcome> {
-        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
-        let (live,): (i64,) = sqlx::query_as(LIVE_USER)
-            .bind(user)
+        // An invitation and a request for the same user and group made at
+        // the same moment (MySQL: neither transaction sees the other's
+        // row): the second insert fails on the key, and looking again
+        // finds the other side's, so the user joins.
+        for _ in 0..2 {
+            let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+            let (live,): (i64,) = sqlx::query_as(LIVE_USER)
+                .bind(user)
+                .fetch_one(&mut *tx)
+                .await?;
+            if live == 0 {
+                return Err(StoreError::NotFound("user"));
+            }
+            if Self::count2(&mut tx, IS_MEMBER, group.0, user.0).await? > 0 {
+                return Err(StoreError::Conflict("already a member of this group"));
+            }
+            let existing: Option<(i64,)> = sqlx::query_as(INVITE_KIND)
+                .bind(group)
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some((k,)) = existing {
+                let k = InviteKind::from_column(k);
+                if k == kind {
+                    return Ok(InviteOutcome::AlreadyPending);
+                }
+                // The user asked and is now invited, or the reverse: both
+                // sides want it.
+                let start = Self::add_member(&mut tx, user, group).await?;
+                tx.commit().await?;
+                return Ok(InviteOutcome::Joined(start));
+            }
+            let (pending,): (i64,) = match kind {
+                InviteKind::Invitation => sqlx::query_as(INVITES_OF_GROUP).bind(group),
+                InviteKind::Request => sqlx::query_as(REQUESTS_OF_USER).bind(user),
+            }
             .fetch_one(&mut *tx)
             .await?;
-        if live == 0 {
-            return Err(StoreError::NotFound("user"));
-        }
-        if Self::count2(&mut tx, IS_MEMBER, group.0, user.0).await? > 0 {
-            return Err(StoreError::Conflict("already a member of this group"));
-        }
-        let existing: Option<(i64,)> = sqlx::query_as(INVITE_KIND)
-            .bind(group)
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some((k,)) = existing {
-            let k = InviteKind::from_column(k);
-            if k == kind {
-                return Ok(InviteOutcome::AlreadyPending);
+            if pending as usize >= max_pending {
+                return Ok(InviteOutcome::TooMany(max_pending));
             }
-            // The user asked and is now invited, or the reverse: both
-            // sides want it.
-            let start = Self::add_member(&mut tx, user, group).await?;
+            match sqlx::query(ADD_INVITE)
+                .bind(group)
+                .bind(user)
+                .bind(kind as i64)
+                .bind(by)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
             tx.commit().await?;
-            return Ok(InviteOutcome::Joined(start));
+            return Ok(InviteOutcome::Pending);
         }
-        let (pending,): (i64,) = match kind {
-            InviteKind::Invitation => sqlx::query_as(INVITES_OF_GROUP).bind(group),
-            InviteKind::Request => sqlx::query_as(REQUESTS_OF_USER).bind(user),
-        }
-        .fetch_one(&mut *tx)
-        .await?;
-        if pending as usize >= max_pending {
-            return Ok(InviteOutcome::TooMany(max_pending));
-        }
-        sqlx::query(ADD_INVITE)
-            .bind(group)
-            .bind(user)
-            .bind(kind as i64)
-            .bind(by)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(InviteOutcome::Pending)
+        Err(StoreError::Unavailable(
+            "the invitation changed meanwhile; try again".into(),
+        ))
     }
 
     pub(super) async fn sql_answer_invite(
