@@ -4,7 +4,7 @@
 
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 
-use super::sql::{Dialect, SqlStore, is_unique_violation};
+use super::sql::{DROP_REQUESTS_BETWEEN, Dialect, SqlStore, is_unique_violation};
 use super::{
     AskLimits, FriendAsk, FriendRequests, GroupMeta, Invite, InviteKind, InviteOutcome, Membership,
     PRIVATE_GROUP_IDS, StoreError, StoreResult, now_ms,
@@ -28,9 +28,6 @@ const NEW_REQUEST: &str =
 const SET_REQUEST_STATE: &str =
     "UPDATE friend_requests SET state = ? WHERE from_id = ? AND to_id = ?";
 const DROP_REQUEST: &str = "DELETE FROM friend_requests WHERE from_id = ? AND to_id = ?";
-/// Binds: a, b, b, a.
-pub(super) const DROP_REQUESTS_BETWEEN: &str = "DELETE FROM friend_requests \
-     WHERE (from_id = ? AND to_id = ?) OR (from_id = ? AND to_id = ?)";
 const INCOMING: &str = "SELECT u.id, u.name FROM friend_requests r JOIN users u ON u.id = r.from_id \
      WHERE r.to_id = ? AND r.state = 0 ORDER BY r.created_at, u.id";
 const OUTGOING: &str = "SELECT u.id, u.name FROM friend_requests r JOIN users u ON u.id = r.to_id \

@@ -78,6 +78,10 @@ pub(super) const BLOCKED_BY: &str =
     "SELECT user_id FROM blocks WHERE blocked_id = ? ORDER BY user_id";
 pub(super) const ONLY_FRIENDS: &str = "SELECT only_friends FROM users WHERE id = ?";
 pub(super) const SET_ONLY_FRIENDS: &str = "UPDATE users SET only_friends = ? WHERE id = ?";
+/// Friend requests either way between two users (a block, a friendship).
+/// Binds: a, b, b, a.
+pub(super) const DROP_REQUESTS_BETWEEN: &str = "DELETE FROM friend_requests \
+     WHERE (from_id = ? AND to_id = ?) OR (from_id = ? AND to_id = ?)";
 pub(super) const UNBLOCK: &str = "DELETE FROM blocks WHERE user_id = ? AND blocked_id = ?";
 /// Whether `to` blocks `from`, `from` blocks `to`, `to` takes friends
 /// only, they are friends, and `to` is a live account. Binds: to, from,
@@ -650,7 +654,7 @@ where
                 .execute(&mut *tx)
                 .await?,
         );
-        for q in [REMOVE_FRIENDSHIP, super::consent::DROP_REQUESTS_BETWEEN] {
+        for q in [REMOVE_FRIENDSHIP, DROP_REQUESTS_BETWEEN] {
             sqlx::query(q)
                 .bind(user)
                 .bind(other)
