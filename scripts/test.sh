@@ -19,6 +19,15 @@ fi
 
 work=$(mktemp -d -t chat-test.XXXXXX)
 cleanup() {
+    # A shared server that died during the run (mariadbd once crashed with
+    # SIGSEGV mid-suite, cause unknown) leaves its reason in its log.
+    local svc
+    for svc in mariadb redis; do
+        if [ -f "$work/$svc/pid" ] && ! kill -0 "$(cat "$work/$svc/pid")" 2>/dev/null; then
+            echo "test.sh: the suite's $svc had stopped; the end of its log:" >&2
+            tail -n 40 "$work/$svc/error.log" "$work/$svc/redis.log" 2>/dev/null >&2 || true
+        fi
+    done
     stop_service "$work/redis"
     stop_service "$work/mariadb"
     rm -rf "$work"

@@ -2,13 +2,12 @@
 //!
 //! Hashing is deliberately slow and memory-hungry, so it runs on a few
 //! threads of its own, behind a semaphore. Their priority is a choice
-//! (`Config::hash_niceness`). By default they compete as equals with the
-//! reactor: during a login storm on a busy core every login gets through
-//! (about 20 a second on one core here, with chat's p50 unchanged and its
-//! p99 about 7 ms), where the idle scheduling class, used before, kept
-//! chat's p99 at its quiet value but let a saturating chat load starve the
-//! logins until two thirds of them gave up ([`HASH_WAIT`], "server busy,
-//! try again"; `docs/benchmarks.md`, "A login storm").
+//! (`Config::hash_niceness`). By default they run in the idle scheduling
+//! class: chat traffic gets the core first, and during a storm on a busy
+//! core the logins queue (for at most [`HASH_WAIT`], then "server busy, try
+//! again"). At niceness 0 they compete as equals and every login of a storm
+//! gets through, at a higher chat tail latency (`docs/benchmarks.md`, "A
+//! login storm").
 //! Each hash works in ~19 MiB of memory. Every hashing thread allocates
 //! that once and hashes in it ever after, so memory is one block per thread
 //! however many logins there are. (Tokio's blocking pool, used before, grew
