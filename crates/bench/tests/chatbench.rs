@@ -1,5 +1,6 @@
 //! `chatbench compare` runs end to end: it starts the bare relay, the
-//! durable relay and the real server, drives all three, and reports figures for each. Nothing here
+//! durable relay (a flat log, and SQLite) and the real server, drives all
+//! four, and reports figures for each. Nothing here
 //! asserts a speed (this machine is shared and noisy); it asserts that the
 //! tool works and that every message it sent the server was acknowledged
 //! and delivered.
@@ -40,7 +41,7 @@ fn compare_runs_every_target_and_reports_them() {
     assert!(stdout.contains("msg/s"), "no table:\n{stdout}");
     let json = stdout.lines().last().expect("a JSON line");
     let rows: Vec<serde_json::Value> = serde_json::from_str(json).expect("JSON report");
-    for target in ["relay", "durable-relay", "chatserver"] {
+    for target in ["relay", "durable-relay", "sqlite-relay", "chatserver"] {
         let row = rows
             .iter()
             .find(|r| r["target"] == target)
@@ -48,7 +49,7 @@ fn compare_runs_every_target_and_reports_them() {
         assert!(row["delivered"].as_u64().unwrap_or(0) > 0, "{row}");
         assert!(row["server_cpu_us_per_msg"].is_number(), "{row}");
     }
-    for target in ["durable-relay", "chatserver"] {
+    for target in ["durable-relay", "sqlite-relay", "chatserver"] {
         let server = rows.iter().find(|r| r["target"] == target).expect("row");
         assert_eq!(server["refused"], 0, "{server}");
         assert_eq!(
@@ -62,11 +63,12 @@ fn compare_runs_every_target_and_reports_them() {
     for series in [
         "relay, 2 pairs",
         "durable-relay, 2 pairs",
+        "sqlite-relay, 2 pairs",
         "chatserver, 2 pairs",
     ] {
         assert!(svg.contains(series), "no {series} line:\n{svg}");
     }
-    assert_eq!(svg.matches("<polyline").count(), 3, "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
 }
 
 #[test]

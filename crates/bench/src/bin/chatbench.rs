@@ -38,6 +38,17 @@ enum Cmd {
         /// fdatasync (one per batch), then acknowledge and forward it.
         #[arg(long)]
         durable: Option<std::path::PathBuf>,
+        /// With --durable: keep the messages in a SQLite database at that
+        /// path (a table keyed by conversation and number, WAL,
+        /// synchronous=FULL) instead of a flat log: the floor for a server
+        /// that stores in SQLite.
+        #[arg(long, requires = "durable")]
+        sqlite: bool,
+        /// With --sqlite: make each batch durable in a log beside the
+        /// database (PATH.log) and acknowledge it, then write the messages
+        /// into SQLite in one transaction every this many milliseconds.
+        #[arg(long, requires = "sqlite")]
+        apply_ms: Option<u64>,
     },
     /// Closed-loop one-to-one pairs against a running server.
     Pairs {
@@ -156,8 +167,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         pause_us: u64,
     },
-    /// Starts the relay and chatserver on one core, drives both from another,
-    /// and prints medians side by side.
+    /// Starts the relays (bare, durable log, durable SQLite) and chatserver
+    /// on one core, drives them from another, and prints medians side by
+    /// side.
     Compare {
         /// The chatserver binary (default: beside this one).
         #[arg(long)]
@@ -243,12 +255,21 @@ fn main() -> ExitCode {
 
 async fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
-        Cmd::Relay { listen, durable } => {
+        Cmd::Relay {
+            listen,
+            durable,
+            sqlite,
+            apply_ms,
+        } => {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             eprintln!("relay listening on {listen}");
             match durable {
+                Some(db) if sqlite => {
+                    let every = apply_ms.map(Duration::from_millis);
+                    bench::relay::run_durable_sqlite(listener, &db, every).await
+                }
                 Some(log) => bench::relay::run_durable(listener, &log).await,
                 None => bench::relay::run(listener).await,
             }
@@ -694,6 +715,22 @@ async fn compare(
             ],
             server_cpu,
         )?;
+        let sqlite_addr = format!("127.0.0.1:{}", free_port()?);
+        let sqlite = spawn_pinned(
+            &me.to_string_lossy(),
+            &[
+                "relay".into(),
+                "--listen".into(),
+                sqlite_addr.clone(),
+                "--durable".into(),
+                dir.0
+                    .join(format!("relay-{pairs}.db"))
+                    .to_string_lossy()
+                    .into_owned(),
+                "--sqlite".into(),
+            ],
+            server_cpu,
+        )?;
         let server_addr = format!("127.0.0.1:{}", free_port()?);
         let db = dir.0.join(format!("bench-{pairs}.db"));
         let mut args = vec![
@@ -710,9 +747,11 @@ async fn compare(
         let node = spawn_pinned(&server, &args, server_cpu)?;
         wait_listening(&relay_addr).await?;
         wait_listening(&durable_addr).await?;
+        wait_listening(&sqlite_addr).await?;
         wait_listening(&server_addr).await?;
         let relay_users = register(&relay_addr, pairs).await?;
         let durable_users = register(&durable_addr, pairs).await?;
+        let sqlite_users = register(&sqlite_addr, pairs).await?;
         let server_users = register(&server_addr, pairs).await?;
         for round in 1..=repeat {
             for (name, addr, child, users, acks) in [
@@ -724,6 +763,7 @@ async fn compare(
                     &durable_users,
                     true,
                 ),
+                ("sqlite-relay", &sqlite_addr, &sqlite, &sqlite_users, true),
                 ("chatserver", &server_addr, &node, &server_users, true),
             ] {
                 let opts = options(addr, pairs, users.clone(), vec![child.0.id()], acks, &run);
@@ -740,13 +780,14 @@ async fn compare(
             }
         }
         drop(node);
+        drop(sqlite);
         drop(durable);
         drop(relay);
     }
     // Medians per (target, pairs).
     let mut medians: Vec<(String, PairsReport)> = Vec::new();
     for &pairs in &pair_counts {
-        for name in ["relay", "durable-relay", "chatserver"] {
+        for name in ["relay", "durable-relay", "sqlite-relay", "chatserver"] {
             let mut runs: Vec<&PairsReport> = rows
                 .iter()
                 .filter(|(n, r)| n == name && r.pairs == pairs)
