@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use chat::client::Client;
-use common::services::{self, free_port};
+use common::services;
 use common::{pw, within};
 
 fn script(dir: &Path, ports: &[(&str, u16)], args: &[&str]) -> std::process::Output {
@@ -42,20 +42,31 @@ impl Drop for Down<'_> {
 }
 
 /// The ports a cluster takes: `CHAT_*_PORT` settings, each the first of
-/// a run of free ones (12 for the HA backends, two for node ports).
+/// a run (12 for the HA backends, two for node ports). All are cut from one
+/// run of free ports: runs picked one by one could overlap, since none is
+/// bound until the script starts.
 fn ports(ha: bool) -> Vec<(&'static str, u16)> {
-    let run = |n: u16| services::free_ports(n);
     let backends = if ha { 12 } else { 1 };
-    vec![
-        ("CHAT_LISTEN_PORT", free_port()),
-        ("CHAT_NODE_PORT", run(2)),
-        ("CHAT_WEB_PORT", free_port()),
-        ("CHAT_WEB_NODE_PORT", run(2)),
-        ("CHAT_METRICS_PORT", run(2)),
-        ("CHAT_MYSQL_PORT", run(backends)),
-        ("CHAT_REDIS_PORT", run(backends)),
-        ("CHAT_HA", u16::from(ha)),
-    ]
+    let sizes = [
+        ("CHAT_LISTEN_PORT", 1),
+        ("CHAT_NODE_PORT", 2),
+        ("CHAT_WEB_PORT", 1),
+        ("CHAT_WEB_NODE_PORT", 2),
+        ("CHAT_METRICS_PORT", 2),
+        ("CHAT_MYSQL_PORT", backends),
+        ("CHAT_REDIS_PORT", backends),
+    ];
+    let mut next = services::free_ports(sizes.iter().map(|(_, n)| n).sum());
+    let mut ports: Vec<(&'static str, u16)> = sizes
+        .iter()
+        .map(|&(name, n)| {
+            let first = next;
+            next += n;
+            (name, first)
+        })
+        .collect();
+    ports.push(("CHAT_HA", u16::from(ha)));
+    ports
 }
 
 fn say(o: &std::process::Output) -> String {
