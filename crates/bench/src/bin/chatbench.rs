@@ -694,43 +694,23 @@ async fn compare(
     let dir = TempDir::new()?;
     let mut rows: Vec<(String, PairsReport)> = Vec::new();
     for &pairs in &pair_counts {
-        let relay_addr = format!("127.0.0.1:{}", free_port()?);
-        let relay = spawn_pinned(
-            &me.to_string_lossy(),
-            &["relay".into(), "--listen".into(), relay_addr.clone()],
-            server_cpu,
-        )?;
-        let durable_addr = format!("127.0.0.1:{}", free_port()?);
-        let durable = spawn_pinned(
-            &me.to_string_lossy(),
-            &[
-                "relay".into(),
-                "--listen".into(),
-                durable_addr.clone(),
-                "--durable".into(),
-                dir.0
-                    .join(format!("relay-{pairs}.log"))
-                    .to_string_lossy()
-                    .into_owned(),
-            ],
-            server_cpu,
-        )?;
-        let sqlite_addr = format!("127.0.0.1:{}", free_port()?);
-        let sqlite = spawn_pinned(
-            &me.to_string_lossy(),
-            &[
-                "relay".into(),
-                "--listen".into(),
-                sqlite_addr.clone(),
-                "--durable".into(),
-                dir.0
-                    .join(format!("relay-{pairs}.db"))
-                    .to_string_lossy()
-                    .into_owned(),
-                "--sqlite".into(),
-            ],
-            server_cpu,
-        )?;
+        // One of this tool's relays on the server core: its address and process.
+        let relay_at = |extra: &[String]| -> Result<(String, Pinned), String> {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            let mut args = vec!["relay".to_owned(), "--listen".to_owned(), addr.clone()];
+            args.extend_from_slice(extra);
+            let child = spawn_pinned(&me.to_string_lossy(), &args, server_cpu)?;
+            Ok((addr, child))
+        };
+        let in_dir = |name: String| dir.0.join(name).to_string_lossy().into_owned();
+        let (relay_addr, relay) = relay_at(&[])?;
+        let (durable_addr, durable) =
+            relay_at(&["--durable".into(), in_dir(format!("relay-{pairs}.log"))])?;
+        let (sqlite_addr, sqlite) = relay_at(&[
+            "--durable".into(),
+            in_dir(format!("relay-{pairs}.db")),
+            "--sqlite".into(),
+        ])?;
         let server_addr = format!("127.0.0.1:{}", free_port()?);
         let db = dir.0.join(format!("bench-{pairs}.db"));
         let mut args = vec![
