@@ -47,7 +47,8 @@ const state = {
   pingTimer: null,
   backoff: 500,
   replaced: false,
-  ownReplacedAt: 0,
+  abandonedResumes: 0, // resumes given up on unanswered: each may land late
+  ownReplacedAt: 0,   // last replacement by our own token not accounted for
   away: false,        // the page is hidden in the back/forward cache
 };
 
@@ -195,11 +196,19 @@ function onFrame(f) {
         showAuth(f.errmsg);
       }
       if (f.errno === 54) {
-        // "resumed": replaced by a resume of this tab's own token, an
-        // attempt it gave up on and a stopped server carried out late:
-        // reconnect and resume (once a minute at most), else stay out.
-        const ownLate = f.resumed === true && Date.now() - state.ownReplacedAt > 60000;
-        if (f.resumed === true) state.ownReplacedAt = Date.now();
+        // "resumed": replaced by a resume of this tab's own token, one it
+        // gave up on that a stalled server carried out late: reconnect and
+        // resume, once for each it gave up on and once a minute beyond
+        // that. More is another live copy of this session: stay out
+        // rather than fight it.
+        let ownLate = false;
+        if (f.resumed === true && state.abandonedResumes > 0) {
+          state.abandonedResumes -= 1;
+          ownLate = true;
+        } else if (f.resumed === true) {
+          ownLate = Date.now() - state.ownReplacedAt > 60000;
+          state.ownReplacedAt = Date.now();
+        }
         if (!ownLate) state.replaced = true;
       }
       if (f.errmsg) setStatus(state.ready ? 'online' : 'offline', f.errmsg);
@@ -244,6 +253,8 @@ async function resume(token) {
   try {
     r = await request({ msgid: 17, token, acks: true, device: deviceName() });
   } catch (_) {
+    // Unanswered: the server may still carry it out (see errno 54).
+    state.abandonedResumes += 1;
     return; // the socket dropped; the next one tries again
   }
   if (r.errno !== 0) {

@@ -113,7 +113,14 @@ pub struct Reliable {
     cmid_prefix: String,
     next_cmid: u64,
     replaced: bool,
-    /// When the session was last replaced by a resume of its own token.
+    /// Resumes sent but given up on before their answer (timed out, or the
+    /// connection broke): each may still be carried out late by a node
+    /// that was stalled, and replace the session this client has since
+    /// opened. So many replacements by our own token are accounted for.
+    abandoned_resumes: u32,
+    /// When the session was last replaced by its own token unaccounted
+    /// for: one such a minute is let through (a resume abandoned in a way
+    /// not counted), a second is another live copy of this session.
     own_replacement: Option<Instant>,
     stats: Stats,
 }
@@ -145,6 +152,7 @@ impl Reliable {
             seen: HashMap::new(),
             to_ack: HashMap::new(),
             last_ack: Instant::now(),
+            abandoned_resumes: 0,
             own_replacement: None,
             last_ping: Instant::now(),
             cmid_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
@@ -247,17 +255,8 @@ impl Reliable {
                     }
                     Some(Push::Other(v)) => {
                         if v.get("errno").and_then(Value::as_i64) == Some(54) {
-                            // Replaced by a resume with our own token: an
-                            // attempt we gave up on, carried out late by a
-                            // node that was stopped. Resume again.
-                            // Twice within a minute is not a late attempt but
-                            // another live copy of this session: give up.
-                            let ours = v.get("resumed").and_then(Value::as_bool) == Some(true)
-                                && self
-                                    .own_replacement
-                                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
-                            self.own_replacement = Some(Instant::now());
-                            self.replaced = !ours;
+                            let own = v.get("resumed").and_then(Value::as_bool) == Some(true);
+                            self.replaced = !(own && self.late_attempt_of_ours());
                             self.conn = None;
                         }
                         if v.get("errno").and_then(Value::as_i64) == Some(63) {
@@ -275,6 +274,22 @@ impl Reliable {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
+    }
+
+    /// Replaced by a resume with our own token: is it one we gave up on,
+    /// carried out late by a node that was stalled? Once for each resume
+    /// we abandoned, and once a minute beyond that, yes; more is another
+    /// live copy of this session, which we give up to rather than fight.
+    fn late_attempt_of_ours(&mut self) -> bool {
+        if self.abandoned_resumes > 0 {
+            self.abandoned_resumes -= 1;
+            return true;
+        }
+        let free = self
+            .own_replacement
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        self.own_replacement = Some(Instant::now());
+        free
     }
 
     /// Whether `m` is new to the application; records it for dedup and
@@ -366,23 +381,34 @@ impl Reliable {
 
     async fn try_login(&mut self) -> Result<(Client, LoginInfo), ClientError> {
         let timeout = self.options.answer_timeout;
+        let mut resume_sent = false;
         let attempt = async {
             let mut conn = self.endpoint.connect().await?;
             conn.set_device(self.options.device.as_deref());
             if let Some(token) = self.token.clone() {
+                resume_sent = true;
                 match conn.resume_acking(&token).await {
                     Ok(info) => return Ok((conn, info)),
                     // Expired or revoked: the password, once.
-                    Err(ClientError::Server { errno: 1, .. }) => self.token = None,
+                    Err(ClientError::Server { errno: 1, .. }) => {
+                        self.token = None;
+                        resume_sent = false;
+                    }
                     Err(e) => return Err(e),
                 }
             }
             let info = conn.login_acking(self.id, &self.password).await?;
             Ok((conn, info))
         };
-        tokio::time::timeout(timeout, attempt)
+        let result = tokio::time::timeout(timeout, attempt)
             .await
-            .unwrap_or(Err(ClientError::Timeout(timeout)))
+            .unwrap_or(Err(ClientError::Timeout(timeout)));
+        // A server's answer is final; without one the resume may yet be
+        // carried out.
+        if resume_sent && matches!(result, Err(ref e) if !matches!(e, ClientError::Server { .. })) {
+            self.abandoned_resumes = self.abandoned_resumes.saturating_add(1);
+        }
+        result
     }
 
     /// The connection for other requests (friends, groups, history),
@@ -416,6 +442,40 @@ fn jitter(cap: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_by_its_own_token_is_let_through_once_per_abandoned_resume() {
+        let mut r = Reliable {
+            endpoint: Endpoint::from("127.0.0.1:9"),
+            id: UserId(1),
+            password: String::new(),
+            token: None,
+            options: Options::default(),
+            conn: None,
+            queued: VecDeque::new(),
+            events: VecDeque::new(),
+            seen: HashMap::new(),
+            to_ack: HashMap::new(),
+            last_ack: Instant::now(),
+            last_ping: Instant::now(),
+            cmid_prefix: String::new(),
+            next_cmid: 0,
+            replaced: false,
+            abandoned_resumes: 2,
+            own_replacement: None,
+            stats: Stats::default(),
+        };
+        // two resumes given up on, landing late: both ours
+        assert!(r.late_attempt_of_ours());
+        assert!(r.late_attempt_of_ours());
+        // then one a minute
+        assert!(r.late_attempt_of_ours());
+        // a fourth within the minute is another live copy
+        assert!(!r.late_attempt_of_ours());
+        r.abandoned_resumes = 1;
+        assert!(r.late_attempt_of_ours(), "a newly abandoned one counts");
+        assert!(!r.late_attempt_of_ours());
+    }
 
     #[test]
     fn jitter_stays_between_half_and_the_cap() {

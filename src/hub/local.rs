@@ -220,6 +220,7 @@ impl Hub for LocalHub {
             }
         };
         if let Some(old) = old {
+            tracing::debug!(%user, session = old.session_id, "replaced on this node");
             old.kick.kick_by(old.token_fp.as_deref(), fp.as_deref());
             let _ = tokio::time::timeout(super::REPLACED_SESSION_WAIT, old.ended.cancelled()).await;
         }

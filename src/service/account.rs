@@ -377,6 +377,7 @@ impl Service {
                 Ok(reply)
             }
             Err(e) => {
+                tracing::info!(user = %id, session = s.id, error = %e.msg, "login failed after taking the device over");
                 self.hub.disconnect(id, s.id).await;
                 Err(e)
             }

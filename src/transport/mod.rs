@@ -201,15 +201,8 @@ impl FrameStream {
     /// client that gave up on it long ago, should not be acted on (a stale
     /// resume would replace the client's live session elsewhere).
     pub fn peer_closed(&mut self) -> bool {
-        if self.eof {
-            return true;
-        }
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        // The socket is non-blocking: nothing to read is WouldBlock.
-        matches!(
-            socket2::SockRef::from(self.stream.tcp()).peek(&mut probe),
-            Ok(0)
-        )
+        use std::os::fd::AsRawFd;
+        self.eof || PeerCheck(self.stream.tcp().as_raw_fd()).peer_closed()
     }
 
     /// Writes every frame, each followed by a newline, in as few system
@@ -271,6 +264,28 @@ impl PeerCheck {
     /// clock, `tcpi_last_data_recv`): for a request just read, how long it
     /// waited before this process took it.
     pub fn data_age(&self) -> Option<std::time::Duration> {
+        self.tcp_info()
+            .map(|i| std::time::Duration::from_millis(u64::from(i.tcpi_last_data_recv)))
+    }
+
+    /// Whether the peer has closed (or reset) the connection, even when
+    /// bytes it sent before closing are still unread (a client that sent
+    /// a ping or a resend behind its login, then gave up on it).
+    pub fn peer_closed(&self) -> bool {
+        // SAFETY: the descriptor is the connection's socket, open for as
+        // long as this check may be asked (see the type's comment).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking: nothing to read is WouldBlock.
+        match socket2::SockRef::from(&fd).peek(&mut probe) {
+            Ok(0) => true,
+            // Data waits, and a FIN may wait behind it: TCP's state says.
+            Ok(_) => self.tcp_info().is_some_and(|i| fin_received(i.tcpi_state)),
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    fn tcp_info(&self) -> Option<libc::tcp_info> {
         // SAFETY: as in `peer_closed`; getsockopt writes at most `len` bytes
         // into the zeroed struct we own.
         unsafe {
@@ -283,23 +298,20 @@ impl PeerCheck {
                 (&mut info as *mut libc::tcp_info).cast(),
                 &mut len,
             );
-            (rc == 0).then(|| std::time::Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+            (rc == 0).then_some(info)
         }
     }
+}
 
-    /// Whether the peer has closed (or reset) the connection.
-    pub fn peer_closed(&self) -> bool {
-        // SAFETY: the descriptor is the connection's socket, open for as
-        // long as this check may be asked (see the type's comment).
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        // The socket is non-blocking: nothing to read is WouldBlock.
-        match socket2::SockRef::from(&fd).peek(&mut probe) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
-    }
+/// Whether a TCP state (`tcpi_state`) is one reached only once the peer's
+/// FIN or RST arrived: CLOSE_WAIT, LAST_ACK, CLOSING or CLOSE.
+fn fin_received(state: u8) -> bool {
+    // linux/tcp_states.h
+    const CLOSE: u8 = 7;
+    const CLOSE_WAIT: u8 = 8;
+    const LAST_ACK: u8 = 9;
+    const CLOSING: u8 = 11;
+    matches!(state, CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING)
 }
 
 /// The frames of one connection, whatever carries them.
@@ -417,6 +429,26 @@ mod tests {
         let frame = frames.next_frame().await.expect("a frame").expect("read");
         assert_eq!(&frame[..], b"{\"msgid\":1}");
         assert!(!check.peer_closed(), "open, request read");
+        drop(client);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check.peer_closed() {
+            assert!(Instant::now() < deadline, "the hang-up was never seen");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(frames);
+    }
+
+    #[tokio::test]
+    async fn the_peer_check_sees_a_hang_up_behind_unread_bytes() {
+        let (server, mut client) = pair().await;
+        let frames = Frames::Stream(server);
+        let check = frames.liveness().expect("a TCP connection");
+        // A login, a ping behind it, then the client gives up: nothing of
+        // it has been read, yet the client is gone.
+        client
+            .write_all(b"{\"msgid\":1}\n{\"msgid\":90}\n")
+            .await
+            .expect("write");
         drop(client);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !check.peer_closed() {

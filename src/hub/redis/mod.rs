@@ -328,6 +328,7 @@ impl Hub for RedisHub {
         // An older session on this node was replaced by `local.connect`;
         // one elsewhere (or in an earlier run of this node) is told to go.
         if !found.previous.is_empty() {
+            tracing::info!(%user, %device, session = session_id, previous = %found.previous, "took the device over");
             self.bus.kick(user, &found.previous, fp.as_deref()).await;
         }
         self.note_siblings(user, session_id, &found.others).await;
