@@ -237,7 +237,10 @@ async fn session_loop(
         let (out, last) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => (vec![notice(ErrCode::ShuttingDown, "server is shutting down")], true),
-            _ = kick.kicked() => (vec![kicked_notice(&kick)], true),
+            _ = kick.kicked() => {
+                tracing::info!(by_same_token = kick.by_same_token(), revoked = kick.revoked(), "replaced; closing");
+                (vec![kicked_notice(&kick)], true)
+            }
             frame = conn.next_frame() => match frame {
                 None => break,
                 // Boxed, like the other handlers: their state lives on the heap only

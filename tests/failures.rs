@@ -98,8 +98,10 @@ async fn client(
                     seen.lock().await.replaced = true;
                     break;
                 }
-                Event::Notice(v) if std::env::var("CHAT_TEST_LOG").is_ok() => {
-                    eprintln!("[client u{me}] {:?} notice {v}", std::time::SystemTime::now());
+                e @ (Event::Notice(_) | Event::Reconnecting { .. } | Event::Reconnected)
+                    if std::env::var("CHAT_TEST_LOG").is_ok() =>
+                {
+                    eprintln!("[client u{me}] {:?} {e:?}", std::time::SystemTime::now());
                 }
                 _ => {}
             },

@@ -106,13 +106,6 @@ impl LocalHub {
         }
     }
 
-    /// Disconnects the session of `device` of `user` on this node, if any.
-    pub fn kick_device(&self, user: UserId, device: &Device) {
-        if let Some(h) = self.find(user, |h| h.device == *device) {
-            h.kick.kick();
-        }
-    }
-
     /// Disconnects `user`'s session `session_id` on this node, if it is
     /// still a session here, for a session opened with token fingerprint
     /// `fp` elsewhere; `revoked`: its device was logged out instead.

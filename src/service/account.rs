@@ -369,6 +369,7 @@ impl Service {
                     session = s.id,
                     acks,
                     classic = s.classic,
+                    token = me.token_hash.as_deref().map(crate::hub::token_fp).unwrap_or_default(),
                     "user online"
                 );
                 self.announce(id, &me.name, true, &online_contacts).await;

@@ -252,15 +252,35 @@ impl RedisHub {
     async fn reassert_presence(&self) -> bool {
         let mut complete = true;
         for (user, device, session_id) in self.local.sessions() {
+            // A login of this device on this node since the snapshot holds
+            // it now, and its own takeover claims it: leave it be.
+            if self.local_holder(user, &device) != Some(session_id) {
+                continue;
+            }
             match self.presence.claim(user, &device, session_id).await {
-                Ok(Some(others)) => self.note_siblings(user, session_id, &others).await,
+                Ok(Some(others)) => {
+                    self.note_siblings(user, session_id, &others).await;
+                    // Replaced here while the claim was under way: the
+                    // claim may have overwritten the newer session's
+                    // takeover, so it claims again (a refusal is for its
+                    // own takeover to settle).
+                    if let Some(newer) = self
+                        .local_holder(user, &device)
+                        .filter(|&s| s != session_id)
+                        && let Err(e) = self.presence.claim(user, &device, newer).await
+                    {
+                        tracing::warn!(%user, error = %e, "could not reassert presence");
+                        complete = false;
+                    }
+                }
                 Ok(None) => {
                     tracing::warn!(
                         %user,
                         %device,
                         "logged in elsewhere while Redis was away; dropping this session"
                     );
-                    self.local.kick_device(user, &device);
+                    // By session, not by device: only the stale one goes.
+                    self.local.kick_session(user, session_id, None, false);
                 }
                 Err(e) => {
                     tracing::warn!(%user, error = %e, "could not reassert presence");
@@ -269,6 +289,15 @@ impl RedisHub {
             }
         }
         complete
+    }
+
+    /// The session holding `device` of `user` on this node, if any.
+    fn local_holder(&self, user: UserId, device: &Device) -> Option<u64> {
+        self.local
+            .sessions_of(user)
+            .into_iter()
+            .find(|(d, _)| d == device)
+            .map(|(_, s)| s)
     }
 }
 
@@ -328,7 +357,7 @@ impl Hub for RedisHub {
         // An older session on this node was replaced by `local.connect`;
         // one elsewhere (or in an earlier run of this node) is told to go.
         if !found.previous.is_empty() {
-            tracing::info!(%user, %device, session = session_id, previous = %found.previous, "took the device over");
+            tracing::info!(%user, %device, session = session_id, previous = %found.previous, token = fp.as_deref().unwrap_or_default(), "took the device over");
             self.bus.kick(user, &found.previous, fp.as_deref()).await;
         }
         self.note_siblings(user, session_id, &found.others).await;
