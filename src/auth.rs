@@ -2,12 +2,12 @@
 //!
 //! Hashing is deliberately slow and memory-hungry, so it runs on a few
 //! threads of its own, behind a semaphore. Their priority is a choice
-//! (`Config::hash_niceness`). By default they run in the idle scheduling
-//! class: chat traffic gets the core first, and during a storm on a busy
-//! core the logins queue (for at most [`HASH_WAIT`], then "server busy, try
-//! again"). At niceness 0 they compete as equals and every login of a storm
-//! gets through, at a higher chat tail latency (`docs/benchmarks.md`, "A
-//! login storm").
+//! (`Config::hash_niceness`). By default (niceness 0) they compete with
+//! chat as equals, and every login of a storm gets through, at a higher
+//! chat tail latency. In the idle scheduling class chat traffic gets the
+//! core first, and during a storm on a busy core the logins queue (for at
+//! most [`HASH_WAIT`], then "server busy, try again") (`docs/benchmarks.md`,
+//! "A login storm").
 //! Each hash works in ~19 MiB of memory. Every hashing thread allocates
 //! that once and hashes in it ever after, so memory is one block per thread
 //! however many logins there are. (Tokio's blocking pool, used before, grew

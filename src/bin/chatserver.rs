@@ -124,7 +124,7 @@ struct Cli {
     /// Niceness of the password-hashing threads (0, the reactor's, to 19),
     /// or "idle": hash only on a core nothing else wants (logins may then
     /// wait out a busy spell and be refused with errno 50).
-    #[arg(long, env = "CHAT_HASH_NICENESS", default_value = "idle")]
+    #[arg(long, env = "CHAT_HASH_NICENESS", default_value = "0")]
     hash_niceness: String,
     /// Seconds of silence before TCP keepalive starts probing a peer.
     #[arg(long, default_value_t = Config::default().keepalive_idle.as_secs_f64())]
