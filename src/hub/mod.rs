@@ -74,11 +74,6 @@ pub struct Kick {
 }
 
 impl Kick {
-    /// Asks the session to go.
-    pub fn kick(&self) {
-        self.token.cancel();
-    }
-
     /// Asks the session to go because a session opened with `fp` (a token
     /// fingerprint, if any) replaced it: when that is its own token, it is
     /// told so (errno 54 with `"resumed": true`), and a client that made no
