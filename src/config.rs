@@ -100,6 +100,10 @@ pub struct Config {
     pub pool: PoolConfig,
     /// What an acknowledged message survives on the embedded SQLite store.
     pub sqlite_sync: SqliteSync,
+    /// SQLite with FULL: how long the writer's transaction stays open while
+    /// each batch is made durable in a log beside the database
+    /// (`store::stage`); `None` commits every batch.
+    pub sqlite_stage: Option<Duration>,
     /// What one client, one address or one account may do: the defences
     /// against hostile clients.
     pub limits: Limits,
@@ -341,6 +345,7 @@ impl Default for Config {
             session_burst: 1000,
             pool: PoolConfig::default(),
             sqlite_sync: SqliteSync::default(),
+            sqlite_stage: Some(crate::store::sqlite::DEFAULT_STAGE),
             limits: Limits::default(),
             proxy: crate::proxy::ProxyTrust::default(),
         }

@@ -76,7 +76,7 @@ impl Node {
             return Err(StartError::ClusterNeedsSharedDb);
         }
         let store: SharedStore = if db_url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::open_with(db_url, config.sqlite_sync).await?)
+            Arc::new(SqliteStore::open_with(db_url, config.sqlite_sync, config.sqlite_stage).await?)
         } else if db_url.starts_with("mysql:") || db_url.starts_with("mariadb:") {
             let url = db_url.replacen("mariadb:", "mysql:", 1);
             Arc::new(MySqlStore::open(&url, &config.pool).await?)

@@ -128,7 +128,7 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
     };
     let (mut nodes, nginx) = behind_nginx(&shared, 3).await;
 
-    let load = start_load(&nginx, LOAD).await;
+    let load = start_load(&nginx.addr.to_string(), LOAD).await;
 
     // the faults, one after another while the load runs
     let t0 = Instant::now();
@@ -163,6 +163,47 @@ async fn every_accepted_message_arrives_exactly_once_through_kills_restarts_and_
     finish(load).await;
 }
 
+/// One node on the embedded SQLite store, killed with SIGKILL twice while
+/// the load runs and started again on the same database: with staging (the
+/// default), every acknowledged batch is in the log beside the database
+/// before its answer, and comes back from it at the restart, though the
+/// transaction holding its rows died with the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_arrives_exactly_once_through_kills_of_a_single_sqlite_node() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = Shared {
+        db_url: format!("sqlite://{}", dir.path().join("chat.db").display()),
+        redis_url: String::new(),
+        prefix: String::new(),
+        presence_ttl: PRESENCE_TTL,
+        // A long staging period, so a kill lands on a large open transaction.
+        extra_args: vec!["--stage-ms".into(), "1000".into()],
+    };
+    let node = NodeProcess::start(&shared, "n1").await;
+    let addr = node.addr.clone();
+    let load = start_load(&addr, Duration::from_secs(12)).await;
+    let t0 = Instant::now();
+    let at = |secs: u64| tokio::time::sleep_until((t0 + Duration::from_secs(secs)).into());
+    let mut node = Some(node);
+    for (kill, restart) in [(3, 4), (8, 9)] {
+        at(kill).await;
+        if let Some(n) = node.take() {
+            n.kill().await;
+        }
+        eprintln!("fault: n1 killed (SIGKILL)");
+        at(restart).await;
+        let n = NodeProcess::start_at(&shared, "n1", &addr).await;
+        assert!(
+            n.log_contains("replayed the staging log"),
+            "the restarted node did not replay its staging log"
+        );
+        node = Some(n);
+        eprintln!("fault: n1 restarted");
+    }
+    finish(load).await;
+}
+
 /// A rolling restart on the highly available back ends (a Galera cluster
 /// and a Redis Cluster): each of three nodes in turn is drained (SIGTERM:
 /// its clients are told and resume through nginx on the others) and started
@@ -180,7 +221,7 @@ async fn every_accepted_message_arrives_exactly_once_through_a_rolling_restart()
         extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
     };
     let (mut nodes, nginx) = behind_nginx(&shared, 3).await;
-    let load = start_load(&nginx, Duration::from_secs(18)).await;
+    let load = start_load(&nginx.addr.to_string(), Duration::from_secs(18)).await;
 
     for i in 0..nodes.len() {
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -215,7 +256,7 @@ async fn every_accepted_message_arrives_exactly_once_when_a_redis_primary_a_data
         extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
     };
     let (mut nodes, nginx) = behind_nginx(&shared, 3).await;
-    let load = start_load(&nginx, Duration::from_secs(20)).await;
+    let load = start_load(&nginx.addr.to_string(), Duration::from_secs(20)).await;
 
     let t0 = Instant::now();
     let at = |secs: u64| tokio::time::sleep_until((t0 + Duration::from_secs(secs)).into());
@@ -254,7 +295,7 @@ async fn every_accepted_message_arrives_exactly_once_when_the_database_node_in_u
         extra_args: vec!["--db-acquire-timeout".into(), "1".into()],
     };
     let (_nodes, nginx) = behind_nginx(&shared, 2).await;
-    let load = start_load(&nginx, Duration::from_secs(14)).await;
+    let load = start_load(&nginx.addr.to_string(), Duration::from_secs(14)).await;
 
     tokio::time::sleep(Duration::from_secs(4)).await;
     galera.isolate(1).await;
@@ -346,7 +387,7 @@ async fn every_accepted_message_arrives_exactly_once_across_a_partition_from_red
         .map(|n| Node::new(&n.addr, 1).expect("node"))
         .collect();
     let nginx = Nginx::start(Balance::RoundRobin, servers).await;
-    let load = start_load(&nginx, Duration::from_secs(16)).await;
+    let load = start_load(&nginx.addr.to_string(), Duration::from_secs(16)).await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     ns.partition();
@@ -396,21 +437,21 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Registers [`USERS`] users through `nginx`: the first [`PAIRS`] write one
-/// to one to the next [`PAIRS`], and the rest to a group of everyone, for
-/// `duration`.
-async fn start_load(nginx: &Nginx, duration: Duration) -> Load {
-    let addr = nginx.addr.to_string();
+/// Registers [`USERS`] users at `addr` (nginx, or a single node): the
+/// first [`PAIRS`] write one to one to the next [`PAIRS`], and the rest to a
+/// group of everyone, for `duration`.
+async fn start_load(addr: &str, duration: Duration) -> Load {
+    let addr = addr.to_owned();
     let mut ids = Vec::new();
     for i in 0..USERS {
-        let mut c = chat::client::Client::connect(nginx.addr)
+        let mut c = chat::client::Client::connect(addr.as_str())
             .await
             .expect("connect");
         let name = format!("u{i}");
         ids.push(c.register(&name, &pw(&name)).await.expect("register"));
     }
     let group = {
-        let mut c = chat::client::Client::connect(nginx.addr)
+        let mut c = chat::client::Client::connect(addr.as_str())
             .await
             .expect("connect");
         c.login(ids[CREATOR], &pw(&format!("u{CREATOR}")))

@@ -9,10 +9,12 @@
 //! a batch; the queueing, batching, answering and orderly close live here.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
+use super::stage::{Stage, WriteGate};
 use super::{Reader, StoreError, StoreResult};
 use crate::model::{ChatMessage, Conversation, NewMessage, Seq};
 
@@ -56,6 +58,19 @@ pub(super) trait BlockingBatchWriter: Send + 'static {
         &mut self,
         batch: &[WriteOp],
     ) -> StoreResult<Vec<Option<StoreResult<ChatMessage>>>>;
+
+    /// A writer that stages (`super::stage`): what it shares with readers.
+    fn stage(&self) -> Option<Arc<Stage>> {
+        None
+    }
+
+    /// Whether staged writes should be committed now.
+    fn due(&self) -> bool {
+        false
+    }
+
+    /// Commits what is staged.
+    fn flush(&mut self) {}
 }
 
 /// Who waits for an op: nobody for a background cursor save.
@@ -64,6 +79,10 @@ type Reply = Option<oneshot::Sender<StoreResult<Option<ChatMessage>>>>;
 /// One entry of the queue.
 enum Job {
     Op(WriteOp, Reply),
+    /// Commit what is staged (a reader waits for it: [`Stage::settle`]).
+    Settle,
+    /// Time to look whether staged writes are due.
+    Tick,
     /// Commit what is queued, then stop.
     Close,
 }
@@ -73,6 +92,7 @@ enum Job {
 pub(super) struct GroupCommit {
     queue: mpsc::Sender<Job>,
     tasks: TaskTracker,
+    stage: Option<Arc<Stage>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -89,13 +109,20 @@ impl GroupCommit {
         tasks.spawn(async move {
             let mut batch = Batch::default();
             while batch.fill(rx.recv().await, &mut rx) {
+                if batch.ops.is_empty() {
+                    continue;
+                }
                 let started = std::time::Instant::now();
                 let result = writer.write_batch(&batch.ops).await;
                 batch.answer(result, started);
             }
         });
         tasks.close();
-        GroupCommit { queue, tasks }
+        GroupCommit {
+            queue,
+            tasks,
+            stage: None,
+        }
     }
 
     /// Starts a writer thread around `writer`.
@@ -105,6 +132,7 @@ impl GroupCommit {
     ) -> std::io::Result<Self> {
         let (queue, mut rx) = mpsc::channel(4 * MAX_BATCH);
         let tasks = TaskTracker::new();
+        let stage = writer.stage();
         // The tracker counts the thread until the token drops with it.
         let token = tasks.token();
         std::thread::Builder::new()
@@ -113,13 +141,65 @@ impl GroupCommit {
                 let _token = token;
                 let mut batch = Batch::default();
                 while batch.fill(rx.blocking_recv(), &mut rx) {
-                    let started = std::time::Instant::now();
-                    let result = writer.write_batch(&batch.ops);
-                    batch.answer(result, started);
+                    if !batch.ops.is_empty() {
+                        let started = std::time::Instant::now();
+                        let result = writer.write_batch(&batch.ops);
+                        batch.answer(result, started);
+                    }
+                    if batch.settle || writer.due() {
+                        writer.flush();
+                    }
                 }
+                writer.flush();
             })?;
+        if let Some(stage) = &stage {
+            // The writer thread sleeps in the queue; this wakes it when a
+            // staged transaction may be due. It ends with the queue.
+            let weak = queue.downgrade();
+            let every = stage.every;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(queue) = weak.upgrade() else { break };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = queue.try_send(Job::Tick) {
+                        break;
+                    }
+                }
+            });
+        }
         tasks.close();
-        Ok(GroupCommit { queue, tasks })
+        Ok(GroupCommit {
+            queue,
+            tasks,
+            stage,
+        })
+    }
+
+    /// Returns once every write acknowledged before the call is visible to
+    /// the store's other connections (at once unless the writer stages).
+    pub(super) async fn settle(&self) -> StoreResult<()> {
+        let Some(stage) = &self.stage else {
+            return Ok(());
+        };
+        let ask = || async {
+            self.queue
+                .send(Job::Settle)
+                .await
+                .map_err(|_| StoreError::Unavailable("store is closed".into()))
+        };
+        stage.settle(ask, WRITE_WAIT).await
+    }
+
+    /// Before another connection writes: the writer commits what it staged
+    /// and, until the guard drops, commits after every batch, so it does not
+    /// hold the database's write lock while that connection waits for it.
+    pub(super) async fn write_gate(&self) -> StoreResult<Option<WriteGate>> {
+        let Some(stage) = &self.stage else {
+            return Ok(None);
+        };
+        let gate = stage.enter_writer();
+        self.settle().await?;
+        Ok(Some(gate))
     }
 
     async fn submit(&self, op: WriteOp) -> StoreResult<Option<ChatMessage>> {
@@ -195,31 +275,39 @@ impl GroupCommit {
 struct Batch {
     ops: Vec<WriteOp>,
     replies: Vec<Reply>,
+    /// A reader asked for a commit.
+    settle: bool,
 }
 
 impl Batch {
     /// Starts a batch with `first` and whatever else is queued (up to
     /// [`MAX_BATCH`]). After a [`Job::Close`] the queue takes nothing new but
     /// what it holds is still written. False once there is nothing left.
+    /// A batch may hold no ops (only a [`Job::Settle`] or [`Job::Tick`]).
     fn fill(&mut self, first: Option<Job>, rx: &mut mpsc::Receiver<Job>) -> bool {
         self.ops.clear();
         self.replies.clear();
+        self.settle = false;
         let mut next = first;
+        let mut any = false;
         loop {
             match next {
                 Some(Job::Op(op, reply)) => {
                     self.ops.push(op);
                     self.replies.push(reply);
                 }
+                Some(Job::Settle) => self.settle = true,
+                Some(Job::Tick) => {}
                 Some(Job::Close) => rx.close(),
                 None => break,
             }
+            any = true;
             if self.ops.len() >= MAX_BATCH {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        !self.ops.is_empty()
+        any
     }
 
     fn answer(

@@ -20,6 +20,7 @@ pub mod hosts;
 pub mod mysql;
 pub mod sql;
 pub mod sqlite;
+mod stage;
 
 use std::sync::Arc;
 

@@ -422,6 +422,12 @@ pub struct SqlStore<DB: Dialect> {
     pub(super) fast_reads: Option<Arc<dyn FastReads>>,
 }
 
+/// With a staging writer (SQLite, `super::stage`) the writer holds the
+/// write lock across batches, and rows it has acknowledged are not yet
+/// visible to the pool: so every write on the pool first takes the
+/// writer's gate (`write_gate`), and every read of messages, cursors or
+/// conversations first waits for what was acknowledged (`settle`). Both
+/// return at once for MySQL.
 #[async_trait]
 impl<DB: Dialect> Store for SqlStore<DB>
 where
@@ -433,6 +439,7 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     async fn create_user(&self, name: &str, password_hash: &str) -> StoreResult<UserId> {
+        let _gate = self.commit.write_gate().await?;
         let res = sqlx::query(CREATE_USER)
             .bind(name)
             .bind(password_hash)
@@ -447,6 +454,7 @@ where
     }
 
     async fn add_friendship(&self, a: UserId, b: UserId) -> StoreResult<()> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_add_friendship(a, b).await
     }
 
@@ -456,14 +464,17 @@ where
         to: UserId,
         limits: super::AskLimits,
     ) -> StoreResult<super::FriendAsk> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_ask_friend(from, to, limits).await
     }
 
     async fn answer_friend(&self, user: UserId, from: UserId, accept: bool) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_answer_friend(user, from, accept).await
     }
 
     async fn withdraw_friend_request(&self, from: UserId, to: UserId) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_withdraw_friend_request(from, to).await
     }
 
@@ -478,6 +489,7 @@ where
         desc: &str,
         private: bool,
     ) -> StoreResult<GroupId> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_create_group(creator, name, desc, private).await
     }
 
@@ -490,6 +502,7 @@ where
     }
 
     async fn join_group(&self, user: UserId, group: GroupId) -> StoreResult<Seq> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_join_group(user, group).await
     }
 
@@ -501,6 +514,7 @@ where
         kind: super::InviteKind,
         max_pending: usize,
     ) -> StoreResult<super::InviteOutcome> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_invite(group, user, by, kind, max_pending).await
     }
 
@@ -511,6 +525,7 @@ where
         kind: super::InviteKind,
         admit: bool,
     ) -> StoreResult<Option<Seq>> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_answer_invite(group, user, kind, admit).await
     }
 
@@ -523,6 +538,7 @@ where
     }
 
     async fn set_role(&self, group: GroupId, user: UserId, role: GroupRole) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_set_role(group, user, role).await
     }
 
@@ -532,10 +548,12 @@ where
         name: Option<&str>,
         desc: Option<&str>,
     ) -> StoreResult<()> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_update_group(group, name, desc).await
     }
 
     async fn dissolve_group(&self, group: GroupId) -> StoreResult<Vec<UserId>> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_dissolve_group(group).await
     }
 
@@ -546,6 +564,7 @@ where
         token_hash: &str,
         expires_ms: i64,
     ) -> StoreResult<()> {
+        let _gate = self.commit.write_gate().await?;
         sqlx::query(DROP_EXPIRED_TOKENS)
             .bind(user)
             .bind(now_ms())
@@ -567,6 +586,7 @@ where
         device: &Device,
         max_devices: usize,
     ) -> StoreResult<Vec<Device>> {
+        let _gate = self.commit.write_gate().await?;
         // Its snapshot reads the rows cursor moves write: on MySQL the two
         // can deadlock, and trying again is the remedy.
         let mut attempt = 0;
@@ -579,6 +599,7 @@ where
     }
 
     async fn forget_device(&self, user: UserId, device: &Device) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
         let gone = DB::rows_affected(
             &sqlx::query(DROP_DEVICE)
@@ -607,6 +628,7 @@ where
     }
 
     async fn revoke_token(&self, token_hash: &str) -> StoreResult<()> {
+        let _gate = self.commit.write_gate().await?;
         sqlx::query(REVOKE_TOKEN)
             .bind(token_hash)
             .execute(&self.pool)
@@ -627,6 +649,7 @@ where
     }
 
     async fn remove_friendship(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         let done = sqlx::query(REMOVE_FRIENDSHIP)
             .bind(a)
             .bind(b)
@@ -638,6 +661,7 @@ where
     }
 
     async fn block(&self, user: UserId, other: UserId) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
         let exists: Option<(i64,)> = sqlx::query_as(USER_ID)
             .bind(other)
@@ -668,6 +692,7 @@ where
     }
 
     async fn delete_account(&self, user: UserId) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
         let marked = DB::rows_affected(
             &sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash <> ?")
@@ -693,6 +718,7 @@ where
     }
 
     async fn unblock(&self, user: UserId, other: UserId) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         let done = sqlx::query(UNBLOCK)
             .bind(user)
             .bind(other)
@@ -749,6 +775,7 @@ where
     }
 
     async fn set_only_friends(&self, user: UserId, on: bool) -> StoreResult<()> {
+        let _gate = self.commit.write_gate().await?;
         sqlx::query(SET_ONLY_FRIENDS)
             .bind(i64::from(on))
             .bind(user)
@@ -772,6 +799,7 @@ where
     }
 
     async fn leave_group(&self, user: UserId, group: GroupId) -> StoreResult<bool> {
+        let _gate = self.commit.write_gate().await?;
         self.sql_leave_group(user, group).await
     }
 
@@ -830,6 +858,7 @@ where
         conv: Conversation,
         seq: Seq,
     ) -> StoreResult<(Seq, bool)> {
+        let _gate = self.commit.write_gate().await?;
         let key = conv.key();
         let last: Option<(i64,)> = sqlx::query_as(LAST_SEQ)
             .bind(&key)
@@ -864,6 +893,7 @@ where
     }
 
     async fn cursor(&self, user: UserId, conv: Conversation) -> StoreResult<Seq> {
+        self.commit.settle().await?;
         let row: Option<(Option<i64>,)> = sqlx::query_as(CURSOR)
             .bind(user)
             .bind(conv.key())
@@ -873,6 +903,7 @@ where
     }
 
     async fn cursors(&self, reader: &Reader) -> StoreResult<Vec<(Conversation, Seq)>> {
+        self.commit.settle().await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(CURSORS)
             .bind(reader.device.as_str())
             .bind(reader.user)
@@ -882,6 +913,7 @@ where
     }
 
     async fn undelivered(&self, reader: &Reader, limit: usize) -> StoreResult<Vec<ChatMessage>> {
+        self.commit.settle().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let device = reader.device.as_str();
         let rows: Vec<MsgRow> = sqlx::query_as(UNDELIVERED)
@@ -914,6 +946,7 @@ where
         before: Seq,
         reader: &Reader,
     ) -> StoreResult<Vec<ChatMessage>> {
+        self.commit.settle().await?;
         let rows: Vec<MsgRow> = sqlx::query_as(BETWEEN)
             .bind(conv.key())
             .bind(after)
@@ -926,6 +959,7 @@ where
     }
 
     async fn message(&self, conv: Conversation, seq: Seq) -> StoreResult<Option<ChatMessage>> {
+        self.commit.settle().await?;
         let row: Option<MsgRow> = sqlx::query_as(MESSAGE)
             .bind(conv.key())
             .bind(seq)
@@ -939,6 +973,7 @@ where
         group: GroupId,
         user: UserId,
     ) -> StoreResult<Option<super::Membership>> {
+        self.commit.settle().await?;
         self.sql_membership(group, user).await
     }
 
@@ -949,6 +984,7 @@ where
         before: Option<Seq>,
         limit: u32,
     ) -> StoreResult<Vec<ChatMessage>> {
+        self.commit.settle().await?;
         let rows: Vec<MsgRow> = sqlx::query_as(HISTORY)
             .bind(conv.key())
             .bind(after)
@@ -987,6 +1023,7 @@ where
     }
 
     async fn session_start(&self, reader: &Reader, page: usize) -> StoreResult<SessionStart> {
+        self.commit.settle().await?;
         if let Some(fast) = &self.fast_reads {
             return fast.session_start(reader, page).await;
         }

@@ -22,6 +22,7 @@ use sqlx::sqlite::{
 
 use super::commit::{BlockingBatchWriter, GroupCommit, WriteOp};
 use super::sql::{self, Dialect, FastReads, MsgRow, SqlStore};
+use super::stage::{self, Entry, Stage, StageLog};
 use super::{Reader, SessionStart, StoreError, StoreResult, now_ms};
 use crate::config::SqliteSync;
 use crate::model::{ChatMessage, Conversation, Device, Seq, UserId, UserSummary};
@@ -29,6 +30,11 @@ use crate::model::{ChatMessage, Conversation, Device, Seq, UserId, UserSummary};
 /// Conversations whose last sequence number the writer remembers; past this
 /// the cache is dropped and refilled from the table on demand.
 const MAX_CACHED_CONVS: usize = 1 << 20;
+
+/// How long the writer's transaction stays open by default
+/// (`--stage-ms`): long enough that a busy conversation's page is written
+/// once for many messages, short enough that the log stays small.
+pub const DEFAULT_STAGE: Duration = Duration::from_millis(100);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -165,12 +171,18 @@ impl SqlStore<Sqlite> {
     /// not `:memory:`, since the writer needs a second connection to the
     /// same data) and runs the migrations.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        Self::open_with(url, SqliteSync::Full).await
+        Self::open_with(url, SqliteSync::Full, Some(DEFAULT_STAGE)).await
     }
 
     /// As [`open`](Self::open), with the chosen durability for the writer
-    /// (reads never write, so the pool's setting does not matter).
-    pub async fn open_with(url: &str, sync: SqliteSync) -> StoreResult<Self> {
+    /// (reads never write, so the pool's setting does not matter) and how
+    /// long its transactions stay open (`stage`, only with FULL; `None`:
+    /// one commit per batch, before it is answered). See `super::stage`.
+    pub async fn open_with(
+        url: &str,
+        sync: SqliteSync,
+        stage: Option<Duration>,
+    ) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -192,7 +204,7 @@ impl SqlStore<Sqlite> {
             idle: std::sync::Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(READERS),
         });
-        let writer = tokio::task::spawn_blocking(move || Writer::open(&path, sync.pragma()))
+        let writer = tokio::task::spawn_blocking(move || Writer::open(&path, sync, stage))
             .await
             .map_err(|e| StoreError::Unavailable(format!("writer did not start: {e}")))??;
         let commit = GroupCommit::start_blocking(writer, "sqlite-writer")
@@ -257,8 +269,21 @@ impl ReadPath {
 /// per-conversation counters.
 struct Writer {
     conn: rusqlite::Connection,
-    /// Last sequence number of each conversation, as committed.
+    /// Last sequence number of each conversation, as stored (committed, or
+    /// staged in the open transaction and durable in the log).
     last_seq: HashMap<Conversation, Seq>,
+    /// With `--stage-ms`: the log and the open transaction.
+    staging: Option<Staging>,
+}
+
+/// The staging writer's state (`super::stage`).
+struct Staging {
+    log: StageLog,
+    stage: Arc<Stage>,
+    /// The lsn of the last record written to the log.
+    lsn: u64,
+    /// When the open transaction began (none open: `None`).
+    open_since: Option<std::time::Instant>,
 }
 
 /// A message row ([`MsgRow`]) as rusqlite reads it.
@@ -293,33 +318,122 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 impl Writer {
     /// FULL (the default): a message we have acknowledged survives a power
     /// cut, not only a crash; group commit keeps the fsync cost per batch.
-    fn open(path: &std::path::Path, synchronous: &str) -> StoreResult<Self> {
+    /// Whatever a staging log beside the database holds past its mark is
+    /// applied first (a crash while staging), staging or not this time.
+    fn open(
+        path: &std::path::Path,
+        sync: SqliteSync,
+        stage_every: Option<Duration>,
+    ) -> StoreResult<Self> {
         let conn = rusqlite::Connection::open(path).map_err(unavailable)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(unavailable)?;
         // Statement journals and sorts stay in memory: no temporary file
         // per batch.
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;"
+            "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+            sync.pragma()
         ))
         .map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(32);
-        Ok(Writer {
+        let mut writer = Writer {
             conn,
             last_seq: HashMap::new(),
-        })
+            staging: None,
+        };
+        let log_path = StageLog::path_for(path);
+        // Staging's promise rests on the commit's fsync: only with FULL.
+        let every = stage_every.filter(|_| sync == SqliteSync::Full);
+        if every.is_some() || log_path.exists() {
+            let io = |e: std::io::Error| {
+                StoreError::Unavailable(format!("staging log {}: {e}", log_path.display()))
+            };
+            let log = StageLog::open(&log_path).map_err(io)?;
+            let lsn = writer.replay(&log)?;
+            if let Some(every) = every {
+                writer.staging = Some(Staging {
+                    log,
+                    stage: Stage::new(lsn, every),
+                    lsn,
+                    open_since: None,
+                });
+            }
+        }
+        Ok(writer)
     }
 
+    /// Applies the log's records past the database's mark in one
+    /// transaction; returns the lsn to continue from.
+    fn replay(&mut self, log: &StageLog) -> StoreResult<u64> {
+        let records = log.records().map_err(|e| {
+            StoreError::Unavailable(format!("staging log {}: {e}", log.path().display()))
+        })?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let mark: i64 = tx
+            .query_row("SELECT lsn FROM stage_mark WHERE id = 1", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        let mark = u64::try_from(mark).unwrap_or(0);
+        let last = records.last().map_or(0, |r| r.0).max(mark);
+        let todo: Vec<_> = records.into_iter().filter(|r| r.0 > mark).collect();
+        if todo.is_empty() {
+            return Ok(last);
+        }
+        if todo[0].0 != mark + 1 {
+            tracing::warn!(
+                mark,
+                first = todo[0].0,
+                "the staging log does not follow on from the database's mark"
+            );
+        }
+        let mut messages = 0usize;
+        for (_, entries) in &todo {
+            for entry in entries {
+                if let Entry::Message { conv, seq, .. } = entry {
+                    let Some(key) = Conversation::from_key(conv) else {
+                        continue;
+                    };
+                    if let Err(e) = start_conversation(&tx, key).map_err(unavailable)? {
+                        tracing::warn!(conv, seq, error = %e, "a staged message's conversation is gone; not replayed");
+                        continue;
+                    }
+                    tx.prepare_cached(
+                        "INSERT INTO conversations (conv, last_seq) VALUES (?, ?) \
+                         ON CONFLICT(conv) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+                    )
+                    .and_then(|mut st| st.execute(rusqlite::params![conv, seq]))
+                    .map_err(unavailable)?;
+                    messages += 1;
+                }
+                apply_entry(&tx, entry, true).map_err(unavailable)?;
+            }
+        }
+        let i = i64::try_from(last).unwrap_or(i64::MAX);
+        tx.execute("UPDATE stage_mark SET lsn = ? WHERE id = 1", [i])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        tracing::info!(
+            records = todo.len(),
+            messages,
+            lsn = last,
+            "replayed the staging log"
+        );
+        Ok(last)
+    }
+
+    /// Writes `batch`'s rows on `conn` (a transaction or a savepoint the
+    /// caller opened); fills `entries` with what the log must keep.
     fn write(
-        &mut self,
+        conn: &rusqlite::Connection,
+        last_seq: &HashMap<Conversation, Seq>,
         batch: &[WriteOp],
         touched: &mut HashMap<Conversation, Seq>,
+        entries: &mut Vec<Entry>,
     ) -> rusqlite::Result<Vec<Option<StoreResult<ChatMessage>>>> {
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(batch.len());
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for op in batch {
             match op {
                 WriteOp::Append(msg) => {
@@ -327,7 +441,7 @@ impl Writer {
                     // the stored original.
                     if let Some(cid) = &msg.client_id {
                         use rusqlite::OptionalExtension;
-                        let original: Option<MsgRow> = tx
+                        let original: Option<MsgRow> = conn
                             .prepare_cached(sql::SENT_ID)?
                             .query_row(rusqlite::params![msg.sender, cid], msg_row)
                             .optional()?;
@@ -340,11 +454,11 @@ impl Writer {
                     }
                     let known = touched
                         .get(&msg.conv)
-                        .or_else(|| self.last_seq.get(&msg.conv))
+                        .or_else(|| last_seq.get(&msg.conv))
                         .copied();
                     let last = match known {
                         Some(last) => last,
-                        None => match start_conversation(&tx, msg.conv)? {
+                        None => match start_conversation(conn, msg.conv)? {
                             Ok(last) => last,
                             Err(e) => {
                                 outcomes.push(Some(Err(e)));
@@ -354,65 +468,178 @@ impl Writer {
                     };
                     let seq = last.next();
                     let (kind, ref_seq) = msg.kind.columns();
-                    tx.prepare_cached(
-                        "INSERT INTO messages \
-                         (conv, seq, sender_id, sender_device, sender_name, body, sent_at, kind, ref_seq) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    )?
-                    .execute(rusqlite::params![
-                        msg.conv.key(),
-                        seq,
-                        msg.sender,
-                        msg.sender_device.as_str(),
-                        msg.sender_name,
-                        msg.body,
-                        now,
+                    let entry = Entry::Message {
+                        conv: msg.conv.key(),
+                        seq: seq.0,
+                        sender: msg.sender.into(),
+                        device: msg.sender_device.as_str().to_owned(),
+                        name: msg.sender_name.clone(),
+                        body: msg.body.clone(),
+                        at: now,
                         kind,
-                        ref_seq
-                    ])?;
-                    if let Some((kind, body, target)) = change_of(msg) {
-                        tx.prepare_cached(sql::APPLY_CHANGE)?
-                            .execute(rusqlite::params![kind, body, msg.conv.key(), target])?;
-                    }
-                    if let Some(cid) = &msg.client_id {
-                        tx.prepare_cached(sql::INSERT_SENT_ID)?
-                            .execute(rusqlite::params![msg.sender, cid, msg.conv.key(), seq])?;
-                    }
+                        ref_seq,
+                        cid: msg.client_id.clone(),
+                        change: change_of(msg).map(|(k, b, s)| (k, b.to_owned(), s)),
+                    };
+                    apply_entry(conn, &entry, false)?;
+                    entries.push(entry);
                     touched.insert(msg.conv, seq);
                     outcomes.push(Some(Ok(msg.stored(seq, now))));
                 }
                 WriteOp::Cursors { reader, positions } => {
-                    // A row for a conversation the user has left does no
-                    // harm: positions are read through the user's rows in
-                    // `cursors` (see migrations/sqlite/0004_devices.sql).
-                    let mut upsert = tx.prepare_cached(
-                        "INSERT INTO device_cursors (user_id, device, conv, delivered_seq) \
-                         VALUES (?, ?, ?, ?) ON CONFLICT (user_id, device, conv) \
-                         DO UPDATE SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
-                    )?;
-                    for (conv, seq) in positions {
-                        upsert.execute(rusqlite::params![
-                            reader.user,
-                            reader.device.as_str(),
-                            conv.key(),
-                            seq
-                        ])?;
-                    }
+                    let entry = Entry::Cursors {
+                        user: reader.user.into(),
+                        device: reader.device.as_str().to_owned(),
+                        positions: positions.iter().map(|(c, s)| (c.key(), s.0)).collect(),
+                    };
+                    apply_entry(conn, &entry, false)?;
+                    entries.push(entry);
                     outcomes.push(None);
                 }
             }
         }
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO conversations (conv, last_seq) VALUES (?, ?) \
-                 ON CONFLICT(conv) DO UPDATE SET last_seq = excluded.last_seq",
-            )?;
-            for (conv, seq) in touched.iter() {
-                upsert.execute(rusqlite::params![conv.key(), seq])?;
+        let mut upsert = conn.prepare_cached(
+            "INSERT INTO conversations (conv, last_seq) VALUES (?, ?) \
+             ON CONFLICT(conv) DO UPDATE SET last_seq = excluded.last_seq",
+        )?;
+        for (conv, seq) in touched.iter() {
+            upsert.execute(rusqlite::params![conv.key(), seq])?;
+        }
+        Ok(outcomes)
+    }
+
+    /// One transaction per batch, committed before the answer.
+    fn write_committed(
+        &mut self,
+        batch: &[WriteOp],
+    ) -> StoreResult<Vec<Option<StoreResult<ChatMessage>>>> {
+        let mut touched = HashMap::new();
+        let mut entries = Vec::new();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let outcomes = Self::write(&tx, &self.last_seq, batch, &mut touched, &mut entries)
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        // Only what committed may advance the counters.
+        self.last_seq.extend(touched);
+        Ok(outcomes)
+    }
+
+    /// The batch's rows go into the open transaction under a savepoint, the
+    /// batch into the log; once the log is synced the batch counts.
+    fn write_staged(
+        &mut self,
+        batch: &[WriteOp],
+    ) -> StoreResult<Vec<Option<StoreResult<ChatMessage>>>> {
+        let Some(st) = self.staging.as_mut() else {
+            return Err(StoreError::Unavailable("not staging".into()));
+        };
+        if st.open_since.is_none() {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(unavailable)?;
+            st.open_since = Some(std::time::Instant::now());
+        }
+        self.conn
+            .execute_batch("SAVEPOINT batch")
+            .map_err(unavailable)?;
+        let mut touched = HashMap::new();
+        let mut entries = Vec::new();
+        let written = Self::write(
+            &self.conn,
+            &self.last_seq,
+            batch,
+            &mut touched,
+            &mut entries,
+        )
+        .map_err(unavailable)
+        .and_then(|outcomes| {
+            if entries.is_empty() {
+                return Ok(outcomes);
+            }
+            st.log
+                .append(st.lsn + 1, &entries)
+                .map_err(|e| StoreError::Unavailable(format!("staging log: {e}")))?;
+            st.lsn += 1;
+            Ok(outcomes)
+        });
+        match written {
+            Ok(outcomes) => {
+                self.conn
+                    .execute_batch("RELEASE batch")
+                    .map_err(unavailable)?;
+                self.last_seq.extend(touched);
+                st.stage.acknowledged(st.lsn);
+                Ok(outcomes)
+            }
+            Err(e) => {
+                // The batch fails alone; the batches before it stand.
+                let undone = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
+                if let Err(u) = undone {
+                    tracing::error!(error = %u, "could not undo a failed batch; committing what is staged");
+                    self.flush();
+                }
+                Err(e)
             }
         }
-        tx.commit()?;
-        Ok(outcomes)
+    }
+
+    /// Commits the open transaction with the mark, and rewinds the log. If
+    /// the commit fails, the log is applied again from the mark in a new
+    /// transaction; if that fails too the store stops taking writes (the
+    /// log keeps every acknowledged batch for the next start).
+    fn commit_staged(&mut self) {
+        let Some(st) = self.staging.as_mut() else {
+            return;
+        };
+        if st.open_since.is_none() {
+            return;
+        }
+        let lsn = i64::try_from(st.lsn).unwrap_or(i64::MAX);
+        let committed = self
+            .conn
+            .execute("UPDATE stage_mark SET lsn = ? WHERE id = 1", [lsn])
+            .and_then(|_| self.conn.execute_batch("COMMIT"));
+        st.open_since = None;
+        match committed {
+            Ok(()) => {
+                st.log.rewind();
+                st.stage.committed(st.lsn);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "staged commit failed; applying the log again");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.last_seq.clear();
+                let Some(st) = self.staging.take() else {
+                    return;
+                };
+                match self.replay(&st.log) {
+                    Ok(_) => {
+                        let Staging {
+                            mut log,
+                            stage,
+                            lsn,
+                            ..
+                        } = st;
+                        log.rewind();
+                        stage.committed(lsn);
+                        self.staging = Some(Staging {
+                            log,
+                            stage,
+                            lsn,
+                            open_since: None,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not apply the staging log; refusing writes until restarted");
+                        st.stage.broke();
+                        self.staging = Some(st);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -424,19 +651,109 @@ impl BlockingBatchWriter for Writer {
         if self.last_seq.len() > MAX_CACHED_CONVS {
             self.last_seq.clear();
         }
-        let mut touched = HashMap::new();
-        let outcomes = self.write(batch, &mut touched).map_err(unavailable)?;
-        // Only what committed may advance the counters.
-        self.last_seq.extend(touched);
-        Ok(outcomes)
+        match &self.staging {
+            Some(st) if !st.stage.writers_waiting() => {
+                if !st.log.fits(stage::LOG_BYTES as usize / 2) {
+                    self.commit_staged();
+                }
+                self.write_staged(batch)
+            }
+            Some(_) => {
+                // Another connection waits to write: this batch commits
+                // at once, and the lock is free again between batches.
+                let outcomes = self.write_staged(batch);
+                self.commit_staged();
+                outcomes
+            }
+            None => self.write_committed(batch),
+        }
     }
+
+    fn stage(&self) -> Option<Arc<Stage>> {
+        self.staging.as_ref().map(|st| st.stage.clone())
+    }
+
+    fn due(&self) -> bool {
+        self.staging.as_ref().is_some_and(|st| {
+            st.open_since
+                .is_some_and(|t| t.elapsed() >= st.stage.every || st.stage.writers_waiting())
+        })
+    }
+
+    fn flush(&mut self) {
+        self.commit_staged();
+    }
+}
+
+/// Writes one change's rows on `conn`. `replay`: the row may be there
+/// already (ignored).
+fn apply_entry(conn: &rusqlite::Connection, entry: &Entry, replay: bool) -> rusqlite::Result<()> {
+    match entry {
+        Entry::Message {
+            conv,
+            seq,
+            sender,
+            device,
+            name,
+            body,
+            at,
+            kind,
+            ref_seq,
+            cid,
+            change,
+        } => {
+            let insert = if replay {
+                "INSERT OR IGNORE INTO messages \
+                 (conv, seq, sender_id, sender_device, sender_name, body, sent_at, kind, ref_seq) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            } else {
+                "INSERT INTO messages \
+                 (conv, seq, sender_id, sender_device, sender_name, body, sent_at, kind, ref_seq) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            };
+            conn.prepare_cached(insert)?.execute(rusqlite::params![
+                conv, seq, sender, device, name, body, at, kind, ref_seq
+            ])?;
+            if let Some((kind, body, target)) = change {
+                conn.prepare_cached(sql::APPLY_CHANGE)?
+                    .execute(rusqlite::params![kind, body, conv, target])?;
+            }
+            if let Some(cid) = cid {
+                let insert = if replay {
+                    "INSERT OR IGNORE INTO sent_ids (sender_id, client_id, conv, seq) VALUES (?, ?, ?, ?)"
+                } else {
+                    sql::INSERT_SENT_ID
+                };
+                conn.prepare_cached(insert)?
+                    .execute(rusqlite::params![sender, cid, conv, seq])?;
+            }
+        }
+        Entry::Cursors {
+            user,
+            device,
+            positions,
+        } => {
+            // A row for a conversation the user has left does no harm:
+            // positions are read through the user's rows in `cursors` (see
+            // migrations/sqlite/0004_devices.sql).
+            let mut upsert = conn.prepare_cached(
+                "INSERT INTO device_cursors (user_id, device, conv, delivered_seq) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT (user_id, device, conv) \
+                 DO UPDATE SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
+            )?;
+            for (conv, seq) in positions {
+                upsert.execute(rusqlite::params![user, device, conv, seq])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Looks up a conversation the writer has not seen yet. A direct
 /// conversation that does not exist is created (with both participants'
 /// cursors) if both users exist; a group's exists from its creation.
 fn start_conversation(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     conv: Conversation,
 ) -> rusqlite::Result<StoreResult<Seq>> {
     use rusqlite::OptionalExtension;

@@ -94,11 +94,17 @@ impl NodeProcess {
             }
             None => Command::new(server),
         };
-        let mut child = command
+        command
             .args(["--listen", listen, "--node-id", id])
-            .args(["--db", &shared.db_url, "--redis", &shared.redis_url])
-            .args(["--redis-prefix", &shared.prefix])
-            .args(["--presence-ttl", &shared.presence_ttl.to_string()])
+            .args(["--db", &shared.db_url]);
+        // Without a Redis URL: a single node.
+        if !shared.redis_url.is_empty() {
+            command
+                .args(["--redis", &shared.redis_url])
+                .args(["--redis-prefix", &shared.prefix])
+                .args(["--presence-ttl", &shared.presence_ttl.to_string()]);
+        }
+        let mut child = command
             .args(&shared.extra_args)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
@@ -149,6 +155,13 @@ impl NodeProcess {
             child,
             log: tail,
         })
+    }
+
+    /// Whether the node's kept log (its start-up lines, then the last
+    /// [`LOG_TAIL`]) has a line containing `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().any(|line| line.contains(needle))
     }
 
     pub async fn client(&self) -> Client {
