@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use super::{StoreError, StoreResult};
 
 /// Size the log is created with; a log that would pass it commits first.
-pub(super) const LOG_BYTES: u64 = 16 << 20;
+pub(super) const LOG_BYTES: u64 = 4 << 20;
 /// Bytes before a record's payload.
 const HEADER: usize = 16;
 /// A record longer than this is not believed (a torn length).
