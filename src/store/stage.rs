@@ -261,7 +261,8 @@ impl Stage {
         self.writers.load(Ordering::Acquire) > 0
     }
 
-    fn check(&self) -> StoreResult<()> {
+    /// Fails once the store is [`broke`](Self::broke)n.
+    pub(super) fn check(&self) -> StoreResult<()> {
         if self.broken.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(
                 "the message store failed to commit; restart the server".into(),
