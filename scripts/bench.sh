@@ -9,6 +9,8 @@
 #   scripts/bench.sh failover  the pause when a Redis primary or the Galera node in use dies
 #   scripts/bench.sh memory    RSS after 1,000 logins held at once
 #   scripts/bench.sh storm     chat latency during 500 concurrent password logins
+#   scripts/bench.sh staging   staging (the default) and per-batch commits side by side,
+#                              both at once on the server core, 5 rounds (PAIRS=100)
 #   scripts/bench.sh fanout    a group message to 1,000 online members (MEMBERS=10000 ...)
 #   scripts/bench.sh classic   readers that read as the original client, under bursts,
 #                              at frame spacings of 0 to 10 ms (PAUSE_US per read)
@@ -186,6 +188,26 @@ fanout() {
         --server-pid "$node_pid"
 }
 
+staging() {
+    echo "== SQLite staging (--stage-ms 100) and per-batch commits (--stage-ms 0), at once"
+    local port=17200 round
+    for round in $(seq "${REPEAT:-5}"); do
+        start_node "$port"
+        local staged=$node_pid
+        start_node $((port + 1)) --stage-ms 0
+        local per_batch=$node_pid
+        bench pairs --addr "127.0.0.1:$port" --pairs "${PAIRS:-100}" --server-pid "$staged" \
+            --duration "${DURATION:-8}" 2>/dev/null | grep '^{' | sed "s/^/round $round staged    /" &
+        local one=$!
+        bench pairs --addr "127.0.0.1:$((port + 1))" --pairs "${PAIRS:-100}" --server-pid "$per_batch" \
+            --duration "${DURATION:-8}" 2>/dev/null | grep '^{' | sed "s/^/round $round per-batch /" &
+        wait "$one" $!
+        kill "$staged" "$per_batch"
+        wait "$staged" "$per_batch" 2>/dev/null || true
+        port=$((port + 2))
+    done
+}
+
 classic() {
     echo "== the original client's reads: 20 readers, 3 senders each, 20 messages each at once"
     local port=17004
@@ -203,8 +225,8 @@ classic() {
 }
 
 case "${1:-}" in
-    single | cluster | ha | failover | memory | storm | fanout | classic) "$1" ;;
+    single | cluster | ha | failover | memory | storm | staging | fanout | classic) "$1" ;;
     ha-spread) ha_spread ;;
     all) single; cluster; ha; memory; storm; fanout; classic ;;
- *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+ *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
