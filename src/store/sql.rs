@@ -858,7 +858,9 @@ where
         conv: Conversation,
         seq: Seq,
     ) -> StoreResult<(Seq, bool)> {
-        let _gate = self.commit.write_gate().await?;
+        // A receipt that moves nothing (a second device, a repeat) writes
+        // nothing: it only needs the rows, not the writer's gate.
+        self.commit.settle().await?;
         let key = conv.key();
         let last: Option<(i64,)> = sqlx::query_as(LAST_SEQ)
             .bind(&key)
@@ -882,6 +884,9 @@ where
         if target <= before {
             return Ok((before, false));
         }
+        // The upsert only ever moves the mark forward, so what another
+        // receipt wrote meanwhile stands.
+        let _gate = self.commit.write_gate().await?;
         sqlx::query(DB::UPSERT_READ)
             .bind(user)
             .bind(&key)
