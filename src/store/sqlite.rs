@@ -348,7 +348,13 @@ impl Writer {
             let io = |e: std::io::Error| {
                 StoreError::Unavailable(format!("staging log {}: {e}", log_path.display()))
             };
-            let log = StageLog::open(&log_path).map_err(io)?;
+            let db_id: i64 = writer
+                .conn
+                .query_row("SELECT db_id FROM stage_mark WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .map_err(unavailable)?;
+            let log = StageLog::open(&log_path, db_id as u64).map_err(io)?;
             let lsn = writer.replay(&log)?;
             if let Some(every) = every {
                 writer.staging = Some(Staging {

@@ -22,9 +22,12 @@
 //! The log file is written with zeros once and then overwritten in place,
 //! so an append never changes its size (which would make every
 //! `fdatasync` a journal commit too). Each record is `[len u32][crc32
-//! u32][lsn u64][payload]`, the CRC over the lsn and payload; reading
-//! stops at the first record that is torn, or that does not carry the next
-//! lsn (an older one the rewound log has not overwritten yet).
+//! u32][lsn u64][database id u64][payload]`, the CRC over all but the
+//! first 8 bytes; reading stops at the first record that is torn, that
+//! does not carry the next lsn (an older one the rewound log has not
+//! overwritten yet), or that belongs to another database (a database file
+//! deleted and made afresh beside an old log: its records must not come
+//! back into the new one).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -41,7 +44,7 @@ use super::{StoreError, StoreResult};
 /// Size the log is created with; a log that would pass it commits first.
 pub(super) const LOG_BYTES: u64 = 4 << 20;
 /// Bytes before a record's payload.
-const HEADER: usize = 16;
+const HEADER: usize = 24;
 /// A record longer than this is not believed (a torn length).
 const MAX_RECORD: usize = 64 << 20;
 
@@ -81,6 +84,8 @@ pub(super) enum Entry {
 #[derive(Debug)]
 pub(super) struct StageLog {
     file: File,
+    /// The database's own id (`stage_mark.db_id`), in every record.
+    db: u64,
     path: PathBuf,
     offset: u64,
     buf: Vec<u8>,
@@ -97,7 +102,7 @@ impl StageLog {
     /// Opens the log at `path`, creating it (zeroed, synced) if it is
     /// missing. Nothing is written until [`records`](Self::records) has
     /// been read and the log [`rewind`](Self::rewind)ed.
-    pub(super) fn open(path: &Path) -> std::io::Result<Self> {
+    pub(super) fn open(path: &Path, db: u64) -> std::io::Result<Self> {
         let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -120,6 +125,7 @@ impl StageLog {
         }
         Ok(StageLog {
             file,
+            db,
             path: path.to_owned(),
             offset: 0,
             buf: Vec::with_capacity(1 << 16),
@@ -141,6 +147,11 @@ impl StageLog {
             let mut lsn_bytes = [0u8; 8];
             lsn_bytes.copy_from_slice(&header[8..16]);
             let lsn = u64::from_le_bytes(lsn_bytes);
+            let mut db_bytes = [0u8; 8];
+            db_bytes.copy_from_slice(&header[16..24]);
+            if u64::from_le_bytes(db_bytes) != self.db {
+                break;
+            }
             if size == 0 || size > MAX_RECORD || at + (HEADER + size) as u64 > len {
                 break;
             }
@@ -150,7 +161,7 @@ impl StageLog {
             let mut payload = vec![0u8; size];
             self.file.read_exact_at(&mut payload, at + HEADER as u64)?;
             let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&lsn_bytes);
+            hasher.update(&header[8..]);
             hasher.update(&payload);
             if hasher.finalize() != crc {
                 break;
@@ -184,13 +195,12 @@ impl StageLog {
         serde_json::to_writer(&mut self.buf, entries)?;
         let size = u32::try_from(self.buf.len() - HEADER)
             .map_err(|_| std::io::Error::other("staged batch too large"))?;
-        let lsn_bytes = lsn.to_le_bytes();
+        self.buf[8..16].copy_from_slice(&lsn.to_le_bytes());
+        self.buf[16..24].copy_from_slice(&self.db.to_le_bytes());
         let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&lsn_bytes);
-        hasher.update(&self.buf[HEADER..]);
+        hasher.update(&self.buf[8..]);
         self.buf[0..4].copy_from_slice(&size.to_le_bytes());
         self.buf[4..8].copy_from_slice(&hasher.finalize().to_le_bytes());
-        self.buf[8..16].copy_from_slice(&lsn_bytes);
         self.file.write_all_at(&self.buf, self.offset)?;
         self.file.sync_data()?;
         self.offset += self.buf.len() as u64;
@@ -333,14 +343,14 @@ mod tests {
     }
 
     #[test]
-    fn the_log_gives_back_its_records_and_stops_at_a_torn_one_or_an_old_one() {
+    fn the_log_gives_back_its_records_and_stops_at_a_torn_one_an_old_one_or_another_databases() {
         let dir = tempfile::tempdir().expect("dir");
         let path = StageLog::path_for(&dir.path().join("chat.db"));
-        let mut log = StageLog::open(&path).expect("open");
+        let mut log = StageLog::open(&path, 7).expect("open");
         for lsn in 1..=5 {
             log.append(lsn, &[message(lsn as i64)]).expect("append");
         }
-        let all = StageLog::open(&path)
+        let all = StageLog::open(&path, 7)
             .expect("reopen")
             .records()
             .expect("read");
@@ -351,7 +361,7 @@ mod tests {
         // first old one, and the old ones behind it are not read as new.
         log.rewind();
         log.append(6, &[message(6), message(7)]).expect("append");
-        let after = StageLog::open(&path)
+        let after = StageLog::open(&path, 7)
             .expect("reopen")
             .records()
             .expect("read");
@@ -361,10 +371,17 @@ mod tests {
         log.append(7, &[message(8)]).expect("append");
         let end = log.used();
         log.file.write_all_at(&[0u8; 3], end - 3).expect("tear");
-        let torn = StageLog::open(&path)
+        let torn = StageLog::open(&path, 7)
             .expect("reopen")
             .records()
             .expect("read");
         assert_eq!(torn.iter().map(|r| r.0).collect::<Vec<_>>(), [6]);
+
+        // Another database (one made afresh beside this log) reads nothing.
+        let other = StageLog::open(&path, 8)
+            .expect("reopen")
+            .records()
+            .expect("read");
+        assert!(other.is_empty());
     }
 }
