@@ -287,6 +287,12 @@ impl SqliteSync {
     }
 }
 
+/// How long the SQLite writer's transaction stays open by default
+/// (`--stage-ms`, `store::stage`): long enough that a busy conversation's
+/// page is written once for many messages, short enough that the log stays
+/// small.
+pub const DEFAULT_SQLITE_STAGE: Duration = Duration::from_millis(100);
+
 /// The database connection pool: what the original hand-wrote as its
 /// connection pool, as settings of sqlx's pool.
 #[derive(Debug, Clone)]
@@ -345,7 +351,7 @@ impl Default for Config {
             session_burst: 1000,
             pool: PoolConfig::default(),
             sqlite_sync: SqliteSync::default(),
-            sqlite_stage: Some(crate::store::sqlite::DEFAULT_STAGE),
+            sqlite_stage: Some(DEFAULT_SQLITE_STAGE),
             limits: Limits::default(),
             proxy: crate::proxy::ProxyTrust::default(),
         }

@@ -31,11 +31,6 @@ use crate::model::{ChatMessage, Conversation, Device, Seq, UserId, UserSummary};
 /// the cache is dropped and refilled from the table on demand.
 const MAX_CACHED_CONVS: usize = 1 << 20;
 
-/// How long the writer's transaction stays open by default
-/// (`--stage-ms`): long enough that a busy conversation's page is written
-/// once for many messages, short enough that the log stays small.
-pub const DEFAULT_STAGE: Duration = Duration::from_millis(100);
-
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// SQLite-backed [`Store`](super::Store).
@@ -171,7 +166,12 @@ impl SqlStore<Sqlite> {
     /// not `:memory:`, since the writer needs a second connection to the
     /// same data) and runs the migrations.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        Self::open_with(url, SqliteSync::Full, Some(DEFAULT_STAGE)).await
+        Self::open_with(
+            url,
+            SqliteSync::Full,
+            Some(crate::config::DEFAULT_SQLITE_STAGE),
+        )
+        .await
     }
 
     /// As [`open`](Self::open), with the chosen durability for the writer
