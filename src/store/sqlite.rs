@@ -429,8 +429,8 @@ impl Writer {
         Ok(last)
     }
 
-    /// Writes `batch`'s rows on `conn` (a transaction or a savepoint the
-    /// caller opened); fills `entries` with what the log must keep.
+    /// Writes `batch`'s rows on `conn`, inside the transaction the caller
+    /// opened; fills `entries` with what the log must keep.
     fn write(
         conn: &rusqlite::Connection,
         last_seq: &HashMap<Conversation, Seq>,
