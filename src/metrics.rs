@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Operations per write batch, and how long each batch took to commit.
     pub store_batch_ops: Histogram,
     pub store_commit: Histogram,
+    /// SQLite staging: how long the writer spent committing what it staged
+    /// (batches wait behind it).
+    pub store_staged_commit: Histogram,
     /// The database pool's connections by state, read at each scrape.
     db_pool: Family<Vec<(&'static str, &'static str)>, Gauge>,
     registry: Registry,
@@ -88,6 +91,7 @@ impl Metrics {
             delivery_latency: Histogram::new(SECONDS),
             store_batch_ops: Histogram::new(OPS),
             store_commit: Histogram::new(SECONDS),
+            store_staged_commit: Histogram::new(SECONDS),
             db_pool: Family::default(),
             registry: Registry::default(),
         };
@@ -188,6 +192,11 @@ impl Metrics {
             "chat_store_commit_seconds",
             "Time to write and commit one batch",
             m.store_commit.clone(),
+        );
+        r.register(
+            "chat_store_staged_commit_seconds",
+            "SQLite staging: time the writer spent committing what it staged",
+            m.store_staged_commit.clone(),
         );
         Metrics { registry: r, ..m }
     }

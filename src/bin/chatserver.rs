@@ -102,11 +102,12 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = SqliteSync::Full)]
     sync: SqliteSync,
     /// SQLite with `--sync full`: each batch of messages is made durable in
-    /// a small log beside the database (DB-stage) and acknowledged, and its
-    /// rows are committed to the database in one transaction every this
-    /// many milliseconds, about a third of the disk work per message; 0
-    /// commits every batch before acknowledging it. A crash loses nothing
-    /// acknowledged: the log is applied again at the next start.
+    /// a small log beside the database (DB-stage and DB-stage-1, used in
+    /// turn) and acknowledged, and its rows are committed to the database
+    /// in one transaction every this many milliseconds (synced by a thread
+    /// of its own), about a third of the disk work per message; 0 commits
+    /// every batch before acknowledging it. A crash loses nothing
+    /// acknowledged: the logs are applied again at the next start.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     stage_ms: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).

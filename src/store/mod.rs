@@ -21,6 +21,7 @@ pub mod mysql;
 pub mod sql;
 pub mod sqlite;
 mod stage;
+mod wal_sync;
 
 use std::sync::Arc;
 

@@ -22,7 +22,8 @@ use sqlx::sqlite::{
 
 use super::commit::{BlockingBatchWriter, GroupCommit, WriteOp};
 use super::sql::{self, Dialect, FastReads, MsgRow, SqlStore};
-use super::stage::{self, Entry, Stage, StageLog};
+use super::stage::{self, Entry, Logs, Stage};
+use super::wal_sync::WalSync;
 use super::{Reader, SessionStart, StoreError, StoreResult, now_ms};
 use crate::config::SqliteSync;
 use crate::model::{ChatMessage, Conversation, Device, Seq, UserId, UserSummary};
@@ -278,7 +279,9 @@ struct Writer {
 
 /// The staging writer's state (`super::stage`).
 struct Staging {
-    log: StageLog,
+    logs: Logs,
+    /// Makes the commits durable (`super::wal_sync`).
+    wal: WalSync,
     stage: Arc<Stage>,
     /// The lsn of the last record written to the log.
     lsn: u64,
@@ -341,12 +344,11 @@ impl Writer {
             last_seq: HashMap::new(),
             staging: None,
         };
-        let log_path = StageLog::path_for(path);
         // Staging's promise rests on the commit's fsync: only with FULL.
         let every = stage_every.filter(|_| sync == SqliteSync::Full);
-        if every.is_some() || log_path.exists() {
+        if every.is_some() || Logs::exist(path) {
             let io = |e: std::io::Error| {
-                StoreError::Unavailable(format!("staging log {}: {e}", log_path.display()))
+                StoreError::Unavailable(format!("staging logs of {}: {e}", path.display()))
             };
             let db_id: i64 = writer
                 .conn
@@ -354,11 +356,23 @@ impl Writer {
                     r.get(0)
                 })
                 .map_err(unavailable)?;
-            let log = StageLog::open(&log_path, db_id as u64).map_err(io)?;
-            let lsn = writer.replay(&log)?;
+            let logs = Logs::open(path, db_id as u64).map_err(io)?;
+            let lsn = writer.replay(&logs)?;
             if let Some(every) = every {
+                // Commits no longer sync (the syncer does, off this thread),
+                // nor checkpoint (the syncer's connection does).
+                writer
+                    .conn
+                    .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")
+                    .map_err(unavailable)?;
+                let wal = WalSync::start(path, 0).map_err(io)?;
+                // The last run's last commit may have been left unsynced
+                // (the logs held its records): sync before writing over
+                // them.
+                wal.sync_now(lsn).map_err(io)?;
                 writer.staging = Some(Staging {
-                    log,
+                    logs,
+                    wal,
                     stage: Stage::new(lsn, every),
                     lsn,
                     open_since: None,
@@ -370,9 +384,9 @@ impl Writer {
 
     /// Applies the log's records past the database's mark in one
     /// transaction; returns the lsn to continue from.
-    fn replay(&mut self, log: &StageLog) -> StoreResult<u64> {
-        let records = log.records().map_err(|e| {
-            StoreError::Unavailable(format!("staging log {}: {e}", log.path().display()))
+    fn replay(&mut self, logs: &Logs) -> StoreResult<u64> {
+        let records = logs.records().map_err(|e| {
+            StoreError::Unavailable(format!("staging logs {}: {e}", logs.describe()))
         })?;
         let tx = self
             .conn
@@ -528,6 +542,12 @@ impl Writer {
         let outcomes = Self::write(&tx, &self.last_seq, batch, &mut touched, &mut entries)
             .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
+        if let Some(st) = &self.staging {
+            // The staging writer commits with synchronous = NORMAL.
+            st.wal
+                .sync_now(st.lsn)
+                .map_err(|e| StoreError::Unavailable(format!("syncing the WAL: {e}")))?;
+        }
         // Only what committed may advance the counters.
         self.last_seq.extend(touched);
         Ok(outcomes)
@@ -563,7 +583,7 @@ impl Writer {
         .map_err(unavailable)
         .and_then(|outcomes| {
             if !entries.is_empty() {
-                st.log
+                st.logs
                     .append(st.lsn + 1, &entries)
                     .map_err(|e| StoreError::Unavailable(format!("staging log: {e}")))?;
                 st.lsn += 1;
@@ -584,8 +604,10 @@ impl Writer {
         }
     }
 
-    /// Commits the open transaction with the mark, and rewinds the log; if
-    /// the commit fails, [`recover`](Self::recover)s.
+    /// Commits the open transaction with the mark (not synced here: the
+    /// syncer is asked to) and switches logs; if the commit fails, or the
+    /// log to switch to is not free because a sync failed,
+    /// [`recover`](Self::recover)s.
     fn commit_staged(&mut self) {
         let Some(st) = self.staging.as_mut() else {
             return;
@@ -593,6 +615,7 @@ impl Writer {
         if st.open_since.is_none() {
             return;
         }
+        let started = std::time::Instant::now();
         let lsn = i64::try_from(st.lsn).unwrap_or(i64::MAX);
         let committed = self
             .conn
@@ -601,11 +624,30 @@ impl Writer {
         match committed {
             Ok(()) => {
                 st.open_since = None;
-                st.log.rewind();
+                st.wal.request(st.lsn);
+                // Visible now; durable already in the logs.
                 st.stage.committed(st.lsn);
+                let wal = &st.wal;
+                if let Err(e) = st.logs.switch(|lsn| wal.wait(lsn)) {
+                    tracing::error!(error = %e, "a staged commit was not synced; applying the logs again");
+                    self.recover();
+                } else if wal.restart_due() {
+                    // Between two transactions, so that the next one may
+                    // write the WAL from its start (`super::wal_sync`).
+                    if let Err(e) =
+                        self.conn
+                            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+                crate::metrics::observe_duration(
+                    &crate::metrics::METRICS.store_staged_commit,
+                    started.elapsed(),
+                );
             }
             Err(e) => {
-                tracing::error!(error = %e, "staged commit failed; applying the log again");
+                tracing::error!(error = %e, "staged commit failed; applying the logs again");
                 self.recover();
             }
         }
@@ -621,10 +663,15 @@ impl Writer {
             return;
         };
         st.open_since = None;
-        match self.replay(&st.log) {
+        match self.replay(&st.logs).and_then(|lsn| {
+            st.wal
+                .sync_now(lsn)
+                .map(|()| lsn)
+                .map_err(|e| StoreError::Unavailable(format!("syncing the WAL: {e}")))
+        }) {
             Ok(lsn) => {
                 st.lsn = lsn;
-                st.log.rewind();
+                st.logs.rewind_all();
                 st.stage.acknowledged(lsn);
                 st.stage.committed(lsn);
             }
@@ -650,7 +697,7 @@ impl BlockingBatchWriter for Writer {
         }
         match &self.staging {
             Some(st) if !st.stage.writers_waiting() => {
-                if !st.log.fits(stage::LOG_BYTES as usize / 2) {
+                if !st.logs.fits(stage::LOG_BYTES as usize / 2) {
                     self.commit_staged();
                 }
                 self.write_staged(batch)
@@ -681,6 +728,18 @@ impl BlockingBatchWriter for Writer {
 
     fn flush(&mut self) {
         self.commit_staged();
+    }
+}
+
+impl Drop for Writer {
+    /// A clean stop leaves the last commit durable (a crash leaves it in
+    /// the logs).
+    fn drop(&mut self) {
+        if let Some(st) = &self.staging
+            && let Err(e) = st.wal.sync_now(st.lsn)
+        {
+            tracing::warn!(error = %e, "could not sync the WAL at shutdown; the logs keep the last batches");
+        }
     }
 }
 

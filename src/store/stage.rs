@@ -11,13 +11,17 @@
 //! appended to the log here and `fdatasync`ed, and only then acknowledged.
 //! The open transaction commits every `--stage-ms`, when asked to (a read
 //! that must see every acknowledged message: [`Stage::settle`]), or while
-//! another connection wants to write ([`Stage::write_gate`]); the log then
-//! starts again from its beginning.
+//! another connection wants to write ([`Stage::write_gate`]).
 //!
-//! A crash loses the open transaction, never an acknowledged message: at
-//! start the log's records past the mark the last commit stored
-//! (`stage_mark.lsn`, written in the same transaction) are applied again
-//! before the node serves.
+//! The commit is not synced by the writer: `super::wal_sync` does it on a
+//! thread of its own. So there are two logs ([`Logs`]): after a commit the
+//! writer goes on in the other one, and a log is written over from its
+//! start only once the commit that covered its records is durable.
+//!
+//! A crash loses the open transaction (and perhaps a commit not yet
+//! synced), never an acknowledged message: at start both logs' records
+//! past the mark the last commit stored (`stage_mark.lsn`, written in the
+//! same transaction) are applied again before the node serves.
 //!
 //! The log file is written with zeros once and then overwritten in place,
 //! so an append never changes its size (which would make every
@@ -79,8 +83,8 @@ pub(super) enum Entry {
     },
 }
 
-/// The log file: appends, one `fdatasync` per batch, and a rewind after
-/// every commit.
+/// One log file: appends, one `fdatasync` per batch, and a rewind once
+/// what it holds is durable in the database.
 #[derive(Debug)]
 pub(super) struct StageLog {
     file: File,
@@ -216,6 +220,94 @@ impl StageLog {
 
     pub(super) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The two logs a staging writer alternates between (`super::wal_sync`):
+/// batches go to the active one; after a commit the other becomes active,
+/// once the commit that covered its records is durable.
+#[derive(Debug)]
+pub(super) struct Logs {
+    logs: [StageLog; 2],
+    active: usize,
+    /// The lsn of the last record written to each log since its rewind
+    /// (0: none).
+    last_in: [u64; 2],
+}
+
+impl Logs {
+    /// The logs' paths beside the database at `db`: `DB-stage` (the name
+    /// a single log had before) and `DB-stage-1`.
+    pub(super) fn paths(db: &Path) -> [PathBuf; 2] {
+        let first = StageLog::path_for(db);
+        let mut second = first.clone().into_os_string();
+        second.push("-1");
+        [first, PathBuf::from(second)]
+    }
+
+    /// Whether a log lies beside the database (it must be replayed).
+    pub(super) fn exist(db: &Path) -> bool {
+        Self::paths(db).iter().any(|p| p.exists())
+    }
+
+    pub(super) fn open(db: &Path, id: u64) -> std::io::Result<Self> {
+        let [a, b] = Self::paths(db);
+        Ok(Logs {
+            logs: [StageLog::open(&a, id)?, StageLog::open(&b, id)?],
+            active: 0,
+            last_in: [0, 0],
+        })
+    }
+
+    /// Both logs' records, by lsn.
+    pub(super) fn records(&self) -> std::io::Result<Vec<(u64, Vec<Entry>)>> {
+        let mut all = self.logs[0].records()?;
+        all.extend(self.logs[1].records()?);
+        all.sort_by_key(|r| r.0);
+        Ok(all)
+    }
+
+    pub(super) fn fits(&self, bytes: usize) -> bool {
+        self.logs[self.active].fits(bytes)
+    }
+
+    pub(super) fn append(&mut self, lsn: u64, entries: &[Entry]) -> std::io::Result<()> {
+        self.logs[self.active].append(lsn, entries)?;
+        self.last_in[self.active] = lsn;
+        Ok(())
+    }
+
+    /// After a commit: makes the other log active, from its start, once
+    /// `durable(lsn)` says the commits up to its last record are durable.
+    pub(super) fn switch(
+        &mut self,
+        durable: impl FnOnce(u64) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let other = 1 - self.active;
+        if self.last_in[other] > 0 {
+            durable(self.last_in[other])?;
+        }
+        self.logs[other].rewind();
+        self.last_in[other] = 0;
+        self.active = other;
+        Ok(())
+    }
+
+    /// Everything in both logs is durable in the database.
+    pub(super) fn rewind_all(&mut self) {
+        for log in &mut self.logs {
+            log.rewind();
+        }
+        self.last_in = [0, 0];
+        self.active = 0;
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "{} and {}",
+            self.logs[0].path().display(),
+            self.logs[1].path().display()
+        )
     }
 }
 
@@ -383,5 +475,42 @@ mod tests {
             .records()
             .expect("read");
         assert!(other.is_empty());
+    }
+
+    #[test]
+    fn two_logs_alternate_and_a_log_is_reused_only_once_its_commit_is_durable() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("chat.db");
+        let mut logs = Logs::open(&db, 7).expect("open");
+        let lsns = |logs: &Logs| -> Vec<u64> {
+            logs.records().expect("read").iter().map(|r| r.0).collect()
+        };
+        logs.append(1, &[message(1)]).expect("append");
+        logs.append(2, &[message(2)]).expect("append");
+        // Commit 1 (through lsn 2): the second log is empty, nothing to wait for.
+        logs.switch(|_| panic!("nothing to wait for"))
+            .expect("switch");
+        logs.append(3, &[message(3)]).expect("append");
+        logs.append(4, &[message(4)]).expect("append");
+        assert_eq!(lsns(&logs), [1, 2, 3, 4]);
+
+        // Commit 2: back to the first log, which may be written over only
+        // once commit 1 (lsn 2) is durable; if that fails, nothing moves.
+        let err = logs.switch(|_| Err(std::io::Error::other("sync failed")));
+        assert!(err.is_err());
+        logs.append(5, &[message(5)]).expect("append");
+        assert_eq!(lsns(&logs), [1, 2, 3, 4, 5]);
+        let mut waited = None;
+        logs.switch(|lsn| {
+            waited = Some(lsn);
+            Ok(())
+        })
+        .expect("switch");
+        assert_eq!(waited, Some(2));
+        logs.append(6, &[message(6)]).expect("append");
+        // A crash now: replay finds 3-6 in order across both logs, and
+        // nothing of the first log's old records.
+        let reopened = Logs::open(&db, 7).expect("reopen");
+        assert_eq!(lsns(&reopened), [3, 4, 5, 6]);
     }
 }
