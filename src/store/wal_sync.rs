@@ -38,7 +38,11 @@ use std::time::{Duration, Instant};
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// WAL frames (pages) past which the writer should checkpoint, so that
 /// the WAL starts again from its beginning: 32 MiB of 4 KiB pages.
+#[cfg(not(test))]
 const RESTART_FRAMES: i64 = 8192;
+/// Small in unit tests, so that a test fills it within a second.
+#[cfg(test)]
+const RESTART_FRAMES: i64 = 256;
 
 /// The syncer's handle, held by the staging writer.
 #[derive(Debug)]
