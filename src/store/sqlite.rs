@@ -283,7 +283,7 @@ struct Staging {
     /// Makes the commits durable (`super::wal_sync`).
     wal: WalSync,
     stage: Arc<Stage>,
-    /// The lsn of the last record written to the log.
+    /// The lsn of the last record written to the logs.
     lsn: u64,
     /// When the open transaction began (none open: `None`).
     open_since: Option<std::time::Instant>,
