@@ -183,24 +183,37 @@ fn resumes_take_every_user_back_without_passwords() {
 
 /// A chatserver on a free port over a fresh SQLite file in `dir`.
 fn start_server(dir: &tempfile::TempDir) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let server = Command::new(chatserver())
-        .args(["--listen", &addr])
+    use std::io::BufRead;
+    // Port 0, and the address from the server's ready line: a port picked
+    // free beforehand could be taken meanwhile by another test's process
+    // (`compare` starts four servers), which the test would then talk to.
+    let mut server = Command::new(chatserver())
+        .args(["--listen", "127.0.0.1:0"])
         .args([
             "--db",
             &format!("sqlite://{}", dir.path().join("b.db").display()),
         ])
-        .stderr(std::process::Stdio::null())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start chatserver");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut log = std::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = log
+            .next()
+            .expect("server exited before it was ready")
+            .expect("server log");
+        if line.contains("chatserver ready")
+            && let Some(addr) = line
+                .split("listen=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+        {
+            break addr.to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || log.for_each(drop));
     (server, addr)
 }
