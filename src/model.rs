@@ -370,7 +370,9 @@ pub enum Push {
     Resync,
     /// A frame to write as it is, stored nowhere (a contact came online or
     /// went offline); dropped rather than queued when the session lags.
-    Notice(bytes::Bytes),
+    /// Behind an `Arc` so that a push is two words: every session's queue
+    /// allocates room for 32 of them when it opens.
+    Notice(Arc<bytes::Bytes>),
 }
 
 /// A user as others see them.

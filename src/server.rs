@@ -217,48 +217,65 @@ pub struct Listeners {
     pub web: Option<TcpListener>,
 }
 
+/// What an admitted connection holds for its life.
+struct Admitted {
+    frames: crate::transport::Frames,
+    /// The client's address (from a trusted balancer's PROXY header).
+    client: std::net::SocketAddr,
+    /// Counts it against its address, unless the accept loop already did.
+    _addr_slot: Option<AddrSlot>,
+    _open: crate::metrics::OpenConnection,
+}
+
 /// One accepted connection: learns the client's address (from a trusted
 /// balancer's PROXY header, within the frame deadline) and holds it to the
-/// per-address cap unless `counted` already did, then serves it.
-async fn serve_accepted(
+/// per-address cap unless `counted` already did, then readies the
+/// transport (TLS). `None`: it was closed.
+async fn admit(
     mut stream: TcpStream,
     peer: std::net::SocketAddr,
     counted: Option<AddrSlot>,
     acceptor: Option<TlsAcceptor>,
-    service: Arc<Service>,
-    shutdown: CancellationToken,
-    gate: Gate,
-) {
+    service: &Service,
+    shutdown: &CancellationToken,
+    gate: &Gate,
+) -> Option<Admitted> {
     let config = service.config();
     let limits = &config.limits;
-    let mut _addr_slot = counted;
+    let mut held = counted;
     let mut client = peer;
     if config.proxy.trusts(peer.ip()) {
         let read =
             crate::proxy::client_addr(&mut stream, peer, &config.proxy, limits.frame_timeout);
         client = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return None,
             r = read => match r {
                 Ok(client) => client,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "no usable PROXY header; closing");
                     inc(&METRICS.limited);
-                    return;
+                    return None;
                 }
             },
         };
         match addr_slot(gate.per_addr(), limits, client.ip()) {
-            Ok(s) => _addr_slot = s,
+            Ok(s) => held = s,
             Err(msg) => {
                 if acceptor.is_none() {
                     connection::refuse(stream, msg).await;
                 }
-                return;
+                return None;
             }
         }
     }
-    let _open = crate::metrics::OpenConnection::count();
-    connection::serve(stream, client, acceptor, service, gate, shutdown).await;
+    let open = crate::metrics::OpenConnection::count();
+    let frames = connection::open(stream, acceptor, config, shutdown).await?;
+    Some(Admitted {
+        frames,
+        client,
+        _addr_slot: held,
+        _open: open,
+    })
 }
 
 /// The chat listeners (plain TCP, and TLS if given), each running the
@@ -303,9 +320,25 @@ async fn accept_chat(
             };
             let (service, shutdown, gate) = (service.clone(), shutdown.clone(), gate.clone());
             let acceptor = acceptor.clone();
+            // Admission and the session are awaited one after the other
+            // in this one future, not nested: nesting would keep every
+            // layer's arguments for the connection's life.
             Some(Box::pin(async move {
-                serve_accepted(stream, peer, counted, acceptor, service, shutdown, gate).await;
-                drop(slot);
+                let classic_possible = acceptor.is_none();
+                // Moved out at once (an `if let` would keep the whole
+                // `Admitted` beside the session for its life).
+                let admitted = admit(stream, peer, counted, acceptor, &service, &shutdown, &gate);
+                let Some(Admitted {
+                    frames,
+                    client,
+                    _addr_slot,
+                    _open,
+                }) = admitted.await
+                else {
+                    return;
+                };
+                connection::run(frames, client, classic_possible, service, gate, shutdown).await;
+                drop((slot, _addr_slot, _open));
             }))
         }
     };

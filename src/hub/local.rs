@@ -74,6 +74,7 @@ impl LocalHub {
     ) -> Vec<UserId> {
         let users = self.read();
         let mut elsewhere = Vec::new();
+        let frame = std::sync::Arc::new(frame.clone());
         for user in recipients {
             match users.get(user) {
                 Some(local) => {
@@ -207,6 +208,9 @@ impl Hub for LocalHub {
             {
                 Some(slot) => Some(std::mem::replace(slot, handle)),
                 None => {
+                    // Most users have one device: room for exactly one
+                    // (a push into an empty Vec would make room for four).
+                    local.sessions.reserve_exact(1);
                     local.sessions.push(handle);
                     None
                 }

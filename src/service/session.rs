@@ -402,7 +402,7 @@ impl Service {
                 if s.classic {
                     return Vec::new();
                 }
-                return vec![frame];
+                return vec![Bytes::clone(&frame)];
             }
             // A friend request of this user was accepted: it hears of the
             // new friend's comings and goings from now on, and they of its.
@@ -415,11 +415,11 @@ impl Service {
                 if s.classic {
                     return Vec::new();
                 }
-                return vec![frame];
+                return vec![Bytes::clone(&frame)];
             }
             // Presence is ours; the original server never sent it.
             Push::Notice(_) if s.classic => return Vec::new(),
-            Push::Notice(frame) => return vec![frame],
+            Push::Notice(frame) => return vec![Bytes::clone(&frame)],
         };
         let m = &*d;
         if m.sender == me.id && m.sender_device == me.reader.device {

@@ -151,14 +151,18 @@ impl FrameStream {
             };
             let read = match due {
                 None => self.read_some().await,
-                Some(due) => match tokio::time::timeout_at(due.into(), self.read_some()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        // What it sent so far is let go with the connection.
-                        self.input = BytesMut::new();
-                        return Some(Err(FrameError::Stalled(self.frame_timeout)));
+                // Boxed: a timer for the rare frame split across reads
+                // would otherwise sit in every idle connection's future.
+                Some(due) => {
+                    match Box::pin(tokio::time::timeout_at(due.into(), self.read_some())).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            // What it sent so far is let go with the connection.
+                            self.input = BytesMut::new();
+                            return Some(Err(FrameError::Stalled(self.frame_timeout)));
+                        }
                     }
-                },
+                }
             };
             match read {
                 Ok(Some(0)) => self.eof = true,
@@ -315,10 +319,15 @@ fn fin_received(state: u8) -> bool {
 }
 
 /// The frames of one connection, whatever carries them.
+// The TCP variant, the common one, stays inline: boxing it would only add
+// an allocation per connection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Frames {
     Stream(FrameStream),
-    Ws(WsFrames),
+    /// Boxed: it is the larger of the two, and every idle TCP connection
+    /// would otherwise carry its size.
+    Ws(Box<WsFrames>),
 }
 
 impl Frames {
