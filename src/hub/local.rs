@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::{Hub, HubError, SessionHandle};
 use std::sync::Arc;
@@ -266,7 +265,7 @@ impl Hub for LocalHub {
 fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
     match handle.pushes.try_send(push) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
+        Err(super::queue::SendError::Full(_)) => {
             // Never block one sender on one slow reader, and never punish
             // the reader for a flood aimed at it: the message is stored, and
             // the session reads what it missed from the store once it has
@@ -279,22 +278,22 @@ fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
                 inc(&METRICS.pushes_dropped);
             }
         }
-        Err(TrySendError::Closed(_)) => {}
+        Err(super::queue::SendError::Closed(_)) => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::queue::{PushReceiver, push_queue};
     use crate::model::Conversation;
     use crate::model::{GroupId, Seq, UserId};
     use std::sync::atomic::AtomicBool;
-    use tokio::sync::mpsc;
 
     #[tokio::test]
     async fn a_full_queue_marks_the_session_lagging_and_never_kicks_it() {
         let hub = LocalHub::new();
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, mut rx) = push_queue(2);
         let handle = SessionHandle {
             session_id: 1,
             device: Device::classic(),
@@ -323,14 +322,14 @@ mod tests {
         let kicked = tokio::time::timeout(std::time::Duration::from_millis(20), kick.kicked());
         assert!(kicked.await.is_err(), "the flooded session stays");
         let mut queued = 0;
-        while rx.try_recv().is_ok() {
+        while rx.try_recv().is_some() {
             queued += 1;
         }
         assert_eq!(queued, 2, "the queue holds what fits, nothing more");
     }
 
-    fn handle(session_id: u64, device: &str) -> (SessionHandle, mpsc::Receiver<Push>) {
-        let (tx, rx) = mpsc::channel(8);
+    fn handle(session_id: u64, device: &str) -> (SessionHandle, PushReceiver) {
+        let (tx, rx) = push_queue(8);
         let handle = SessionHandle {
             session_id,
             device: Device::parse(Some(device)).expect("device"),
@@ -365,8 +364,8 @@ mod tests {
             hub.deliver_here(&d, &[me]).is_empty(),
             "all of them are here"
         );
-        assert!(laptop_rx.try_recv().is_ok(), "the other device gets it");
-        assert!(phone_rx.try_recv().is_err(), "the sender does not");
+        assert!(laptop_rx.try_recv().is_some(), "the other device gets it");
+        assert!(phone_rx.try_recv().is_none(), "the sender does not");
         // the same device again replaces only itself
         let (laptop2, _rx) = handle(3, "laptop");
         laptop.ended.cancel(); // as if it had stored its positions at once

@@ -8,10 +8,10 @@
 //! receiver's next gap check or login).
 
 pub mod local;
+pub mod queue;
 pub mod redis;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::sync::broadcast;
 
-use crate::model::{Delivery, Device, GroupId, Push, UserId};
+use crate::model::{Delivery, Device, GroupId, UserId};
 
 /// How the hub reaches one logged-in session.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub struct SessionHandle {
     /// of the same device only.
     pub device: Device,
     /// The session's bounded push queue.
-    pub pushes: mpsc::Sender<Push>,
+    pub pushes: queue::PushSender,
     /// Set when a push found the queue full and was dropped: the session
     /// then catches up from the store instead of being disconnected, so
     /// that a flood aimed at a user costs that user nothing but latency.

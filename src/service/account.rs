@@ -2,8 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tokio::sync::mpsc;
-
 use super::delivery::{DeliveryState, Reads};
 use super::requests::Handler;
 use super::session::chronological;
@@ -319,7 +317,7 @@ impl Service {
         // Claim presence first, then read what is undelivered: a message
         // stored in between is both in the page and queued as a push, and the
         // cursors drop the second copy. The other order could miss it.
-        let (tx, rx) = mpsc::channel(self.config.push_queue);
+        let (tx, rx) = crate::hub::queue::push_queue(self.config.push_queue);
         let ended = tokio_util::sync::CancellationToken::new();
         let lagging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reads = match (acks, s.classic) {

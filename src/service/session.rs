@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::Service;
 use super::delivery::{DeliveryState, Incoming, Reads, Unconfirmed};
@@ -62,7 +61,7 @@ pub(super) struct LoggedIn {
     /// (see `blocking`).
     pub(super) reach: HashMap<UserId, (Instant, u64)>,
     pub(super) name: String,
-    pub(super) pushes: mpsc::Receiver<Push>,
+    pub(super) pushes: crate::hub::queue::PushReceiver,
     /// The hash of the resume token this session was given or resumed
     /// with; logout revokes it.
     pub(super) token_hash: Option<String>,
