@@ -318,6 +318,11 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A staged commit that could not be made durable.
+fn wal_unsynced(e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("syncing the WAL: {e}"))
+}
+
 impl Writer {
     /// FULL (the default): a message we have acknowledged survives a power
     /// cut, not only a crash; group commit keeps the fsync cost per batch.
@@ -365,7 +370,7 @@ impl Writer {
                     .conn
                     .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")
                     .map_err(unavailable)?;
-                let wal = WalSync::start(path, 0).map_err(io)?;
+                let wal = WalSync::start(path).map_err(io)?;
                 // The last run's last commit may have been left unsynced
                 // (the logs held its records): sync before writing over
                 // them.
@@ -544,9 +549,7 @@ impl Writer {
         tx.commit().map_err(unavailable)?;
         if let Some(st) = &self.staging {
             // The staging writer commits with synchronous = NORMAL.
-            st.wal
-                .sync_now(st.lsn)
-                .map_err(|e| StoreError::Unavailable(format!("syncing the WAL: {e}")))?;
+            st.wal.sync_now(st.lsn).map_err(wal_unsynced)?;
         }
         // Only what committed may advance the counters.
         self.last_seq.extend(touched);
@@ -663,12 +666,10 @@ impl Writer {
             return;
         };
         st.open_since = None;
-        match self.replay(&st.logs).and_then(|lsn| {
-            st.wal
-                .sync_now(lsn)
-                .map(|()| lsn)
-                .map_err(|e| StoreError::Unavailable(format!("syncing the WAL: {e}")))
-        }) {
+        match self
+            .replay(&st.logs)
+            .and_then(|lsn| st.wal.sync_now(lsn).map(|()| lsn).map_err(wal_unsynced))
+        {
             Ok(lsn) => {
                 st.lsn = lsn;
                 st.logs.rewind_all();

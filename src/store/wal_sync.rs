@@ -77,19 +77,15 @@ struct State {
 }
 
 impl WalSync {
-    /// Starts the syncer for the database at `db`, whose commits up to
-    /// `synced` are durable.
-    pub(super) fn start(db: &Path, synced: u64) -> std::io::Result<Self> {
+    /// Starts the syncer for the database at `db`. Nothing counts as
+    /// synced until a [`WalSync::sync_now`] or a requested sync says so.
+    pub(super) fn start(db: &Path) -> std::io::Result<Self> {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
         let shared = Arc::new(Shared {
             db: db.to_owned(),
             wal: PathBuf::from(wal),
-            state: Mutex::new(State {
-                synced,
-                wanted: synced,
-                ..State::default()
-            }),
+            state: Mutex::new(State::default()),
             changed: Condvar::new(),
             file: Mutex::new(None),
             restart_due: AtomicBool::new(false),
@@ -137,9 +133,7 @@ impl WalSync {
         self.shared.changed.notify_all();
         Ok(())
     }
-}
 
-impl WalSync {
     /// Whether the writer should checkpoint between two transactions (once
     /// it says yes, it says no until the WAL grows again).
     pub(super) fn restart_due(&self) -> bool {
