@@ -21,10 +21,24 @@ use tokio::process::{Child, Command};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// A chromedriver of our own on a free port, killed with the test.
+/// A chromedriver of our own on a free port, killed with the test, and
+/// the browsers it started with it: they share its process group, so a
+/// test that fails before closing its browsers leaves none running.
 struct Driver {
-    _child: Child,
+    child: Child,
     url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) with a negative pid signals the process group
+            // that chromedriver leads (`process_group(0)` below).
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 impl Driver {
@@ -42,6 +56,7 @@ impl Driver {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .expect("spawn chromedriver");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -51,7 +66,7 @@ impl Driver {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Driver {
-            _child: child,
+            child,
             url: format!("http://{addr}"),
         }
     }
@@ -480,6 +495,7 @@ async fn two_tabs_of_one_user_are_online_together() {
     .await;
     b.switch_to_window(second).await.expect("switch");
     until(&b, "the second tab still in", APP_SHOWN).await;
+    b.close().await.expect("close");
 }
 
 /// Consent in the browser: alice asks bob to be her friend and her page
