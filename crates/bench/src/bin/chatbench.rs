@@ -264,7 +264,12 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            eprintln!("relay listening on {listen}");
+            // The bound address (the port, when asked for port 0), for
+            // `compare`, which reads it from this line.
+            let bound = listener
+                .local_addr()
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            eprintln!("relay listening on {bound}");
             match durable {
                 Some(db) if sqlite => {
                     let every = apply_ms.map(Duration::from_millis);
@@ -607,13 +612,27 @@ impl Drop for Pinned {
     }
 }
 
-fn spawn_pinned(program: &str, args: &[String], cpu: usize) -> Result<Pinned, String> {
+/// Starts `program` pinned to `cpu`, listening on a port of its own
+/// choosing (its arguments ask for port 0), and returns the address it
+/// names in the first line of its standard error that `address` finds one
+/// in. Picking a free port beforehand would race with every other process
+/// binding ports meanwhile (the test suite runs several servers at once).
+/// The rest of its standard error is passed on.
+async fn spawn_listening(
+    program: &str,
+    args: &[String],
+    cpu: usize,
+    address: fn(&str) -> Option<String>,
+) -> Result<(String, Pinned), String> {
+    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .env("RUST_LOG", "warn");
+        .stderr(Stdio::piped())
+        // Warnings, and the server's ready line that names its address.
+        .env("RUST_LOG", "warn,chatserver=info");
     // SAFETY: only a system call runs between fork and exec. A core that
     // cannot be had (a smaller machine) leaves the child unpinned.
     unsafe {
@@ -622,9 +641,50 @@ fn spawn_pinned(program: &str, args: &[String], cpu: usize) -> Result<Pinned, St
             Ok(())
         });
     }
-    cmd.spawn()
-        .map(Pinned)
-        .map_err(|e| format!("cannot start {program}: {e}"))
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let stderr = child.stderr.take();
+    let child = Pinned(child);
+    let (found, addr) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(stderr) = stderr else { return };
+        let mut found = Some(found);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = found.as_ref().and_then(|_| address(&line)) {
+                if let Some(tx) = found.take() {
+                    let _ = tx.send(a);
+                }
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    });
+    let program = program.to_owned();
+    tokio::task::spawn_blocking(move || addr.recv_timeout(Duration::from_secs(20)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|a| (a, child))
+        .map_err(|_| format!("{program} named no address it listens on"))
+}
+
+/// The address in a relay's "relay listening on ADDR" line.
+fn relay_address(line: &str) -> Option<String> {
+    line.split("relay listening on ")
+        .nth(1)
+        .map(|a| a.trim().to_owned())
+}
+
+/// The address in the server's "chatserver ready" log line (`listen=ADDR`).
+fn server_address(line: &str) -> Option<String> {
+    if !line.contains("chatserver ready") {
+        return None;
+    }
+    line.split("listen=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
 }
 
 fn pin(cpu: usize) -> std::io::Result<()> {
@@ -654,13 +714,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
 }
 
 async fn wait_listening(addr: &str) -> Result<(), String> {
@@ -698,27 +751,33 @@ async fn compare(
     let mut rows: Vec<(String, PairsReport)> = Vec::new();
     for &pairs in &pair_counts {
         // One of this tool's relays on the server core: its address and process.
-        let relay_at = |extra: &[String]| -> Result<(String, Pinned), String> {
-            let addr = format!("127.0.0.1:{}", free_port()?);
-            let mut args = vec!["relay".to_owned(), "--listen".to_owned(), addr.clone()];
-            args.extend_from_slice(extra);
-            let child = spawn_pinned(&me.to_string_lossy(), &args, server_cpu)?;
-            Ok((addr, child))
+        let relay_at = |extra: Vec<String>| {
+            let mut args = vec![
+                "relay".to_owned(),
+                "--listen".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ];
+            args.extend(extra);
+            let me = me.to_string_lossy().into_owned();
+            async move { spawn_listening(&me, &args, server_cpu, relay_address).await }
         };
         let in_dir = |name: String| dir.0.join(name).to_string_lossy().into_owned();
-        let (relay_addr, relay) = relay_at(&[])?;
-        let (durable_addr, durable) =
-            relay_at(&["--durable".into(), in_dir(format!("relay-{pairs}.log"))])?;
-        let (sqlite_addr, sqlite) = relay_at(&[
+        let (relay_addr, relay) = relay_at(Vec::new()).await?;
+        let (durable_addr, durable) = relay_at(vec![
+            "--durable".into(),
+            in_dir(format!("relay-{pairs}.log")),
+        ])
+        .await?;
+        let (sqlite_addr, sqlite) = relay_at(vec![
             "--durable".into(),
             in_dir(format!("relay-{pairs}.db")),
             "--sqlite".into(),
-        ])?;
-        let server_addr = format!("127.0.0.1:{}", free_port()?);
+        ])
+        .await?;
         let db = dir.0.join(format!("bench-{pairs}.db"));
         let mut args = vec![
             "--listen".to_owned(),
-            server_addr.clone(),
+            "127.0.0.1:0".to_owned(),
             "--db".to_owned(),
             format!("sqlite://{}", db.display()),
             // A few connections sending as fast as they can: the
@@ -727,7 +786,8 @@ async fn compare(
             "0".to_owned(),
         ];
         args.extend(server_args.iter().cloned());
-        let node = spawn_pinned(&server, &args, server_cpu)?;
+        let (server_addr, node) =
+            spawn_listening(&server, &args, server_cpu, server_address).await?;
         wait_listening(&relay_addr).await?;
         wait_listening(&durable_addr).await?;
         wait_listening(&sqlite_addr).await?;
