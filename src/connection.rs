@@ -498,7 +498,7 @@ mod tests {
         );
         let size = std::mem::size_of_val(&session);
         assert!(size <= 2048, "the session future grew to {size} bytes");
-        // A push is two words: each session's queue makes room for 32.
+        // A push is two words: a session's queue is counted in pushes.
         assert_eq!(std::mem::size_of::<crate::model::Push>(), 16);
     }
 }

@@ -370,8 +370,8 @@ pub enum Push {
     Resync,
     /// A frame to write as it is, stored nowhere (a contact came online or
     /// went offline); dropped rather than queued when the session lags.
-    /// Behind an `Arc` so that a push is two words: every session's queue
-    /// allocates room for 32 of them when it opens.
+    /// Behind an `Arc` so that a push is two words: what a session's queue
+    /// holds, and what a burst makes it grow to, is counted in pushes.
     Notice(Arc<bytes::Bytes>),
 }
 
