@@ -96,6 +96,7 @@ pub fn serve_ws(
         service,
         gate,
         shutdown,
+        (),
     )
 }
 
@@ -165,30 +166,35 @@ impl Anonymous {
 /// A plain function, not an `async fn`: each async layer keeps its own
 /// copy of its arguments for the connection's whole life, and an idle
 /// connection is mostly this future.
-pub fn run(
+///
+/// `held` (the connection's places under the node's caps) is let go when
+/// the session ends.
+pub fn run<H: Send + 'static>(
     conn: Frames,
     peer: std::net::SocketAddr,
     classic_possible: bool,
     service: Arc<Service>,
     gate: Gate,
     shutdown: CancellationToken,
+    held: H,
 ) -> impl std::future::Future<Output = ()> + Send {
     use tracing::Instrument;
     let span = tracing::info_span!("connection", %peer, user = tracing::field::Empty);
-    session_loop(conn, peer, classic_possible, service, gate, shutdown).instrument(span)
+    session_loop(conn, peer, classic_possible, service, gate, shutdown, held).instrument(span)
 }
 
 /// A plain function returning an `async move` block rather than an `async
 /// fn`: an `async fn` keeps its arguments twice (as passed, and as the
 /// locals the body binds them to), for the connection's whole life.
 #[allow(clippy::manual_async_fn)]
-fn session_loop(
+fn session_loop<H: Send + 'static>(
     mut conn: Frames,
     peer: std::net::SocketAddr,
     classic_possible: bool,
     service: Arc<Service>,
     gate: Gate,
     shutdown: CancellationToken,
+    held: H,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let config = service.config();
@@ -336,6 +342,7 @@ fn session_loop(
             }
         }
         Box::pin(service.end_session(&mut session)).await;
+        drop(held);
         tracing::debug!("connection closed");
     }
 }
@@ -495,6 +502,7 @@ mod tests {
             service,
             crate::limits::Gate::new(10),
             tokio_util::sync::CancellationToken::new(),
+            (),
         );
         let size = std::mem::size_of_val(&session);
         assert!(size <= 2048, "the session future grew to {size} bytes");

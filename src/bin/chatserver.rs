@@ -448,15 +448,20 @@ async fn run() -> Result<(), Fatal> {
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
     tracing::info!(listen = %local, db = %redact(&cli.db), "chatserver ready");
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    node.serve_all(
+    // On a worker thread rather than this (the main) one: the sessions'
+    // tasks then come from the allocator arena their own allocations use.
+    let served = tokio::spawn(node.serve_all(
         chat::server::Listeners {
             plain: listener,
             tls,
             web,
         },
         shutdown,
-    )
+    ))
     .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "the accept loop failed");
+    }
     stopped.cancel();
     if let Some(metrics) = metrics {
         let _ = metrics.await;

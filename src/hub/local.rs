@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use crate::metrics::{METRICS, inc};
 use crate::model::{Delivery, Device, Push, UserId};
-use std::sync::atomic::Ordering;
 
 /// One user's sessions on this node.
 #[derive(Debug, Default)]
@@ -218,7 +217,7 @@ impl Hub for LocalHub {
         if let Some(old) = old {
             tracing::debug!(%user, session = old.session_id, "replaced on this node");
             old.kick.kick_by(old.token_fp.as_deref(), fp.as_deref());
-            let _ = tokio::time::timeout(super::REPLACED_SESSION_WAIT, old.ended.cancelled()).await;
+            let _ = tokio::time::timeout(super::REPLACED_SESSION_WAIT, old.pushes.ended()).await;
         }
         Ok(())
     }
@@ -270,7 +269,7 @@ fn push_to(user: UserId, handle: &SessionHandle, push: Push) {
             // the reader for a flood aimed at it: the message is stored, and
             // the session reads what it missed from the store once it has
             // written what is queued.
-            if !handle.lagging.swap(true, Ordering::Relaxed) {
+            if handle.pushes.mark_lagging() {
                 tracing::debug!(
                     %user,
                     "push queue full; the session catches up from the store"
@@ -288,7 +287,6 @@ mod tests {
     use crate::hub::queue::{PushReceiver, push_queue};
     use crate::model::Conversation;
     use crate::model::{GroupId, Seq, UserId};
-    use std::sync::atomic::AtomicBool;
 
     #[tokio::test]
     async fn a_full_queue_marks_the_session_lagging_and_never_kicks_it() {
@@ -298,12 +296,10 @@ mod tests {
             session_id: 1,
             device: Device::classic(),
             pushes: tx,
-            lagging: Arc::new(AtomicBool::new(false)),
             kick: super::super::Kick::default(),
-            ended: tokio_util::sync::CancellationToken::new(),
             token_fp: None,
         };
-        let (lagging, kick) = (handle.lagging.clone(), handle.kick.clone());
+        let kick = handle.kick.clone();
         hub.connect(UserId(7), handle).await.expect("connect");
         for seq in 1..=5 {
             let d = Arc::new(Delivery {
@@ -318,7 +314,8 @@ mod tests {
             });
             hub.deliver(d, &[UserId(7)]).await.expect("deliver");
         }
-        assert!(lagging.load(Ordering::Relaxed), "three pushes were dropped");
+        assert!(rx.take_lagging(), "three pushes were dropped");
+        assert!(!rx.take_lagging(), "told once");
         let kicked = tokio::time::timeout(std::time::Duration::from_millis(20), kick.kicked());
         assert!(kicked.await.is_err(), "the flooded session stays");
         let mut queued = 0;
@@ -334,9 +331,7 @@ mod tests {
             session_id,
             device: Device::parse(Some(device)).expect("device"),
             pushes: tx,
-            lagging: Arc::new(AtomicBool::new(false)),
             kick: super::super::Kick::default(),
-            ended: tokio_util::sync::CancellationToken::new(),
             token_fp: None,
         };
         (handle, rx)
@@ -368,7 +363,7 @@ mod tests {
         assert!(phone_rx.try_recv().is_none(), "the sender does not");
         // the same device again replaces only itself
         let (laptop2, _rx) = handle(3, "laptop");
-        laptop.ended.cancel(); // as if it had stored its positions at once
+        drop(laptop_rx); // as if it had stored its positions at once
         hub.connect(me, laptop2).await.expect("connect");
         let kicked =
             tokio::time::timeout(std::time::Duration::from_millis(50), laptop.kick.kicked());

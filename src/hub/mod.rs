@@ -12,10 +12,9 @@ pub mod queue;
 pub mod redis;
 
 use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::broadcast;
 
@@ -30,18 +29,16 @@ pub struct SessionHandle {
     /// The device the session is for: a login replaces the older session
     /// of the same device only.
     pub device: Device,
-    /// The session's bounded push queue.
+    /// The session's bounded push queue. A push that finds it full is
+    /// dropped and the session marked lagging: it then catches up from the
+    /// store instead of being disconnected, so that a flood aimed at a user
+    /// costs that user nothing but latency. Its end says when the session
+    /// has ended and stored its positions: a newer login that replaces it
+    /// waits for that (a while at most) before reading them, so that it
+    /// does not offer again what the old one had.
     pub pushes: queue::PushSender,
-    /// Set when a push found the queue full and was dropped: the session
-    /// then catches up from the store instead of being disconnected, so
-    /// that a flood aimed at a user costs that user nothing but latency.
-    pub lagging: Arc<AtomicBool>,
     /// Disconnects the session, saying why.
     pub kick: Kick,
-    /// Cancelled once the session has ended and stored its positions: a
-    /// newer login that replaces it waits for that (a while at most) before
-    /// reading them, so that it does not offer again what the old one had.
-    pub ended: CancellationToken,
     /// Names the resume token the session was opened with (a prefix of its
     /// hash), if any. A session replaced by one opened with the same token
     /// was replaced by its own client: see [`Kick::kick_by`].
@@ -61,17 +58,29 @@ pub const REPLACED_SESSION_WAIT: std::time::Duration = std::time::Duration::from
 /// A request, from the hub to a session, to disconnect: the user logged in
 /// again, on this node or another (or on another node while Redis was
 /// away), and the newer login wins.
+///
+/// One small allocation per session (a `Notify` and flags), where a
+/// cancellation token and two shared flags took three.
 #[derive(Debug, Clone, Default)]
-pub struct Kick {
-    token: CancellationToken,
-    /// Set when the newer session was opened with this session's own resume
-    /// token: the same client, one of whose earlier attempts (say, a resume
-    /// left waiting in a stopped node's socket) was carried out late.
-    by_same_token: Arc<AtomicBool>,
-    /// Set when another device of the user logged this device out (or it
-    /// was forgotten at the device limit): its token no longer works.
-    revoked: Arc<AtomicBool>,
+pub struct Kick(Arc<KickState>);
+
+#[derive(Debug, Default)]
+struct KickState {
+    /// Wakes the session once it is asked to go.
+    asked: tokio::sync::Notify,
+    /// [`KICKED`], [`BY_SAME_TOKEN`], [`REVOKED`].
+    flags: AtomicU8,
 }
+
+/// The session has been asked to go.
+const KICKED: u8 = 1;
+/// The newer session was opened with this session's own resume token: the
+/// same client, one of whose earlier attempts (say, a resume left waiting
+/// in a stopped node's socket) was carried out late.
+const BY_SAME_TOKEN: u8 = 2;
+/// Another device of the user logged this device out (or it was forgotten
+/// at the device limit): its token no longer works.
+const REVOKED: u8 = 4;
 
 impl Kick {
     /// Asks the session to go because a session opened with `fp` (a token
@@ -79,34 +88,45 @@ impl Kick {
     /// told so (errno 54 with `"resumed": true`), and a client that made no
     /// such attempt resumes again instead of giving up.
     pub fn kick_by(&self, own: Option<&str>, fp: Option<&str>) {
-        if own.is_some() && own == fp {
-            self.by_same_token
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.token.cancel();
+        let same = if own.is_some() && own == fp {
+            BY_SAME_TOKEN
+        } else {
+            0
+        };
+        self.ask(same);
     }
 
     /// Asks the session to go because its device was logged out.
     pub fn revoke(&self) {
-        self.revoked
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.token.cancel();
+        self.ask(REVOKED);
+    }
+
+    fn ask(&self, why: u8) {
+        self.0.flags.fetch_or(KICKED | why, Ordering::AcqRel);
+        self.0.asked.notify_waiters();
     }
 
     /// Whether the session's device was logged out.
     pub fn revoked(&self) -> bool {
-        self.revoked.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.flags.load(Ordering::Acquire) & REVOKED != 0
     }
 
     /// Whether the session was replaced by one opened with its own token.
     pub fn by_same_token(&self) -> bool {
-        self.by_same_token
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.0.flags.load(Ordering::Acquire) & BY_SAME_TOKEN != 0
     }
 
     /// Resolves once the session has been asked to go.
     pub async fn kicked(&self) {
-        self.token.cancelled().await;
+        let asked = self.0.asked.notified();
+        tokio::pin!(asked);
+        // Registered before the flags are read, so a kick in between still
+        // wakes this wait.
+        asked.as_mut().enable();
+        if self.0.flags.load(Ordering::Acquire) & KICKED != 0 {
+            return;
+        }
+        asked.await;
     }
 }
 

@@ -6,8 +6,14 @@
 //! allocates about 1 KiB when it is made (a cache-padded channel of 512
 //! bytes and a first block of 32 slots), which was a sixth of an idle
 //! connection's memory. This one is a mutex-guarded `VecDeque` and a
-//! `Notify` in one allocation of about 120 bytes; the deque allocates only
-//! once pushes arrive, and gives back what a burst made it grow to.
+//! `Notify` in one small allocation; the deque allocates only once pushes
+//! arrive, and gives back what a burst made it grow to.
+//!
+//! The queue also carries the two other things the hub and the session tell
+//! each other, in the same allocation: that pushes were dropped on a full
+//! queue (the session then catches up from the store), and that the session
+//! has ended (its receiver is dropped once it has stored its positions; a
+//! login replacing it waits for that).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,9 +32,13 @@ struct Shared {
     capacity: usize,
     senders: AtomicUsize,
     receiver_gone: AtomicBool,
+    /// A push was dropped on a full queue since the receiver last asked.
+    lagging: AtomicBool,
     /// Wakes the receiver; a notification sent while it is not waiting is
     /// kept for its next wait, so none is lost.
     ready: Notify,
+    /// Wakes those waiting for the receiver to go ([`PushSender::ended`]).
+    gone: Notify,
 }
 
 impl Shared {
@@ -46,7 +56,9 @@ pub fn push_queue(capacity: usize) -> (PushSender, PushReceiver) {
         capacity: capacity.max(1),
         senders: AtomicUsize::new(1),
         receiver_gone: AtomicBool::new(false),
+        lagging: AtomicBool::new(false),
         ready: Notify::new(),
+        gone: Notify::new(),
     });
     (PushSender(shared.clone()), PushReceiver { shared })
 }
@@ -78,6 +90,25 @@ impl PushSender {
         }
         self.0.ready.notify_one();
         Ok(())
+    }
+
+    /// Notes that a push was dropped on a full queue; true if none had
+    /// been since the receiver last asked ([`PushReceiver::take_lagging`]).
+    pub fn mark_lagging(&self) -> bool {
+        !self.0.lagging.swap(true, Ordering::AcqRel)
+    }
+
+    /// Resolves once the receiver is gone: the session has ended.
+    pub async fn ended(&self) {
+        let gone = self.0.gone.notified();
+        tokio::pin!(gone);
+        // Registered before the flag is read, so a receiver dropped in
+        // between still wakes this wait.
+        gone.as_mut().enable();
+        if self.0.receiver_gone.load(Ordering::Acquire) {
+            return;
+        }
+        gone.await;
     }
 }
 
@@ -127,6 +158,12 @@ impl PushReceiver {
         }
     }
 
+    /// Whether pushes were dropped on a full queue since last asked (the
+    /// session then reads what it missed from the store).
+    pub fn take_lagging(&self) -> bool {
+        self.shared.lagging.swap(false, Ordering::AcqRel)
+    }
+
     /// The next push if one is queued.
     pub fn try_recv(&mut self) -> Option<Push> {
         let mut queue = self.shared.queue();
@@ -144,6 +181,7 @@ impl Drop for PushReceiver {
         // What was queued goes now, not when the last sender does.
         let drained = std::mem::take(&mut *self.shared.queue());
         drop(drained);
+        self.shared.gone.notify_waiters();
     }
 }
 
@@ -241,5 +279,30 @@ mod tests {
         }
         while rx.try_recv().is_some() {}
         assert!(rx.shared.queue().capacity() <= KEEP_WHEN_EMPTY);
+    }
+
+    #[tokio::test]
+    async fn a_sender_hears_when_the_session_has_ended() {
+        let (tx, rx) = push_queue(8);
+        let other = tx.clone();
+        let waiting = tokio::spawn(async move { other.ended().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the session is still there");
+        drop(rx);
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(ended.is_ok(), "woken when the receiver went");
+        // Asked after the end, it answers at once.
+        let at_once = tokio::time::timeout(Duration::from_millis(100), tx.ended()).await;
+        assert!(at_once.is_ok());
+    }
+
+    #[test]
+    fn dropped_pushes_are_told_to_the_receiver_once() {
+        let (tx, rx) = push_queue(1);
+        assert!(!rx.take_lagging());
+        assert!(tx.mark_lagging(), "the first drop is news");
+        assert!(!tx.mark_lagging(), "the second is not");
+        assert!(rx.take_lagging() && !rx.take_lagging());
+        assert!(tx.mark_lagging(), "news again after the receiver asked");
     }
 }

@@ -6,16 +6,27 @@
 //! same. Everything we send ends with `\n`, which the original client's JSON
 //! parser skips as whitespace and which lets any client split our stream.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Default largest frame we accept from a client, in bytes.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 
 /// Splits input on NUL or newline (bounded) and terminates output with newline.
+///
+/// Hand-written rather than tokio-util's `AnyDelimiterCodec`, which keeps
+/// its delimiters in two heap vectors (two allocations in every
+/// connection, for its whole life) and scans byte by byte; this one
+/// searches with `memchr2`. It behaves the same: a frame is what precedes
+/// a terminator, a frame of more than `max_frame` bytes is an error, and
+/// after that error the rest of that frame is skipped.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
-    inner: AnyDelimiterCodec,
+    /// Where the search for a terminator resumes: the bytes before it
+    /// hold none.
+    next_index: usize,
+    /// Skipping the rest of an over-long frame, up to its terminator.
+    discarding: bool,
     max_frame: usize,
 }
 
@@ -39,12 +50,49 @@ impl FrameCodec {
     /// A codec refusing frames longer than `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         FrameCodec {
-            inner: AnyDelimiterCodec::new_with_max_length(
-                b"\n\0".to_vec(),
-                b"\n".to_vec(),
-                max_frame,
-            ),
+            next_index: 0,
+            discarding: false,
             max_frame,
+        }
+    }
+
+    /// The next chunk up to a terminator (blank ones included), if one is
+    /// complete.
+    fn chunk(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            let read_to = self.max_frame.saturating_add(1).min(buf.len());
+            let found = buf
+                .get(self.next_index..read_to)
+                .and_then(|tail| memchr::memchr2(b'\n', 0, tail))
+                .map(|at| at + self.next_index);
+            match (self.discarding, found) {
+                (true, Some(at)) => {
+                    buf.advance(at + 1);
+                    self.discarding = false;
+                    self.next_index = 0;
+                }
+                (true, None) => {
+                    buf.advance(read_to);
+                    self.next_index = 0;
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                }
+                (false, Some(at)) => {
+                    self.next_index = 0;
+                    let mut chunk = buf.split_to(at + 1);
+                    chunk.truncate(at);
+                    return Ok(Some(chunk.freeze()));
+                }
+                (false, None) if buf.len() > self.max_frame => {
+                    self.discarding = true;
+                    return Err(FrameError::TooLong(self.max_frame));
+                }
+                (false, None) => {
+                    self.next_index = read_to;
+                    return Ok(None);
+                }
+            }
         }
     }
 }
@@ -68,32 +116,29 @@ impl Decoder for FrameCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         loop {
-            match self.inner.decode(src) {
+            match self.chunk(src)? {
                 // `{..}\0\n` or `\r\n`-less blank lines yield empty chunks; they
                 // carry nothing, so they are not frames.
-                Ok(Some(chunk)) if chunk.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(other) => return Ok(other),
-                Err(e) => return Err(self.map_err(e)),
+                Some(chunk) if chunk.iter().all(u8::is_ascii_whitespace) => continue,
+                other => return Ok(other),
             }
         }
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         loop {
-            match self.inner.decode_eof(src) {
-                Ok(Some(chunk)) if chunk.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(other) => return Ok(other),
-                Err(e) => return Err(self.map_err(e)),
+            let chunk = match self.chunk(src)? {
+                Some(chunk) => chunk,
+                // What is left without a terminator is the last frame.
+                None if !src.is_empty() => {
+                    self.next_index = 0;
+                    src.split_to(src.len()).freeze()
+                }
+                None => return Ok(None),
+            };
+            if !chunk.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Some(chunk));
             }
-        }
-    }
-}
-
-impl FrameCodec {
-    fn map_err(&self, e: AnyDelimiterCodecError) -> FrameError {
-        match e {
-            AnyDelimiterCodecError::MaxChunkLengthExceeded => FrameError::TooLong(self.max_frame),
-            AnyDelimiterCodecError::Io(e) => FrameError::Io(e),
         }
     }
 }

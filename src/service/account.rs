@@ -318,8 +318,6 @@ impl Service {
         // stored in between is both in the page and queued as a push, and the
         // cursors drop the second copy. The other order could miss it.
         let (tx, rx) = crate::hub::queue::push_queue(self.config.push_queue);
-        let ended = tokio_util::sync::CancellationToken::new();
-        let lagging = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reads = match (acks, s.classic) {
             (true, _) => Reads::Acknowledged,
             // The original client: its writes are confirmed by time.
@@ -334,9 +332,7 @@ impl Service {
                     session_id: s.id,
                     device: reader.device.clone(),
                     pushes: tx,
-                    lagging: lagging.clone(),
                     kick: s.kick.clone(),
-                    ended: ended.clone(),
                     token_fp: token_hash.as_deref().map(crate::hub::token_fp),
                 },
             )
@@ -354,8 +350,7 @@ impl Service {
             name,
             pushes: rx,
             token_hash,
-            delivery: DeliveryState::new(reads, lagging, std::time::Instant::now()),
-            _ended: ended.drop_guard(),
+            delivery: DeliveryState::new(reads, std::time::Instant::now()),
             unread_sent: HashMap::new(),
             contacts: Vec::new(),
         };

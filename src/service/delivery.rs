@@ -23,8 +23,6 @@
 //! the bytes and the connection stayed open a grace period after the write.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::model::{ChatMessage, Conversation, Seq};
@@ -64,23 +62,18 @@ pub struct DeliveryState {
     /// acknowledgements: the next page waits for them (the store, still at
     /// the old positions, would offer the same page again).
     awaiting_ack: bool,
-    /// Set by the hub when a push for this session was dropped on a full
-    /// queue.
-    lagging: Arc<AtomicBool>,
     /// When positions were last handed to the store.
     last_flush: Instant,
 }
 
 impl DeliveryState {
-    /// A session's delivery, before its stored positions are known;
-    /// `lagging` is shared with the hub.
-    pub fn new(reads: Reads, lagging: Arc<AtomicBool>, now: Instant) -> Self {
+    /// A session's delivery, before its stored positions are known.
+    pub fn new(reads: Reads, now: Instant) -> Self {
         DeliveryState {
             cursors: Cursors::for_reads(reads, []),
             reads,
             backlog: false,
             awaiting_ack: false,
-            lagging,
             last_flush: now,
         }
     }
@@ -124,12 +117,6 @@ impl DeliveryState {
     /// Live delivery may have missed something: read from the store.
     pub fn resync(&mut self) {
         self.backlog = true;
-    }
-
-    /// Whether pushes were dropped since last asked (then the session
-    /// reads from the store what it missed).
-    pub fn take_lagging(&self) -> bool {
-        self.lagging.swap(false, Ordering::Relaxed)
     }
 
     /// The client has (or, for the original client, is taken to have)
@@ -579,8 +566,7 @@ mod tests {
     #[test]
     fn pages_go_one_at_a_time_and_wait_for_acknowledgements() {
         let t0 = Instant::now();
-        let lagging = Arc::new(AtomicBool::new(false));
-        let mut d = DeliveryState::new(Reads::Acknowledged, lagging.clone(), t0);
+        let mut d = DeliveryState::new(Reads::Acknowledged, t0);
         d.load([(G, Seq(2))]);
         d.page_sent(&[msg(G, Seq(3)), msg(G, Seq(4))]);
         assert!(
@@ -606,8 +592,6 @@ mod tests {
         d.page_sent(&[]);
         assert!(!d.wants_page(), "an empty page: nothing left");
         // pushes dropped on a full queue
-        lagging.store(true, Ordering::Relaxed);
-        assert!(d.take_lagging() && !d.take_lagging());
         d.resync();
         assert!(d.wants_page());
     }
@@ -615,12 +599,12 @@ mod tests {
     #[test]
     fn written_reads_page_on_without_waiting() {
         let t0 = Instant::now();
-        let mut d = DeliveryState::new(Reads::Written, Arc::default(), t0);
+        let mut d = DeliveryState::new(Reads::Written, t0);
         d.load([(G, Seq(0))]);
         d.page_sent(&[msg(G, Seq(1))]);
         assert!(d.wants_page(), "positions moved on the write");
         assert_eq!(d.take_flush(t0), vec![(G, Seq(1))]);
-        let mut c = DeliveryState::new(Reads::Confirmed, Arc::default(), t0);
+        let mut c = DeliveryState::new(Reads::Confirmed, t0);
         c.load([(G, Seq(0))]);
         c.page_sent(&[msg(G, Seq(1))]);
         assert!(

@@ -61,15 +61,14 @@ pub(super) struct LoggedIn {
     /// (see `blocking`).
     pub(super) reach: HashMap<UserId, (Instant, u64)>,
     pub(super) name: String,
+    /// Dropped with the session, after [`Service::end_session`] stored
+    /// its positions: a newer login replacing it waits for that.
     pub(super) pushes: crate::hub::queue::PushReceiver,
     /// The hash of the resume token this session was given or resumed
     /// with; logout revokes it.
     pub(super) token_hash: Option<String>,
     /// What this session delivered, what its client has, what waits.
     pub(super) delivery: DeliveryState,
-    /// Tells a newer login replacing this one that this one has ended
-    /// (fires when dropped, after [`Service::end_session`] stored positions).
-    pub(super) _ended: tokio_util::sync::DropGuard,
     /// Per direct conversation this session sent to: the last sequence
     /// number it sent there and the receiver's stored position when last
     /// looked up, so that the unread quota costs a store read only near
@@ -165,7 +164,7 @@ impl Session {
         match self.user.as_mut() {
             Some(u) => {
                 // Pushes were dropped: read them from the store first.
-                if u.delivery.take_lagging() {
+                if u.pushes.take_lagging() {
                     return Some(Push::Resync);
                 }
                 u.pushes.recv().await
