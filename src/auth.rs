@@ -8,14 +8,17 @@
 //! core first, and during a storm on a busy core the logins queue (for at
 //! most [`HASH_WAIT`], then "server busy, try again") (`docs/benchmarks.md`,
 //! "A login storm").
-//! Each hash works in ~19 MiB of memory. Every hashing thread allocates
-//! that once and hashes in it ever after, so memory is one block per thread
-//! however many logins there are. (Tokio's blocking pool, used before, grew
-//! to many threads whose allocator arenas each kept blocks: most of a
-//! gigabyte after a few hundred logins. Mapping and unmapping a block per
-//! hash keeps memory low too, but takes the process's memory-map lock from a
-//! low-priority thread that may be preempted holding it, stalling chat for
-//! milliseconds during a login storm.)
+//! Each hash works in ~19 MiB of memory. A hashing thread allocates that
+//! once and hashes in it ever after, so memory is one block per thread
+//! however many logins there are; after [`MEMORY_IDLE`] with no work it
+//! gives the block's pages back to the system (it keeps the allocation), so
+//! a node whose users are logged in and chatting holds none of it.
+//! (Tokio's blocking pool, used before, grew to many threads whose
+//! allocator arenas each kept blocks: most of a gigabyte after a few hundred
+//! logins. Mapping and unmapping a block per hash keeps memory low too, but
+//! takes the process's memory-map lock from a low-priority thread that may
+//! be preempted holding it, stalling chat for milliseconds during a login
+//! storm.)
 //! A login for an account that does not exist still verifies against a
 //! fixed dummy hash, so response time does not reveal which ids exist.
 
@@ -45,14 +48,132 @@ pub enum AuthError {
 /// only add load); bounded so that nobody waits forever.
 const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a hashing thread keeps its argon2 memory with no work. Long
+/// enough that a storm of logins never maps and unmaps it per hash;
+/// short against a node's life.
+const MEMORY_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Work for a hashing thread, given the thread's own argon2 memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// Jobs waiting for a hashing thread. A mutex and a condition variable
+/// rather than a channel: every idle thread waits on its own clock, so each
+/// gives its memory back after [`MEMORY_IDLE`] (threads queued on a
+/// receiver's lock could not).
+#[derive(Default)]
+struct JobQueue {
+    state: std::sync::Mutex<Pending>,
+    ready: std::sync::Condvar,
+    /// Hashing threads whose argon2 memory is resident now.
+    holding: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: std::collections::VecDeque<Job>,
+    /// Every pool handle is gone: the threads end.
+    closed: bool,
+}
+
+impl JobQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Nothing panics while holding it; a poisoned queue is still whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, job: Job) {
+        self.lock().jobs.push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// The next job, waiting at most `idle` if given; `None` once the
+    /// pool is gone.
+    fn next(&self, idle: Option<std::time::Duration>) -> Next {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Next::Job(job);
+            }
+            if state.closed {
+                return Next::Closed;
+            }
+            state = match idle {
+                None => self.ready.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(idle) => {
+                    let (state, waited) = self
+                        .ready
+                        .wait_timeout(state, idle)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if waited.timed_out() && state.jobs.is_empty() && !state.closed {
+                        return Next::Idle;
+                    }
+                    state
+                }
+            };
+        }
+    }
+}
+
+/// What a hashing thread does next.
+enum Next {
+    Job(Job),
+    /// No job came for the time asked: give the memory back.
+    Idle,
+    Closed,
+}
+
+/// Gives `memory`'s pages back to the system, keeping the allocation.
+/// Freeing it would give back nothing: a block this size stays in the
+/// allocator's heap (glibc raises its mmap threshold past the first one
+/// freed). The next hash finds zeroed pages, which are valid blocks.
+fn release(memory: &mut [Block]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = memory.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(memory);
+        // Whole pages inside the allocation only: the allocator's own
+        // bookkeeping before and after it stays.
+        let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+        if last > first {
+            // SAFETY: the range lies inside `memory`, borrowed exclusively
+            // here; its pages read as zeros afterwards, and any bytes are a
+            // valid `Block` (plain integers).
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = memory;
+}
+
+/// The pools' side of the queue: when the last pool handle goes, so do
+/// the threads.
+struct JobSender(Arc<JobQueue>);
+
+impl Drop for JobSender {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_all();
+    }
+}
+
+impl std::fmt::Debug for JobSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSender").finish_non_exhaustive()
+    }
+}
 
 /// Hashes and verifies passwords with argon2id (default parameters).
 #[derive(Debug, Clone)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    jobs: Arc<JobSender>,
     /// A valid hash of a password nobody knows, verified when the account
     /// does not exist.
     dummy: Arc<str>,
@@ -62,28 +183,42 @@ impl PasswordHasherPool {
     /// A pool computing at most `parallel` hashes at once, on threads of
     /// `niceness` (`None`: the idle scheduling class).
     pub fn new(parallel: usize, niceness: Option<i32>) -> Result<Self, AuthError> {
+        Self::with_idle(parallel, niceness, MEMORY_IDLE)
+    }
+
+    /// As [`PasswordHasherPool::new`], keeping argon2 memory for `idle`.
+    fn with_idle(
+        parallel: usize,
+        niceness: Option<i32>,
+        idle: std::time::Duration,
+    ) -> Result<Self, AuthError> {
         let dummy = hash_now(b"dummy password for absent accounts", &mut Vec::new())?;
         let parallel = parallel.max(1);
-        // At most `parallel` jobs are queued or running (the permits), so
-        // the queue never fills.
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(parallel);
-        let rx = Arc::new(std::sync::Mutex::new(rx));
+        // At most `parallel` jobs are queued or running (the permits).
+        let queue = Arc::new(JobQueue::default());
         for i in 0..parallel {
-            let rx = rx.clone();
+            let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("hash-{i}"))
                 .spawn(move || {
                     lower_priority(niceness);
-                    let mut memory = Vec::new();
+                    use std::sync::atomic::Ordering;
+                    let (mut memory, mut resident) = (Vec::new(), false);
                     loop {
-                        // The lock is held only while waiting for a job.
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => break,
-                        };
-                        match job {
-                            Ok(job) => job(&mut memory),
-                            Err(_) => break,
+                        match queue.next(resident.then_some(idle)) {
+                            Next::Job(job) => {
+                                job(&mut memory);
+                                if !resident && !memory.is_empty() {
+                                    resident = true;
+                                    queue.holding.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Next::Idle => {
+                                release(&mut memory);
+                                resident = false;
+                                queue.holding.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            Next::Closed => break,
                         }
                     }
                 })
@@ -91,9 +226,18 @@ impl PasswordHasherPool {
         }
         Ok(PasswordHasherPool {
             permits: Arc::new(Semaphore::new(parallel)),
-            jobs,
+            jobs: Arc::new(JobSender(queue)),
             dummy: dummy.into(),
         })
+    }
+
+    /// Hashing threads holding argon2 memory now.
+    #[cfg(test)]
+    fn holding_memory(&self) -> usize {
+        self.jobs
+            .0
+            .holding
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `work` on a hashing thread and waits for its result.
@@ -103,11 +247,9 @@ impl PasswordHasherPool {
     ) -> Result<T, AuthError> {
         let _permit = self.permit().await?;
         let (done, result) = tokio::sync::oneshot::channel();
-        self.jobs
-            .try_send(Box::new(move |memory: &mut Vec<Block>| {
-                let _ = done.send(work(memory));
-            }))
-            .map_err(|_| AuthError::Busy)?;
+        self.jobs.0.push(Box::new(move |memory: &mut Vec<Block>| {
+            let _ = done.send(work(memory));
+        }));
         result.await.map_err(|_| AuthError::Join)
     }
 
@@ -244,6 +386,32 @@ mod tests {
         assert!(
             !pool
                 .verify("x".into(), Some("garbage".into()))
+                .await
+                .expect("verify")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_hashing_thread_gives_its_memory_back() {
+        use std::time::{Duration, Instant};
+        let idle = Duration::from_millis(500);
+        let pool = PasswordHasherPool::with_idle(2, Some(0), idle).expect("pool");
+        assert_eq!(pool.holding_memory(), 0, "nothing before the first hash");
+        let pw = Password::parse("s3cret").expect("pw");
+        let phc = pool.hash(pw).await.expect("hash");
+        let hashed = Instant::now();
+        // Counted just after the result is sent.
+        while pool.holding_memory() == 0 && hashed.elapsed() < idle / 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pool.holding_memory(), 1, "kept for the next hash");
+        while pool.holding_memory() > 0 && hashed.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pool.holding_memory(), 0, "given back once idle");
+        assert!(hashed.elapsed() >= idle, "not before it was idle that long");
+        assert!(
+            pool.verify("s3cret".into(), Some(phc))
                 .await
                 .expect("verify")
         );
