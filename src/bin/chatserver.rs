@@ -459,14 +459,12 @@ async fn run() -> Result<(), Fatal> {
         shutdown,
     ))
     .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "the accept loop failed");
-    }
     stopped.cancel();
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
-    Ok(())
+    // A panic there ends the process with an error, as it did on this thread.
+    served.map_err(|e| Fatal::Start(format!("the server failed: {e}")))
 }
 
 /// Ctrl+C or SIGTERM start a graceful shutdown.
