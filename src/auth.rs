@@ -129,12 +129,14 @@ enum Next {
 fn release(memory: &mut [Block]) {
     #[cfg(target_os = "linux")]
     {
-        const PAGE: usize = 4096;
+        // SAFETY: a plain query.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = usize::try_from(page).unwrap_or(4096).max(1);
         let start = memory.as_mut_ptr() as usize;
         let end = start + std::mem::size_of_val(memory);
         // Whole pages inside the allocation only: the allocator's own
         // bookkeeping before and after it stays.
-        let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+        let (first, last) = (start.next_multiple_of(page), end / page * page);
         if last > first {
             // SAFETY: the range lies inside `memory`, borrowed exclusively
             // here; its pages read as zeros afterwards, and any bytes are a
